@@ -1,0 +1,198 @@
+"""The BM-Seg slice layout: ``image/``, ``bone mask/``, ``lesion mask/`` with the same file names.
+
+Two arrangements are read: flat (``root/image/...``, patients from an optional ``patients.csv``
+with columns ``file,patient``) and grouped by patient (``root/<patient>/image/...``).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from ..log import logger
+from .images import is_image_file, read_image, read_mask
+from .layout import Problem, find_child, norm_name, raise_first_fatal
+
+IMAGE_DIRS = {"image", "img", "ct", "slice"}
+BONE_DIRS = {"bone mask", "bone", "bone label", "bonemask"}
+LESION_DIRS = {"lesion mask", "lesion", "lesion label", "lesionmask", "mask", "metastasis mask"}
+
+
+@dataclass(frozen=True)
+class SegSlice:
+    """One annotated slice: image file, mask files (None when absent) and patient id (None when unknown)."""
+
+    name: str
+    image: Path
+    lesion: Path | None
+    bone: Path | None
+    patient: str | None
+
+
+@dataclass
+class BMSegIndex:
+    """What a scan of a BM-Seg root found."""
+
+    root: Path
+    layout: str  # "flat" or "grouped"
+    slices: list[SegSlice]
+    problems: list[Problem]
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({s.patient for s in self.slices if s.patient is not None})
+
+    @property
+    def has_patients(self) -> bool:
+        return bool(self.slices) and all(s.patient is not None for s in self.slices)
+
+
+def is_bmseg_root(root: Path) -> bool:
+    """Whether ``root`` looks like a BM-Seg layout (flat or grouped)."""
+    if find_child(root, IMAGE_DIRS):
+        return True
+    return root.is_dir() and any(find_child(c, IMAGE_DIRS) for c in root.iterdir() if c.is_dir())
+
+
+def _index_files(folder: Path | None) -> dict[str, Path]:
+    if folder is None:
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if is_image_file(p)}
+
+
+def _scan_group(folder: Path, patient: str | None, problems: list[Problem]) -> list[SegSlice]:
+    img_dir = find_child(folder, IMAGE_DIRS)
+    bone_dir, lesion_dir = find_child(folder, BONE_DIRS), find_child(folder, LESION_DIRS)
+    if img_dir is None:
+        problems.append(Problem(folder, "no image/ folder"))
+        return []
+    if lesion_dir is None:
+        problems.append(Problem(folder, "no 'lesion mask/' folder"))
+    if bone_dir is None:
+        problems.append(Problem(folder, "no 'bone mask/' folder", fatal=False))
+    images, lesions, bones = _index_files(img_dir), _index_files(lesion_dir), _index_files(bone_dir)
+    if not images:
+        problems.append(Problem(img_dir, "empty folder: no image files"))
+    slices = []
+    for stem, img in images.items():
+        if lesion_dir is not None and stem not in lesions:
+            problems.append(Problem(img, f"image without lesion mask (looked in '{lesion_dir}')"))
+        if bone_dir is not None and stem not in bones:
+            problems.append(Problem(img, f"image without bone mask (looked in '{bone_dir}')"))
+        slices.append(SegSlice(stem, img, lesions.get(stem), bones.get(stem), patient))
+    for kind, files in (("lesion", lesions), ("bone", bones)):
+        for stem, path in files.items():
+            if stem not in images:
+                problems.append(Problem(path, f"{kind} mask without image (ignored)", fatal=False))
+    return slices
+
+
+def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, str]:
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.append(Problem(path, f"unreadable patients.csv ({exc})"))
+        return {}
+    if not rows or not {"file", "patient"} <= set(rows[0]):
+        problems.append(Problem(path, "patients.csv needs the columns 'file,patient'"))
+        return {}
+    return {Path(r["file"]).stem: r["patient"].strip() for r in rows if r.get("file") and r.get("patient")}
+
+
+def scan_bmseg(root: str | Path) -> BMSegIndex:
+    """List the slices of a BM-Seg root and every problem seen without decoding images."""
+    root = Path(root)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        raise DataError("not a folder", root)
+    if not any(root.iterdir()):
+        return BMSegIndex(root, "flat", [], [Problem(root, "empty folder")])
+    if find_child(root, IMAGE_DIRS):
+        layout = "flat"
+        slices = _scan_group(root, None, problems)
+        csv_path = next((p for p in root.iterdir() if p.name.lower() == "patients.csv"), None)
+        if csv_path is not None:
+            mapping = _read_patients_csv(csv_path, problems)
+            missing = [s for s in slices if s.name not in mapping]
+            for s in missing[:20]:
+                problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
+            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, mapping.get(s.name)) for s in slices]
+    else:
+        layout = "grouped"
+        slices = []
+        groups = [c for c in sorted(root.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+        for group in groups:
+            if find_child(group, IMAGE_DIRS) is None:
+                problems.append(Problem(group, "patient folder without image/ folder (ignored)", fatal=False))
+                continue
+            slices.extend(_scan_group(group, group.name, problems))
+        if not slices and not problems:
+            problems.append(Problem(root, "no image/ folder, flat or per patient"))
+    if slices and not all(s.patient for s in slices):
+        problems.append(Problem(root, "no patient information for some slices (add patients.csv with 'file,patient' "
+                                      "or one folder per patient): patient-level splits are impossible", fatal=False))
+    return BMSegIndex(root, layout, slices, problems)
+
+
+def check_slice_files(s: SegSlice, threshold: int = 0) -> list[Problem]:
+    """Decode a slice's image and masks; report unreadable files, size mismatches and empty images."""
+    problems: list[Problem] = []
+    sizes: dict[Path, tuple[int, int]] = {}
+    for path in (s.image, s.lesion, s.bone):
+        if path is None:
+            continue
+        try:
+            arr = read_image(path)
+        except DataError as exc:
+            problems.append(Problem(path, str(exc).split(": ", 1)[-1]))
+            continue
+        sizes[path] = arr.shape[:2]
+        if path == s.image and arr.max() == arr.min():
+            problems.append(Problem(path, "image is uniform (no content)", fatal=False))
+    if s.image in sizes:
+        for path, size in sizes.items():
+            if size != sizes[s.image]:
+                problems.append(Problem(path, f"size {size[1]}x{size[0]} does not match its image "
+                                              f"{sizes[s.image][1]}x{sizes[s.image][0]}"))
+    return problems
+
+
+def load_bmseg(root: str | Path, require_patients: bool = False) -> BMSegIndex:
+    """Scan a BM-Seg root for training or evaluation: fails on the first fatal problem."""
+    index = scan_bmseg(root)
+    raise_first_fatal(index.problems)
+    if not index.has_patients:
+        msg = (f"{index.root}: no patient information: slices cannot be grouped by patient, so patient-level "
+               "splits are impossible")
+        if require_patients:
+            raise DataError(msg + " (add patients.csv with 'file,patient', or use --protocol paper)")
+        logger.warning(msg)
+    return index
+
+
+def load_seg_slice(s: SegSlice, threshold: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str | None]:
+    """Image (uint8, (H, W) or (H, W, 3)), lesion mask, bone mask (bool or None) and patient of a slice."""
+    image = read_image(s.image)
+    shape = image.shape[:2]
+    lesion = read_mask(s.lesion, threshold) if s.lesion else np.zeros(shape, bool)
+    bone = read_mask(s.bone, threshold) if s.bone else None
+    for path, m in ((s.lesion, lesion), (s.bone, bone)):
+        if m is not None and m.shape != shape:
+            raise DataError(f"mask size {m.shape[::-1]} does not match image size {shape[::-1]}", path)
+    return image, lesion, bone, s.patient
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding."""
+    with Image.open(path) as img:
+        return img.size
+
+
+__all__ = ["SegSlice", "BMSegIndex", "scan_bmseg", "load_bmseg", "load_seg_slice", "check_slice_files",
+           "is_bmseg_root", "norm_name"]

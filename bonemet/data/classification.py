@@ -1,0 +1,114 @@
+"""The classification layout of the thesis (chapter 5)::
+
+    root/Normal/<patient>/<slices>                  every slice normal
+    root/Abnormal/<patient>/normal/<slices>         slices without lesion
+    root/Abnormal/<patient>/metastatic/<slices>     slices with lesion
+
+Folder names match case-insensitively, with common synonyms (Healthy, Metastasis, ...).
+Label 1 = metastatic slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .images import is_image_file
+from .layout import Problem, find_child, raise_first_fatal
+
+NORMAL_CLASS = {"normal", "healthy", "negative", "control", "benign"}
+ABNORMAL_CLASS = {"abnormal", "metastatic", "metastasi", "metastase", "positive", "bm", "bone metastasi"}
+NORMAL_SLICES = NORMAL_CLASS | {"non metastatic", "no lesion", "lesion free"}
+METASTATIC_SLICES = {"metastatic", "metastasi", "metastase", "abnormal", "lesion", "positive", "infected"}
+
+
+@dataclass(frozen=True)
+class ClsSlice:
+    """One slice of the classification layout."""
+
+    path: Path
+    label: int  # 1 = metastatic slice
+    patient: str
+    patient_label: int  # 1 = metastatic patient
+
+
+@dataclass
+class ClsIndex:
+    root: Path
+    slices: list[ClsSlice]
+    problems: list[Problem]
+
+    @property
+    def patients(self) -> dict[str, int]:
+        """Patient id -> patient label."""
+        return {s.patient: s.patient_label for s in self.slices}
+
+
+def is_classification_root(root: Path) -> bool:
+    return find_child(root, NORMAL_CLASS) is not None or find_child(root, ABNORMAL_CLASS) is not None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def scan_classification(root: str | Path) -> ClsIndex:
+    """List the slices and the problems of a classification root without decoding images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("not a folder", root)
+    problems: list[Problem] = []
+    slices: list[ClsSlice] = []
+    normal_dir, abnormal_dir = find_child(root, NORMAL_CLASS), find_child(root, ABNORMAL_CLASS)
+    if normal_dir is None and abnormal_dir is None:
+        what = "empty folder" if not any(root.iterdir()) else "no Normal/ or Abnormal/ folder"
+        return ClsIndex(root, [], [Problem(root, what)])
+    for cls_dir, patient_label in ((normal_dir, 0), (abnormal_dir, 1)):
+        if cls_dir is None:
+            name = "Normal" if patient_label == 0 else "Abnormal"
+            problems.append(Problem(root, f"no {name}/ folder: only one class of patients", fatal=False))
+            continue
+        patients = [p for p in sorted(cls_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        loose = [p for p in cls_dir.iterdir() if is_image_file(p)]
+        if loose:
+            problems.append(Problem(loose[0], f"{len(loose)} slice(s) outside a patient folder: no patient "
+                                              "information, patient-level splits impossible (ignored)", fatal=False))
+        if not patients:
+            problems.append(Problem(cls_dir, "empty folder: no patient folders"))
+        for pdir in patients:
+            if patient_label == 0:
+                files = _images(pdir)
+                slices += [ClsSlice(f, 0, pdir.name, 0) for f in files]
+            else:
+                norm_sub, met_sub = find_child(pdir, NORMAL_SLICES), find_child(pdir, METASTATIC_SLICES)
+                if met_sub is None and norm_sub is None:
+                    problems.append(Problem(pdir, "abnormal patient without normal/ or metastatic/ sub-folder"))
+                    continue
+                files = []
+                for sub, label in ((norm_sub, 0), (met_sub, 1)):
+                    if sub is not None:
+                        sub_files = _images(sub)
+                        files += sub_files
+                        slices += [ClsSlice(f, label, pdir.name, 1) for f in sub_files]
+                stray = [p for p in pdir.iterdir() if is_image_file(p)]
+                if stray:
+                    problems.append(Problem(stray[0], f"{len(stray)} slice(s) with no normal/metastatic label "
+                                                      "(ignored)", fatal=False))
+            if not files:
+                problems.append(Problem(pdir, "empty patient folder: no image files"))
+    seen: dict[str, int] = {}
+    for s in slices:
+        if seen.setdefault(s.patient, s.patient_label) != s.patient_label:
+            problems.append(Problem(s.path, f"patient '{s.patient}' appears under both Normal and Abnormal"))
+            break
+    return ClsIndex(root, slices, problems)
+
+
+def load_classification(root: str | Path) -> ClsIndex:
+    """Scan a classification root for training or evaluation: fails on the first fatal problem."""
+    index = scan_classification(root)
+    raise_first_fatal(index.problems)
+    if not index.slices:
+        raise DataError("no slices found", index.root)
+    return index

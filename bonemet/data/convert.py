@@ -1,0 +1,38 @@
+"""``bonemet data convert``: a CT volume (DICOM series or NIfTI) and its masks to BM-Seg-style slices."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..fileio import atomic_dir, write_csv, write_json
+from .export import write_bmseg_slices
+from .volume import read_mask_like, read_volume
+from .windows import WINDOW_NAMES
+
+def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | Path | None = None,
+                     lesion_mask: str | Path | None = None, window: str = "bone", patient: str | None = None,
+                     overwrite: bool = False) -> dict:
+    """Write every axial slice of ``input_path`` (windowed) and the given masks in the BM-Seg layout.
+
+    Masks are NIfTI and are put on the image's voxel grid through the two affines, so a mask in RAS
+    order lines up with DICOM pixels. Returns a summary (slices written, mask voxels).
+    """
+    if window not in WINDOW_NAMES:
+        raise ValueError(f"unknown window '{window}'")
+    input_path = Path(input_path)
+    vol = read_volume(input_path)
+    bone = read_mask_like(bone_mask, vol) if bone_mask else None
+    lesion = read_mask_like(lesion_mask, vol) if lesion_mask else None
+    pid = patient or re.sub(r"(\.nii(\.gz)?)$", "", input_path.name) or "patient"
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        rows = write_bmseg_slices(tmp, pid, vol, lesion, bone, window)
+        write_csv(tmp / "patients.csv", rows, ["file", "patient", "slice"])
+        summary = {"source": str(input_path), "patient": pid, "window": window, "slices": len(rows),
+                   "shape": list(vol.shape), "spacing_mm": list(vol.spacing),
+                   "bone_mask": str(bone_mask) if bone_mask else None, "bone_voxels": int(bone.sum()) if bone is not None else 0,
+                   "lesion_mask": str(lesion_mask) if lesion_mask else None,
+                   "lesion_voxels": int(lesion.sum()) if lesion is not None else 0,
+                   "skipped_files": vol.meta.get("skipped_files", [])}
+        write_json(tmp / "conversion.json", summary)
+    return summary

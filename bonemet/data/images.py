@@ -1,0 +1,68 @@
+"""Reading and writing 2D slice images and masks (PNG, JPEG), with clear errors for bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from ..fileio import atomic_path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as uint8, shape (H, W) for grey or (H, W, 3) for colour."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file", path)
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later in training
+            if img.mode in ("L", "I", "I;16", "F", "1", "LA", "P"):
+                img = img.convert("L")
+            elif img.mode != "RGB":
+                img = img.convert("RGB")
+            arr = np.asarray(img)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"unreadable image ({exc})", path) from None
+    if arr.size == 0:
+        raise DataError("image has no pixels", path)
+    return arr
+
+
+def read_mask(path: str | Path, threshold: int = 0) -> np.ndarray:
+    """Read a mask as a boolean (H, W) array: a pixel is set when its value is above ``threshold``.
+
+    BM-Seg masks are often JPEG, whose compression noise leaves small non-zero values: ``> 0`` is the
+    reference code's rule; ``threshold=127`` removes the noise.
+    """
+    arr = read_image(path)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    return arr > threshold
+
+
+def write_image(path: str | Path, array: np.ndarray, quality: int = 95) -> Path:
+    """Write a uint8 (H, W) or (H, W, 3) array (a bool mask is written as 0/255), atomically."""
+    path = Path(path)
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    img = Image.fromarray(arr)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            img.save(tmp, format="JPEG", quality=quality)
+        else:
+            img.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,108 @@
+"""Train / validation / test splits, saved as JSON in the run folder.
+
+Default: patient-level (grouped) K-fold with scikit-learn, after an optional held-out set of test
+patients that no fold model ever trains on (what the ensemble is scored on). ``paper`` reproduces
+the public reference code's slice-level ``KFold(5, shuffle=True, random_state=42)`` over file names
+sorted alphabetically: slices of one patient then sit in train and test, which inflates scores, so
+every result made with it is labelled as such.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold
+
+from ..errors import BonemetError
+from ..fileio import write_json
+
+PAPER_LABEL = "paper (slice-level KFold(5, shuffle=True, random_state=42); patients leak across folds)"
+
+
+def patient_splits(
+    items: Sequence[str],
+    patients: Sequence[str | None],
+    folds: int = 5,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    labels: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Patient-level K-fold over ``items`` (slice names), with optional held-out test patients.
+
+    ``labels`` (one per item, e.g. patient status) stratifies the folds when given. Every fold lists
+    its train and validation patients and items; no patient is in two parts of one fold, and no
+    test patient is in any fold.
+    """
+    if len(items) != len(patients):
+        raise ValueError("items and patients differ in length")
+    if any(p is None for p in patients):
+        raise BonemetError("patient-level splits need a patient for every slice (or use --protocol paper)")
+    items_arr, groups = np.asarray(items), np.asarray(patients)
+    unique = sorted(set(patients))
+    n_test = int(round(test_fraction * len(unique))) if test_fraction > 0 else 0
+    if test_fraction > 0 and n_test == 0:
+        n_test = 1
+    if len(unique) - n_test < folds:
+        raise BonemetError(f"{len(unique)} patients cannot give {folds} folds after {n_test} test patients")
+    rest = np.arange(len(items))
+    test_patients: list[str] = []
+    if n_test:
+        gss = GroupShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
+        rest, test_idx = next(gss.split(items_arr, groups=groups))
+        test_patients = sorted(set(groups[test_idx]))
+    if labels is not None:
+        y = np.asarray(labels)[rest]
+        splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        split_iter = splitter.split(items_arr[rest], y, groups=groups[rest])
+    else:
+        splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        split_iter = splitter.split(items_arr[rest], groups=groups[rest])
+    fold_list = []
+    for tr, va in split_iter:
+        tr_idx, va_idx = rest[tr], rest[va]
+        fold_list.append({
+            "train_patients": sorted(set(groups[tr_idx])), "val_patients": sorted(set(groups[va_idx])),
+            "train": sorted(items_arr[tr_idx].tolist()), "val": sorted(items_arr[va_idx].tolist()),
+        })
+    test_items = sorted(items_arr[np.isin(groups, test_patients)].tolist())
+    return {"protocol": "patient", "label": "patient-level grouped K-fold", "folds": fold_list,
+            "test_patients": test_patients, "test": test_items, "seed": seed, "k": folds,
+            "n_items": len(items), "n_patients": len(unique)}
+
+
+def paper_splits(items: Sequence[str], folds: int = 5) -> dict[str, Any]:
+    """The reference code's slice-level split, over names sorted alphabetically."""
+    names = np.asarray(sorted(items))
+    fold_list = [{"train": names[tr].tolist(), "val": names[va].tolist()}
+                 for tr, va in KFold(n_splits=folds, shuffle=True, random_state=42).split(names)]
+    return {"protocol": "paper", "label": PAPER_LABEL, "folds": fold_list, "test_patients": [], "test": [],
+            "seed": 42, "k": folds, "n_items": len(names)}
+
+
+def check_no_leakage(split: dict[str, Any]) -> None:
+    """Raise if a test patient is in a fold, or a patient is in a fold's train and validation parts."""
+    test = set(split.get("test_patients", []))
+    for i, fold in enumerate(split["folds"]):
+        train, val = set(fold.get("train_patients", [])), set(fold.get("val_patients", []))
+        if train & test or val & test:
+            raise AssertionError(f"fold {i}: test patients {sorted((train | val) & test)} in a fold")
+        if train & val:
+            raise AssertionError(f"fold {i}: patients {sorted(train & val)} in train and validation")
+
+
+def save_splits(split: dict[str, Any], path: str | Path) -> Path:
+    """Write a split to JSON (atomically)."""
+    write_json(path, split)
+    return Path(path)
+
+
+def load_splits(path: str | Path) -> dict[str, Any]:
+    """Read a split JSON written by :func:`save_splits`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BonemetError(f"unreadable split file ({exc})", path) from None

@@ -1,0 +1,19 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BonemetError(Exception):
+    """An expected problem with the user's input (bad file, bad layout, bad option)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class DataError(BonemetError):
+    """A data file or folder that cannot be used as it is."""
