@@ -82,6 +82,7 @@ def convert(
     out: Annotated[Path, typer.Argument(help="Output folder (BM-Seg layout).")],
     bone_mask: Annotated[Path | None, typer.Option(help="Bone mask, NIfTI (aligned through the affines).")] = None,
     lesion_mask: Annotated[Path | None, typer.Option(help="Lesion mask, NIfTI.")] = None,
+    lesion_free: Annotated[bool, typer.Option(help="The scan holds no metastasis: write empty lesion masks.")] = False,
     window: Window = "bone",
     patient: Annotated[str | None, typer.Option(help="Patient id for file names and patients.csv.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -90,7 +91,7 @@ def convert(
     from ..data.convert import convert_to_bmseg
 
     _check_window(window)
-    s = convert_to_bmseg(input, out, bone_mask, lesion_mask, window, patient, overwrite)
+    s = convert_to_bmseg(input, out, bone_mask, lesion_mask, window, patient, overwrite, lesion_free)
     typer.echo(f"wrote {s['slices']} slices of patient {s['patient']} to {out} "
                f"(bone voxels {s['bone_voxels']}, lesion voxels {s['lesion_voxels']})")
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
+from ..errors import BonemetError
 from ..fileio import atomic_dir, write_csv, write_json
 from .export import write_bmseg_slices
 from .volume import read_mask_like, read_volume
@@ -12,11 +15,12 @@ from .windows import WINDOW_NAMES
 
 def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | Path | None = None,
                      lesion_mask: str | Path | None = None, window: str = "bone", patient: str | None = None,
-                     overwrite: bool = False) -> dict:
+                     overwrite: bool = False, lesion_free: bool = False) -> dict:
     """Write every axial slice of ``input_path`` (windowed) and the given masks in the BM-Seg layout.
 
     Masks are NIfTI and are put on the image's voxel grid through the two affines, so a mask in RAS
-    order lines up with DICOM pixels. Returns a summary (slices written, mask voxels).
+    order lines up with DICOM pixels. ``lesion_free`` writes empty lesion masks for a scan known to
+    hold no metastasis (normal slices for training). Returns a summary (slices written, mask voxels).
     """
     if window not in WINDOW_NAMES:
         raise ValueError(f"unknown window '{window}'")
@@ -24,6 +28,10 @@ def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | P
     vol = read_volume(input_path)
     bone = read_mask_like(bone_mask, vol) if bone_mask else None
     lesion = read_mask_like(lesion_mask, vol) if lesion_mask else None
+    if lesion_free:
+        if lesion is not None:
+            raise BonemetError("--lesion-free and --lesion-mask exclude each other")
+        lesion = np.zeros(vol.shape, bool)  # the user declares the scan free of metastases
     pid = patient or re.sub(r"(\.nii(\.gz)?)$", "", input_path.name) or "patient"
     with atomic_dir(out, overwrite=overwrite) as tmp:
         rows = write_bmseg_slices(tmp, pid, vol, lesion, bone, window)

@@ -29,7 +29,7 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def _fmt(v: object) -> str:
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 0.1 and v != 0 else f"{v:.1f}"
+        return f"{v:.3f}" if abs(v) < 1 else f"{v:.1f}"
     return str(v)
 
 

@@ -1,0 +1,135 @@
+"""Layout readers, windows, splits and torch datasets on small hand-made folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonemet.data.bmseg import load_bmseg, scan_bmseg
+from bonemet.data.classification import load_classification
+from bonemet.data.datasets import ClassificationDataset, SegmentationDataset
+from bonemet.data.images import write_image
+from bonemet.data.splits import check_no_leakage, paper_splits, patient_splits
+from bonemet.data.windows import PRESETS, apply_window
+
+
+def make_bmseg(root: Path, patients: dict[str, int], grouped: bool, size: int = 32, ext: str = "png") -> None:
+    rng = np.random.default_rng(0)
+    rows = ["file,patient"]
+    for pid, n in patients.items():
+        base = root / pid if grouped else root
+        for k in range(n):
+            name = f"{pid}_{k}.{ext}"
+            img = rng.integers(0, 255, (size, size), dtype=np.uint8)
+            les = np.zeros((size, size), bool)
+            les[4 + k: 10 + k, 5:12] = True
+            write_image(base / "image" / name, img)
+            write_image(base / "lesion mask" / name, les)
+            write_image(base / "bone mask" / name, np.ones((size, size), bool))
+            rows.append(f"{name},{pid}")
+    if not grouped:
+        (root / "patients.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bmseg_layouts(tmp_path, grouped):
+    make_bmseg(tmp_path, {"A": 3, "B": 2}, grouped)
+    idx = load_bmseg(tmp_path, require_patients=True)
+    assert idx.layout == ("grouped" if grouped else "flat")
+    assert idx.patients == ["A", "B"] and len(idx.slices) == 5
+    ds = SegmentationDataset(idx.slices, size=16, channels=3)
+    s = ds[0]
+    assert s["image"].shape == (3, 16, 16) and s["lesion"].shape == (1, 16, 16)
+    assert set(torch.unique(s["lesion"]).tolist()) <= {0.0, 1.0} and s["lesion"].sum() > 0
+    assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
+
+
+def test_flat_without_patients_says_so(tmp_path, caplog):
+    make_bmseg(tmp_path, {"A": 2}, grouped=False)
+    (tmp_path / "patients.csv").unlink()
+    idx = scan_bmseg(tmp_path)
+    assert not idx.has_patients
+    assert any("patient-level splits are impossible" in p.message for p in idx.problems)
+    with pytest.raises(Exception, match="patient-level splits are impossible"):
+        load_bmseg(tmp_path, require_patients=True)
+
+
+def test_jpeg_mask_threshold(tmp_path):
+    mask = np.zeros((32, 32), bool)
+    mask[8:20, 8:20] = True
+    write_image(tmp_path / "image" / "a.jpg", (mask * 200).astype(np.uint8))
+    write_image(tmp_path / "lesion mask" / "a.jpg", mask, quality=30)
+    write_image(tmp_path / "bone mask" / "a.jpg", mask, quality=30)
+    from bonemet.data.images import read_mask
+
+    loose = read_mask(tmp_path / "lesion mask" / "a.jpg", 0)
+    strict = read_mask(tmp_path / "lesion mask" / "a.jpg", 127)
+    assert loose.sum() >= strict.sum()
+    assert abs(int(strict.sum()) - int(mask.sum())) <= 12
+
+
+def test_classification_layout_with_synonyms(tmp_path):
+    img = np.full((20, 20), 90, np.uint8)
+    for k in range(3):
+        write_image(tmp_path / "healthy" / "n1" / f"{k}.png", img)
+        write_image(tmp_path / "Metastasis" / "m1" / "Normal" / f"{k}.png", img)
+    write_image(tmp_path / "Metastasis" / "m1" / "metastatic" / "x.png", img)
+    idx = load_classification(tmp_path)
+    assert idx.patients == {"n1": 0, "m1": 1}
+    assert sum(s.label for s in idx.slices) == 1 and len(idx.slices) == 7
+    x, y = ClassificationDataset(idx.slices, size=24)[0]
+    assert x.shape == (3, 24, 24) and y in (0, 1)
+
+
+def test_windows_are_pure_and_bounded():
+    hu = np.array([-1000, -160, 40, 240, 400, 1300, 3000], float)
+    soft = apply_window(hu, "soft")
+    assert soft[0] == 0 and soft[1] == 0 and soft[3] == 1 and soft[2] == pytest.approx(0.5)
+    bone = apply_window(hu, "bone")
+    assert bone[4] == pytest.approx(0.5) and bone[-1] == 1 and np.all(np.diff(bone) >= 0)
+    multi = apply_window(hu.reshape(1, -1), "multi")
+    assert multi.shape == (1, 7, 3)
+    np.testing.assert_allclose(multi[0, :, 0], bone)
+    assert set(PRESETS) == {"bone", "soft", "wide"}
+    with pytest.raises(ValueError):
+        apply_window(hu, "lung")
+
+
+def test_patient_splits_have_no_leakage():
+    patients = [f"p{i // 10}" for i in range(120)]  # 12 patients, 10 slices each
+    items = [f"s{i:03d}" for i in range(120)]
+    sp = patient_splits(items, patients, folds=3, test_fraction=0.25, seed=1)
+    check_no_leakage(sp)
+    assert len(sp["test_patients"]) == 3
+    test = set(sp["test_patients"])
+    for fold in sp["folds"]:
+        assert not test & set(fold["train_patients"]) and not test & set(fold["val_patients"])
+        assert not set(fold["train_patients"]) & set(fold["val_patients"])
+    val_all = sorted(p for f in sp["folds"] for p in f["val_patients"])
+    assert val_all == sorted(set(patients) - test), "each non-test patient validates exactly once"
+    assert json.loads(json.dumps(sp)) == sp
+    # stratified by patient status when labels are given
+    labels = [int(p in {"p0", "p1", "p2", "p3", "p4", "p5"}) for p in patients]
+    sp2 = patient_splits(items, patients, folds=3, seed=1, labels=labels)
+    check_no_leakage(sp2)
+
+
+def test_leakage_check_catches_a_leak():
+    sp = {"test_patients": ["a"], "folds": [{"train_patients": ["a", "b"], "val_patients": ["c"]}]}
+    with pytest.raises(AssertionError):
+        check_no_leakage(sp)
+
+
+def test_paper_protocol_reproduces_sklearn_kfold():
+    from sklearn.model_selection import KFold
+
+    items = [f"img{i}.jpg" for i in (5, 3, 9, 1, 7, 2, 8, 4, 6, 0)]
+    sp = paper_splits(items)
+    names = np.array(sorted(items))
+    expected = [names[va].tolist() for _, va in KFold(5, shuffle=True, random_state=42).split(names)]
+    assert [f["val"] for f in sp["folds"]] == expected
+    assert "leak" in sp["label"] and sp["protocol"] == "paper"
