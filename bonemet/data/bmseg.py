@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from ..errors import DataError
 from ..log import logger
 from .images import is_image_file, read_image, read_mask
-from .layout import Problem, find_child, norm_name, raise_first_fatal
+from .layout import Problem, find_child, raise_first_fatal
 
 IMAGE_DIRS = {"image", "img", "ct", "slice"}
 BONE_DIRS = {"bone mask", "bone", "bone label", "bonemask"}
@@ -188,11 +186,5 @@ def load_seg_slice(s: SegSlice, threshold: int = 0) -> tuple[np.ndarray, np.ndar
     return image, lesion, bone, s.patient
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding."""
-    with Image.open(path) as img:
-        return img.size
-
-
 __all__ = ["SegSlice", "BMSegIndex", "scan_bmseg", "load_bmseg", "load_seg_slice", "check_slice_files",
-           "is_bmseg_root", "norm_name"]
+           "is_bmseg_root"]

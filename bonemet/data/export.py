@@ -11,10 +11,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..fileio import atomic_path
 from .images import write_image
+from .dicom import LPS_TO_RAS
 from .volume import Volume
 from .windows import apply_window, to_uint8
 
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def slice_name(patient: str, k: int) -> str:
@@ -75,7 +75,7 @@ def write_dicom_series(vol: Volume, folder: Path, patient_id: str, patient_meta:
         return generate_uid(entropy_srcs=[seed, tag])
 
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
-    lps = RAS_TO_LPS @ vol.affine
+    lps = LPS_TO_RAS @ vol.affine  # the same flip both ways
     sp = vol.spacing
     row_cos, col_cos = lps[:3, 0] / sp[0], lps[:3, 1] / sp[1]
     stored = np.clip(np.rint(vol.array) + 1024, 0, 65535).astype(np.uint16)
