@@ -1,0 +1,63 @@
+"""Building blocks of the U-Net family (SPEC 2.1): conv blocks, attention gate, up-sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, bias: bool = True) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ClassicBlock(nn.Sequential):
+    """U-Net block: two (3x3 conv with bias, BN, ReLU)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
+
+
+class PlainBlock(nn.Sequential):
+    """The original AttUnet++ block H: two (3x3 conv, ReLU), no normalisation."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class ModifiedBlock(nn.Module):
+    """The thesis' modified block (MB): two (3x3 conv, BN, ReLU) plus a 1x1 (conv, BN, ReLU) projection of the input."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.main = ClassicBlock(cin, cout)
+        self.skip = conv_bn_relu(cin, cout, k=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.skip(x)
+
+
+class UpConv(nn.Sequential):
+    """U-Net decoder step: x2 nearest up-sampling, 3x3 conv, BN, ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn_relu(cin, cout))
+
+
+class AttentionGate(nn.Module):
+    """AG(g, x) = x * sigmoid(BN(psi(ReLU(BN(W_g g) + BN(W_x x))))) (Oktay et al.)."""
+
+    def __init__(self, g_ch: int, x_ch: int, f_int: int) -> None:
+        super().__init__()
+        self.w_g = nn.Sequential(nn.Conv2d(g_ch, f_int, 1), nn.BatchNorm2d(f_int))
+        self.w_x = nn.Sequential(nn.Conv2d(x_ch, f_int, 1), nn.BatchNorm2d(f_int))
+        self.psi = nn.Sequential(nn.Conv2d(f_int, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
+
+    def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x * self.psi(F.relu(self.w_g(g) + self.w_x(x)))
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 (align_corners), the nested nets' up-sampling."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
