@@ -11,6 +11,7 @@ from .. import __version__
 from ..errors import BonemetError
 from ..log import logger
 from .data import app as data_app
+from .seg import app as seg_app
 
 app = typer.Typer(
     name="bonemet",
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(seg_app, name="seg")
 
 
 @app.command()

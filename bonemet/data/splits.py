@@ -33,7 +33,7 @@ def patient_splits(
 ) -> dict[str, Any]:
     """Patient-level K-fold over ``items`` (slice names), with optional held-out test patients.
 
-    ``labels`` (one per item, e.g. patient status) stratifies the folds when given. Every fold lists
+    ``labels`` (one per item, e.g. patient status) stratifies the test patients and the folds. Every fold lists
     its train and validation patients and items; no patient is in two parts of one fold, and no
     test patient is in any fold.
     """
@@ -51,9 +51,13 @@ def patient_splits(
     rest = np.arange(len(items))
     test_patients: list[str] = []
     if n_test:
-        gss = GroupShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
-        rest, test_idx = next(gss.split(items_arr, groups=groups))
-        test_patients = sorted(set(groups[test_idx]))
+        if labels is not None:  # keep the classes' proportions among test patients
+            test_patients = _stratified_patients(groups, np.asarray(labels), n_test, seed)
+        else:
+            gss = GroupShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
+            _, test_idx = next(gss.split(items_arr, groups=groups))
+            test_patients = sorted(set(groups[test_idx]))
+        rest = np.flatnonzero(~np.isin(groups, test_patients))
     if labels is not None:
         y = np.asarray(labels)[rest]
         splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -72,6 +76,21 @@ def patient_splits(
     return {"protocol": "patient", "label": "patient-level grouped K-fold", "folds": fold_list,
             "test_patients": test_patients, "test": test_items, "seed": seed, "k": folds,
             "n_items": len(items), "n_patients": len(unique)}
+
+
+def _stratified_patients(groups: np.ndarray, labels: np.ndarray, n_test: int, seed: int) -> list[str]:
+    """``n_test`` patients drawn per class (patient label = the max of its items' labels)."""
+    rng = np.random.default_rng(seed)
+    plabel = {g: int(labels[groups == g].max()) for g in sorted(set(groups.tolist()))}
+    classes = sorted(set(plabel.values()), reverse=True)  # positives first: a test set needs them
+    chosen: list[str] = []
+    for i, c in enumerate(classes):
+        members = [g for g, v in plabel.items() if v == c]
+        share = len(members) / len(plabel)
+        want = n_test - len(chosen) if i == len(classes) - 1 else max(1, int(round(share * n_test)))
+        want = min(want, len(members) - 1) if len(members) > 1 else 0
+        chosen += rng.choice(members, size=max(0, want), replace=False).tolist()
+    return sorted(chosen)
 
 
 def paper_splits(items: Sequence[str], folds: int = 5) -> dict[str, Any]:

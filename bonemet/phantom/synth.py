@@ -56,12 +56,12 @@ def make_patient(index: int, seed: int, status: str, size: int = 256, n_slices: 
     labels = np.zeros(hu.shape, np.int16)
     infos: list[LesionInfo] = []
     if status == "metastatic":
-        n = int(rng.integers(2, 8))
+        n = int(rng.integers(3, 10))
         probs = LESION_TYPE_BY_PRIMARY[params.primary]
         types = [str(t) for t in rng.choice(LESION_TYPES, size=n, p=probs)]
         bone_for_lesions = r.bone & ~islands_mask
         hu, labels, infos = insert_lesions(hu, bone_for_lesions, r.spacing, rng, n, types=types, site_map=r.site,
-                                          diameter_range=(4.0, 40.0))
+                                          diameter_range=(5.0, 40.0))
     ct = finish(hu, params, rng, r.spacing)
     # measured HU values in the lesion list refer to the final image (blur and noise included)
     for info in infos:
@@ -157,7 +157,7 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path, out: str
     ct = read_volume(ct_path)
     bone = read_mask_like(bone_mask_path, ct)
     rng = np.random.default_rng([seed, 10_000])
-    hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=(4.0, 40.0))
+    hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=(5.0, 40.0))
     ct = ct.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -1,0 +1,113 @@
+"""``bonemet seg``: the segmentation model family, training, evaluation and comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import BonemetError
+
+app = typer.Typer(help="Segmentation: models, training, the EH-AttUnet++ ensemble, evaluation.", no_args_is_help=True)
+
+
+@app.command()
+def models(
+    width: Annotated[int, typer.Option(min=1, help="Base channels (32 in the thesis).")] = 32,
+    size: Annotated[int, typer.Option(min=32, help="Slice size for the GMAC count.")] = 224,
+    channels: Annotated[int, typer.Option(min=1, max=3, help="Input channels (1 or 3).")] = 3,
+) -> None:
+    """List the models with parameter counts (M) and GMACs per slice."""
+    from ..data.stats import markdown_table
+    from ..models import count_parameters, create_model, model_names
+    from ..models.cost import gmacs_per_slice
+
+    rows = []
+    for name in model_names():
+        m = create_model(name, width=width, in_channels=channels)
+        rows.append({"model": name, "params (M)": f"{count_parameters(m) / 1e6:.2f}",
+                     f"GMAC / {size}px slice": f"{gmacs_per_slice(m, channels, size):.1f}",
+                     "outputs": "lesion, bone" if name in ("hybrid-attunet++", "sequential") else "lesion"})
+    typer.echo(markdown_table(rows))
+    typer.echo("eh-attunet++ = the ensemble of the K hybrid-attunet++ fold models of a run "
+               "(K x the cost of one member).")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="BM-Seg root (flat with patients.csv, or grouped by patient).")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    model: Annotated[str, typer.Option(help="unet, attunet, unet++, attunet++, hybrid-attunet++ or sequential.")]
+        = "hybrid-attunet++",
+    folds: Annotated[int, typer.Option(min=2, help="K: fold models (the ensemble's members).")] = 5,
+    test_patients: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of patients held out for test "
+                                                                         "(the ensemble is scored on them).")] = 0.2,
+    protocol: Annotated[str, typer.Option(help="patient (grouped folds) or paper (slice-level, leaky).")] = "patient",
+    epochs: Annotated[int, typer.Option(min=1)] = 60,
+    size: Annotated[int, typer.Option(min=32, help="Input size in pixels.")] = 224,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    width: Annotated[int, typer.Option(min=1, help="Base channels.")] = 32,
+    channels: Annotated[int, typer.Option(min=1, max=3, help="Input channels: 3 (as BM-Seg) or 1.")] = 3,
+    block: Annotated[str, typer.Option(help="Nested nets' block: mb (modified) or plain (ablation).")] = "mb",
+    single_decoder: Annotated[bool, typer.Option(help="hybrid-attunet++ without the dual decoder (ablation).")]
+        = False,
+    lesion_model: Annotated[str, typer.Option(help="sequential: the lesion model.")] = "attunet++",
+    lesion_weight: Annotated[float, typer.Option(help="Loss weight of the lesion head.")] = 0.7,
+    bone_weight: Annotated[float, typer.Option(help="Loss weight of the bone head.")] = 0.3,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
+    lr_scale: Annotated[float, typer.Option(help="Multiply the thesis learning rates by this.")] = 1.0,
+    select: Annotated[str, typer.Option(help="last (epoch) or best (F1 on inner-validation patients).")] = "last",
+    no_augment: Annotated[bool, typer.Option(help="Switch augmentation off.")] = False,
+    threshold: Annotated[int, typer.Option(help="Mask binarisation threshold (127 for noisy JPEG masks).")] = 0,
+    neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many lesion-free slices per "
+                                                          "lesion slice (CPU budgets).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+) -> None:
+    """Train the fold models of a run (patient-level folds, held-out test patients)."""
+    from ..training.seg import SegConfig, train_segmentation
+
+    cfg = SegConfig(data=str(data), model=model, folds=folds, test_patients=test_patients, protocol=protocol,
+                    epochs=epochs, size=size, batch_size=batch_size, width=width, channels=channels, block=block,
+                    dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
+                    lesion_weight=lesion_weight, bone_weight=bone_weight, optimizer=optimizer, lr_scale=lr_scale,
+                    select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, seed=seed,
+                    mask_resize="paper" if protocol == "paper" else "nearest")
+    try:
+        from ..models import create_model
+
+        create_model(model, **cfg.model_opts())
+    except ValueError as exc:
+        raise BonemetError(str(exc)) from None
+    run = train_segmentation(cfg, out, resume=resume)
+    typer.echo(f"trained {folds} fold models in {run}; next: bonemet seg evaluate {run}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder of 'seg train'.")],
+    data: Annotated[Path | None, typer.Option(help="Data root (default: the run's).")] = None,
+) -> None:
+    """Thesis-style tables (Markdown, CSV) and figures (PNG) in RUN/eval."""
+    from ..evaluation.seg_eval import evaluate_run
+
+    s = evaluate_run(run, data)
+    typer.echo((run / "eval" / "cv_table.md").read_text())
+    typer.echo((run / "eval" / "test_table.md").read_text())
+    typer.echo(f"tables and figures in {run / 'eval'}: " + ", ".join(Path(f).name for f in s["figures"]))
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders.")],
+    out: Annotated[Path, typer.Option(help="Folder for compare.md / CSV / PNG.")] = Path("compare"),
+    data: Annotated[Path | None, typer.Option(help="Data root (default: the first run's).")] = None,
+) -> None:
+    """Put several runs in one table (Tables 4.1, 4.3, 4.4) with a visual comparison grid."""
+    from ..evaluation.seg_eval import compare_runs
+
+    res = compare_runs(runs, out, data)
+    typer.echo(res["markdown"])
+    if res["figure"]:
+        typer.echo(f"figure: {res['figure']}")

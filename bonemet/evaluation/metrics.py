@@ -1,0 +1,151 @@
+"""Segmentation metrics of the thesis (eq. 4.8-4.14) and beyond: lesion-level detection, bootstrap CIs.
+
+Pixel metrics pool the confusion counts over all pixels of all test images (the thesis' way). Dice
+is the mean over images of the per-image Dice; an image whose truth and prediction are both empty
+scores 1 (``empty_dice=0`` mimics the reference code's epsilon, which scores it 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+PIXEL_METRICS = ("F1", "Dice", "IoU", "Acc", "Spec", "Sens", "Prec")
+SIZE_BINS = ((0, 50, "< 50 px"), (50, 200, "50-200 px"), (200, np.inf, ">= 200 px"))
+
+
+@dataclass
+class Counts:
+    """Pixel confusion counts; they add up over images and patients."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
+    """Counts of boolean arrays of any (equal) shape."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    tp = int(np.count_nonzero(pred & truth))
+    fp = int(np.count_nonzero(pred)) - tp
+    fn = int(np.count_nonzero(truth)) - tp
+    return Counts(tp, fp, fn, int(pred.size) - tp - fp - fn)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / den if den > 0 else float("nan")
+
+
+def pixel_scores(c: Counts) -> dict[str, float]:
+    """F1, IoU, accuracy, specificity, sensitivity, precision from pooled counts.
+
+    F1 and IoU are 1 when truth and prediction are both empty; a ratio with nothing to count
+    (sensitivity without positives, precision without predictions) is NaN.
+    """
+    both_empty = c.tp + c.fp + c.fn == 0
+    return {
+        "F1": 1.0 if both_empty else _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn),
+        "IoU": 1.0 if both_empty else _ratio(c.tp, c.tp + c.fp + c.fn),
+        "Acc": _ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+        "Spec": _ratio(c.tn, c.tn + c.fp),
+        "Sens": _ratio(c.tp, c.tp + c.fn),
+        "Prec": _ratio(c.tp, c.tp + c.fp),
+    }
+
+
+def dice_image(pred: np.ndarray, truth: np.ndarray, empty_dice: float = 1.0) -> float:
+    """2TP / (2TP + FP + FN) of one image; ``empty_dice`` when both are empty."""
+    c = confusion(pred, truth)
+    den = 2 * c.tp + c.fp + c.fn
+    return empty_dice if den == 0 else 2 * c.tp / den
+
+
+def segmentation_scores(preds: Iterable[np.ndarray], truths: Iterable[np.ndarray],
+                        empty_dice: float = 1.0) -> dict[str, float]:
+    """All thesis metrics over a set of images: pooled pixel metrics plus mean per-image Dice."""
+    total, dices = Counts(), []
+    for p, t in zip(preds, truths):
+        total = total + confusion(p, t)
+        dices.append(dice_image(p, t, empty_dice))
+    out = pixel_scores(total)
+    out["Dice"] = float(np.mean(dices)) if dices else float("nan")
+    return {k: out[k] for k in PIXEL_METRICS}
+
+
+@dataclass
+class Detection:
+    """Lesion-level counts: 2D connected components of the truth found (overlapped) or not."""
+
+    lesions: int = 0
+    found: int = 0
+    false_positives: int = 0
+    slices: int = 0
+    by_size: dict[str, list[int]] = field(default_factory=lambda: {n: [0, 0] for _, _, n in SIZE_BINS})
+
+    def __add__(self, o: "Detection") -> "Detection":
+        bins = {k: [self.by_size[k][0] + o.by_size[k][0], self.by_size[k][1] + o.by_size[k][1]] for k in self.by_size}
+        return Detection(self.lesions + o.lesions, self.found + o.found,
+                         self.false_positives + o.false_positives, self.slices + o.slices, bins)
+
+    def summary(self) -> dict[str, float]:
+        out = {"lesions": self.lesions, "found": self.found,
+               "lesion sensitivity": _ratio(self.found, self.lesions),
+               "FP per slice": _ratio(self.false_positives, self.slices)}
+        for _, _, name in SIZE_BINS:
+            n, f = self.by_size[name]
+            out[f"sensitivity {name}"] = _ratio(f, n)
+            out[f"lesions {name}"] = n
+        return out
+
+
+def detect(pred: np.ndarray, truth: np.ndarray) -> Detection:
+    """Lesion-level detection on one 2D slice (8-connected components)."""
+    structure = np.ones((3, 3), bool)
+    tlab, nt = ndimage.label(truth, structure)
+    plab, npred = ndimage.label(pred, structure)
+    det = Detection(lesions=nt, slices=1)
+    found = 0
+    if nt:
+        sizes = np.bincount(tlab.ravel(), minlength=nt + 1)[1:]
+        hit = np.zeros(nt + 1, bool)
+        hit[np.unique(tlab[pred & (tlab > 0)])] = True
+        for lab in range(1, nt + 1):
+            name = next(n for lo, hi, n in SIZE_BINS if lo <= sizes[lab - 1] < hi)
+            det.by_size[name][0] += 1
+            det.by_size[name][1] += int(hit[lab])
+        found = int(hit[1:].sum())
+    fp = 0
+    if npred:
+        touched = np.zeros(npred + 1, bool)
+        touched[np.unique(plab[truth & (plab > 0)])] = True
+        fp = int(npred - touched[1:].sum())
+    det.found, det.false_positives = found, fp
+    return det
+
+
+def bootstrap_ci(groups: Mapping[str, object], statistic: Callable[[list[object]], float], n: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of ``statistic`` over resamples of the groups (patients) with replacement."""
+    keys = sorted(groups)
+    if len(keys) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n):
+        pick = rng.integers(0, len(keys), len(keys))
+        v = statistic([groups[keys[i]] for i in pick])
+        if not np.isnan(v):
+            vals.append(v)
+    if not vals:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))

@@ -1,0 +1,343 @@
+"""``bonemet seg evaluate`` and ``seg compare``: thesis-style tables and figures from a run folder.
+
+* cross-validation (each fold model on its own held-out patients): Table 4.1 layout (mean and std
+  over folds) and the per-fold F1 table (4.3);
+* held-out test patients that no member trained on: each member and the EH ensemble (mean of the
+  members' probabilities), with bootstrap 95 % CIs over patients, lesion-level detection, bone
+  metrics. Without test patients the ensemble is not scored: every patient was some member's
+  training data, which is the leak this project refuses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.bmseg import SegSlice, load_bmseg
+from ..data.datasets import SegmentationDataset
+from ..data.stats import markdown_table
+from ..errors import BonemetError
+from ..fileio import write_csv, write_json, write_text
+from ..training.checkpoint import load_checkpoint
+from ..training.seg import SegConfig, build_model, predict_probs
+from .metrics import PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, pixel_scores
+
+DISPLAY = {"unet": "Unet", "attunet": "AttUnet", "unet++": "Unet++", "attunet++": "AttUnet++",
+           "hybrid-attunet++": "Hybrid-AttUnet++", "sequential": "Sequential"}
+
+
+@dataclass
+class Scored:
+    """Predictions on a set of slices, scored."""
+
+    scores: dict[str, float]
+    detection: dict[str, float]
+    bone: dict[str, float] | None
+    per_patient: dict[str, Counts]
+    per_patient_dice: dict[str, list[float]]
+
+
+def model_label(cfg: SegConfig) -> str:
+    name = DISPLAY.get(cfg.model, cfg.model)
+    if cfg.model == "sequential":
+        name += f" (Unet, {DISPLAY.get(cfg.lesion_model, cfg.lesion_model)})"
+    if cfg.model in ("unet++", "attunet++", "hybrid-attunet++") and cfg.block == "plain":
+        name += " (plain block)"
+    if cfg.model == "hybrid-attunet++" and cfg.dual_decoder is False:
+        name += " (single decoder)"
+    return name
+
+
+def load_run(run: Path) -> tuple[SegConfig, dict]:
+    if not (run / "config.json").exists():
+        raise BonemetError("not a segmentation run folder (no config.json)", run)
+    cfg = SegConfig(**json.loads((run / "config.json").read_text()))
+    split = json.loads((run / "splits.json").read_text())
+    return cfg, split
+
+
+def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
+    fold_dir = run / f"fold{k}"
+    done = fold_dir / "done.json"
+    if not done.exists():
+        raise BonemetError(f"fold {k} has not finished training (run 'bonemet seg train ... --resume')", fold_dir)
+    ck = load_checkpoint(fold_dir / json.loads(done.read_text())["checkpoint"])
+    model = build_model(cfg)
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationDataset) -> Scored:
+    total, det = Counts(), Detection()
+    bone_total, bone_dices = Counts(), []
+    dices: list[float] = []
+    per_patient: dict[str, Counts] = defaultdict(Counts)
+    per_patient_dice: dict[str, list[float]] = defaultdict(list)
+    for i in range(len(ds)):
+        sample = ds[i]
+        truth = sample["lesion"][0].numpy() > 0.5
+        pred = probs[i] > 0.5
+        c = confusion(pred, truth)
+        d = dice_image(pred, truth)
+        total = total + c
+        dices.append(d)
+        det = det + detect(pred, truth)
+        per_patient[sample["patient"]] = per_patient[sample["patient"]] + c
+        per_patient_dice[sample["patient"]].append(d)
+        if bone_probs is not None and sample["has_bone"]:
+            bt = sample["bone"][0].numpy() > 0.5
+            bp = bone_probs[i] > 0.5
+            bone_total = bone_total + confusion(bp, bt)
+            bone_dices.append(dice_image(bp, bt))
+    scores = pixel_scores(total)
+    scores["Dice"] = float(np.mean(dices)) if dices else float("nan")
+    bone = None
+    if bone_dices:
+        bone = pixel_scores(bone_total)
+        bone["Dice"] = float(np.mean(bone_dices))
+    return Scored(scores, det.summary(), bone, dict(per_patient), dict(per_patient_dice))
+
+
+def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
+    f1 = bootstrap_ci(s.per_patient, lambda cs: pixel_scores(sum(cs, Counts()))["F1"], seed=seed)
+    dice = bootstrap_ci(s.per_patient_dice, lambda ls: float(np.mean(sum(ls, []))), seed=seed)
+    return {"F1": f1, "Dice": dice}
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or np.isnan(v) else f"{100 * v:.2f}"
+
+
+def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_slices: int = 4) -> dict:
+    """Score a run folder; writes ``RUN/eval/`` (Markdown, CSV, JSON, PNG) and returns the summary."""
+    run = Path(run)
+    cfg, split = load_run(run)
+    root = Path(data or cfg.data)
+    index = load_bmseg(root, require_patients=split["protocol"] == "patient")
+    by_name = {s.name: s for s in index.slices}
+    out = run / "eval"
+    label = model_label(cfg)
+    protocol = split["label"]
+    members = [load_member(cfg, run, k) for k in range(len(split["folds"]))]
+
+    def dataset(slices: list[SegSlice]) -> SegmentationDataset:
+        return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+
+    # cross-validation: fold k's model on fold k's held-out patients only
+    fold_scores = []
+    for k, fold in enumerate(split["folds"]):
+        if split["protocol"] == "paper":
+            held = [by_name[n] for n in fold["val"] if n in by_name]
+        else:
+            pats = set(fold["val_patients"])
+            held = [s for s in index.slices if s.patient in pats]
+        ds = dataset(held)
+        lp, bp = predict_probs([members[k]], ds, cfg.batch_size)
+        fold_scores.append(score(lp, bp, ds))
+    cv_row = {"model": label}
+    for m in PIXEL_METRICS:
+        vals = [100 * f.scores[m] for f in fold_scores]
+        cv_row[m] = f"{np.nanmean(vals):.2f} ± {np.nanstd(vals):.2f}"
+    per_fold = {"model": label, **{f"fold {k + 1}": _pct(f.scores["F1"]) for k, f in enumerate(fold_scores)}}
+    summary: dict = {"run": str(run), "model": cfg.model, "label": label, "protocol": protocol,
+                     "selection": json.loads((run / "fold0" / "done.json").read_text())["selection"],
+                     "cv": {"per_fold": [f.scores for f in fold_scores], "mean": {m: float(np.nanmean(
+                         [f.scores[m] for f in fold_scores])) for m in PIXEL_METRICS}}}
+    note = f"Protocol: {protocol}. Model selection: {summary['selection']}.\n\n"
+    write_text(out / "cv_table.md", note + markdown_table([cv_row], ["model", *PIXEL_METRICS]))
+    write_csv(out / "cv_table.csv", [cv_row])
+    write_text(out / "per_fold_f1.md", note + markdown_table([per_fold]))
+    write_csv(out / "per_fold_f1.csv", [per_fold])
+
+    test_p = set(split.get("test_patients", []))
+    figures = [str(p) for p in _curves(run, out, len(members))]
+    if test_p:
+        trained_on = {p for f in split["folds"] for p in f.get("train_patients", [])}
+        if trained_on & test_p:
+            raise BonemetError(f"test patients {sorted(trained_on & test_p)} were in a member's training set", run)
+        test_slices = [s for s in index.slices if s.patient in test_p]
+        ds = dataset(test_slices)
+        member_probs = [predict_probs([m], ds, cfg.batch_size) for m in members]
+        ens_l = np.mean([p[0] for p in member_probs], axis=0)
+        ens_b = None if member_probs[0][1] is None else np.mean([p[1] for p in member_probs], axis=0)
+        rows, det_rows, bone_rows = [], [], []
+        test_summary = {}
+        ens_name = "EH-" + label if cfg.model == "hybrid-attunet++" else f"{label} ensemble"
+        for name, (lp, bp) in [*[(f"{label} fold {k + 1}", p) for k, p in enumerate(member_probs)],
+                               (f"{ens_name} ({len(members)} members)", (ens_l, ens_b))]:
+            s = score(lp, bp, ds)
+            ci = _ci(s)
+            rows.append({"model": name, **{m: _pct(s.scores[m]) for m in PIXEL_METRICS},
+                         "F1 95% CI": f"{_pct(ci['F1'][0])}-{_pct(ci['F1'][1])}",
+                         "Dice 95% CI": f"{_pct(ci['Dice'][0])}-{_pct(ci['Dice'][1])}"})
+            det_rows.append({"model": name, **{k: (_pct(v) if "sensitivity" in k else
+                                                   (f"{v:.3f}" if isinstance(v, float) else v))
+                                               for k, v in s.detection.items()}})
+            if s.bone:
+                bone_rows.append({"model": name, **{m: _pct(s.bone[m]) for m in PIXEL_METRICS}})
+            test_summary[name] = {"scores": s.scores, "ci": ci, "detection": s.detection, "bone": s.bone}
+        tnote = (f"Held-out test patients ({len(test_p)}: {', '.join(sorted(test_p))}), never in any member's "
+                 f"training set; {len(test_slices)} slices. CIs: bootstrap over patients.\n\n")
+        write_text(out / "test_table.md", tnote + markdown_table(rows))
+        write_csv(out / "test_table.csv", rows)
+        write_text(out / "detection.md", tnote + "Lesions are 2D connected components at the model's "
+                   "resolution; found = overlapped by the prediction.\n\n" + markdown_table(det_rows))
+        write_csv(out / "detection.csv", det_rows)
+        if bone_rows:
+            write_text(out / "bone.md", tnote + markdown_table(bone_rows))
+            write_csv(out / "bone.csv", bone_rows)
+        summary["test"] = test_summary
+        summary["test_patients"] = sorted(test_p)
+        figures += [str(p) for p in _member_figure(ds, member_probs, ens_l, out, label, max_figure_slices)]
+    else:
+        summary["test"] = None
+        summary["ensemble_note"] = ("no held-out test patients: the ensemble is not scored, since every patient "
+                                    "was in some member's training set")
+        write_text(out / "test_table.md", summary["ensemble_note"] + "\n")
+    summary["figures"] = figures
+    write_json(out / "metrics.json", summary)
+    return summary
+
+
+def _curves(run: Path, out: Path, n_folds: int) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for k in range(n_folds):
+        path = run / f"fold{k}" / "metrics.csv"
+        if not path.exists():
+            continue
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        ep = [int(r["epoch"]) + 1 for r in rows]
+        axes[0].plot(ep, [float(r["train_loss"]) for r in rows], label=f"fold {k + 1}")
+        if rows and "heldout_lesion_f1" in rows[0]:
+            axes[1].plot(ep, [float(r["heldout_lesion_f1"]) for r in rows], label=f"fold {k + 1}")
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].set(title="lesion F1 on the fold's held-out patients", xlabel="epoch", ylim=(0, 1))
+    for a in axes:
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "curves.png"
+    _save(fig, path)
+    return [path]
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def pick_slices(ds: SegmentationDataset, n: int) -> list[int]:
+    """The test slices with the most lesion pixels (the informative ones for a figure)."""
+    sizes = [(float(ds[i]["lesion"].sum()), i) for i in range(len(ds))]
+    return [i for s, i in sorted(sizes, reverse=True)[:n] if s > 0] or list(range(min(n, len(ds))))
+
+
+def overlay_panels(ds: SegmentationDataset, idx: list[int], columns: list[tuple[str, np.ndarray]], path: Path,
+                   title: str) -> Path:
+    """A grid: one row per slice; image, each named probability map thresholded at 0.5, truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncol = len(columns) + 2
+    fig, axes = plt.subplots(len(idx), ncol, figsize=(1.9 * ncol, 1.9 * len(idx) + 0.4), squeeze=False)
+    for r, i in enumerate(idx):
+        s = ds[i]
+        img = s["image"][0].numpy()
+        panels = [("image", None), *[(n, p[i] > 0.5) for n, p in columns], ("truth", s["lesion"][0].numpy() > 0.5)]
+        for c, (name, mask) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            if mask is not None:
+                ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.7, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+        axes[r, 0].set_ylabel(s["name"], fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _member_figure(ds, member_probs, ens, out: Path, label: str, n: int) -> list[Path]:
+    idx = pick_slices(ds, n)
+    cols = [(f"fold {k + 1}", p[0]) for k, p in enumerate(member_probs)] + [("ensemble", ens)]
+    return [overlay_panels(ds, idx, cols, out / "members_vs_ensemble.png", f"{label}: members vs ensemble")]
+
+
+def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | None = None) -> dict:
+    """One table over several evaluated runs (the thesis' Tables 4.1 / 4.3 / 4.4 side by side) and a
+    visual grid (image, each run's ensemble mask, truth) on the same test slices."""
+    out = Path(out)
+    summaries = []
+    for r in runs:
+        path = Path(r) / "eval" / "metrics.json"
+        if not path.exists():
+            raise BonemetError("run not evaluated yet (run 'bonemet seg evaluate' first)", r)
+        summaries.append(json.loads(path.read_text()))
+    cv_rows, fold_rows, test_rows = [], [], []
+    for s in summaries:
+        cv_rows.append({"model": s["label"], "protocol": s["protocol"].split(" (")[0],
+                        **{m: _pct(s["cv"]["mean"][m]) for m in PIXEL_METRICS}})
+        fold_rows.append({"model": s["label"], **{f"fold {k + 1}": _pct(f["F1"]) for k, f in
+                                                  enumerate(s["cv"]["per_fold"])}})
+        if s.get("test"):
+            name, t = list(s["test"].items())[-1]  # the ensemble
+            best_member = max(list(s["test"].values())[:-1], key=lambda v: v["scores"]["F1"])
+            test_rows.append({"model": name, **{m: _pct(t["scores"][m]) for m in PIXEL_METRICS},
+                              "F1 95% CI": f"{_pct(t['ci']['F1'][0])}-{_pct(t['ci']['F1'][1])}",
+                              "best single member F1": _pct(best_member["scores"]["F1"]),
+                              "lesion sensitivity": _pct(t["detection"]["lesion sensitivity"]),
+                              "FP per slice": f"{t['detection']['FP per slice']:.3f}"})
+    text = ("## Cross-validation (each fold model on its own held-out patients), mean over folds\n\n"
+            + markdown_table(cv_rows) + "\n## Per-fold lesion F1\n\n" + markdown_table(fold_rows))
+    if test_rows:
+        text += "\n## Held-out test patients: ensemble of the fold models\n\n" + markdown_table(test_rows)
+    write_text(out / "compare.md", text)
+    write_csv(out / "compare_cv.csv", cv_rows)
+    if test_rows:
+        write_csv(out / "compare_test.csv", test_rows)
+    fig = _compare_figure(runs, summaries, out, data)
+    return {"markdown": text, "figure": str(fig) if fig else None}
+
+
+def _compare_figure(runs, summaries, out: Path, data) -> Path | None:
+    tested = [(Path(r), s) for r, s in zip(runs, summaries) if s.get("test")]
+    if not tested:
+        return None
+    pats = {tuple(s["test_patients"]) for _, s in tested}
+    if len(pats) > 1:
+        return None  # different test patients: no common slices to show
+    cfg0, _ = load_run(tested[0][0])
+    index = load_bmseg(Path(data or cfg0.data))
+    test_slices = [s for s in index.slices if s.patient in set(tested[0][1]["test_patients"])]
+    cols = []
+    ds = None
+    for run, s in tested:
+        cfg, split = load_run(run)
+        ds = SegmentationDataset(test_slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+        members = [load_member(cfg, run, k) for k in range(len(split["folds"]))]
+        cols.append((s["label"], predict_probs(members, ds, cfg.batch_size)[0]))
+    assert ds is not None
+    return overlay_panels(ds, pick_slices(ds, 4), cols, out / "visual_comparison.png",
+                          "visual comparison on held-out test slices (ensemble of each run's fold models)")

@@ -1,0 +1,1 @@
+"""Training: augmentation, schedules, checkpoints, and the segmentation trainer."""

@@ -1,0 +1,46 @@
+"""Geometric augmentation applied identically to an image and its masks (SPEC 2.2).
+
+The reference code passed its masks under names its augmentation library ignored, so its masks
+were never rotated with their images; here image, lesion and bone move together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+MASK_KEYS = ("lesion", "bone")
+
+
+class SegAugment:
+    """Rotation up to ``degrees`` (every sample, zero border), horizontal flip p=0.5, vertical flip p=0.1."""
+
+    def __init__(self, degrees: float = 35.0, p_rotate: float = 1.0, p_hflip: float = 0.5, p_vflip: float = 0.1,
+                 generator: torch.Generator | None = None) -> None:
+        self.degrees, self.p_rotate, self.p_hflip, self.p_vflip = degrees, p_rotate, p_hflip, p_vflip
+        self.generator = generator
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def __call__(self, sample: dict) -> dict:
+        out = dict(sample)
+        if self.degrees and self._rand() < self.p_rotate:
+            angle = (self._rand() * 2 - 1) * self.degrees
+            out["image"] = TF.rotate(out["image"], angle, InterpolationMode.BILINEAR, fill=0.0)
+            for k in MASK_KEYS:
+                if k in out:
+                    out[k] = TF.rotate(out[k], angle, InterpolationMode.NEAREST, fill=0.0)
+        for p, flip in ((self.p_hflip, TF.horizontal_flip), (self.p_vflip, TF.vertical_flip)):
+            if self._rand() < p:
+                for k in ("image", *MASK_KEYS):
+                    if k in out:
+                        out[k] = flip(out[k])
+        return out
+
+
+def seed_augment(aug: SegAugment | None, seed: int) -> None:
+    """Re-seed an augmenter (per epoch), so that a resumed run draws what the uninterrupted one would."""
+    if aug is not None:
+        aug.generator = torch.Generator().manual_seed(seed)

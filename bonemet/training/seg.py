@@ -1,0 +1,315 @@
+"""Segmentation training (SPEC 2.2): K fold models on patient-level folds, resumable, seeded.
+
+Run folder::
+
+    RUN/config.json        the options, the data preprocessing (window, size, channels), the schedule
+    RUN/splits.json        folds and held-out test patients (which patients each member saw)
+    RUN/fold<k>/metrics.csv, last.pt, best.pt (with --select best), done.json
+
+Model selection never looks at patients that are scored: ``--select last`` (default) keeps the last
+epoch; ``--select best`` keeps the best lesion F1 on an inner validation split carved out of the
+fold's training patients.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader
+
+from ..data.bmseg import SegSlice, load_bmseg
+from ..data.datasets import SegmentationDataset
+from ..data.splits import check_no_leakage, load_splits, paper_splits, patient_splits, save_splits
+from ..errors import BonemetError
+from ..evaluation.metrics import Counts, confusion, pixel_scores
+from ..fileio import write_json
+from ..models import create_model, model_options, split_outputs
+from .augment import SegAugment, seed_augment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .schedule import PiecewiseLR
+
+console = Console(stderr=True)
+
+
+@dataclass
+class SegConfig:
+    """Everything that defines a segmentation run (stored as RUN/config.json)."""
+
+    data: str
+    model: str = "hybrid-attunet++"
+    folds: int = 5
+    test_patients: float = 0.2
+    protocol: str = "patient"
+    epochs: int = 60
+    size: int = 224
+    batch_size: int = 8
+    width: int = 32
+    channels: int = 3
+    block: str = "mb"
+    dual_decoder: bool | None = None
+    lesion_model: str = "attunet++"
+    lesion_weight: float = 0.7
+    bone_weight: float = 0.3
+    optimizer: str = "adam"
+    lr_scale: float = 1.0
+    select: str = "last"
+    inner_val: float = 0.15
+    augment: bool = True
+    threshold: int = 0
+    mask_resize: str = "nearest"
+    neg_ratio: float | None = None
+    seed: int = 0
+    preprocessing: dict = field(default_factory=dict)
+
+    def model_opts(self) -> dict:
+        return {"in_channels": self.channels, "width": self.width,
+                **model_options(self.model, self.block, self.dual_decoder, self.lesion_model)}
+
+
+def data_preprocessing(root: Path) -> dict:
+    """What the images of a data root went through (window...), from the files bonemet wrote there."""
+    for meta in (root / "conversion.json", root.parent / "phantom.json", root / "phantom.json"):
+        if meta.exists():
+            info = json.loads(meta.read_text())
+            return {"window": info.get("window", "unknown"), "source": str(meta)}
+    return {"window": "unknown (images used as given)", "source": None}
+
+
+def build_model(cfg: SegConfig) -> torch.nn.Module:
+    return create_model(cfg.model, **cfg.model_opts())
+
+
+def forward(model: torch.nn.Module, image: torch.Tensor, bone: torch.Tensor | None = None):
+    """Run any family member; the sequential model gets the true bone only when one is passed."""
+    if getattr(model, "needs_bone_input", False):
+        return split_outputs(model(image, bone))
+    return split_outputs(model(image))
+
+
+def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batch: dict, cfg: SegConfig) -> torch.Tensor:
+    """0.7 BCE(lesion) + 0.3 BCE(bone) for two-headed models, BCE(lesion) otherwise."""
+    lesion_loss = F.binary_cross_entropy_with_logits(lesion_logits, batch["lesion"])
+    if bone_logits is None:
+        return lesion_loss
+    bone_loss = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"])
+    return cfg.lesion_weight * lesion_loss + cfg.bone_weight * bone_loss
+
+
+def make_split(cfg: SegConfig, slices: list[SegSlice]) -> dict:
+    items = [s.name for s in slices]
+    if cfg.protocol == "paper":
+        return paper_splits(items, cfg.folds)
+    patients = [s.patient for s in slices]
+    # stratify by patient status (any lesion), so test and folds hold metastatic patients
+    flags = lesion_slice_flags(slices, cfg.threshold)
+    has_lesion = {p for p, f in zip(patients, flags) if f}
+    labels = [int(p in has_lesion) for p in patients]
+    if len(set(labels)) < 2:
+        labels = None  # BM-Seg: every patient is metastatic
+    sp = patient_splits(items, patients, cfg.folds, cfg.test_patients, cfg.seed, labels)
+    if cfg.select == "best":
+        rng = np.random.default_rng(cfg.seed)
+        for fold in sp["folds"]:
+            pats = list(fold["train_patients"])
+            n_inner = max(1, int(round(cfg.inner_val * len(pats))))
+            inner = sorted(rng.choice(pats, n_inner, replace=False).tolist())
+            fold["inner_val_patients"] = inner
+            fold["fit_patients"] = sorted(set(pats) - set(inner))
+    return sp
+
+
+def _fold_items(split: dict, fold: dict, slices: list[SegSlice]) -> tuple[list[SegSlice], list[SegSlice], list[SegSlice]]:
+    """(fit, selection, held-out) slices of a fold."""
+    by_name = {s.name: s for s in slices}
+    if split["protocol"] == "paper":
+        return [by_name[n] for n in fold["train"]], [], [by_name[n] for n in fold["val"]]
+    fit_p = set(fold.get("fit_patients", fold["train_patients"]))
+    sel_p = set(fold.get("inner_val_patients", []))
+    val_p = set(fold["val_patients"])
+    return ([s for s in slices if s.patient in fit_p], [s for s in slices if s.patient in sel_p],
+            [s for s in slices if s.patient in val_p])
+
+
+def lesion_slice_flags(slices: list[SegSlice], threshold: int) -> np.ndarray:
+    """Which slices hold lesion pixels (read once, for --neg-ratio sampling)."""
+    from ..data.images import read_mask
+
+    return np.array([s.lesion is not None and bool(read_mask(s.lesion, threshold).any()) for s in slices])
+
+
+@torch.no_grad()
+def predict_probs(models: list[torch.nn.Module], ds: SegmentationDataset, batch_size: int = 8,
+                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean sigmoid probabilities of ``models`` over ``ds``: lesion (N, S, S) and bone (or None)."""
+    for m in models:
+        m.eval()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    les, bone = [], []
+    for batch in loader:
+        lp, bp = [], []
+        for m in models:
+            lo, bo = forward(m, batch["image"])
+            lp.append(torch.sigmoid(lo))
+            if bo is not None:
+                bp.append(torch.sigmoid(bo))
+        les.append(torch.stack(lp).mean(0)[:, 0].numpy())
+        if bp:
+            bone.append(torch.stack(bp).mean(0)[:, 0].numpy())
+    lesion = np.concatenate(les) if les else np.zeros((0, ds.size, ds.size), np.float32)
+    return lesion, (np.concatenate(bone) if bone else None)
+
+
+def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig) -> dict[str, float]:
+    """Validation loss and pooled lesion F1 / Dice-like score for the epoch log."""
+    if len(ds) == 0:
+        return {}
+    model.eval()
+    total, loss_sum, n = Counts(), 0.0, 0
+    with torch.no_grad():
+        for batch in DataLoader(ds, batch_size=cfg.batch_size, shuffle=False):
+            lo, bo = forward(model, batch["image"])
+            loss_sum += float(seg_loss(lo, bo, batch, cfg)) * len(batch["image"])
+            n += len(batch["image"])
+            total = total + confusion((lo > 0).numpy(), batch["lesion"].numpy() > 0.5)
+    return {"loss": loss_sum / n, "lesion_f1": pixel_scores(total)["F1"]}
+
+
+def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list[SegSlice], held: list[SegSlice],
+               resume: bool) -> dict:
+    fold_dir = run / f"fold{k}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    done = fold_dir / "done.json"
+    if resume and done.exists():
+        console.print(f"fold {k}: already finished, skipped")
+        return json.loads(done.read_text())
+    torch.manual_seed(cfg.seed * 1000 + k)
+    model = build_model(cfg)
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    else:
+        raise BonemetError(f"unknown optimizer '{cfg.optimizer}' (adam or sgd)")
+    schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
+    start, best = 0, -1.0
+    metrics_path = fold_dir / "metrics.csv"
+    rows: list[dict] = []
+    if resume and (fold_dir / "last.pt").exists():
+        ck = load_checkpoint(fold_dir / "last.pt")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start, best = int(ck["epoch"]) + 1, float(ck.get("best", -1.0))
+        if metrics_path.exists():
+            with open(metrics_path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < start]
+        console.print(f"fold {k}: resuming after epoch {start - 1}")
+    aug = SegAugment() if cfg.augment else None
+    train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
+    sel_ds = SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    held_ds = SegmentationDataset(held, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    flags = lesion_slice_flags(fit, cfg.threshold) if cfg.neg_ratio is not None else None
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = schedule(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + k * 1009 + epoch)
+        seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
+        indices = torch.randperm(len(train_ds), generator=gen).tolist()
+        if flags is not None:  # keep every lesion slice and a random share of lesion-free ones
+            pos = [i for i in indices if flags[i]]
+            neg = [i for i in indices if not flags[i]][: int(cfg.neg_ratio * max(1, len(pos)))]
+            keep = set(pos + neg)
+            indices = [i for i in indices if i in keep]
+        loader = DataLoader(torch.utils.data.Subset(train_ds, indices), batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=0, drop_last=len(indices) > cfg.batch_size)
+        model.train()
+        loss_sum, n = 0.0, 0
+        with Progress(TextColumn(f"fold {k} epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("train", total=len(loader), loss=float("nan"))
+            for batch in loader:
+                opt.zero_grad(set_to_none=True)
+                lo, bo = forward(model, batch["image"], batch["bone"])
+                loss = seg_loss(lo, bo, batch, cfg)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(batch["image"])
+                n += len(batch["image"])
+                bar.update(task, advance=1, loss=loss_sum / n)
+        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n)}
+        heldout = quick_scores(model, held_ds, cfg)
+        row.update({f"heldout_{k2}": v for k2, v in heldout.items()})
+        if sel:
+            selection = quick_scores(model, sel_ds, cfg)
+            row.update({f"select_{k2}": v for k2, v in selection.items()})
+            if selection["lesion_f1"] > best:
+                best = selection["lesion_f1"]
+                save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        _write_rows(metrics_path, rows)
+        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
+                        best=best)
+        console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+                      f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
+    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
+              "selection": "best lesion F1 on inner-validation patients" if sel else "last epoch"}
+    write_json(done, result)
+    return result
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    from ..fileio import write_csv
+
+    fields: list[str] = []
+    for r in rows:
+        fields += [f for f in r if f not in fields]
+    write_csv(path, rows, fields)
+
+
+def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False) -> Path:
+    """Train the fold models of a run (see the module docstring); returns the run folder."""
+    run = Path(run)
+    if cfg.protocol not in ("patient", "paper"):
+        raise BonemetError(f"unknown protocol '{cfg.protocol}' (patient or paper)")
+    if cfg.select not in ("last", "best"):
+        raise BonemetError(f"unknown selection '{cfg.select}' (last or best)")
+    cfg_path = run / "config.json"
+    if cfg_path.exists() and not resume:
+        raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
+    if resume and cfg_path.exists():
+        saved = json.loads(cfg_path.read_text())
+        cfg = SegConfig(**saved)  # the run goes on exactly as it started
+    index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
+    slices = index.slices
+    if resume and (run / "splits.json").exists():
+        split = load_splits(run / "splits.json")
+    else:
+        split = make_split(cfg, slices)
+        split["root"] = cfg.data
+        if split["protocol"] == "patient":
+            check_no_leakage(split)
+        save_splits(split, run / "splits.json")
+    cfg.preprocessing = {**data_preprocessing(Path(cfg.data)), "size": cfg.size, "channels": cfg.channels,
+                         "intensity": "pixel / 255", "mask_threshold": cfg.threshold, "mask_resize": cfg.mask_resize,
+                         "schedule": PiecewiseLR("seg", cfg.epochs, cfg.lr_scale).describe()}
+    write_json(cfg_path, asdict(cfg))
+    if split["protocol"] == "paper":
+        console.print(f"[yellow]warning:[/] {split['label']}")
+    for k, fold in enumerate(split["folds"]):
+        fit, sel, held = _fold_items(split, fold, slices)
+        if not fit:
+            raise BonemetError(f"fold {k} has no training slices")
+        train_fold(cfg, run, k, fit, sel, held, resume)
+    return run

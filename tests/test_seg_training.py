@@ -1,0 +1,122 @@
+"""Segmentation training: it learns, it resumes exactly, a 2-fold run gives the full table set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonemet.data.bmseg import load_bmseg
+from bonemet.data.datasets import SegmentationDataset
+from bonemet.data.export import write_bmseg_slices
+from bonemet.data.volume import Volume
+from bonemet.evaluation.metrics import dice_image
+from bonemet.fileio import write_csv
+from bonemet.phantom.synth import make_patient
+from bonemet.training import seg as seg_mod
+from bonemet.training.seg import SegConfig, predict_probs, train_fold, train_segmentation
+
+
+@pytest.fixture(scope="module")
+def lesion_crops(tmp_path_factory) -> Path:
+    """A few 64 px crops around phantom lesions (256 px slices, 1.56 mm pixels), BM-Seg layout."""
+    root = tmp_path_factory.mktemp("crops") / "bmseg"
+    p = make_patient(0, seed=4, status="metastatic", size=256, n_slices=48)
+    lesion = p.lesion > 0
+    areas = lesion.sum(axis=(0, 1))
+    ks = [int(k) for k in np.argsort(areas)[::-1][:4] if areas[k] > 0]
+    rows = []
+    for k in ks:
+        ii, jj = np.nonzero(lesion[:, :, k])
+        ci, cj = int(np.clip(ii.mean(), 32, 224)), int(np.clip(jj.mean(), 32, 224))
+        crop = (slice(ci - 32, ci + 32), slice(cj - 32, cj + 32), slice(k, k + 1))
+        vol = Volume(p.ct.array[crop], p.ct.affine)
+        rows += write_bmseg_slices(root, f"P{k}", vol, lesion[crop], p.bone[crop])
+    write_csv(root / "patients.csv", rows)
+    return root
+
+
+def test_tiny_hybrid_overfits_phantom_slices(lesion_crops, tmp_path):
+    idx = load_bmseg(lesion_crops, require_patients=True)
+    cfg = SegConfig(data=str(lesion_crops), model="hybrid-attunet++", epochs=90, size=64, width=8, batch_size=4,
+                    augment=False, lr_scale=0.1)
+    torch.set_num_threads(2)
+    train_fold(cfg, tmp_path, 0, idx.slices, [], [], resume=False)
+    model = seg_mod.build_model(cfg)
+    model.load_state_dict(torch.load(tmp_path / "fold0" / "last.pt", weights_only=True)["model"])
+    ds = SegmentationDataset(idx.slices, 64, 3)
+    probs, bone = predict_probs([model], ds)
+    dices = [dice_image(probs[i] > 0.5, ds[i]["lesion"][0].numpy() > 0.5) for i in range(len(ds))]
+    assert bone is not None
+    assert np.mean(dices) > 0.8, dices
+
+
+def test_two_fold_run_gives_tables_figures_and_no_leakage(phantom, tmp_path):
+    from bonemet.evaluation.seg_eval import compare_runs, evaluate_run
+
+    run = tmp_path / "run"
+    cfg = SegConfig(data=str(phantom / "bmseg"), model="hybrid-attunet++", folds=2, test_patients=0.25, epochs=1,
+                    size=64, width=4, neg_ratio=1.0)
+    train_segmentation(cfg, run)
+    split = json.loads((run / "splits.json").read_text())
+    test = set(split["test_patients"])
+    assert len(test) == 1
+    with open(phantom / "patients.csv") as fh:
+        status = dict(line.strip().split(",")[:2] for line in fh.readlines()[1:])
+    assert all(status[p] == "metastatic" for p in test), "a test set needs lesions"
+    for fold in split["folds"]:
+        assert not test & set(fold["train_patients"]), "no test patient in any member's training set"
+    s = evaluate_run(run)
+    ev = run / "eval"
+    for name in ("cv_table.md", "cv_table.csv", "per_fold_f1.md", "test_table.md", "test_table.csv", "detection.md",
+                 "bone.md", "metrics.json", "curves.png", "members_vs_ensemble.png"):
+        assert (ev / name).exists() and (ev / name).stat().st_size > 0, name
+    table = (ev / "test_table.md").read_text()
+    assert "EH-Hybrid-AttUnet++ (2 members)" in table and "fold 2" in table
+    assert "| F1 | Dice | IoU | Acc | Spec | Sens | Prec |" in (ev / "cv_table.md").read_text()
+    assert s["test_patients"] == sorted(test)
+    res = compare_runs([run], tmp_path / "cmp")
+    assert "Held-out test patients" in res["markdown"] and (tmp_path / "cmp" / "visual_comparison.png").exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted(phantom, tmp_path, monkeypatch):
+    cfg = dict(data=str(phantom / "bmseg"), model="unet", folds=2, test_patients=0.25, epochs=3, size=32, width=2,
+               neg_ratio=0.5)
+    train_segmentation(SegConfig(**cfg), tmp_path / "full")
+
+    calls = {"n": 0}
+    real_loss = seg_mod.seg_loss
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the middle of an epoch of fold 0
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(seg_mod, "seg_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_segmentation(SegConfig(**cfg), tmp_path / "cut")
+    monkeypatch.setattr(seg_mod, "seg_loss", real_loss)
+    assert not (tmp_path / "cut" / "fold0" / "done.json").exists()
+    train_segmentation(SegConfig(**cfg), tmp_path / "cut", resume=True)
+    for k in range(2):
+        a = torch.load(tmp_path / "full" / f"fold{k}" / "last.pt", weights_only=True)
+        b = torch.load(tmp_path / "cut" / f"fold{k}" / "last.pt", weights_only=True)
+        assert a["epoch"] == b["epoch"] == 2
+        for name, t in a["model"].items():
+            torch.testing.assert_close(t, b["model"][name], msg=name)
+        rows = (tmp_path / "cut" / f"fold{k}" / "metrics.csv").read_text().strip().splitlines()
+        assert len(rows) == 4  # header + 3 epochs, none twice
+
+
+def test_run_folder_is_not_overwritten(phantom, tmp_path):
+    from bonemet.errors import BonemetError
+
+    cfg = SegConfig(data=str(phantom / "bmseg"), model="unet", folds=2, test_patients=0.25, epochs=1, size=32,
+                    width=2, neg_ratio=0.2)
+    train_segmentation(cfg, tmp_path / "r")
+    with pytest.raises(BonemetError, match="--resume"):
+        train_segmentation(cfg, tmp_path / "r")
