@@ -42,6 +42,8 @@ def synth(
                                                       "instead of generating phantoms.")] = None,
     bone_mask: Annotated[Path | None, typer.Option(help="Bone mask (NIfTI) of --from-ct.")] = None,
     lesions: Annotated[int, typer.Option(min=1, help="With --from-ct: number of lesions to insert.")] = 4,
+    lesion_size: Annotated[str, typer.Option(help="MIN,MAX drawn lesion diameter in mm (log-uniform; clipped "
+                                                  "to the bone).")] = "10,45",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Generate the CT phantom (volumes, DICOM, BM-Seg and classification layouts) or lesions in real CT."""
@@ -52,13 +54,18 @@ def synth(
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise BonemetError(f"unknown format(s) {bad or formats!r}: choose from {', '.join(FORMATS)}")
+    try:
+        lo, hi = (float(v) for v in lesion_size.split(","))
+        assert 0 < lo <= hi
+    except (ValueError, AssertionError):
+        raise BonemetError(f"--lesion-size wants MIN,MAX in mm with 0 < MIN <= MAX, got '{lesion_size}'") from None
     t0 = time.perf_counter()
     if from_ct is not None:
         if bone_mask is None:
             raise BonemetError("--from-ct needs --bone-mask: lesions are placed inside bone")
         _, infos = synthesize_from_ct(from_ct, bone_mask, out, lesions=lesions, seed=seed,
                                       formats=[f for f in fmts if f != "dicom"] or ["volumes"], window=window,
-                                      overwrite=overwrite)
+                                      overwrite=overwrite, lesion_mm=(lo, hi))
         for i in infos:
             err.print(f"lesion {i.lesion_id}: {i.kind}, {i.diameter_mm} mm, slices {i.slice_start}-{i.slice_end}, "
                       f"{i.mean_hu:.0f} HU (bone around: {i.surrounding_bone_hu:.0f} HU)")
@@ -72,7 +79,7 @@ def synth(
 
             synthesize(out, patients=patients, seed=seed, size=size, slices=slices, formats=fmts, window=window,
                        metastatic_fraction=metastatic_fraction, lesion_slices_only=lesion_slices_only,
-                       overwrite=overwrite, progress=step)
+                       overwrite=overwrite, lesion_mm=(lo, hi), progress=step)
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
 

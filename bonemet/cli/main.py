@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from ..errors import BonemetError
 from ..log import logger
+from .bench import app as bench_app
 from .data import app as data_app
 from .seg import app as seg_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(seg_app, name="seg")
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()

@@ -55,6 +55,8 @@ def train(
     lesion_model: Annotated[str, typer.Option(help="sequential: the lesion model.")] = "attunet++",
     lesion_weight: Annotated[float, typer.Option(help="Loss weight of the lesion head.")] = 0.7,
     bone_weight: Annotated[float, typer.Option(help="Loss weight of the bone head.")] = 0.3,
+    pos_weight: Annotated[float, typer.Option(help="BCE weight of lesion pixels (1 = the thesis' plain BCE).")]
+        = 1.0,
     optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
     lr_scale: Annotated[float, typer.Option(help="Multiply the thesis learning rates by this.")] = 1.0,
     select: Annotated[str, typer.Option(help="last (epoch) or best (F1 on inner-validation patients).")] = "last",
@@ -62,6 +64,8 @@ def train(
     threshold: Annotated[int, typer.Option(help="Mask binarisation threshold (127 for noisy JPEG masks).")] = 0,
     neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many lesion-free slices per "
                                                           "lesion slice (CPU budgets).")] = None,
+    eval_every: Annotated[int, typer.Option(min=1, help="Score the fold's held-out patients every N epochs "
+                                                        "(for the curves only; never used for selection).")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
 ) -> None:
@@ -71,8 +75,8 @@ def train(
     cfg = SegConfig(data=str(data), model=model, folds=folds, test_patients=test_patients, protocol=protocol,
                     epochs=epochs, size=size, batch_size=batch_size, width=width, channels=channels, block=block,
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
-                    lesion_weight=lesion_weight, bone_weight=bone_weight, optimizer=optimizer, lr_scale=lr_scale,
-                    select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, seed=seed,
+                    lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
+                    select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     mask_resize="paper" if protocol == "paper" else "nearest")
     try:
         from ..models import create_model

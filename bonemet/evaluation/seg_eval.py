@@ -220,8 +220,9 @@ def _curves(run: Path, out: Path, n_folds: int) -> list[Path]:
             rows = list(csv.DictReader(fh))
         ep = [int(r["epoch"]) + 1 for r in rows]
         axes[0].plot(ep, [float(r["train_loss"]) for r in rows], label=f"fold {k + 1}")
-        if rows and "heldout_lesion_f1" in rows[0]:
-            axes[1].plot(ep, [float(r["heldout_lesion_f1"]) for r in rows], label=f"fold {k + 1}")
+        scored = [(e, float(r["heldout_lesion_f1"])) for e, r in zip(ep, rows) if r.get("heldout_lesion_f1")]
+        if scored:
+            axes[1].plot(*zip(*scored), marker="o", label=f"fold {k + 1}")
     axes[0].set(title="training loss", xlabel="epoch")
     axes[1].set(title="lesion F1 on the fold's held-out patients", xlabel="epoch", ylim=(0, 1))
     for a in axes:
@@ -302,17 +303,24 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
         fold_rows.append({"model": s["label"], **{f"fold {k + 1}": _pct(f["F1"]) for k, f in
                                                   enumerate(s["cv"]["per_fold"])}})
         if s.get("test"):
-            name, t = list(s["test"].items())[-1]  # the ensemble
-            best_member = max(list(s["test"].values())[:-1], key=lambda v: v["scores"]["F1"])
+            entries = list(s["test"].items())
+            singles = [v for _, v in entries[:-1]]
+            k = len(singles)
+            test_rows.append({"model": f"{s['label']} (single model, mean of {k} fold models)",
+                              **{m: _pct(float(np.mean([v["scores"][m] for v in singles]))) for m in PIXEL_METRICS},
+                              "F1 95% CI": "", "lesion sensitivity": _pct(float(np.mean(
+                                  [v["detection"]["lesion sensitivity"] for v in singles]))),
+                              "FP per slice": f"{np.mean([v['detection']['FP per slice'] for v in singles]):.3f}"})
+            name, t = entries[-1]  # the ensemble
             test_rows.append({"model": name, **{m: _pct(t["scores"][m]) for m in PIXEL_METRICS},
                               "F1 95% CI": f"{_pct(t['ci']['F1'][0])}-{_pct(t['ci']['F1'][1])}",
-                              "best single member F1": _pct(best_member["scores"]["F1"]),
                               "lesion sensitivity": _pct(t["detection"]["lesion sensitivity"]),
                               "FP per slice": f"{t['detection']['FP per slice']:.3f}"})
     text = ("## Cross-validation (each fold model on its own held-out patients), mean over folds\n\n"
             + markdown_table(cv_rows) + "\n## Per-fold lesion F1\n\n" + markdown_table(fold_rows))
     if test_rows:
-        text += "\n## Held-out test patients: ensemble of the fold models\n\n" + markdown_table(test_rows)
+        text += ("\n## Held-out test patients (no member trained on them): single models and ensembles\n\n"
+                 + markdown_table(test_rows))
     write_text(out / "compare.md", text)
     write_csv(out / "compare_cv.csv", cv_rows)
     if test_rows:
@@ -326,8 +334,9 @@ def _compare_figure(runs, summaries, out: Path, data) -> Path | None:
     if not tested:
         return None
     pats = {tuple(s["test_patients"]) for _, s in tested}
-    if len(pats) > 1:
-        return None  # different test patients: no common slices to show
+    sizes = {load_run(r)[0].size for r, _ in tested}
+    if len(pats) > 1 or len(sizes) > 1:
+        return None  # different test patients or input sizes: no common slices to show
     cfg0, _ = load_run(tested[0][0])
     index = load_bmseg(Path(data or cfg0.data))
     test_slices = [s for s in index.slices if s.patient in set(tested[0][1]["test_patients"])]

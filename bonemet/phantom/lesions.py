@@ -184,9 +184,9 @@ def insert_lesions(
         if len(candidates) == 0:
             continue
         center = _pick_center(candidates, depth, rng)
-        # log-uniform sizes: many small lesions, a few large ones; thin bones hold smaller lesions
+        # log-uniform sizes: many small lesions, a few large ones. The blob is clipped to the bone mask, so a
+        # large one fills a thin bone's cross-section (as "full bone" lesions in BM-Seg do)
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        diameter = min(diameter, max(lo, 2.5 * float(depth[center]) + 6.0))
         mask = insert_lesion(out, bone, spacing, rng, kind, center, diameter, texture_sigma, forbidden=labels > 0)
         if not mask.any():
             continue

@@ -37,7 +37,11 @@ class PhantomPatient:
     mimics: list[dict]
 
 
-def make_patient(index: int, seed: int, status: str, size: int = 256, n_slices: int = 96) -> PhantomPatient:
+LESION_MM = (10.0, 45.0)  # drawn diameters; clipped to the bone, measured ones span about 10-40 mm
+
+
+def make_patient(index: int, seed: int, status: str, size: int = 256, n_slices: int = 96,
+                 lesion_mm: tuple[float, float] = LESION_MM) -> PhantomPatient:
     """Generate patient ``index`` of the data set with ``seed``."""
     rng = np.random.default_rng([seed, index])
     pid = f"P{index:03d}"
@@ -61,7 +65,7 @@ def make_patient(index: int, seed: int, status: str, size: int = 256, n_slices: 
         types = [str(t) for t in rng.choice(LESION_TYPES, size=n, p=probs)]
         bone_for_lesions = r.bone & ~islands_mask
         hu, labels, infos = insert_lesions(hu, bone_for_lesions, r.spacing, rng, n, types=types, site_map=r.site,
-                                          diameter_range=(5.0, 40.0))
+                                          diameter_range=lesion_mm)
     ct = finish(hu, params, rng, r.spacing)
     # measured HU values in the lesion list refer to the final image (blur and noise included)
     for info in infos:
@@ -81,7 +85,7 @@ def patient_row(p: PhantomPatient) -> dict:
 def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 256, slices: int = 96,
                formats: Sequence[str] = FORMATS, window: str = "bone", metastatic_fraction: float = 0.5,
                lesion_slices_only: bool = False, overwrite: bool = False,
-               progress: Callable[[str], None] | None = None) -> Path:
+               lesion_mm: tuple[float, float] = LESION_MM, progress: Callable[[str], None] | None = None) -> Path:
     """Write a phantom data set to ``out`` (built in a temporary folder, renamed when complete)."""
     bad = set(formats) - set(FORMATS)
     if bad:
@@ -96,7 +100,7 @@ def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 25
     with atomic_dir(out, overwrite=overwrite) as tmp:
         prow, lrows, mrows, bm_rows = [], [], [], []
         for i in range(patients):
-            p = make_patient(i, seed, status[i], size=size, n_slices=slices)
+            p = make_patient(i, seed, status[i], size=size, n_slices=slices, lesion_mm=lesion_mm)
             pid = p.params.patient_id
             if progress:
                 progress(f"{pid}: {p.params.status}, {len(p.lesions)} lesion(s)")
@@ -120,6 +124,7 @@ def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 25
             "generator": "bonemet CT phantom", "version": PHANTOM_VERSION, "seed": seed, "patients": patients,
             "size": size, "slices": slices, "formats": list(formats), "window": window,
             "metastatic_fraction": metastatic_fraction, "lesion_slices_only": lesion_slices_only,
+            "lesion_mm": list(lesion_mm),
             "patient_params": [asdict(make_patient_params(i, seed, status[i])) for i in range(patients)],
         })
     return out
@@ -150,14 +155,15 @@ def write_patient_exports(tmp: Path, pid: str, ct: Volume, bone: np.ndarray, les
 
 def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path, out: str | Path, lesions: int = 4,
                        seed: int = 0, formats: Sequence[str] = ("volumes", "bmseg"), window: str = "bone",
-                       patient: str = "CT000", overwrite: bool = False) -> tuple[Path, list[LesionInfo]]:
+                       patient: str = "CT000", overwrite: bool = False,
+                       lesion_mm: tuple[float, float] = LESION_MM) -> tuple[Path, list[LesionInfo]]:
     """Semi-synthetic data: insert ``lesions`` metastases into a real CT through its bone mask."""
     from ..data.volume import read_mask_like, read_volume
 
     ct = read_volume(ct_path)
     bone = read_mask_like(bone_mask_path, ct)
     rng = np.random.default_rng([seed, 10_000])
-    hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=(5.0, 40.0))
+    hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=lesion_mm)
     ct = ct.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -1,0 +1,54 @@
+"""The seg and bench commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_seg_models_table_lists_the_family():
+    res = run_cli("seg", "models", "--width", "32", "--size", "224")
+    assert res.returncode == 0, res.stderr
+    for name, params in (("unet", "8.64"), ("attunet", "8.73"), ("unet++", "9.72"), ("attunet++", "10.07"),
+                         ("hybrid-attunet++", "14.01")):
+        assert f"| {name} | {params} |" in res.stdout
+    gmac = [line for line in res.stdout.splitlines() if line.startswith("| hybrid-attunet++ |")][0].split("|")[3]
+    assert 38 < float(gmac) < 46  # about 42 GMAC per 224 px slice
+
+
+def test_seg_train_and_evaluate_cli(phantom, tmp_path):
+    run = tmp_path / "run"
+    res = run_cli("seg", "train", "--data", phantom / "bmseg", "--out", run, "--model", "attunet", "--folds", "2",
+                  "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2", "--neg-ratio", "0.5")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("seg", "evaluate", run)
+    assert res.returncode == 0, res.stderr
+    assert "AttUnet ensemble (2 members)" in res.stdout
+    assert json.loads((run / "eval" / "metrics.json").read_text())["test_patients"]
+
+
+def test_seg_train_bad_input(tmp_path, phantom):
+    res = run_cli("seg", "train", "--data", phantom / "bmseg", "--out", tmp_path / "r", "--model", "vnet")
+    assert res.returncode == 2 and "unknown model 'vnet'" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("seg", "evaluate", tmp_path)
+    assert res.returncode == 2 and "not a segmentation run folder" in res.stderr and "Traceback" not in res.stderr
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    from bonemet.errors import BonemetError
+    from bonemet.training.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(bad)
+    except BonemetError as exc:
+        assert "not a bonemet checkpoint" in str(exc)
+    else:
+        raise AssertionError("a damaged checkpoint must be refused")
+
+
+def test_bench_seg_quick(tmp_path):
+    res = run_cli("bench", "seg", "--quick", "--size", "32", "--width", "2", "--batch-size", "2", "--models",
+                  "unet,hybrid-attunet++", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "bench_seg.md").read_text()
+    assert "| unet |" in text and "| hybrid-attunet++ |" in text and "train img/s" in text
