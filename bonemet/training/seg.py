@@ -111,13 +111,12 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
     return cfg.lesion_weight * lesion_loss + cfg.bone_weight * bone_loss
 
 
-def make_split(cfg: SegConfig, slices: list[SegSlice]) -> dict:
+def make_split(cfg: SegConfig, slices: list[SegSlice], flags: np.ndarray) -> dict:
+    """The run's split; ``flags`` marks lesion slices (patient status stratifies test and folds)."""
     items = [s.name for s in slices]
     if cfg.protocol == "paper":
         return paper_splits(items, cfg.folds)
     patients = [s.patient for s in slices]
-    # stratify by patient status (any lesion), so test and folds hold metastatic patients
-    flags = lesion_slice_flags(slices, cfg.threshold)
     has_lesion = {p for p, f in zip(patients, flags) if f}
     labels = [int(p in has_lesion) for p in patients]
     if len(set(labels)) < 2:
@@ -191,7 +190,8 @@ def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig
 
 
 def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list[SegSlice], held: list[SegSlice],
-               resume: bool) -> dict:
+               resume: bool, flags: np.ndarray | None = None) -> dict:
+    """Train fold ``k`` on ``fit``; ``flags`` (lesion slice or not, per ``fit`` slice) serves --neg-ratio."""
     fold_dir = run / f"fold{k}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
@@ -223,7 +223,10 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
     sel_ds = SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     held_ds = SegmentationDataset(held, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-    flags = lesion_slice_flags(fit, cfg.threshold) if cfg.neg_ratio is not None else None
+    if cfg.neg_ratio is None:
+        flags = None
+    elif flags is None:
+        flags = lesion_slice_flags(fit, cfg.threshold)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = schedule(epoch)
@@ -301,10 +304,12 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False) ->
         cfg = SegConfig(**saved)  # the run goes on exactly as it started
     index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
     slices = index.slices
+    flags = lesion_slice_flags(slices, cfg.threshold)  # read every mask once
+    flag_of = {s.name: bool(f) for s, f in zip(slices, flags)}
     if resume and (run / "splits.json").exists():
         split = load_splits(run / "splits.json")
     else:
-        split = make_split(cfg, slices)
+        split = make_split(cfg, slices, flags)
         split["root"] = cfg.data
         if split["protocol"] == "patient":
             check_no_leakage(split)
@@ -319,5 +324,5 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False) ->
         fit, sel, held = _fold_items(split, fold, slices)
         if not fit:
             raise BonemetError(f"fold {k} has no training slices")
-        train_fold(cfg, run, k, fit, sel, held, resume)
+        train_fold(cfg, run, k, fit, sel, held, resume, np.array([flag_of[s.name] for s in fit]))
     return run
