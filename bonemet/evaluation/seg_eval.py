@@ -183,7 +183,9 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
                 bone_rows.append({"model": name, **{m: _pct(s.bone[m]) for m in PIXEL_METRICS}})
             test_summary[name] = {"scores": s.scores, "ci": ci, "detection": s.detection, "bone": s.bone}
         tnote = (f"Held-out test patients ({len(test_p)}: {', '.join(sorted(test_p))}), never in any member's "
-                 f"training set; {len(test_slices)} slices. CIs: bootstrap over patients.\n\n")
+                 f"training set; {len(test_slices)} slices. CIs: bootstrap over patients. Pixel metrics pool all "
+                 "slices; Dice is the mean per-slice Dice, where a lesion-free slice with an empty prediction "
+                 "scores 1.\n\n")
         write_text(out / "test_table.md", tnote + markdown_table(rows))
         write_csv(out / "test_table.csv", rows)
         write_text(out / "detection.md", tnote + "Lesions are 2D connected components at the model's "
