@@ -133,3 +133,27 @@ def test_paper_protocol_reproduces_sklearn_kfold():
     expected = [names[va].tolist() for _, va in KFold(5, shuffle=True, random_state=42).split(names)]
     assert [f["val"] for f in sp["folds"]] == expected
     assert "leak" in sp["label"] and sp["protocol"] == "paper"
+
+
+def test_dicom_folder_with_two_series_reads_the_larger_ct(phantom, tmp_path, caplog):
+    import logging
+    import shutil
+
+    import pydicom
+
+    from bonemet.data.dicom import read_dicom_series
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(phantom / "dicom" / "P001", folder)
+    extra = sorted((phantom / "dicom" / "P000").iterdir())[:5]
+    for f in extra:  # a second, shorter CT series in the same folder
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.3.4.5"
+        ds.SeriesDescription = "scout"
+        ds.save_as(folder / f"z_{f.name}")
+    (folder / "notes.txt").write_text("not dicom")
+    with caplog.at_level(logging.WARNING, logger="bonemet"):
+        vol = read_dicom_series(folder)
+    assert vol.n_slices == 40 and vol.meta["series_uid"] != "1.2.3.4.5"
+    assert any("2 series found" in r.getMessage() for r in caplog.records)
+    assert vol.meta["ignored_non_dicom"][0].endswith("notes.txt")
