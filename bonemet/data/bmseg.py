@@ -138,10 +138,14 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
     return BMSegIndex(root, layout, slices, problems)
 
 
-def check_slice_files(s: SegSlice, threshold: int = 0) -> list[Problem]:
-    """Decode a slice's image and masks; report unreadable files, size mismatches and empty images."""
+def check_slice_files(s: SegSlice, threshold: int = 0) -> tuple[list[Problem], bool]:
+    """Decode a slice's image and masks once; report unreadable files, size mismatches and empty images.
+
+    Also returns whether the lesion mask has a pixel above ``threshold`` (for the lesion-slice count).
+    """
     problems: list[Problem] = []
     sizes: dict[Path, tuple[int, int]] = {}
+    has_lesion = False
     for path in (s.image, s.lesion, s.bone):
         if path is None:
             continue
@@ -151,6 +155,8 @@ def check_slice_files(s: SegSlice, threshold: int = 0) -> list[Problem]:
             problems.append(Problem(path, str(exc).split(": ", 1)[-1]))
             continue
         sizes[path] = arr.shape[:2]
+        if path == s.lesion:
+            has_lesion = bool((arr > threshold).any())
         if path == s.image and arr.max() == arr.min():
             problems.append(Problem(path, "image is uniform (no content)", fatal=False))
     if s.image in sizes:
@@ -158,7 +164,7 @@ def check_slice_files(s: SegSlice, threshold: int = 0) -> list[Problem]:
             if size != sizes[s.image]:
                 problems.append(Problem(path, f"size {size[1]}x{size[0]} does not match its image "
                                               f"{sizes[s.image][1]}x{sizes[s.image][0]}"))
-    return problems
+    return problems, has_lesion
 
 
 def load_bmseg(root: str | Path, require_patients: bool = False) -> BMSegIndex:

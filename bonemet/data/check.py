@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import DataError
 from .bmseg import check_slice_files, is_bmseg_root, scan_bmseg
 from .classification import is_classification_root, scan_classification
-from .images import read_image, read_mask
+from .images import read_image
 from .layout import Problem
 from .volume import read_nifti, read_volume
 
@@ -34,10 +34,9 @@ def check_bmseg(root: Path, threshold: int = 0) -> CheckReport:
     rep = CheckReport(root, f"BM-Seg ({index.layout})", list(index.problems))
     lesion_slices = 0
     for s in index.slices:
-        probs = check_slice_files(s, threshold)
+        probs, has_lesion = check_slice_files(s, threshold)
         rep.problems += probs
-        if s.lesion is not None and not any(p.path == s.lesion for p in probs):
-            lesion_slices += bool(read_mask(s.lesion, threshold).any())
+        lesion_slices += has_lesion
     rep.counts = {"patients": len(index.patients), "slices": len(index.slices), "lesion slices": lesion_slices}
     return rep
 
@@ -121,10 +120,10 @@ def check_root(root: str | Path, threshold: int = 0) -> list[CheckReport]:
         raise DataError("expected a folder (BM-Seg, classification, volumes or DICOM layout)", root)
     if not any(root.iterdir()):
         return [CheckReport(root, "unknown", [Problem(root, "empty folder")])]
-    subs = {"bmseg": check_bmseg, "classification": check_classification, "volumes": check_volumes,
+    subs = {"bmseg": lambda r: check_bmseg(r, threshold), "classification": check_classification,
+            "volumes": check_volumes,
             "dicom": check_dicom}
-    found = [fn(root / name) if name != "bmseg" else check_bmseg(root / name, threshold)
-             for name, fn in subs.items() if (root / name).is_dir()]
+    found = [fn(root / name) for name, fn in subs.items() if (root / name).is_dir()]
     if found:
         return found
     if is_classification_root(root):
