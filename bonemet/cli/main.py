@@ -11,6 +11,7 @@ from .. import __version__
 from ..errors import BonemetError
 from ..log import logger
 from .bench import app as bench_app
+from .cls import app as cls_app
 from .data import app as data_app
 from .seg import app as seg_app
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(seg_app, name="seg")
+app.add_typer(cls_app, name="cls")
 app.add_typer(bench_app, name="bench")
 
 

@@ -33,6 +33,8 @@ def patient_splits(
 ) -> dict[str, Any]:
     """Patient-level K-fold over ``items`` (slice names), with optional held-out test patients.
 
+    ``folds=1`` gives one "fold" that trains on every non-test patient (no validation part).
+
     ``labels`` (one per item, e.g. patient status) stratifies the test patients and the folds. Every fold lists
     its train and validation patients and items; no patient is in two parts of one fold, and no
     test patient is in any fold.
@@ -58,7 +60,9 @@ def patient_splits(
             _, test_idx = next(gss.split(items_arr, groups=groups))
             test_patients = sorted(set(groups[test_idx]))
         rest = np.flatnonzero(~np.isin(groups, test_patients))
-    if labels is not None:
+    if folds == 1:  # one model on every non-test patient (the thesis' 80/20 classification split)
+        split_iter = iter([(np.arange(len(rest)), np.arange(0))])
+    elif labels is not None:
         y = np.asarray(labels)[rest]
         splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         split_iter = splitter.split(items_arr[rest], y, groups=groups[rest])
@@ -76,6 +80,19 @@ def patient_splits(
     return {"protocol": "patient", "label": "patient-level grouped K-fold", "folds": fold_list,
             "test_patients": test_patients, "test": test_items, "seed": seed, "k": folds,
             "n_items": len(items), "n_patients": len(unique)}
+
+
+def add_inner_validation(split: dict[str, Any], fraction: float, seed: int) -> None:
+    """Carve inner-validation patients (for checkpoint selection) out of each fold's training patients."""
+    rng = np.random.default_rng(seed)
+    for fold in split["folds"]:
+        pats = list(fold["train_patients"])
+        if len(pats) < 2:
+            raise BonemetError("--select best needs at least 2 training patients per fold")
+        n_inner = min(len(pats) - 1, max(1, int(round(fraction * len(pats)))))
+        inner = sorted(rng.choice(pats, n_inner, replace=False).tolist())
+        fold["inner_val_patients"] = inner
+        fold["fit_patients"] = sorted(set(pats) - set(inner))
 
 
 def _stratified_patients(groups: np.ndarray, labels: np.ndarray, n_test: int, seed: int) -> list[str]:

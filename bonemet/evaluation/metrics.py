@@ -149,3 +149,18 @@ def bootstrap_ci(groups: Mapping[str, object], statistic: Callable[[list[object]
         return float("nan"), float("nan")
     a = (1 - level) / 2
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+CLS_METRICS = ("Accuracy", "F1", "Recall", "Precision", "Specificity", "ROC-AUC")
+
+
+def classification_scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Slice (or patient) classification scores, positive = metastatic; ROC-AUC is NaN with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(y).astype(bool), np.asarray(p, float)
+    s = pixel_scores(confusion(p >= threshold, y))
+    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+    f1 = s["F1"] if y.any() or (p >= threshold).any() else float("nan")
+    return {"Accuracy": s["Acc"], "F1": f1, "Recall": s["Sens"], "Precision": s["Prec"], "Specificity": s["Spec"],
+            "ROC-AUC": auc}

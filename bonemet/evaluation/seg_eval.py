@@ -25,6 +25,7 @@ from ..data.stats import markdown_table
 from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..training.checkpoint import load_checkpoint
+from .figures import save_figure
 from ..training.seg import SegConfig, build_model, predict_probs
 from .metrics import PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, pixel_scores
 
@@ -231,19 +232,8 @@ def _curves(run: Path, out: Path, n_folds: int) -> list[Path]:
         a.legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return [path]
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def pick_slices(ds: SegmentationDataset, n: int) -> list[int]:
@@ -278,7 +268,7 @@ def overlay_panels(ds: SegmentationDataset, idx: list[int], columns: list[tuple[
         axes[r, 0].set_ylabel(s["name"], fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 

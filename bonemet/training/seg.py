@@ -13,7 +13,6 @@ fold's training patients.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,23 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
-from ..data.splits import check_no_leakage, load_splits, paper_splits, patient_splits, save_splits
+from ..data.splits import add_inner_validation, check_no_leakage, load_splits, paper_splits, patient_splits, save_splits
 from ..errors import BonemetError
 from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import write_json
 from ..models import create_model, model_options, split_outputs
 from .augment import SegAugment, seed_augment
 from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import console, epoch_bar, make_optimizer, read_rows, set_lr, write_rows
 from .schedule import PiecewiseLR
-
-console = Console(stderr=True)
-
 
 @dataclass
 class SegConfig:
@@ -123,13 +119,7 @@ def make_split(cfg: SegConfig, slices: list[SegSlice], flags: np.ndarray) -> dic
         labels = None  # BM-Seg: every patient is metastatic
     sp = patient_splits(items, patients, cfg.folds, cfg.test_patients, cfg.seed, labels)
     if cfg.select == "best":
-        rng = np.random.default_rng(cfg.seed)
-        for fold in sp["folds"]:
-            pats = list(fold["train_patients"])
-            n_inner = max(1, int(round(cfg.inner_val * len(pats))))
-            inner = sorted(rng.choice(pats, n_inner, replace=False).tolist())
-            fold["inner_val_patients"] = inner
-            fold["fit_patients"] = sorted(set(pats) - set(inner))
+        add_inner_validation(sp, cfg.inner_val, cfg.seed)
     return sp
 
 
@@ -200,12 +190,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         return json.loads(done.read_text())
     torch.manual_seed(cfg.seed * 1000 + k)
     model = build_model(cfg)
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    else:
-        raise BonemetError(f"unknown optimizer '{cfg.optimizer}' (adam or sgd)")
+    opt = make_optimizer(cfg.optimizer, model.parameters())
     schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
     start, best = 0, -1.0
     metrics_path = fold_dir / "metrics.csv"
@@ -215,9 +200,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start, best = int(ck["epoch"]) + 1, float(ck.get("best", -1.0))
-        if metrics_path.exists():
-            with open(metrics_path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < start]
+        rows = read_rows(metrics_path, start)
         console.print(f"fold {k}: resuming after epoch {start - 1}")
     aug = SegAugment() if cfg.augment else None
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
@@ -230,8 +213,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = schedule(epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + k * 1009 + epoch)
         seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
         indices = torch.randperm(len(train_ds), generator=gen).tolist()
@@ -244,9 +226,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
                             num_workers=0, drop_last=len(indices) > cfg.batch_size)
         model.train()
         loss_sum, n = 0.0, 0
-        with Progress(TextColumn(f"fold {k} epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,
-                      transient=True) as bar:
+        with epoch_bar(f"fold {k} epoch {epoch + 1}/{cfg.epochs}") as bar:
             task = bar.add_task("train", total=len(loader), loss=float("nan"))
             for batch in loader:
                 opt.zero_grad(set_to_none=True)
@@ -269,7 +249,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
                 save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        _write_rows(metrics_path, rows)
+        write_rows(metrics_path, rows)
         save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
                         best=best)
         console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
@@ -278,15 +258,6 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
               "selection": "best lesion F1 on inner-validation patients" if sel else "last epoch"}
     write_json(done, result)
     return result
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    from ..fileio import write_csv
-
-    fields: list[str] = []
-    for r in rows:
-        fields += [f for f in r if f not in fields]
-    write_csv(path, rows, fields)
 
 
 def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False) -> Path:

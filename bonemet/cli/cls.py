@@ -1,0 +1,124 @@
+"""``bonemet cls``: slice classifiers (timm backbones, the fusion), training, evaluation, explanations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import BonemetError
+
+app = typer.Typer(help="Classification: CNN / Transformer slice classifiers and their fusion.", no_args_is_help=True)
+
+
+@app.command()
+def models(
+    size: Annotated[int | None, typer.Option(help="Input size for the GMAC count (default: each model's).")] = None,
+) -> None:
+    """List the offered classifiers with parameter counts, input size and normalisation."""
+    from ..data.stats import markdown_table
+    from ..models import count_parameters
+    from ..models.classifiers import THESIS_BACKBONES, classifier_names, create_classifier, family
+    from ..models.cost import gmacs_per_slice
+
+    rows = []
+    for name in classifier_names():
+        m = create_classifier(name, img_size=size)
+        rows.append({"model": name, "family": family(name), "params (M)": f"{count_parameters(m) / 1e6:.2f}",
+                     "input px": m.input_size, "GMAC / slice": f"{gmacs_per_slice(m, 3, m.input_size):.2f}",
+                     "in the thesis": "yes" if name in THESIS_BACKBONES or name == "fusion" else "named in the text"})
+    typer.echo(markdown_table(rows))
+    typer.echo("Any other timm model name is accepted by 'cls train --model'. Nothing is downloaded: pass "
+               "ImageNet weights with --pretrained PATH (safetensors or .pth).")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Classification root (Normal/, Abnormal/<patient>/{normal,metastatic}/).")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    model: Annotated[str, typer.Option(help="A timm backbone of 'bonemet cls models', or fusion.")] = "resnext50_32x4d",
+    pretrained: Annotated[list[str] | None, typer.Option(
+        help="Local weights (safetensors / .pth state dict); for fusion give it twice: CNN then ViT; 'none' = random.")]
+        = None,
+    freeze_backbone: Annotated[bool, typer.Option(help="Train the head only (thesis Fig. 5.2).")] = False,
+    schedule: Annotated[str | None, typer.Option(help="cnn or transformer (default: by model).")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 60,
+    size: Annotated[int | None, typer.Option(min=32, help="Input size (default: the model's own, 224 / 299).")]
+        = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adam.")] = "sgd",
+    lr_scale: Annotated[float, typer.Option(help="Multiply the schedule's learning rates by this.")] = 1.0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Focal loss weight of the metastatic class.")] = 0.8,
+    gamma: Annotated[float, typer.Option(min=0.0, help="Focal loss focusing parameter.")] = 2.0,
+    folds: Annotated[int, typer.Option(min=1, help="1 = one model (80/20 patient split); K = K grouped folds.")] = 1,
+    test_patients: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of patients held out for test.")]
+        = 0.2,
+    select: Annotated[str, typer.Option(help="last (epoch) or best (ROC-AUC on inner-validation patients).")]
+        = "last",
+    no_augment: Annotated[bool, typer.Option(help="Switch augmentation off.")] = False,
+    eval_every: Annotated[int, typer.Option(min=1, help="Score held-out patients every N epochs (curves only).")]
+        = 1,
+    fusion_cnn: Annotated[str, typer.Option(help="fusion: the CNN branch.")] = "resnext50_32x4d",
+    fusion_vit: Annotated[str, typer.Option(help="fusion: the transformer branch.")] = "vit_tiny_patch16_224",
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+) -> None:
+    """Train a slice classifier on patient-level splits (focal loss, thesis schedules)."""
+    from ..training.cls import ClsConfig, train_classification
+
+    if schedule not in (None, "cnn", "transformer"):
+        raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
+    paths = [p for p in (pretrained or []) if p.lower() != "none"]
+    cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
+                    epochs=epochs, size=size, batch_size=batch_size, optimizer=optimizer, lr_scale=lr_scale,
+                    alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
+                    augment=not no_augment, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
+                    seed=seed)
+    run = train_classification(cfg, out, resume=resume)
+    typer.echo(f"trained in {run}; next: bonemet cls evaluate {run}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder of 'cls train'.")],
+    data: Annotated[Path | None, typer.Option(help="Data root (default: the run's).")] = None,
+    patient_rule: Annotated[str, typer.Option(help="fraction:F or count:N positive slices make a positive patient.")]
+        = "fraction:0.1",
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Slice probability threshold.")] = 0.5,
+) -> None:
+    """Table 5.1 layout, ROC-AUC, CIs, patient-level decision, confusion and ROC PNG in RUN/eval."""
+    from ..evaluation.cls_eval import evaluate_cls_run
+
+    s = evaluate_cls_run(run, data, patient_rule, threshold)
+    typer.echo((run / "eval" / "table.md").read_text())
+    typer.echo(f"tables and figures in {run / 'eval'}: " + ", ".join(Path(f).name for f in s["figures"]))
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (evaluated first when needed).")],
+    out: Annotated[Path, typer.Option(help="Folder for compare.md / CSV / roc.png.")] = Path("compare-cls"),
+) -> None:
+    """Several classification runs in one table (thesis Table 5.2 layout) and one ROC figure."""
+    from ..evaluation.cls_eval import compare_cls_runs
+
+    res = compare_cls_runs(runs, out)
+    typer.echo(res["markdown"])
+    typer.echo(f"figure: {res['figure']}")
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder of 'cls train'.")],
+    slices: Annotated[list[Path] | None, typer.Option("--slices", help="Image files to explain (repeat the option). "
+                                                      "Default: test slices picked from RUN/eval/predictions.csv.")]
+        = None,
+    n: Annotated[int, typer.Option(min=1, help="How many test slices to pick when --slices is not given.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="PNG path (default RUN/eval/explain.png).")] = None,
+) -> None:
+    """Grad-CAM (CNNs) and attention rollout (ViT / DeiT) overlays as PNG."""
+    from ..evaluation.explain import explain_run
+
+    path = explain_run(run, slices or [], n, out)
+    typer.echo(f"explanations: {path}")

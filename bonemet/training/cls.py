@@ -1,0 +1,273 @@
+"""Slice classification training (SPEC 3): timm backbones or the fusion, focal loss, patient-level splits.
+
+Run folder::
+
+    RUN/config.json        options, preprocessing (input size, normalisation, window), weights used
+    RUN/splits.json        held-out test patients and the fold(s); which patients each model saw
+    RUN/fold<k>/metrics.csv, last.pt, best.pt (with --select best), done.json
+
+``--folds 1`` (default) is the thesis' 80/20 patient split: one model on every non-test patient.
+``--folds K`` trains K models on grouped folds of the non-test patients (their mean is the ensemble).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..data.classification import ClsSlice, load_classification
+from ..data.datasets import ClassificationDataset
+from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits, save_splits
+from ..errors import BonemetError
+from ..fileio import write_json
+from ..log import logger
+from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
+from .augment import SegAugment, seed_augment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import console, epoch_bar, make_optimizer, read_rows, set_lr, write_rows
+from .losses import focal_loss
+from .schedule import PiecewiseLR
+from .seg import data_preprocessing
+
+
+@dataclass
+class ClsConfig:
+    """Everything that defines a classification run (stored as RUN/config.json)."""
+
+    data: str
+    model: str = "resnext50_32x4d"
+    pretrained: list[str] = field(default_factory=list)
+    freeze_backbone: bool = False
+    schedule: str | None = None  # cnn | transformer; None = by model family
+    epochs: int = 60
+    size: int | None = None  # None = the model's own input size
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr_scale: float = 1.0
+    alpha: float = 0.8
+    gamma: float = 2.0
+    folds: int = 1
+    test_patients: float = 0.2
+    select: str = "last"
+    inner_val: float = 0.15
+    augment: bool = True
+    eval_every: int = 1
+    seed: int = 0
+    fusion_cnn: str = FUSION_BRANCHES[0]
+    fusion_vit: str = FUSION_BRANCHES[1]
+    weights: list[str] = field(default_factory=list)
+    preprocessing: dict = field(default_factory=dict)
+
+    def schedule_name(self) -> str:
+        return self.schedule or ("transformer" if family(self.model) == "transformer" else "cnn")
+
+    def model_opts(self) -> dict:
+        return {"cnn": self.fusion_cnn, "vit": self.fusion_vit} if self.model == "fusion" else {}
+
+
+def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
+    return create_classifier(cfg.model, img_size=cfg.size, **cfg.model_opts())
+
+
+def cls_augment() -> SegAugment:
+    """Rotation up to 35 degrees, horizontal and vertical flips (SPEC 3)."""
+    return SegAugment(degrees=35.0, p_rotate=1.0, p_hflip=0.5, p_vflip=0.5)
+
+
+def item_name(root: Path, s: ClsSlice) -> str:
+    return s.path.relative_to(root).as_posix()
+
+
+def make_cls_split(cfg: ClsConfig, root: Path, slices: list[ClsSlice]) -> dict:
+    """Patient-level split stratified by patient status (healthy / metastatic)."""
+    labels = [s.patient_label for s in slices]
+    sp = patient_splits([item_name(root, s) for s in slices], [s.patient for s in slices], cfg.folds,
+                        cfg.test_patients, cfg.seed, labels if len(set(labels)) > 1 else None)
+    if cfg.select == "best":
+        add_inner_validation(sp, cfg.inner_val, cfg.seed)
+    check_no_leakage(sp)
+    return sp
+
+
+@torch.no_grad()
+def predict_cls(models: list[torch.nn.Module], ds: ClassificationDataset, batch_size: int = 16) -> np.ndarray:
+    """Metastasis probability per slice, (n_models, N): softmax of each model."""
+    out = []
+    for m in models:
+        m.eval()
+        probs = [torch.softmax(m(x), 1)[:, 1] for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
+        out.append(torch.cat(probs).numpy() if probs else np.zeros(0, np.float32))
+    return np.stack(out) if out else np.zeros((0, len(ds)), np.float32)
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else float("nan")
+
+
+def _quick(model: torch.nn.Module, ds: ClassificationDataset, cfg: ClsConfig) -> dict[str, float]:
+    if len(ds) == 0:
+        return {}
+    p = predict_cls([model], ds, cfg.batch_size)[0]
+    y = np.array([s.label for s in ds.slices])
+    return {"auc": _auc(y, p), "acc": float(((p >= 0.5) == y).mean())}
+
+
+def _freeze(model: torch.nn.Module) -> None:
+    for m in backbone_modules(model):
+        m.eval()  # frozen batch-norm statistics too
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: list[ClsSlice],
+                   held: list[ClsSlice], resume: bool) -> dict:
+    """Train model ``k`` of a run on ``fit``; ``sel`` chooses best.pt; ``held`` only feeds the curves."""
+    fold_dir = run / f"fold{k}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    done = fold_dir / "done.json"
+    if resume and done.exists():
+        console.print(f"model {k}: already finished, skipped")
+        return json.loads(done.read_text())
+    torch.manual_seed(cfg.seed * 1000 + k)
+    model = build_classifier(cfg)
+    apply_pretrained(model, cfg.pretrained)
+    if cfg.freeze_backbone:
+        _freeze(model)
+    opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    schedule = PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale)
+    start, best, rows = 0, -1.0, []
+    metrics_path = fold_dir / "metrics.csv"
+    if resume and (fold_dir / "last.pt").exists():
+        ck = load_checkpoint(fold_dir / "last.pt")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start, best = int(ck["epoch"]) + 1, float(ck.get("best", -1.0))
+        rows = read_rows(metrics_path, start)
+        console.print(f"model {k}: resuming after epoch {start - 1}")
+    aug = cls_augment() if cfg.augment else None
+    transform = (lambda t: aug({"image": t})["image"]) if aug else None
+    size = model.input_size
+    train_ds = ClassificationDataset(fit, size, 3, transform=transform)
+    sel_ds, held_ds = ClassificationDataset(sel, size, 3), ClassificationDataset(held, size, 3)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = schedule(epoch)
+        set_lr(opt, lr)
+        seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + k * 1009 + epoch)
+        order = torch.randperm(len(train_ds), generator=gen).tolist()
+        loader = DataLoader(Subset(train_ds, order), batch_size=cfg.batch_size, shuffle=False,
+                            drop_last=len(order) > cfg.batch_size)
+        model.train()
+        if cfg.freeze_backbone:
+            _freeze(model)
+        loss_sum, n = 0.0, 0
+        with epoch_bar(f"model {k} epoch {epoch + 1}/{cfg.epochs}") as bar:
+            task = bar.add_task("train", total=len(loader), loss=float("nan"))
+            for x, y in loader:
+                opt.zero_grad(set_to_none=True)
+                loss = focal_loss(model(x), y, cfg.alpha, cfg.gamma)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(y)
+                n += len(y)
+                bar.update(task, advance=1, loss=loss_sum / n)
+        row: dict = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n)}
+        if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
+            row.update({f"heldout_{a}": v for a, v in _quick(model, held_ds, cfg).items()})
+        if sel:
+            scores = _quick(model, sel_ds, cfg)
+            row.update({f"select_{a}": v for a, v in scores.items()})
+            score = scores["auc"] if not np.isnan(scores["auc"]) else scores["acc"]
+            if score > best:
+                best = score
+                save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        write_rows(metrics_path, rows)
+        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
+                        best=best)
+        console.print(f"model {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+                      f"held-out AUC {row.get('heldout_auc', float('nan')):.3f}, {row['seconds']:.1f} s")
+    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
+              "selection": "best ROC-AUC on inner-validation patients" if sel else "last epoch"}
+    write_json(done, result)
+    return result
+
+
+def fold_slices(split: dict, fold: dict, slices: list[ClsSlice]) -> tuple[list, list, list]:
+    """(fit, selection, held-out) slices of one fold."""
+    fit_p = set(fold.get("fit_patients", fold["train_patients"]))
+    sel_p, val_p = set(fold.get("inner_val_patients", [])), set(fold["val_patients"])
+    if not val_p:  # --folds 1: the curves follow the test patients (never used for selection)
+        val_p = set(split["test_patients"])
+    return ([s for s in slices if s.patient in fit_p], [s for s in slices if s.patient in sel_p],
+            [s for s in slices if s.patient in val_p])
+
+
+def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) -> Path:
+    """Train the model(s) of a classification run; returns the run folder."""
+    run = Path(run)
+    if cfg.select not in ("last", "best"):
+        raise BonemetError(f"unknown selection '{cfg.select}' (last or best)")
+    cfg_path = run / "config.json"
+    if cfg_path.exists() and not resume:
+        raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
+    if resume and cfg_path.exists():
+        cfg = ClsConfig(**json.loads(cfg_path.read_text()))
+    root = Path(cfg.data)
+    index = load_classification(root)
+    probe = build_classifier(cfg)  # fails early on a bad model name or pretrained file
+    cfg.weights = apply_pretrained(probe, cfg.pretrained)
+    for note in cfg.weights:
+        logger.info(note)
+    if resume and (run / "splits.json").exists():
+        split = load_splits(run / "splits.json")
+    else:
+        split = make_cls_split(cfg, root, index.slices)
+        split["root"] = cfg.data
+        save_splits(split, run / "splits.json")
+    norms = [(getattr(probe, a).mean.flatten().tolist(), getattr(probe, a).std.flatten().tolist())
+             for a in ("norm", "cnn_norm", "vit_norm") if hasattr(probe, a)]
+    cfg.preprocessing = {**data_preprocessing(root), "input_size": probe.input_size, "channels": 3,
+                         "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
+                         "normalisation": [{"mean": m, "std": s} for m, s in norms],
+                         "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"}
+    write_json(cfg_path, asdict(cfg))
+    for k, fold in enumerate(split["folds"]):
+        fit, sel, held = fold_slices(split, fold, index.slices)
+        if not fit:
+            raise BonemetError(f"model {k} has no training slices")
+        train_cls_fold(cfg, run, k, fit, sel, held, resume)
+    return run
+
+
+def load_cls_run(run: str | Path) -> tuple[ClsConfig, dict, list[torch.nn.Module]]:
+    """A finished run's config, split and model(s) (the chosen checkpoint of each), in eval mode."""
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise BonemetError("not a classification run folder (no config.json)", run)
+    try:
+        cfg = ClsConfig(**json.loads((run / "config.json").read_text()))
+    except TypeError:
+        raise BonemetError("not a classification run (config.json has other fields)", run / "config.json") from None
+    split = load_splits(run / "splits.json")
+    models = []
+    for k in range(len(split["folds"])):
+        done = run / f"fold{k}" / "done.json"
+        if not done.exists():
+            raise BonemetError(f"model {k} has not finished training (run 'bonemet cls train ... --resume')",
+                               done.parent)
+        ck = load_checkpoint(done.parent / json.loads(done.read_text())["checkpoint"])
+        model = build_classifier(cfg)
+        model.load_state_dict(ck["model"])
+        models.append(model.eval())
+    return cfg, split, models

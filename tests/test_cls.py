@@ -1,0 +1,166 @@
+"""Classification: every backbone and the fusion train a step, focal loss, local pretrained weights,
+patient-level splits and the train / evaluate / compare / explain commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from bonemet.errors import BonemetError
+from bonemet.models.classifiers import (FusionClassifier, apply_pretrained, classifier_names, create_classifier,
+                                        load_pretrained)
+from bonemet.training.losses import focal_loss
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("name", classifier_names())
+def test_every_classifier_trains_a_step_at_its_input_size(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_classifier(name)
+    expected = 299 if name == "inception_v3" else 224
+    assert model.input_size == expected
+    x = torch.rand(2, 3, expected, expected)
+    logits = model.train()(x)
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    focal_loss(logits, torch.tensor([0, 1])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_fusion_concatenates_pooled_branch_features() -> None:
+    model = FusionClassifier()
+    assert model.fc.in_features == 2048 + 192  # ResNeXt-50 pooled + ViT-Tiny class token (SPEC 3)
+
+
+def test_focal_loss_matches_hand_value_and_torchvision() -> None:
+    from torchvision.ops import sigmoid_focal_loss
+
+    logits = torch.tensor([[0.0, 0.0], [2.0, -1.0], [-0.5, 1.5]])
+    target = torch.tensor([1, 1, 0])
+    # hand: p_t = softmax[target]; FL = -alpha_t (1 - p_t)^2 log p_t with alpha 0.8 for class 1, 0.2 for class 0
+    hand = []
+    for (a, b), t in zip(logits.tolist(), target.tolist()):
+        p1 = math.exp(b) / (math.exp(a) + math.exp(b))
+        pt, at = (p1, 0.8) if t == 1 else (1 - p1, 0.2)
+        hand.append(-at * (1 - pt) ** 2 * math.log(pt))
+    ours = focal_loss(logits, target, alpha=0.8, gamma=2.0, reduction="none")
+    assert torch.allclose(ours, torch.tensor(hand), atol=1e-6)
+    tv = sigmoid_focal_loss(logits[:, 1] - logits[:, 0], target.float(), alpha=0.8, gamma=2.0, reduction="none")
+    assert torch.allclose(ours, tv, atol=1e-6)
+    assert abs(float(focal_loss(logits, target)) - sum(hand) / 3) < 1e-6
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_pretrained_file_reproduces_logits(tmp_path, suffix: str) -> None:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    src = create_classifier("vit_tiny_patch16_224", img_size=64).eval()
+    path = tmp_path / f"w{suffix}"
+    sd = {k: v.contiguous() for k, v in src.backbone.state_dict().items()}
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save({"state_dict": sd}, path)
+    torch.manual_seed(2)
+    dst = create_classifier("vit_tiny_patch16_224", img_size=64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    assert not torch.allclose(src(x), dst(x))
+    notes = apply_pretrained(dst, [path])
+    assert "loaded" in notes[0]
+    with torch.no_grad():
+        assert torch.allclose(src(x), dst(x), atol=1e-6)
+
+
+def test_pretrained_imagenet_head_is_reinitialised_and_random_start_is_said(tmp_path) -> None:
+    import timm
+
+    imagenet = timm.create_model("efficientnet_b0", num_classes=1000)
+    path = tmp_path / "imagenet.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = create_classifier("efficientnet_b0")
+    note = load_pretrained(model.backbone, path)
+    assert "head re-initialised" in note
+    assert torch.equal(model.backbone.conv_stem.weight, imagenet.conv_stem.weight)
+    assert "random weights" in apply_pretrained(create_classifier("efficientnet_b0"), None)[0]
+
+
+def test_mismatched_or_missing_weights_are_one_clear_error(tmp_path) -> None:
+    import timm
+
+    path = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), path)
+    with pytest.raises(BonemetError, match="do not fit"):
+        load_pretrained(create_classifier("efficientnet_b0").backbone, path)
+    with pytest.raises(BonemetError, match="not found"):
+        load_pretrained(create_classifier("efficientnet_b0").backbone, tmp_path / "nope.pth")
+    with pytest.raises(BonemetError, match="2 --pretrained"):
+        apply_pretrained(FusionClassifier(cnn="resnet18", vit="vit_tiny_patch16_224", img_size=64), [path])
+
+
+def test_cli_bad_pretrained_file_one_line(phantom, tmp_path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("cls", "train", "--data", phantom / "classification", "--model", "efficientnet_b0",
+                "--pretrained", bad, "--epochs", "1", "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert "bad.pth" in r.stderr and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error")]) == 1
+    assert not (tmp_path / "run" / "fold0").exists()
+
+
+def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
+    data = phantom / "classification"
+    run = tmp_path / "run"
+    r = run_cli("cls", "train", "--data", data, "--model", "resnet18", "--size", "64", "--epochs", "2",
+                "--test-patients", "0.5", "--select", "best", "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert "random weights" in r.stderr
+    split = json.loads((run / "splits.json").read_text())
+    test = set(split["test_patients"])
+    assert len(test) == 2
+    for fold in split["folds"]:  # no patient in both train and test
+        assert not test & set(fold["train_patients"])
+        assert not test & set(fold.get("inner_val_patients", []))
+    statuses = {row["patient"]: row["status"] for row in csv.DictReader(open(phantom / "patients.csv"))}
+    assert {statuses[p] for p in test} == {"metastatic", "healthy"}  # stratified by patient status
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preprocessing"]["input_size"] == 64 and "random weights" in cfg["weights"][0]
+    assert (run / "fold0" / "best.pt").exists() and (run / "fold0" / "last.pt").exists()
+
+    r = run_cli("cls", "evaluate", run, "--patient-rule", "count:2")
+    assert r.returncode == 0, r.stderr
+    ev = run / "eval"
+    for f in ("table.md", "table.csv", "patients.csv", "predictions.csv", "confusion.png", "roc.png", "metrics.json"):
+        assert (ev / f).stat().st_size > 0, f
+    m = json.loads((ev / "metrics.json").read_text())
+    assert 0 <= m["slice"]["ROC-AUC"] <= 1 and m["patients"] == 2
+    with open(ev / "predictions.csv", newline="") as fh:
+        preds = list(csv.DictReader(fh))
+    assert {p["patient"] for p in preds} == test
+    assert "Table 5.1" in (ev / "table.md").read_text()
+
+    r = run_cli("cls", "compare", run, run, "--out", tmp_path / "cmp")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cmp" / "compare.md").read_text().count("| resnet18 |") == 2
+    assert (tmp_path / "cmp" / "roc.png").exists()
+
+    r = run_cli("cls", "explain", run, "--n", "3")
+    assert r.returncode == 0, r.stderr
+    assert (ev / "explain.png").stat().st_size > 0
+    r = run_cli("cls", "evaluate", run, "--patient-rule", "most:3")
+    assert r.returncode == 2 and "most:3" in r.stderr
+
+
+def test_attention_rollout_and_gradcam_shapes() -> None:
+    from bonemet.evaluation.explain import explain
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    for model in (create_classifier("deit_tiny_distilled_patch16_224", img_size=64), create_classifier("resnet18"),
+                  FusionClassifier(cnn="resnet18", vit="vit_tiny_patch16_224", img_size=64)):
+        prob, maps = explain(model, x)
+        assert 0 <= prob <= 1 and maps
+        for _, cam in maps:
+            assert cam.shape == (64, 64) and cam.min() >= 0 and cam.max() <= 1 + 1e-6 and cam.max() > 0
