@@ -14,7 +14,7 @@ from bonemet.errors import BonemetError
 from bonemet.models.classifiers import (FusionClassifier, apply_pretrained, classifier_names, create_classifier,
                                         load_pretrained)
 from bonemet.training.losses import focal_loss
-from tests.conftest import run_cli
+from conftest import run_cli
 
 
 @pytest.mark.parametrize("name", classifier_names())

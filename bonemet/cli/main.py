@@ -13,6 +13,8 @@ from ..log import logger
 from .bench import app as bench_app
 from .cls import app as cls_app
 from .data import app as data_app
+from .demo import demo as demo_command
+from .predict import predict as predict_command
 from .seg import app as seg_app
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(seg_app, name="seg")
 app.add_typer(cls_app, name="cls")
 app.add_typer(bench_app, name="bench")
+app.command(name="predict")(predict_command)
+app.command(name="demo")(demo_command)
 
 
 @app.command()

@@ -1,0 +1,42 @@
+"""``bonemet predict``: the CAD pipeline on one scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def predict(
+    input: Annotated[Path, typer.Argument(help="A DICOM series folder, a NIfTI volume or a folder of PNG / JPEG slices.")],
+    seg: Annotated[Path, typer.Option(help="Segmentation run folder (all its fold models are averaged).")],
+    out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
+    cls: Annotated[Path | None, typer.Option(help="Classification run folder (adds per-slice probabilities).")] = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for masks and verdict.")]
+        = 0.5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
+    window: Annotated[str | None, typer.Option(help="Override the CT window the models were trained with.")] = None,
+    probabilities: Annotated[bool, typer.Option(help="Also write probability maps (NIfTI).")] = False,
+    min_volume: Annotated[float, typer.Option(help="Ignore lesion components below this volume (mL).")] = 0.05,
+    truth: Annotated[Path | None, typer.Option(help="A lesion mask (NIfTI) to report lesion-level recall against.")]
+        = None,
+    include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
+    no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Masks (NIfTI, DICOM-SEG), lesions.csv/json, slices.csv, summary.json and report.html for one scan."""
+    from ..inference.predict import PredictOptions
+    from ..inference.predict import predict as run_predict
+
+    opts = PredictOptions(seg=seg, cls=cls, threshold=threshold, batch_size=batch_size, window=window,
+                          probabilities=probabilities, include_phi=include_phi, truth=truth, min_volume_ml=min_volume,
+                          dicom_seg=not no_dicom_seg, overwrite=overwrite)
+    s = run_predict(input, out, opts)
+    typer.echo(f"{s['verdict']} (probability {s['probability']:.2f}); {s['lesions']} lesion(s), "
+               f"{s['lesion_slices']} slice(s) with lesion")
+    if s.get("truth"):
+        t = s["truth"]
+        typer.echo(f"against the truth: {t['found']}/{t['true_lesions']} lesions found, "
+                   f"{t['false_positive_lesions']} false positive lesion(s)")
+    typer.echo(f"report: {out / 'report.html'}")

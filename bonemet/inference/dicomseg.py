@@ -1,0 +1,82 @@
+"""DICOM Segmentation objects (highdicom) for PACS and 3D Slicer, referencing the source CT series.
+
+Each source slice's frame is sampled from the predicted (canonical) mask through the geometry of that
+very file (its ImagePositionPatient, ImageOrientationPatient and PixelSpacing) and the volume's affine.
+Frames therefore sit on the source pixels whatever the series' direction cosines (negated axes,
+permuted axes); a gantry-tilted series is refused, because a SEG frame of a sheared stack is easy to
+mis-place and several tools have shipped mirrored objects for such series.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from .. import __version__
+from ..data.dicom import LPS_TO_RAS
+from ..data.volume import Volume
+from ..errors import BonemetError
+from ..fileio import atomic_path
+
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                "AccessionNumber", "ReferringPhysicianName")
+
+
+def frames_for_sources(mask: np.ndarray, volume: Volume, sources: list[pydicom.Dataset]) -> np.ndarray:
+    """``mask`` (canonical (i, j, k)) resampled on each source file's pixel grid: (frames, rows, cols)."""
+    to_index = np.linalg.inv(volume.affine)
+    frames = []
+    for ds in sources:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        ps = [float(v) for v in ds.PixelSpacing]
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        lps = (np.asarray(ds.ImagePositionPatient, float)[:, None] + np.outer(iop[:3], c.ravel() * ps[1])
+               + np.outer(iop[3:], r.ravel() * ps[0]))
+        ras = LPS_TO_RAS[:3, :3] @ lps
+        ijk = np.rint(to_index[:3, :3] @ ras + to_index[:3, 3:4]).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(mask.shape)[:, None]), axis=0)
+        vals = np.zeros(rows * cols, bool)
+        vals[inside] = mask[ijk[0, inside], ijk[1, inside], ijk[2, inside]]
+        frames.append(vals.reshape(rows, cols))
+    return np.stack(frames)
+
+
+def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: np.ndarray | None,
+                    model_name: str) -> Path:
+    """Write a binary DICOM-SEG with a lesion segment (and a bone segment) for the series ``volume`` came from."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    files = volume.meta.get("slice_files")
+    if volume.meta.get("format") != "dicom" or not files:
+        raise BonemetError("DICOM-SEG needs a DICOM series input", volume.source)
+    if volume.meta.get("gantry_tilt_deg", 0.0) > 0.5:
+        raise BonemetError(f"gantry-tilted series ({volume.meta['gantry_tilt_deg']:.1f} degrees): no DICOM-SEG written "
+                           "(the NIfTI masks are still aligned)", volume.source)
+    sources = [pydicom.dcmread(f) for f in files]
+    for ds in sources:  # type-2 attributes the SEG copies from its source: present, possibly empty
+        for key in TYPE2_COPIED:
+            if key not in ds:
+                setattr(ds, key, "")
+    algo = hd.AlgorithmIdentificationSequence(name="bonemet", version=__version__,
+                                              family=codes.cid7162.ArtificialIntelligence)
+    segments = [("bone metastasis", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Metastasis, lesion)]
+    if bone is not None:
+        segments.append(("bone", codes.SCT.Tissue, codes.SCT.Bone, bone))
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i + 1, segment_label=label, segmented_property_category=cat, segmented_property_type=typ,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
+        for i, (label, cat, typ, _) in enumerate(segments)]
+    pixels = np.stack([frames_for_sources(m, volume, sources) for *_, m in segments], axis=-1).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="bonemet", manufacturer_model_name=model_name[:64],
+        software_versions=__version__, device_serial_number="none", series_description="bonemet segmentation",
+        omit_empty_frames=bool(pixels.any()))  # highdicom refuses a SEG with no frame at all
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return Path(path)

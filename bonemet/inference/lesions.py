@@ -1,0 +1,146 @@
+"""Lesions as 3D connected components of the predicted mask: size, density, type and rough site.
+
+Type (lytic / blastic / mixed) compares the lesion's voxels with the bone around it: a voxel is lytic
+when it is more than ``DELTA_HU`` below the surrounding bone's median, blastic when more than ``DELTA_HU``
+above. Site is a coarse guess from where the lesion sits in the bone mask of its slices (spine: bone
+near the body's midline behind its centre; rib: bone near the body outline; pelvis: wide bone in the
+lower part of the scan); it is a hint for the reader, never a diagnosis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..phantom.lesions import largest_axial_diameter
+
+DELTA_HU = 150.0
+NA = "n/a"
+
+
+@dataclass
+class Lesion:
+    """One 3D lesion component. Fields that need HU or spacing are None for image-folder input."""
+
+    id: int
+    voxels: int
+    volume_ml: float | None
+    diameter_mm: float | None
+    area_px_max: int
+    mean_hu: float | None
+    max_hu: float | None
+    surrounding_bone_hu: float | None
+    type: str
+    site: str
+    slice_start: int  # 1-based, as viewers number slices
+    slice_end: int
+    key_slice: int  # 0-based index of the slice with the largest area
+    mean_probability: float
+    max_probability: float
+    centroid_voxel: tuple[int, int, int]
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["centroid_voxel"] = " ".join(str(v) for v in self.centroid_voxel)
+        return {k: (NA if v is None else v) for k, v in row.items()}
+
+
+def lesion_type(values: np.ndarray, surrounding: float) -> str:
+    """lytic / blastic / mixed from HU values against the surrounding bone (see the module docstring)."""
+    lytic = float(np.mean(values < surrounding - DELTA_HU))
+    blastic = float(np.mean(values > surrounding + DELTA_HU))
+    if lytic >= 0.2 and blastic >= 0.2:
+        return "mixed"
+    if lytic > blastic and lytic >= 0.3:
+        return "lytic"
+    if blastic > lytic and blastic >= 0.3:
+        return "blastic"
+    return "mixed"
+
+
+def rough_site(comp: np.ndarray, bone: np.ndarray, body: np.ndarray) -> str:
+    """spine / rib / pelvis / other from the component's position (arrays in canonical (i, j, k) order)."""
+    ci, cj, ck = (float(v) for v in np.argwhere(comp).mean(0))
+    k = int(round(ck))
+    body_k = body[:, :, k]
+    if not body_k.any():
+        return "other"
+    bi, bj = np.argwhere(body_k).mean(0)
+    width = np.ptp(np.flatnonzero(body_k.any(1))) + 1
+    depth = np.ptp(np.flatnonzero(body_k.any(0))) + 1
+    dist_edge = ndimage.distance_transform_edt(body_k)[int(round(ci)), int(round(cj))]
+    # canonical LPS: i runs to the patient's left, j to posterior
+    if abs(ci - bi) < 0.15 * width and cj > bj:
+        return "spine"
+    if dist_edge < 0.12 * min(width, depth):
+        return "rib"
+    bone_k = bone[:, :, k]
+    bone_width = np.ptp(np.flatnonzero(bone_k.any(1))) + 1 if bone_k.any() else 0
+    if k < 0.35 * bone.shape[2] and bone_width > 0.6 * width:
+        return "pelvis"
+    return "other"
+
+
+def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | None, bone: np.ndarray | None,
+                 spacing: tuple[float, float, float] | None, min_voxels: int = 10,
+                 min_volume_ml: float = 0.05) -> tuple[list[Lesion], np.ndarray]:
+    """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
+    volume of the kept ones numbered by lesion id.
+
+    Components under ``min_voxels`` (or ``min_volume_ml`` when the spacing is known) are dropped as noise.
+    """
+    labels, n = ndimage.label(lesion_mask, np.ones((3, 3, 3), bool))
+    kept = np.zeros(lesion_mask.shape, np.int16)
+    if n == 0:
+        return [], kept
+    voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing else None
+    body = None
+    if hu is not None:
+        body = ndimage.binary_fill_holes(hu > -300, structure=np.ones((3, 3, 1), bool))
+    out: list[tuple[Lesion, int]] = []
+    for idx, box in enumerate(ndimage.find_objects(labels), start=1):
+        comp = labels[box] == idx
+        count = int(comp.sum())
+        if count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
+            continue
+        full = np.zeros(lesion_mask.shape, bool)
+        full[box] = comp
+        areas = comp.sum(axis=(0, 1))
+        ks = np.flatnonzero(areas) + box[2].start
+        p = prob[full]
+        mean_hu = max_hu = sur = None
+        kind, site = NA, NA
+        if hu is not None and spacing is not None:
+            vals = hu[full]
+            mean_hu, max_hu = round(float(vals.mean()), 1), round(float(vals.max()), 1)
+            ring = ndimage.binary_dilation(full, iterations=3) & ~full
+            ring &= bone if bone is not None and (ring & bone).any() else (hu > 150)
+            if ring.any():
+                sur = round(float(np.median(hu[ring])), 1)
+                kind = lesion_type(vals, sur)
+            site = rough_site(full, bone if bone is not None else hu > 150, body)
+        centroid = tuple(int(round(v)) for v in np.argwhere(full).mean(0))
+        out.append((Lesion(
+            id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
+            diameter_mm=round(largest_axial_diameter(full[box], spacing), 1) if spacing else None,
+            area_px_max=int(areas.max()), mean_hu=mean_hu, max_hu=max_hu, surrounding_bone_hu=sur, type=kind,
+            site=site, slice_start=int(ks.min()) + 1, slice_end=int(ks.max()) + 1,
+            key_slice=int(np.argmax(areas)) + box[2].start, mean_probability=round(float(p.mean()), 4),
+            max_probability=round(float(p.max()), 4), centroid_voxel=centroid), idx))  # type: ignore[arg-type]
+    out.sort(key=lambda t: t[0].voxels, reverse=True)
+    for i, (les, idx) in enumerate(out, start=1):
+        les.id = i
+        kept[labels == idx] = i
+    return [les for les, _ in out], kept
+
+
+def match_truth(found: list[Lesion], kept: np.ndarray, truth: np.ndarray) -> dict:
+    """Lesion-level recall against a truth mask: a true lesion is found when a kept component overlaps it."""
+    tlab, nt = ndimage.label(truth, np.ones((3, 3, 3), bool))
+    hit = np.unique(tlab[(kept > 0) & (tlab > 0)])
+    touched = set(np.unique(kept[tlab > 0]).tolist()) - {0}
+    fp = len([les for les in found if les.id not in touched])
+    return {"true_lesions": int(nt), "found": int(len(hit)), "lesion_recall": float(len(hit) / nt) if nt else None,
+            "false_positive_lesions": fp, "predicted_lesions": len(found)}

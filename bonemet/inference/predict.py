@@ -1,0 +1,224 @@
+"""``bonemet predict``: one scan in, masks, a lesion list, slice probabilities, a verdict and a report out.
+
+Everything is written into a temporary folder beside OUT and moved into place at the end, so OUT is
+either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import __version__
+from ..data.images import write_image
+from ..data.volume import read_mask_like, save_nifti
+from ..errors import BonemetError
+from ..fileio import atomic_dir, write_csv, write_json
+from ..log import logger
+from ..training.loop import console
+from .lesions import find_lesions, match_truth
+from .runners import ClsRunner, SegRunner
+from .scan import Scan, read_scan
+
+TOP_K_SLICES = 3
+
+
+@dataclass
+class PredictOptions:
+    """What ``bonemet predict`` does besides its input and output."""
+
+    seg: Path
+    cls: Path | None = None
+    threshold: float = 0.5
+    batch_size: int = 8
+    window: str | None = None
+    probabilities: bool = False
+    include_phi: bool = False
+    truth: Path | None = None
+    min_volume_ml: float = 0.05
+    min_voxels: int = 10
+    dicom_seg: bool = True
+    overwrite: bool = False
+
+
+def _to_volume(per_slice: np.ndarray) -> np.ndarray:
+    """(N, rows, cols) slices to the canonical (i, j, k) array: ``axial(k) = array[:, :, k].T``."""
+    return np.ascontiguousarray(per_slice.transpose(2, 1, 0))
+
+
+def _versions() -> dict:
+    import timm
+    import torch
+
+    return {"bonemet": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version()}
+
+
+def verdict(lesions: list, lesion_prob_max: float, cls_probs: np.ndarray | None, threshold: float) -> dict:
+    """Patient verdict: segmentation evidence (the most confident kept lesion), classifier evidence (mean of the
+    top-3 slice probabilities), and their mean when both exist."""
+    p_seg = max((les.max_probability for les in lesions), default=min(lesion_prob_max, threshold - 1e-3))
+    parts = {"segmentation": round(float(p_seg), 4)}
+    if cls_probs is not None and len(cls_probs):
+        parts["classification"] = round(float(np.sort(cls_probs)[-TOP_K_SLICES:].mean()), 4)
+    p = float(np.mean(list(parts.values())))
+    return {"verdict": "metastatic" if p >= threshold else "no metastasis found", "probability": round(p, 4),
+            "evidence": parts, "threshold": threshold,
+            "rule": ("segmentation: highest probability in a kept lesion (below the threshold when no lesion is kept); "
+                     f"classification: mean of the top-{TOP_K_SLICES} slice probabilities; patient probability: mean "
+                     "of the available parts")}
+
+
+def _phi(scan: Scan) -> dict:
+    return dict(scan.volume.meta.get("patient", {})) if scan.volume is not None else {}
+
+
+def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> dict:
+    """Run the CAD pipeline on one scan; returns the summary (also written as OUT/summary.json)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not opts.overwrite:
+        raise BonemetError("output folder exists and is not empty (use --overwrite)", out)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    scan = read_scan(input_path)
+    seg = SegRunner(opts.seg)
+    clf = ClsRunner(opts.cls) if opts.cls else None
+    times["read s"] = round(time.perf_counter() - t, 2)
+    warnings = []
+    if scan.volume is not None:
+        skipped = scan.volume.meta.get("skipped_files") or []
+        if skipped:
+            warnings.append(f"{len(skipped)} unreadable DICOM file(s) skipped: {', '.join(skipped)}")
+        if scan.volume.meta.get("ignored_non_dicom"):
+            warnings.append(f"{len(scan.volume.meta['ignored_non_dicom'])} non-DICOM file(s) ignored")
+    n = scan.n_slices
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(f"segmentation ({seg.label})", total=n)
+        t = time.perf_counter()
+        lesion_p, bone_p = seg.predict(scan, opts.window, opts.batch_size, lambda k: bar.advance(task, k))
+        times["segmentation s"] = round(time.perf_counter() - t, 2)
+        cls_p = None
+        if clf is not None:
+            task = bar.add_task(f"classification ({clf.label})", total=n)
+            t = time.perf_counter()
+            cls_p = clf.predict(scan, opts.window, opts.batch_size, lambda k: bar.advance(task, k))
+            times["classification s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    lesion_vol, bone_vol = _to_volume(lesion_p), (_to_volume(bone_p) if bone_p is not None else None)
+    lesion_raw = lesion_vol >= opts.threshold
+    bone_mask = bone_vol >= opts.threshold if bone_vol is not None else None
+    hu = scan.volume.array if scan.volume is not None else None
+    spacing = scan.volume.spacing if scan.volume is not None else None
+    lesions, kept = find_lesions(lesion_raw, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
+                                 opts.min_volume_ml)
+    truth = None
+    if opts.truth is not None:
+        if scan.volume is None:
+            raise BonemetError("--truth needs a CT input (DICOM or NIfTI)", opts.truth)
+        truth = match_truth(lesions, kept, read_mask_like(opts.truth, scan.volume))
+    times["analysis s"] = round(time.perf_counter() - t, 2)
+
+    slice_rows = _slice_rows(scan, lesion_p, kept, cls_p, opts.threshold)
+    decision = verdict(lesions, float(lesion_p.max()) if lesion_p.size else 0.0, cls_p, opts.threshold)
+    summary = {
+        "input": {"path": str(Path(input_path)), "kind": scan.kind, "slices": n, "slice_shape": list(scan.slice_shape),
+                  "spacing_mm": [round(s, 4) for s in spacing] if spacing else None,
+                  "hu_available": scan.has_hu,
+                  "measurements": "HU, mm and mL" if scan.has_hu else
+                  "not available: image slices carry no HU and no spacing (areas in pixels instead)"},
+        **decision,
+        "lesions": len(lesions),
+        "lesions_by_type": _count(lesions, "type"), "lesions_by_site": _count(lesions, "site"),
+        "total_lesion_volume_ml": round(sum(les.volume_ml or 0 for les in lesions), 3) if scan.has_hu else None,
+        "lesion_slices": int(sum(r["lesion pixels"] > 0 for r in slice_rows)),
+        "truth": truth,
+        "models": {"segmentation": seg.describe(), "classification": clf.describe() if clf else None},
+        "versions": _versions(), "timings": times, "warnings": warnings,
+        "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
+                    "window": opts.window or "as trained"},
+    }
+    t = time.perf_counter()
+    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+        files = _write_masks(tmp, scan, kept > 0, bone_mask, lesion_vol, bone_vol, opts, seg.label, warnings)
+        write_csv(tmp / "lesions.csv", [les.as_row() for les in lesions] or [], _lesion_fields())
+        (tmp / "lesions.json").write_text(json.dumps([les.as_row() for les in lesions], indent=2) + "\n")
+        write_csv(tmp / "slices.csv", slice_rows)
+        from ..reporting.report import write_report
+
+        summary["files"] = sorted(files + ["lesions.csv", "lesions.json", "slices.csv", "summary.json", "report.html"])
+        times["write s"] = round(time.perf_counter() - t, 2)
+        summary["timings"]["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
+        write_report(tmp / "report.html", scan, summary, lesions, kept, bone_mask, slice_rows,
+                     _phi(scan) if opts.include_phi else None)
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def _count(lesions: list, key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for les in lesions:
+        out[getattr(les, key)] = out.get(getattr(les, key), 0) + 1
+    return out
+
+
+def _lesion_fields() -> list[str]:
+    from dataclasses import fields
+
+    from .lesions import Lesion
+
+    return [f.name for f in fields(Lesion)]
+
+
+def _slice_rows(scan: Scan, lesion_p: np.ndarray, kept: np.ndarray, cls_p: np.ndarray | None,
+                threshold: float) -> list[dict]:
+    rows = []
+    uids = scan.volume.meta.get("slice_uids") if scan.volume is not None else None
+    for k in range(scan.n_slices):
+        ids = np.unique(kept[:, :, k])
+        row = {"slice": k + 1, "name": scan.images[k].name if scan.kind == "images" else (uids[k] if uids else ""),
+               "z_mm": round(float((scan.volume.affine @ [0, 0, k, 1])[2]), 2) if scan.volume is not None else "",
+               "segmentation probability": round(float(lesion_p[k].max()), 4),
+               "lesion pixels": int((kept[:, :, k] > 0).sum()),
+               "lesion ids": " ".join(str(i) for i in ids[ids > 0])}
+        if cls_p is not None:
+            row["classifier probability"] = round(float(cls_p[k]), 4)
+        row["metastatic slice"] = int(row["lesion pixels"] > 0 or (cls_p is not None and cls_p[k] >= threshold))
+        rows.append(row)
+    return rows
+
+
+def _write_masks(tmp: Path, scan: Scan, lesion: np.ndarray, bone: np.ndarray | None, lesion_p: np.ndarray,
+                 bone_p: np.ndarray | None, opts: PredictOptions, model_name: str, warnings: list[str]) -> list[str]:
+    files = []
+    if scan.volume is not None:
+        vol = scan.volume
+        maps = [("lesion_mask.nii.gz", lesion, np.uint8), ("bone_mask.nii.gz", bone, np.uint8)]
+        if opts.probabilities:
+            maps += [("lesion_probability.nii.gz", lesion_p, np.float32), ("bone_probability.nii.gz", bone_p, np.float32)]
+        for name, arr, dtype in maps:
+            if arr is not None:
+                save_nifti(*vol.to_native(arr.astype(dtype)), tmp / name)  # the input's own axis order and affine
+                files.append(name)
+        if scan.kind == "dicom" and opts.dicom_seg:
+            from .dicomseg import write_dicom_seg
+
+            try:
+                write_dicom_seg(tmp / "lesions_seg.dcm", vol, lesion, bone, model_name)
+                files.append("lesions_seg.dcm")
+            except BonemetError as exc:
+                warnings.append(f"no DICOM-SEG: {exc}")
+                logger.warning("no DICOM-SEG: %s", exc)
+    else:  # image slices: masks as images with the slices' names
+        for k, path in enumerate(scan.images):
+            write_image(tmp / "lesion_mask" / f"{path.stem}.png", lesion[:, :, k].T)
+            if bone is not None:
+                write_image(tmp / "bone_mask" / f"{path.stem}.png", bone[:, :, k].T)
+        files += ["lesion_mask/"] + (["bone_mask/"] if bone is not None else [])
+    return files

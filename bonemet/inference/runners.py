@@ -1,0 +1,123 @@
+"""The trained models as slice-by-slice predictors, with the preprocessing stored in their run folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.datasets import image_to_tensor, resize_image
+from ..data.windows import WINDOW_NAMES
+from ..errors import BonemetError
+from ..log import logger
+from .scan import Scan
+
+
+def _window_for(run: Path, preprocessing: dict, scan: Scan, window: str | None) -> str | None:
+    """The window the run was trained with, checked against the input (None for image folders)."""
+    trained = str(preprocessing.get("window", "unknown"))
+    if not scan.has_hu:
+        logger.warning("%s: image slices are used as given; the models were trained on '%s'-window images",
+                       scan.source, trained)
+        return None
+    if window:
+        if window not in WINDOW_NAMES:
+            raise BonemetError(f"unknown window '{window}' (choose from {', '.join(WINDOW_NAMES)})")
+        if window != trained:
+            logger.warning("%s: --window %s overrides the window the models were trained with (%s)", run, window,
+                           trained)
+        return window
+    if trained not in WINDOW_NAMES:
+        raise BonemetError(f"the models were trained on images with window '{trained}': their preprocessing "
+                           "cannot be reproduced on HU input (pass --window, or train on data written by "
+                           "'bonemet data convert' / 'data synth')", run / "config.json")
+    return trained
+
+
+def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_size: int):
+    for start in range(0, scan.n_slices, batch_size):
+        ks = list(range(start, min(scan.n_slices, start + batch_size)))
+        x = torch.stack([resize_image(image_to_tensor(scan.model_slice(k, window), channels), size) for k in ks])
+        yield ks, x
+
+
+class SegRunner:
+    """The fold models of a segmentation run (EH-AttUnet++ for a hybrid run), averaged."""
+
+    def __init__(self, run: str | Path, members: list[int] | None = None) -> None:
+        from ..evaluation.seg_eval import load_member, load_run, model_label
+
+        self.run = Path(run)
+        if not (self.run / "config.json").exists() or not (self.run / "splits.json").exists():
+            raise BonemetError("not a segmentation run folder (no config.json / splits.json)", self.run)
+        try:
+            self.cfg, split = load_run(self.run)
+        except TypeError:
+            raise BonemetError("not a segmentation run (its config.json has other fields)", self.run) from None
+        ks = members if members is not None else list(range(len(split["folds"])))
+        self.models = [load_member(self.cfg, self.run, k) for k in ks]
+        self.label = model_label(self.cfg) + (f" ensemble of {len(ks)}" if len(ks) > 1 else "")
+        self.test_patients = list(split.get("test_patients", []))
+
+    def describe(self) -> dict:
+        return {"run": str(self.run), "model": self.label, "members": len(self.models),
+                "preprocessing": self.cfg.preprocessing}
+
+    @torch.no_grad()
+    def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,
+                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Lesion and bone probabilities per slice at the scan's slice size: (N, rows, cols) float32."""
+        from ..training.seg import forward
+
+        win = _window_for(self.run, self.cfg.preprocessing, scan, window)
+        rows, cols = scan.slice_shape
+        lesion = np.zeros((scan.n_slices, rows, cols), np.float32)
+        bone = None
+        for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch_size):
+            lp, bp = [], []
+            for m in self.models:
+                lo, bo = forward(m, x)
+                lp.append(torch.sigmoid(lo))
+                if bo is not None:
+                    bp.append(torch.sigmoid(bo))
+            up = lambda t: F.interpolate(torch.stack(t).mean(0), size=(rows, cols), mode="bilinear",  # noqa: E731
+                                         align_corners=False)[:, 0].numpy()
+            lesion[ks] = up(lp)
+            if bp:
+                if bone is None:
+                    bone = np.zeros_like(lesion)
+                bone[ks] = up(bp)
+            if progress:
+                progress(len(ks))
+        return lesion, bone
+
+
+class ClsRunner:
+    """The model(s) of a classification run, averaged: a metastasis probability per slice."""
+
+    def __init__(self, run: str | Path) -> None:
+        from ..evaluation.cls_eval import cls_label
+        from ..training.cls import load_cls_run
+
+        self.run = Path(run)
+        self.cfg, _, self.models = load_cls_run(self.run)
+        self.label = cls_label(self.cfg)
+        self.size = self.models[0].input_size
+
+    def describe(self) -> dict:
+        return {"run": str(self.run), "model": self.label, "members": len(self.models),
+                "weights": self.cfg.weights, "preprocessing": self.cfg.preprocessing}
+
+    @torch.no_grad()
+    def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+        win = _window_for(self.run, self.cfg.preprocessing, scan, window)
+        out = np.zeros(scan.n_slices, np.float32)
+        for ks, x in _batches(scan, win, 3, self.size, batch_size):
+            out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).numpy()
+            if progress:
+                progress(len(ks))
+        return out

@@ -1,0 +1,1 @@
+"""Human-readable outputs: the self-contained HTML report."""

@@ -1,0 +1,204 @@
+"""The CAD pipeline: predict on DICOM, NIfTI and image folders; DICOM-SEG; lesion list; report; bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import run_cli
+from test_cli import assert_clean_failure
+
+
+@pytest.fixture(scope="module")
+def seg_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Hybrid-AttUnet++ run (2 folds, 1 epoch): enough to exercise every output."""
+    run = tmp_path_factory.mktemp("seg") / "run"
+    r = run_cli("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
+                "--size", "64", "--width", "4", "--neg-ratio", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def cls_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("cls") / "run"
+    r = run_cli("cls", "train", "--data", phantom / "classification", "--model", "resnet18", "--size", "64",
+                "--epochs", "1", "--test-patients", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def _metastatic_patient(phantom: Path) -> str:
+    with open(phantom / "patients.csv", newline="") as fh:
+        return next(r["patient"] for r in csv.DictReader(fh) if r["status"] == "metastatic")
+
+
+def test_predict_dicom_writes_every_output(phantom, seg_run, cls_run, tmp_path):
+    pid = _metastatic_patient(phantom)
+    out = tmp_path / "pred"
+    truth = phantom / "volumes" / pid / "lesion_mask.nii.gz"
+    r = run_cli("predict", phantom / "dicom" / pid, "--seg", seg_run, "--cls", cls_run, "--out", out,
+                "--truth", truth, "--threshold", "0.3", "--min-volume", "0")
+    assert r.returncode == 0, r.stderr
+    for f in ("lesion_mask.nii.gz", "bone_mask.nii.gz", "lesions_seg.dcm", "lesions.csv", "lesions.json",
+              "slices.csv", "summary.json", "report.html"):
+        assert (out / f).exists(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert s["truth"]["true_lesions"] > 0 and 0 <= s["truth"]["lesion_recall"] <= 1
+    assert s["verdict"] in ("metastatic", "no metastasis found") and 0 <= s["probability"] <= 1
+    assert s["models"]["segmentation"]["members"] == 2 and s["models"]["classification"]["members"] == 1
+    assert set(s["evidence"]) == {"segmentation", "classification"}
+    # masks on the input's grid: the DICOM series read without reorientation has the same shape and affine
+    from bonemet.data.dicom import read_dicom_series
+
+    native = read_dicom_series(phantom / "dicom" / pid, canonical=False)
+    img = nib.load(out / "lesion_mask.nii.gz")
+    assert img.shape == native.shape and np.allclose(img.affine, native.affine, atol=1e-4)
+    with open(out / "slices.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == native.n_slices and "classifier probability" in rows[0]
+    lesions = json.loads((out / "lesions.json").read_text())
+    assert len(lesions) == s["lesions"]
+    for les in lesions:
+        assert les["type"] in ("lytic", "blastic", "mixed", "n/a") and les["volume_ml"] > 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script" not in html
+    patient = native.meta["patient"]
+    for phi in (patient["PatientName"], patient["PatientID"], patient["PatientBirthDate"]):
+        if phi:
+            assert phi not in html, phi
+    # nothing of the temporary build is left beside the output
+    assert [p.name for p in tmp_path.iterdir()] == ["pred"]
+
+
+def test_dicom_seg_reads_back_and_references_the_source(phantom, seg_run, tmp_path):
+    import highdicom as hd
+
+    pid = _metastatic_patient(phantom)
+    out = tmp_path / "pred"
+    r = run_cli("predict", phantom / "dicom" / pid, "--seg", seg_run, "--out", out, "--threshold", "0.01")
+    assert r.returncode == 0, r.stderr
+    seg = hd.seg.segread(out / "lesions_seg.dcm")
+    ds = pydicom.dcmread(out / "lesions_seg.dcm")
+    assert ds.Modality == "SEG" and len(seg.SegmentSequence) == 2
+    source_uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in (phantom / "dicom" / pid).iterdir()}
+    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+    assert referenced and referenced <= source_uids
+    # frame content equals the NIfTI lesion mask on the same source slice
+    lesion = nib.load(out / "lesion_mask.nii.gz").get_fdata() > 0
+    from bonemet.data.dicom import read_dicom_series
+
+    native = read_dicom_series(phantom / "dicom" / pid, canonical=False)
+    uids = native.meta["slice_uids"]
+    k = int(np.argmax(lesion.sum(axis=(0, 1))))
+    assert lesion[:, :, k].any()
+    frame = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uids[k]], segment_numbers=[1])[0, :, :, 0]
+    assert np.array_equal(frame > 0, lesion[:, :, k].T)
+
+
+def test_dicom_seg_survives_negated_direction_cosines(phantom, tmp_path):
+    """A series stored right-to-left and posterior-to-anterior: SEG frames must follow the source pixels."""
+    from bonemet.data.dicom import read_dicom_series
+    from bonemet.data.export import write_dicom_series
+    from bonemet.data.volume import read_nifti
+    from bonemet.inference.dicomseg import frames_for_sources
+
+    pid = _metastatic_patient(phantom)
+    ct = read_nifti(phantom / "volumes" / pid / "ct.nii.gz")
+    flipped = ct.reoriented(("R", "A", "S"))
+    files = write_dicom_series(flipped, tmp_path / "series", pid)
+    assert np.allclose(pydicom.dcmread(files[0]).ImageOrientationPatient[:2], [-1, 0])
+    vol = read_dicom_series(tmp_path / "series")  # canonical LPS again
+    truth = read_nifti(phantom / "volumes" / pid / "lesion_mask.nii.gz").array > 0
+    sources = [pydicom.dcmread(f) for f in vol.meta["slice_files"]]
+    frames = frames_for_sources(truth, vol, sources)
+    for ds, frame in zip(sources, frames):
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        if frame.any():  # lesion pixels of the frame are exactly where the file's own pixels hold the lesion
+            k = vol.meta["slice_uids"].index(ds.SOPInstanceUID)
+            assert np.array_equal(frame, truth[:, :, k].T[::-1, ::-1])
+            assert np.allclose(hu[frame].mean(), vol.axial(k)[truth[:, :, k].T].mean(), atol=1)
+
+
+def test_predict_nifti_keeps_the_input_affine_and_png_folder_says_na(phantom, seg_run, tmp_path):
+    pid = _metastatic_patient(phantom)
+    src = phantom / "volumes" / pid / "ct.nii.gz"
+    r = run_cli("predict", src, "--seg", seg_run, "--out", tmp_path / "nii", "--threshold", "0.01")
+    assert r.returncode == 0, r.stderr
+    a, b = nib.load(src), nib.load(tmp_path / "nii" / "lesion_mask.nii.gz")
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine)
+    assert not (tmp_path / "nii" / "lesions_seg.dcm").exists()
+
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for f in sorted((phantom / "bmseg" / "image").glob(f"{pid}_*"))[:12]:
+        shutil.copy(f, pngs / f.name)
+    r = run_cli("predict", pngs, "--seg", seg_run, "--out", tmp_path / "png", "--threshold", "0.01",
+                "--min-volume", "0")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "png" / "summary.json").read_text())
+    assert s["input"]["kind"] == "images" and s["total_lesion_volume_ml"] is None
+    assert "not available" in s["input"]["measurements"]
+    assert len(list((tmp_path / "png" / "lesion_mask").glob("*.png"))) == 12
+    for les in json.loads((tmp_path / "png" / "lesions.json").read_text()):
+        assert les["volume_ml"] == "n/a" and les["mean_hu"] == "n/a" and les["area_px_max"] > 0
+
+
+def test_predict_bad_inputs_one_line(phantom, seg_run, cls_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_cli("predict", tmp_path / "empty", "--seg", seg_run, "--out", tmp_path / "o1")
+    assert_clean_failure(r, "empty folder")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    (junk / "data.bin").write_bytes(b"\x00\x01" * 100)
+    r = run_cli("predict", junk, "--seg", seg_run, "--out", tmp_path / "o2")
+    assert_clean_failure(r, "no DICOM file")
+    mr = tmp_path / "mr"
+    mr.mkdir()
+    for f in sorted((phantom / "dicom" / "P000").iterdir())[:3]:
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.save_as(mr / f.name)
+    r = run_cli("predict", mr, "--seg", seg_run, "--out", tmp_path / "o3")
+    assert_clean_failure(r, "no CT series")
+    # a classification run is not a segmentation run
+    r = run_cli("predict", phantom / "dicom" / "P000", "--seg", cls_run, "--out", tmp_path / "o4")
+    assert_clean_failure(r, "not a segmentation run")
+    # models trained on images of unknown window cannot be fed HU
+    other = tmp_path / "other_run"
+    shutil.copytree(seg_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["preprocessing"]["window"] = "unknown (images used as given)"
+    (other / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("predict", phantom / "dicom" / "P000", "--seg", other, "--out", tmp_path / "o5")
+    assert_clean_failure(r, "window", "config.json")
+    for k in range(1, 6):
+        assert not (tmp_path / f"o{k}").exists(), "no half-written output"
+
+
+def test_truncated_dicom_slice_is_never_dropped_silently(phantom, seg_run, tmp_path):
+    series = tmp_path / "series"
+    shutil.copytree(phantom / "dicom" / "P001", series)
+    from bonemet.data.dicom import read_dicom_series
+
+    ordered = [Path(f) for f in read_dicom_series(series, canonical=False).meta["slice_files"]]
+    last = ordered[-1]
+    last.write_bytes(last.read_bytes()[:2000])  # the end slice: no gap, so the scan is still usable
+    r = run_cli("predict", series, "--seg", seg_run, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert last.name in r.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any(last.name in w for w in s["warnings"])
+    middle = ordered[len(ordered) // 2]
+    middle.write_bytes(middle.read_bytes()[:2000])  # a hole in the series: refused, naming the file
+    r = run_cli("predict", series, "--seg", seg_run, "--out", tmp_path / "out2")
+    assert_clean_failure(r, middle.name)
