@@ -202,3 +202,17 @@ def test_truncated_dicom_slice_is_never_dropped_silently(phantom, seg_run, tmp_p
     middle.write_bytes(middle.read_bytes()[:2000])  # a hole in the series: refused, naming the file
     r = run_cli("predict", series, "--seg", seg_run, "--out", tmp_path / "out2")
     assert_clean_failure(r, middle.name)
+
+
+def test_predict_on_real_ct_reports_bone_dice(real_ct, seg_run, tmp_path):
+    out = tmp_path / "real"
+    r = run_cli("predict", real_ct / "chest_abdomen_dicom", "--seg", seg_run, "--out", out,
+                "--bone-truth", real_ct / "chest_abdomen_dicom_bone_mask.nii.gz")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert 0 <= s["bone_truth"]["dice"] <= 1 and s["bone_truth"]["truth_voxels"] > 0
+    assert s["input"]["kind"] == "dicom" and s["input"]["slices"] == 20
+    assert "bone Dice" in r.stdout
+    # this anonymised series has empty Study / Series Instance UIDs: no SEG, and the summary says why
+    assert not (out / "lesions_seg.dcm").exists()
+    assert any("SeriesInstanceUID" in w for w in s["warnings"])

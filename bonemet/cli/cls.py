@@ -57,6 +57,8 @@ def train(
     select: Annotated[str, typer.Option(help="last (epoch) or best (ROC-AUC on inner-validation patients).")]
         = "last",
     no_augment: Annotated[bool, typer.Option(help="Switch augmentation off.")] = False,
+    neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many normal slices per metastatic "
+                                                          "slice (CPU budgets; metastatic slices are few).")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Score held-out patients every N epochs (curves only).")]
         = 1,
     fusion_cnn: Annotated[str, typer.Option(help="fusion: the CNN branch.")] = "resnext50_32x4d",
@@ -73,7 +75,7 @@ def train(
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
                     epochs=epochs, size=size, batch_size=batch_size, optimizer=optimizer, lr_scale=lr_scale,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
-                    augment=not no_augment, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
+                    augment=not no_augment, neg_ratio=neg_ratio, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)
     run = train_classification(cfg, out, resume=resume)
     typer.echo(f"trained in {run}; next: bonemet cls evaluate {run}")

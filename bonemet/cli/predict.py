@@ -21,6 +21,8 @@ def predict(
     min_volume: Annotated[float, typer.Option(help="Ignore lesion components below this volume (mL).")] = 0.05,
     truth: Annotated[Path | None, typer.Option(help="A lesion mask (NIfTI) to report lesion-level recall against.")]
         = None,
+    bone_truth: Annotated[Path | None, typer.Option(help="A bone mask (NIfTI) to report the bone Dice against.")]
+        = None,
     include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
     no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -30,7 +32,7 @@ def predict(
     from ..inference.predict import predict as run_predict
 
     opts = PredictOptions(seg=seg, cls=cls, threshold=threshold, batch_size=batch_size, window=window,
-                          probabilities=probabilities, include_phi=include_phi, truth=truth, min_volume_ml=min_volume,
+                          probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth, min_volume_ml=min_volume,
                           dicom_seg=not no_dicom_seg, overwrite=overwrite)
     s = run_predict(input, out, opts)
     typer.echo(f"{s['verdict']} (probability {s['probability']:.2f}); {s['lesions']} lesion(s), "
@@ -39,4 +41,6 @@ def predict(
         t = s["truth"]
         typer.echo(f"against the truth: {t['found']}/{t['true_lesions']} lesions found, "
                    f"{t['false_positive_lesions']} false positive lesion(s)")
+    if s.get("bone_truth"):
+        typer.echo(f"bone Dice against the given mask: {s['bone_truth']['dice']:.3f}")
     typer.echo(f"report: {out / 'report.html'}")

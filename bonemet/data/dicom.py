@@ -108,7 +108,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, canonic
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         hu = pixels.astype(np.float32) * slope + intercept
         pos = np.asarray(ds.ImagePositionPatient, dtype=float)
-        slices.append((float(pos @ normal), pos, hu, path, str(ds.SOPInstanceUID)))
+        uid = str(ds.get("SOPInstanceUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", ""))
+        slices.append((float(pos @ normal), pos, hu, path, uid))
     for msg in unreadable:
         logger.warning("%s: skipped unreadable slice %s", folder, msg)
     if not slices:

@@ -57,8 +57,19 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         raise BonemetError(f"gantry-tilted series ({volume.meta['gantry_tilt_deg']:.1f} degrees): no DICOM-SEG written "
                            "(the NIfTI masks are still aligned)", volume.source)
     sources = [pydicom.dcmread(f) for f in files]
-    for ds in sources:  # type-2 attributes the SEG copies from its source: present, possibly empty
-        for key in TYPE2_COPIED:
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not sources[0].get(k)]
+    if missing:
+        raise BonemetError(f"the source series has no {' / '.join(missing)} (anonymised?): a SEG could not be "
+                           "matched to it by any viewer, so none is written (the NIfTI masks are aligned)",
+                           Path(files[0]).parent)
+    for ds in sources:
+        # some scanners leave SOPClassUID / SOPInstanceUID empty in the data set and fill only the file meta
+        meta = getattr(ds, "file_meta", None)
+        if not ds.get("SOPClassUID") and meta is not None and meta.get("MediaStorageSOPClassUID"):
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        if not ds.get("SOPInstanceUID") and meta is not None and meta.get("MediaStorageSOPInstanceUID"):
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        for key in TYPE2_COPIED:  # type-2 attributes the SEG copies from its source: present, possibly empty
             if key not in ds:
                 setattr(ds, key, "")
     algo = hd.AlgorithmIdentificationSequence(name="bonemet", version=__version__,

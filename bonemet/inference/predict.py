@@ -41,6 +41,7 @@ class PredictOptions:
     probabilities: bool = False
     include_phi: bool = False
     truth: Path | None = None
+    bone_truth: Path | None = None
     min_volume_ml: float = 0.05
     min_voxels: int = 10
     dicom_seg: bool = True
@@ -123,6 +124,14 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
         if scan.volume is None:
             raise BonemetError("--truth needs a CT input (DICOM or NIfTI)", opts.truth)
         truth = match_truth(lesions, kept, read_mask_like(opts.truth, scan.volume))
+    bone_truth = None
+    if opts.bone_truth is not None:
+        if scan.volume is None or bone_mask is None:
+            raise BonemetError("--bone-truth needs a CT input and a model with a bone output", opts.bone_truth)
+        ref = read_mask_like(opts.bone_truth, scan.volume)
+        inter = float((ref & bone_mask).sum())
+        bone_truth = {"dice": round(2 * inter / max(1.0, float(ref.sum() + bone_mask.sum())), 4),
+                      "truth_voxels": int(ref.sum()), "predicted_voxels": int(bone_mask.sum())}
     times["analysis s"] = round(time.perf_counter() - t, 2)
 
     slice_rows = _slice_rows(scan, lesion_p, kept, cls_p, opts.threshold)
@@ -138,7 +147,7 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
         "lesions_by_type": _count(lesions, "type"), "lesions_by_site": _count(lesions, "site"),
         "total_lesion_volume_ml": round(sum(les.volume_ml or 0 for les in lesions), 3) if scan.has_hu else None,
         "lesion_slices": int(sum(r["lesion pixels"] > 0 for r in slice_rows)),
-        "truth": truth,
+        "truth": truth, "bone_truth": bone_truth,
         "models": {"segmentation": seg.describe(), "classification": clf.describe() if clf else None},
         "versions": _versions(), "timings": times, "warnings": warnings,
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,

@@ -57,6 +57,7 @@ class ClsConfig:
     select: str = "last"
     inner_val: float = 0.15
     augment: bool = True
+    neg_ratio: float | None = None
     eval_every: int = 1
     seed: int = 0
     fusion_cnn: str = FUSION_BRANCHES[0]
@@ -164,6 +165,11 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
         seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + k * 1009 + epoch)
         order = torch.randperm(len(train_ds), generator=gen).tolist()
+        if cfg.neg_ratio is not None:  # every metastatic slice, and a fresh random share of normal ones
+            pos = [i for i in order if fit[i].label == 1]
+            neg = [i for i in order if fit[i].label == 0][: int(cfg.neg_ratio * max(1, len(pos)))]
+            keep = set(pos + neg)
+            order = [i for i in order if i in keep]
         loader = DataLoader(Subset(train_ds, order), batch_size=cfg.batch_size, shuffle=False,
                             drop_last=len(order) > cfg.batch_size)
         model.train()
