@@ -31,10 +31,10 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "default": DemoBudget(patients=8, size=128, slices=64, folds=3, seg_epochs=20, width=8, cls_model="resnet18",
-                          cls_size=64, cls_epochs=8),
-    "quick": DemoBudget(patients=4, size=96, slices=24, folds=2, seg_epochs=2, width=4, cls_model="resnet18",
-                        cls_size=64, cls_epochs=1),
+    "default": DemoBudget(patients=10, size=128, slices=64, folds=3, seg_epochs=30, width=8, cls_model="resnet18",
+                          cls_size=96, cls_epochs=10),
+    "quick": DemoBudget(patients=4, size=96, slices=32, folds=2, seg_epochs=6, width=4, cls_model="resnet18",
+                        cls_size=64, cls_epochs=2),
 }
 
 
@@ -77,7 +77,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
           lambda: train_segmentation(seg_cfg, seg_run))
     seg_eval = stage("evaluate EH-AttUnet++ on held-out patients", lambda: evaluate_run(seg_run))
     cls_cfg = ClsConfig(data=str(data / "classification"), model=b.cls_model, size=b.cls_size, epochs=b.cls_epochs,
-                        test_patients=0.25, eval_every=b.cls_epochs, seed=seed)
+                        test_patients=0.25, neg_ratio=1.0, optimizer="adam", lr_scale=0.1,
+                        eval_every=b.cls_epochs, seed=seed)
     cls_run = out / "cls"
     stage(f"train a {b.cls_model} slice classifier ({b.cls_size} px, {b.cls_epochs} epochs, random weights)",
           lambda: train_classification(cls_cfg, cls_run))

@@ -216,3 +216,28 @@ def test_predict_on_real_ct_reports_bone_dice(real_ct, seg_run, tmp_path):
     # this anonymised series has empty Study / Series Instance UIDs: no SEG, and the summary says why
     assert not (out / "lesions_seg.dcm").exists()
     assert any("SeriesInstanceUID" in w for w in s["warnings"])
+
+
+def test_report_opens_in_headless_chromium(phantom, seg_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium) : the report was not opened in a browser")
+    import subprocess
+
+    out = tmp_path / "pred"
+    r = run_cli("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", seg_run, "--out", out,
+                "--threshold", "0.2", "--min-volume", "0")
+    assert r.returncode == 0, r.stderr
+    url = (out / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "bone metastasis CAD report" in dom.stdout and "<img" in dom.stdout
+    assert "CONSOLE" not in dom.stderr and "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True,
+                   timeout=120)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 5  # rendered content, not a blank page

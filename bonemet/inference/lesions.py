@@ -2,9 +2,9 @@
 
 Type (lytic / blastic / mixed) compares the lesion's voxels with the bone around it: a voxel is lytic
 when it is more than ``DELTA_HU`` below the surrounding bone's median, blastic when more than ``DELTA_HU``
-above. Site is a coarse guess from where the lesion sits in the bone mask of its slices (spine: bone
-near the body's midline behind its centre; rib: bone near the body outline; pelvis: wide bone in the
-lower part of the scan); it is a hint for the reader, never a diagnosis.
+above. Site is a coarse guess from where the lesion sits in its slice (pelvis: a wide bony ring in the lower
+part of the scan with no lung; spine: near the body's midline behind its centre; rib: near the body
+outline); it is a hint for the reader, never a diagnosis.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ..phantom.lesions import largest_axial_diameter
 
-DELTA_HU = 150.0
+DELTA_HU = 100.0
 NA = "n/a"
 
 
@@ -51,7 +51,7 @@ def lesion_type(values: np.ndarray, surrounding: float) -> str:
     """lytic / blastic / mixed from HU values against the surrounding bone (see the module docstring)."""
     lytic = float(np.mean(values < surrounding - DELTA_HU))
     blastic = float(np.mean(values > surrounding + DELTA_HU))
-    if lytic >= 0.2 and blastic >= 0.2:
+    if lytic >= 0.15 and blastic >= 0.15:
         return "mixed"
     if lytic > blastic and lytic >= 0.3:
         return "lytic"
@@ -60,7 +60,7 @@ def lesion_type(values: np.ndarray, surrounding: float) -> str:
     return "mixed"
 
 
-def rough_site(comp: np.ndarray, bone: np.ndarray, body: np.ndarray) -> str:
+def rough_site(comp: np.ndarray, bone: np.ndarray, body: np.ndarray, hu: np.ndarray) -> str:
     """spine / rib / pelvis / other from the component's position (arrays in canonical (i, j, k) order)."""
     ci, cj, ck = (float(v) for v in np.argwhere(comp).mean(0))
     k = int(round(ck))
@@ -71,15 +71,17 @@ def rough_site(comp: np.ndarray, bone: np.ndarray, body: np.ndarray) -> str:
     width = np.ptp(np.flatnonzero(body_k.any(1))) + 1
     depth = np.ptp(np.flatnonzero(body_k.any(0))) + 1
     dist_edge = ndimage.distance_transform_edt(body_k)[int(round(ci)), int(round(cj))]
-    # canonical LPS: i runs to the patient's left, j to posterior
-    if abs(ci - bi) < 0.15 * width and cj > bj:
-        return "spine"
-    if dist_edge < 0.12 * min(width, depth):
-        return "rib"
     bone_k = bone[:, :, k]
     bone_width = np.ptp(np.flatnonzero(bone_k.any(1))) + 1 if bone_k.any() else 0
-    if k < 0.35 * bone.shape[2] and bone_width > 0.6 * width:
+    lungs = float(np.mean(hu[:, :, k][body_k] < -400))
+    # pelvis: a wide bony ring in the lower part of the scan, with no lung in the slice
+    if k < 0.4 * bone.shape[2] and bone_width > 0.6 * width and lungs < 0.02:
         return "pelvis"
+    # canonical LPS: i runs to the patient's left, j to posterior; the spine sits midline, behind the centre
+    if abs(ci - bi) < 0.15 * width and cj > bj:
+        return "spine"
+    if dist_edge < 0.2 * min(width, depth):
+        return "rib"
     return "other"
 
 
@@ -120,7 +122,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
             if ring.any():
                 sur = round(float(np.median(hu[ring])), 1)
                 kind = lesion_type(vals, sur)
-            site = rough_site(full, bone if bone is not None else hu > 150, body)
+            site = rough_site(full, bone if bone is not None else hu > 150, body, hu)
         centroid = tuple(int(round(v)) for v in np.argwhere(full).mean(0))
         out.append((Lesion(
             id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
