@@ -46,6 +46,8 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = 60,
     size: Annotated[int | None, typer.Option(min=32, help="Input size (default: the model's own, 224 / 299).")]
         = None,
+    global_pool: Annotated[str | None, typer.Option(help="CNNs: avg (default) or max pooling of the last feature map.")]
+        = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adam.")] = "sgd",
     lr_scale: Annotated[float, typer.Option(help="Multiply the schedule's learning rates by this.")] = 1.0,
@@ -73,7 +75,7 @@ def train(
         raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
     paths = [p for p in (pretrained or []) if p.lower() != "none"]
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
-                    epochs=epochs, size=size, batch_size=batch_size, optimizer=optimizer, lr_scale=lr_scale,
+                    epochs=epochs, size=size, global_pool=global_pool, batch_size=batch_size, optimizer=optimizer, lr_scale=lr_scale,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
                     augment=not no_augment, neg_ratio=neg_ratio, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)

@@ -36,13 +36,17 @@ def family(name: str) -> str:
     return "transformer" if name.startswith(("vit_", "deit_")) else "cnn"
 
 
-def _timm_model(name: str, num_classes: int, img_size: int | None) -> nn.Module:
+def _timm_model(name: str, num_classes: int, img_size: int | None, global_pool: str | None = None) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
         raise BonemetError(f"unknown classifier '{name}' (choose from {', '.join(classifier_names())} "
                            "or another timm model name)")
-    kwargs = {"img_size": img_size} if img_size and family(name) == "transformer" else {}
+    kwargs: dict = {"img_size": img_size} if img_size and family(name) == "transformer" else {}
+    if global_pool:
+        if family(name) == "transformer":
+            raise BonemetError(f"--global-pool applies to CNNs, not to {name}")
+        kwargs["global_pool"] = global_pool
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
@@ -65,10 +69,11 @@ class _Normalise(nn.Module):
 class SliceClassifier(nn.Module):
     """One timm backbone with a 2-class head."""
 
-    def __init__(self, name: str, num_classes: int = 2, img_size: int | None = None) -> None:
+    def __init__(self, name: str, num_classes: int = 2, img_size: int | None = None,
+                 global_pool: str | None = None) -> None:
         super().__init__()
         self.name, self.kind = name, family(name)
-        self.backbone = _timm_model(name, num_classes, img_size)
+        self.backbone = _timm_model(name, num_classes, img_size, global_pool)
         self.norm = _Normalise(self.backbone)
         self.input_size = img_size or self.norm.input_size
         self.backbones = {name: self.backbone}
@@ -114,11 +119,14 @@ class FusionClassifier(nn.Module):
         return self.fuse(self.cnn_feature_map(x), x)
 
 
-def create_classifier(name: str, img_size: int | None = None, **opts) -> nn.Module:
-    """``create_classifier("vit_tiny_patch16_224")``, ``create_classifier("fusion")``; 2 output logits."""
+def create_classifier(name: str, img_size: int | None = None, global_pool: str | None = None, **opts) -> nn.Module:
+    """``create_classifier("vit_tiny_patch16_224")``, ``create_classifier("fusion")``; 2 output logits.
+
+    ``global_pool`` (CNNs: ``avg`` by default, or ``max``, which suits small findings in a large slice).
+    """
     if name == FUSION:
         return FusionClassifier(img_size=img_size, **opts)
-    return SliceClassifier(name, img_size=img_size)
+    return SliceClassifier(name, img_size=img_size, global_pool=global_pool)
 
 
 def backbone_modules(model: nn.Module) -> list[nn.Module]:

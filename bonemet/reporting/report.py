@@ -40,7 +40,9 @@ def overlay(image: np.ndarray, lesion: np.ndarray, bone: np.ndarray | None, titl
     if bone is not None and bone.any():
         ax.contour(bone.astype(float), levels=[0.5], colors="#3fa7ff", linewidths=0.6)
     if lesion.any():
-        ax.imshow(np.ma.masked_where(~lesion, lesion), cmap="autumn", alpha=0.55, vmin=0, vmax=1)
+        from matplotlib.colors import ListedColormap
+
+        ax.imshow(np.ma.masked_where(~lesion, lesion), cmap=ListedColormap(["red"]), alpha=0.45, vmin=0, vmax=1)
         ax.contour(lesion.astype(float), levels=[0.5], colors="red", linewidths=0.8)
     ax.set_title(title, fontsize=8)
     ax.axis("off")

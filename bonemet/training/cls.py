@@ -29,8 +29,8 @@ from ..fileio import write_json
 from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
 from .augment import SegAugment, seed_augment
-from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import console, epoch_bar, make_optimizer, read_rows, set_lr, write_rows
+from .checkpoint import load_checkpoint
+from .loop import console, end_epoch, epoch_bar, make_optimizer, resume_state, set_lr
 from .losses import focal_loss
 from .schedule import PiecewiseLR
 from .seg import data_preprocessing
@@ -47,6 +47,7 @@ class ClsConfig:
     schedule: str | None = None  # cnn | transformer; None = by model family
     epochs: int = 60
     size: int | None = None  # None = the model's own input size
+    global_pool: str | None = None  # CNNs: avg (timm default) or max
     batch_size: int = 8
     optimizer: str = "sgd"
     lr_scale: float = 1.0
@@ -73,7 +74,7 @@ class ClsConfig:
 
 
 def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
-    return create_classifier(cfg.model, img_size=cfg.size, **cfg.model_opts())
+    return create_classifier(cfg.model, img_size=cfg.size, global_pool=cfg.global_pool, **cfg.model_opts())
 
 
 def cls_augment() -> SegAugment:
@@ -145,13 +146,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     schedule = PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale)
     start, best, rows = 0, -1.0, []
-    metrics_path = fold_dir / "metrics.csv"
     if resume and (fold_dir / "last.pt").exists():
-        ck = load_checkpoint(fold_dir / "last.pt")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start, best = int(ck["epoch"]) + 1, float(ck.get("best", -1.0))
-        rows = read_rows(metrics_path, start)
+        start, best, rows = resume_state(fold_dir, model, opt)
         console.print(f"model {k}: resuming after epoch {start - 1}")
     aug = cls_augment() if cfg.augment else None
     transform = (lambda t: aug({"image": t})["image"]) if aug else None
@@ -189,18 +185,13 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
         row: dict = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n)}
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
             row.update({f"heldout_{a}": v for a, v in _quick(model, held_ds, cfg).items()})
+        score = None
         if sel:
             scores = _quick(model, sel_ds, cfg)
             row.update({f"select_{a}": v for a, v in scores.items()})
             score = scores["auc"] if not np.isnan(scores["auc"]) else scores["acc"]
-            if score > best:
-                best = score
-                save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
         row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        write_rows(metrics_path, rows)
-        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
-                        best=best)
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score)
         console.print(f"model {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
                       f"held-out AUC {row.get('heldout_auc', float('nan')):.3f}, {row['seconds']:.1f} s")
     result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",

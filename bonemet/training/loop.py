@@ -49,3 +49,28 @@ def read_rows(path: Path, before_epoch: int) -> list[dict]:
         return []
     with open(path, newline="") as fh:
         return [r for r in csv.DictReader(fh) if int(r["epoch"]) < before_epoch]
+
+
+def resume_state(fold_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, list[dict]]:
+    """Load ``last.pt`` of an interrupted fold: (first epoch to run, best selection score, kept metric rows)."""
+    from .checkpoint import load_checkpoint
+
+    ck = load_checkpoint(fold_dir / "last.pt")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    start = int(ck["epoch"]) + 1
+    return start, float(ck.get("best", -1.0)), read_rows(fold_dir / "metrics.csv", start)
+
+
+def end_epoch(fold_dir: Path, rows: list[dict], row: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+              epoch: int, best: float, score: float | None) -> float:
+    """Keep ``best.pt`` when the selection ``score`` improves, log the row, save ``last.pt``; returns the best score."""
+    from .checkpoint import save_checkpoint
+
+    if score is not None and score > best:
+        best = score
+        save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
+    rows.append(row)
+    write_rows(fold_dir / "metrics.csv", rows)
+    save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch, best=best)
+    return best

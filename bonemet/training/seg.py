@@ -32,8 +32,7 @@ from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import write_json
 from ..models import create_model, model_options, split_outputs
 from .augment import SegAugment, seed_augment
-from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import console, epoch_bar, make_optimizer, read_rows, set_lr, write_rows
+from .loop import console, end_epoch, epoch_bar, make_optimizer, resume_state, set_lr
 from .schedule import PiecewiseLR
 
 @dataclass
@@ -193,14 +192,9 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     opt = make_optimizer(cfg.optimizer, model.parameters())
     schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
     start, best = 0, -1.0
-    metrics_path = fold_dir / "metrics.csv"
     rows: list[dict] = []
     if resume and (fold_dir / "last.pt").exists():
-        ck = load_checkpoint(fold_dir / "last.pt")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start, best = int(ck["epoch"]) + 1, float(ck.get("best", -1.0))
-        rows = read_rows(metrics_path, start)
+        start, best, rows = resume_state(fold_dir, model, opt)
         console.print(f"fold {k}: resuming after epoch {start - 1}")
     aug = SegAugment() if cfg.augment else None
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
@@ -241,17 +235,13 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         last_epoch = epoch == cfg.epochs - 1
         heldout = quick_scores(model, held_ds, cfg) if last_epoch or (epoch + 1) % cfg.eval_every == 0 else {}
         row.update({f"heldout_{k2}": v for k2, v in heldout.items()})
+        score = None
         if sel:
             selection = quick_scores(model, sel_ds, cfg)
             row.update({f"select_{k2}": v for k2, v in selection.items()})
-            if selection["lesion_f1"] > best:
-                best = selection["lesion_f1"]
-                save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
+            score = selection["lesion_f1"]
         row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        write_rows(metrics_path, rows)
-        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
-                        best=best)
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score)
         console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
                       f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
     result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
