@@ -42,3 +42,43 @@ def seg(
     typer.echo(text)
     if out is not None:
         write_text(out / "bench_seg.md", text)
+
+
+@app.command()
+def infer(
+    model: Annotated[str, typer.Option(help="Segmentation model.")] = "hybrid-attunet++",
+    size: Annotated[int, typer.Option(min=32)] = 224,
+    width: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch of the batched paths.")] = 4,
+    slices: Annotated[int, typer.Option(min=1, help="Slices per timed pass.")] = 8,
+    quick: Annotated[bool, typer.Option(help="One timed repetition instead of three.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder to save bench_infer.md in.")] = None,
+) -> None:
+    """Inference paths (batching, channels_last, BN folding, bf16) against eager fp32 at batch 1, in one run."""
+    import time
+
+    from ..bench.infer import bench_paths, time_ensemble_predict
+    from ..bench.seg import machine_line
+    from ..data.stats import markdown_table
+    from ..fileio import write_text
+    from ..inference.fast import default_paths
+
+    t0 = time.perf_counter()
+    reps = 1 if quick else 3
+    rows, facts = bench_paths(model, size, width, slices, batch_size, reps, log=lambda m: typer.echo(m, err=True))
+    paths = default_paths()
+    ens = time_ensemble_predict(5, size, width, slices, paths, batch_size)
+    ens_base = time_ensemble_predict(5, size, width, slices, (), 1)
+    gmac = facts["GMAC/slice"]
+    text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
+            f"median of {reps} timed pass(es) over {slices} slices after a warm-up; answers compared with the baseline "
+            f"on the same slices.\n\n" + markdown_table(rows) + "\n\n"
+            f"Compute floor: matmul peak {facts['peak fp32 GFLOP/s (matmul)']} GFLOP/s fp32"
+            + (f", {facts['peak bf16 GFLOP/s (matmul)']} GFLOP/s bf16" if facts["peak bf16 GFLOP/s (matmul)"] else "")
+            + f" (a slice is {2 * gmac:.0f} GFLOP). Peak resident memory {facts['peak RSS MB']} MB.\n\n"
+            f"EH-AttUnet++ (5 members), model time per 100 slices: {ens:.0f} s with the default path "
+            f"({'+'.join(paths)}, batch {batch_size}) vs {ens_base:.0f} s eager fp32 batch 1 ({ens_base / ens:.1f}x).\n"
+            f"Bench took {time.perf_counter() - t0:.0f} s.")
+    typer.echo(text)
+    if out is not None:
+        write_text(out / "bench_infer.md", text)

@@ -25,15 +25,20 @@ def predict(
         = None,
     include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
     no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
+    fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, channels_last, bf16, or "
+                                                  "eager (default: fold_bn,channels_last and bf16 where the CPU has it).")]
+        = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Masks (NIfTI, DICOM-SEG), lesions.csv/json, slices.csv, summary.json and report.html for one scan."""
+    from ..inference.fast import parse_paths
     from ..inference.predict import PredictOptions
     from ..inference.predict import predict as run_predict
 
     opts = PredictOptions(seg=seg, cls=cls, threshold=threshold, batch_size=batch_size, window=window,
                           probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth, min_volume_ml=min_volume,
-                          dicom_seg=not no_dicom_seg, overwrite=overwrite)
+                          dicom_seg=not no_dicom_seg, overwrite=overwrite,
+                          paths=None if fast is None else parse_paths(fast))
     s = run_predict(input, out, opts)
     typer.echo(f"{s['verdict']} (probability {s['probability']:.2f}); {s['lesions']} lesion(s), "
                f"{s['lesion_slices']} slice(s) with lesion")

@@ -46,6 +46,7 @@ class PredictOptions:
     min_voxels: int = 10
     dicom_seg: bool = True
     overwrite: bool = False
+    paths: tuple[str, ...] | None = None  # None = the default fast path
 
 
 def _to_volume(per_slice: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
     times: dict[str, float] = {}
     t = time.perf_counter()
     scan = read_scan(input_path)
-    seg = SegRunner(opts.seg)
+    seg = SegRunner(opts.seg, paths=opts.paths)
     clf = ClsRunner(opts.cls) if opts.cls else None
     times["read s"] = round(time.perf_counter() - t, 2)
     warnings = []

@@ -47,8 +47,9 @@ def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_siz
 class SegRunner:
     """The fold models of a segmentation run (EH-AttUnet++ for a hybrid run), averaged."""
 
-    def __init__(self, run: str | Path, members: list[int] | None = None) -> None:
+    def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None) -> None:
         from ..evaluation.seg_eval import load_member, load_run, model_label
+        from .fast import FastModel, default_paths
 
         self.run = Path(run)
         if not (self.run / "config.json").exists() or not (self.run / "splits.json").exists():
@@ -58,13 +59,16 @@ class SegRunner:
         except TypeError:
             raise BonemetError("not a segmentation run (its config.json has other fields)", self.run) from None
         ks = members if members is not None else list(range(len(split["folds"])))
+        self.paths = default_paths() if paths is None else tuple(paths)
         self.models = [load_member(self.cfg, self.run, k) for k in ks]
+        if self.paths:
+            self.models = [FastModel(m, self.paths) for m in self.models]
         self.label = model_label(self.cfg) + (f" ensemble of {len(ks)}" if len(ks) > 1 else "")
         self.test_patients = list(split.get("test_patients", []))
 
     def describe(self) -> dict:
         return {"run": str(self.run), "model": self.label, "members": len(self.models),
-                "preprocessing": self.cfg.preprocessing}
+                "inference path": "+".join(self.paths) or "eager fp32", "preprocessing": self.cfg.preprocessing}
 
     @torch.no_grad()
     def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,

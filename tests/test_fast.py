@@ -1,0 +1,67 @@
+"""Faster inference paths give the baseline's answers (speed is measured by `bonemet bench infer`, not here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bonemet.inference.fast import FastModel, bf16_supported, fold_batchnorm
+from bonemet.models import create_model, split_outputs
+
+
+def _trained_like(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, width=4, in_channels=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _probs(model, x):
+    with torch.inference_mode():
+        return [torch.sigmoid(o) for o in split_outputs(model(x)) if o is not None]
+
+
+@pytest.mark.parametrize("name", ["unet", "attunet", "unet++", "hybrid-attunet++"])
+@pytest.mark.parametrize("paths", [("fold_bn",), ("channels_last",), ("fold_bn", "channels_last")])
+def test_fp32_paths_match_eager(name, paths):
+    model = _trained_like(name)
+    x = torch.rand(3, 3, 64, 64)
+    ref = _probs(model, x)
+    fast = _probs(FastModel(model, paths), x)
+    for a, b in zip(ref, fast):
+        assert float((a - b).abs().max()) < 1e-4
+        assert torch.equal(a > 0.5, b > 0.5)
+
+
+def test_fold_removes_every_batchnorm_after_a_conv():
+    folded = fold_batchnorm(_trained_like("hybrid-attunet++"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16")
+def test_bf16_path_is_close():
+    model = _trained_like("hybrid-attunet++")
+    x = torch.rand(3, 3, 64, 64)
+    ref = _probs(model, x)
+    fast = _probs(FastModel(model, ("fold_bn", "channels_last", "bf16")), x)
+    for a, b in zip(ref, fast):
+        assert float((a - b).abs().max()) < 0.02
+        assert float(((a > 0.5) == (b > 0.5)).float().mean()) >= 0.995
+
+
+@pytest.mark.parametrize("name", ["unet", "hybrid-attunet++"])
+def test_onnx_runtime_path_matches_eager(name):
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'bonemet[fast]')")
+    model = _trained_like(name)
+    x = torch.rand(2, 3, 64, 64)
+    ref = _probs(model, x)
+    fast = _probs(FastModel(model, ("fold_bn", "onnx")), x)
+    assert len(ref) == len(fast)
+    for a, b in zip(ref, fast):
+        assert float((a - b).abs().max()) < 1e-4
+        assert torch.equal(a > 0.5, b > 0.5)
