@@ -241,3 +241,18 @@ def test_report_opens_in_headless_chromium(phantom, seg_run, tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 5  # rendered content, not a blank page
+
+
+def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
+    student = tmp_path / "student"
+    r = run_cli("seg", "distill", seg_run, "--out", student, "--student", "unet", "--width", "4", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    table = (student / "distill.md").read_text()
+    assert "ensemble of 2 hybrid-attunet++" in table and "student unet (width 4)" in table and "cost ratio" in table
+    split = json.loads((student / "splits.json").read_text())
+    assert not set(split["test_patients"]) & set(split["folds"][0]["train_patients"])
+    r = run_cli("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", student, "--out", tmp_path / "p",
+                "--no-dicom-seg")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["models"]["segmentation"]["members"] == 1 and not (tmp_path / "p" / "bone_mask.nii.gz").exists()

@@ -46,11 +46,11 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
     chosen = [(), ("channels_last",), ("fold_bn",), ("fold_bn", "channels_last")]
     if bf16_supported():
         chosen.append(("fold_bn", "channels_last", "bf16"))
-    try:
-        import onnxruntime  # noqa: F401
+    import importlib.util
 
+    if importlib.util.find_spec("onnxruntime") is not None:
         chosen.append(("fold_bn", "onnx"))
-    except ImportError:
+    else:
         log("ONNX Runtime not installed: the onnx path is left out (pip install 'bonemet[fast]')")
     variants: list[tuple[str, torch.nn.Module, int]] = [("eager fp32, batch 1 (baseline)", model, 1)]
     for paths in chosen:

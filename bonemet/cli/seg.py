@@ -115,3 +115,26 @@ def compare(
     typer.echo(res["markdown"])
     if res["figure"]:
         typer.echo(f"figure: {res['figure']}")
+
+
+@app.command()
+def distill(
+    run: Annotated[Path, typer.Argument(help="Ensemble run (e.g. hybrid-attunet++ folds) with held-out test patients.")],
+    out: Annotated[Path, typer.Option(help="Student run folder (usable by 'bonemet predict --seg').")],
+    student: Annotated[str, typer.Option(help="Student model of the family.")] = "unet++",
+    width: Annotated[int | None, typer.Option(min=1, help="Student width (default: the teacher's).")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    neg_ratio: Annotated[float | None, typer.Option(help="Lesion-free slices per lesion slice per epoch.")] = 0.5,
+    lr_scale: Annotated[float, typer.Option(help="Multiply the thesis learning rates by this.")] = 0.3,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
+    from ..models import model_names
+    from ..training.distill import compare_student
+    from ..training.distill import distill as run_distill
+
+    if student not in model_names() or student == "sequential":
+        raise BonemetError(f"unknown or unsupported student '{student}'")
+    path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed)
+    typer.echo(compare_student(run, path))

@@ -1,0 +1,152 @@
+"""Knowledge distillation of an ensemble run (EH-AttUnet++) into one student model (issue 6).
+
+The student learns the ensemble's soft probabilities (lesion and, for two-headed students, bone) on
+the slices of the run's non-test patients; the held-out test patients stay unseen by teacher and
+student alike, and score both. The student is written as a one-model segmentation run, so
+``bonemet predict --seg STUDENT`` uses it like any run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data.bmseg import load_bmseg
+from ..data.datasets import SegmentationDataset
+from ..data.stats import markdown_table
+from ..errors import BonemetError
+from ..evaluation.metrics import PIXEL_METRICS
+from ..fileio import write_csv, write_json, write_text
+from ..models.cost import gmacs_per_slice
+from .augment import SegAugment, seed_augment
+from .loop import console, end_epoch, epoch_bar, make_optimizer, set_lr
+from .schedule import PiecewiseLR
+from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
+
+
+class _SoftTargets(Dataset):
+    """Slices whose ``lesion`` / ``bone`` targets are the teacher's probabilities."""
+
+    def __init__(self, base: SegmentationDataset, lesion: np.ndarray, bone: np.ndarray | None, augment) -> None:
+        self.base, self.lesion, self.bone, self.augment = base, lesion, bone, augment
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        s = dict(self.base[i])
+        s["lesion"] = torch.from_numpy(self.lesion[i])[None]
+        if self.bone is not None:
+            s["bone"] = torch.from_numpy(self.bone[i])[None]
+        return self.augment(s) if self.augment else s
+
+
+def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
+            epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
+            seed: int = 0) -> Path:
+    """Train ``student`` on the ensemble's soft outputs; returns the student run folder."""
+    from ..evaluation.seg_eval import load_member, load_run
+
+    teacher, out = Path(teacher), Path(out)
+    if (out / "config.json").exists():
+        raise BonemetError("student folder already holds a run", out)
+    tcfg, split = load_run(teacher)
+    if split["protocol"] != "patient" or not split.get("test_patients"):
+        raise BonemetError("distillation needs a patient-level run with held-out test patients (scored after)",
+                           teacher)
+    members = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
+    index = load_bmseg(tcfg.data, require_patients=True)
+    test_p = set(split["test_patients"])
+    fit = [s for s in index.slices if s.patient not in test_p]
+    cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
+                  pos_weight=1.0, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
+                  dual_decoder=None, block="mb")
+    base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    t0 = time.perf_counter()
+    console.print(f"teacher: {len(members)} members on {len(fit)} training slices")
+    t_lesion, t_bone = predict_probs(members, base, cfg.batch_size)
+    aug = SegAugment() if cfg.augment else None
+    ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
+    flags = lesion_slice_flags(fit, cfg.threshold)  # the same sampling as the teacher's training
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    opt = make_optimizer(cfg.optimizer, model.parameters())
+    schedule = PiecewiseLR("seg", epochs, lr_scale)
+    fold_dir = out / "fold0"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    best = -1.0
+    for epoch in range(epochs):
+        te = time.perf_counter()
+        lr = schedule(epoch)
+        set_lr(opt, lr)
+        seed_augment(aug, seed * 7919 + epoch)
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        if neg_ratio is not None:
+            pos = [i for i in order if flags[i]]
+            neg = [i for i in order if not flags[i]][: int(neg_ratio * max(1, len(pos)))]
+            keep = set(pos + neg)
+            order = [i for i in order if i in keep]
+        loader = DataLoader(Subset(ds, order), batch_size=batch_size, shuffle=False, drop_last=len(order) > batch_size)
+        model.train()
+        loss_sum, n = 0.0, 0
+        with epoch_bar(f"student epoch {epoch + 1}/{epochs}") as bar:
+            task = bar.add_task("train", total=len(loader), loss=float("nan"))
+            for batch in loader:
+                opt.zero_grad(set_to_none=True)
+                lo, bo = forward(model, batch["image"])
+                loss = seg_loss(lo, bo if t_bone is not None else None, batch, cfg)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(batch["image"])
+                n += len(batch["image"])
+                bar.update(task, advance=1, loss=loss_sum / n)
+        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n), "seconds": time.perf_counter() - te}
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
+        console.print(f"student epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+    write_json(fold_dir / "done.json", {"fold": 0, "epochs": epochs, "checkpoint": "last.pt",
+                                        "selection": "last epoch (distilled)"})
+    student_split = {**split, "k": 1, "folds": [{"train_patients": sorted({s.patient for s in fit}),
+                                                 "val_patients": [], "train": sorted(s.name for s in fit), "val": []}]}
+    write_json(out / "splits.json", student_split)
+    write_json(out / "config.json", asdict(cfg))
+    write_json(out / "distilled_from.json", {"teacher": str(teacher), "members": len(members),
+                                             "teacher_model": tcfg.model, "seconds": round(time.perf_counter() - t0)})
+    return out
+
+
+def compare_student(teacher: str | Path, student: str | Path) -> str:
+    """Held-out test patients: the ensemble and its student side by side, with cost per slice; writes
+    ``STUDENT/distill.md`` and ``.csv`` and returns the Markdown."""
+    from ..evaluation.seg_eval import load_member, load_run, score
+
+    teacher, student = Path(teacher), Path(student)
+    tcfg, split = load_run(teacher)
+    scfg, _ = load_run(student)
+    index = load_bmseg(tcfg.data, require_patients=True)
+    test = [s for s in index.slices if s.patient in set(split["test_patients"])]
+    ds = SegmentationDataset(test, tcfg.size, tcfg.channels, tcfg.threshold, tcfg.mask_resize)
+    teachers = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
+    pupil = load_member(scfg, student, 0)
+    g_t = gmacs_per_slice(teachers[0], tcfg.channels, tcfg.size) * len(teachers)
+    g_s = gmacs_per_slice(pupil, scfg.channels, scfg.size)
+    rows = []
+    for name, models, g in ((f"ensemble of {len(teachers)} {tcfg.model}", teachers, g_t),
+                            (f"student {scfg.model} (width {scfg.width})", [pupil], g_s)):
+        lp, bp = predict_probs(models, ds, tcfg.batch_size)
+        s = score(lp, bp, ds)
+        rows.append({"model": name, **{m: f"{100 * s.scores[m]:.2f}" for m in PIXEL_METRICS},
+                     "lesion sensitivity": f"{100 * s.detection['lesion sensitivity']:.1f}",
+                     "FP per slice": f"{s.detection['FP per slice']:.3f}", f"GMAC / {tcfg.size}px slice": f"{g:.2f}"})
+    f1_t, f1_s = float(rows[0]["F1"]), float(rows[1]["F1"])
+    text = (f"Held-out test patients ({', '.join(split['test_patients'])}), seen by neither teacher nor student.\n\n"
+            + markdown_table(rows) + f"\n\nStudent F1 / ensemble F1 = {f1_s / f1_t:.2f}; cost ratio "
+            f"{g_s / g_t:.2f}.\n")
+    write_text(student / "distill.md", text)
+    write_csv(student / "distill.csv", rows)
+    return text
