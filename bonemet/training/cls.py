@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..data.classification import ClsSlice, load_classification
 from ..data.datasets import ClassificationDataset
@@ -30,7 +30,7 @@ from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
 from .augment import SegAugment, seed_augment
 from .checkpoint import load_checkpoint
-from .loop import console, end_epoch, epoch_bar, make_optimizer, resume_state, set_lr
+from .loop import console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch
 from .losses import focal_loss
 from .schedule import PiecewiseLR
 from .seg import data_preprocessing
@@ -154,35 +154,23 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     size = model.input_size
     train_ds = ClassificationDataset(fit, size, 3, transform=transform)
     sel_ds, held_ds = ClassificationDataset(sel, size, 3), ClassificationDataset(held, size, 3)
+    flags = [s.label == 1 for s in fit]  # --neg-ratio: every metastatic slice, a share of normal ones
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = schedule(epoch)
         set_lr(opt, lr)
         seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + k * 1009 + epoch)
-        order = torch.randperm(len(train_ds), generator=gen).tolist()
-        if cfg.neg_ratio is not None:  # every metastatic slice, and a fresh random share of normal ones
-            pos = [i for i in order if fit[i].label == 1]
-            neg = [i for i in order if fit[i].label == 0][: int(cfg.neg_ratio * max(1, len(pos)))]
-            keep = set(pos + neg)
-            order = [i for i in order if i in keep]
-        loader = DataLoader(Subset(train_ds, order), batch_size=cfg.batch_size, shuffle=False,
-                            drop_last=len(order) > cfg.batch_size)
+        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio)
         model.train()
         if cfg.freeze_backbone:
             _freeze(model)
-        loss_sum, n = 0.0, 0
-        with epoch_bar(f"model {k} epoch {epoch + 1}/{cfg.epochs}") as bar:
-            task = bar.add_task("train", total=len(loader), loss=float("nan"))
-            for x, y in loader:
-                opt.zero_grad(set_to_none=True)
-                loss = focal_loss(model(x), y, cfg.alpha, cfg.gamma)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(y)
-                n += len(y)
-                bar.update(task, advance=1, loss=loss_sum / n)
-        row: dict = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n)}
+
+        def step(batch: tuple) -> tuple[torch.Tensor, int]:
+            x, y = batch
+            return focal_loss(model(x), y, cfg.alpha, cfg.gamma), len(y)
+
+        train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}", step)
+        row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
             row.update({f"heldout_{a}": v for a, v in _quick(model, held_ds, cfg).items()})
         score = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from ..data.bmseg import load_bmseg
 from ..data.datasets import SegmentationDataset
@@ -24,7 +24,7 @@ from ..evaluation.metrics import PIXEL_METRICS
 from ..fileio import write_csv, write_json, write_text
 from ..models.cost import gmacs_per_slice
 from .augment import SegAugment, seed_augment
-from .loop import console, end_epoch, epoch_bar, make_optimizer, set_lr
+from .loop import console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
 
@@ -86,27 +86,15 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         lr = schedule(epoch)
         set_lr(opt, lr)
         seed_augment(aug, seed * 7919 + epoch)
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        if neg_ratio is not None:
-            pos = [i for i in order if flags[i]]
-            neg = [i for i in order if not flags[i]][: int(neg_ratio * max(1, len(pos)))]
-            keep = set(pos + neg)
-            order = [i for i in order if i in keep]
-        loader = DataLoader(Subset(ds, order), batch_size=batch_size, shuffle=False, drop_last=len(order) > batch_size)
+        loader = epoch_loader(ds, batch_size, seed * 100_003 + epoch, flags, neg_ratio)
         model.train()
-        loss_sum, n = 0.0, 0
-        with epoch_bar(f"student epoch {epoch + 1}/{epochs}") as bar:
-            task = bar.add_task("train", total=len(loader), loss=float("nan"))
-            for batch in loader:
-                opt.zero_grad(set_to_none=True)
-                lo, bo = forward(model, batch["image"])
-                loss = seg_loss(lo, bo if t_bone is not None else None, batch, cfg)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(batch["image"])
-                n += len(batch["image"])
-                bar.update(task, advance=1, loss=loss_sum / n)
-        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n), "seconds": time.perf_counter() - te}
+
+        def step(batch: dict) -> tuple[torch.Tensor, int]:
+            lo, bo = forward(model, batch["image"])
+            return seg_loss(lo, bo if t_bone is not None else None, batch, cfg), len(batch["image"])
+
+        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{epochs}", step)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
         console.print(f"student epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
     write_json(fold_dir / "done.json", {"fold": 0, "epochs": epochs, "checkpoint": "last.pt",

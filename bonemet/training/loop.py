@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -74,3 +76,32 @@ def end_epoch(fold_dir: Path, rows: list[dict], row: dict, model: torch.nn.Modul
     write_rows(fold_dir / "metrics.csv", rows)
     save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch, best=best)
     return best
+
+
+def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] | None = None,
+                 neg_ratio: float | None = None) -> DataLoader:
+    """One epoch's batches in a seeded random order. With ``flags`` and ``neg_ratio``: every flagged (positive)
+    item, and at most ``neg_ratio`` unflagged items per flagged one, drawn afresh each epoch (CPU budgets)."""
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    if flags is not None and neg_ratio is not None:
+        pos = [i for i in order if flags[i]]
+        keep = set(pos + [i for i in order if not flags[i]][: int(neg_ratio * max(1, len(pos)))])
+        order = [i for i in order if i in keep]
+    return DataLoader(Subset(ds, order), batch_size=batch_size, shuffle=False, drop_last=len(order) > batch_size)
+
+
+def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, label: str,
+                step: Callable[[object], tuple[torch.Tensor, int]]) -> float:
+    """One optimisation pass with a progress bar; ``step(batch)`` returns (loss, items); returns the mean loss."""
+    loss_sum, n = 0.0, 0
+    with epoch_bar(label) as bar:
+        task = bar.add_task("train", total=len(loader), loss=float("nan"))
+        for batch in loader:
+            opt.zero_grad(set_to_none=True)
+            loss, items = step(batch)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * items
+            n += items
+            bar.update(task, advance=1, loss=loss_sum / n)
+    return loss_sum / max(1, n)

@@ -32,8 +32,9 @@ from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import write_json
 from ..models import create_model, model_options, split_outputs
 from .augment import SegAugment, seed_augment
-from .loop import console, end_epoch, epoch_bar, make_optimizer, resume_state, set_lr
+from .loop import console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch
 from .schedule import PiecewiseLR
+
 
 @dataclass
 class SegConfig:
@@ -208,30 +209,16 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         t0 = time.perf_counter()
         lr = schedule(epoch)
         set_lr(opt, lr)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + k * 1009 + epoch)
         seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
-        indices = torch.randperm(len(train_ds), generator=gen).tolist()
-        if flags is not None:  # keep every lesion slice and a random share of lesion-free ones
-            pos = [i for i in indices if flags[i]]
-            neg = [i for i in indices if not flags[i]][: int(cfg.neg_ratio * max(1, len(pos)))]
-            keep = set(pos + neg)
-            indices = [i for i in indices if i in keep]
-        loader = DataLoader(torch.utils.data.Subset(train_ds, indices), batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=0, drop_last=len(indices) > cfg.batch_size)
+        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio)
         model.train()
-        loss_sum, n = 0.0, 0
-        with epoch_bar(f"fold {k} epoch {epoch + 1}/{cfg.epochs}") as bar:
-            task = bar.add_task("train", total=len(loader), loss=float("nan"))
-            for batch in loader:
-                opt.zero_grad(set_to_none=True)
-                lo, bo = forward(model, batch["image"], batch["bone"])
-                loss = seg_loss(lo, bo, batch, cfg)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(batch["image"])
-                n += len(batch["image"])
-                bar.update(task, advance=1, loss=loss_sum / n)
-        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(1, n)}
+
+        def step(batch: dict) -> tuple[torch.Tensor, int]:
+            lo, bo = forward(model, batch["image"], batch["bone"])
+            return seg_loss(lo, bo, batch, cfg), len(batch["image"])
+
+        train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}", step)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         last_epoch = epoch == cfg.epochs - 1
         heldout = quick_scores(model, held_ds, cfg) if last_epoch or (epoch + 1) % cfg.eval_every == 0 else {}
         row.update({f"heldout_{k2}": v for k2, v in heldout.items()})
