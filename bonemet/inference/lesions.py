@@ -17,6 +17,7 @@ from scipy import ndimage
 from ..phantom.lesions import largest_axial_diameter
 
 DELTA_HU = 100.0
+RING = 3  # voxels of surrounding bone compared with a lesion
 NA = "n/a"
 
 
@@ -60,9 +61,9 @@ def lesion_type(values: np.ndarray, surrounding: float) -> str:
     return "mixed"
 
 
-def rough_site(comp: np.ndarray, bone: np.ndarray, body: np.ndarray, hu: np.ndarray) -> str:
-    """spine / rib / pelvis / other from the component's position (arrays in canonical (i, j, k) order)."""
-    ci, cj, ck = (float(v) for v in np.argwhere(comp).mean(0))
+def rough_site(center: tuple[float, float, float], bone: np.ndarray, body: np.ndarray, hu: np.ndarray) -> str:
+    """spine / rib / pelvis / other from a lesion's centre (arrays in canonical (i, j, k) order)."""
+    ci, cj, ck = center
     k = int(round(ck))
     body_k = body[:, :, k]
     if not body_k.any():
@@ -94,48 +95,54 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     Components under ``min_voxels`` (or ``min_volume_ml`` when the spacing is known) are dropped as noise.
     """
     labels, n = ndimage.label(lesion_mask, np.ones((3, 3, 3), bool))
-    kept = np.zeros(lesion_mask.shape, np.int16)
     if n == 0:
-        return [], kept
+        return [], np.zeros(lesion_mask.shape, np.int16)
     voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing else None
-    body = None
-    if hu is not None:
+    measure = hu is not None and spacing is not None
+    if measure:
         body = ndimage.binary_fill_holes(hu > -300, structure=np.ones((3, 3, 1), bool))
+        bone_ref = bone if bone is not None else hu > 150
     out: list[tuple[Lesion, int]] = []
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         comp = labels[box] == idx
         count = int(comp.sum())
         if count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
             continue
-        full = np.zeros(lesion_mask.shape, bool)
-        full[box] = comp
+        # everything is measured in the component's box, padded for the 3-voxel ring around it
+        pbox = tuple(slice(max(0, b.start - RING), min(dim, b.stop + RING)) for b, dim in zip(box, labels.shape))
+        local = labels[pbox] == idx
+        offset = np.array([b.start for b in pbox])
         areas = comp.sum(axis=(0, 1))
         ks = np.flatnonzero(areas) + box[2].start
-        p = prob[full]
+        p = prob[pbox][local]
+        center = np.argwhere(local).mean(0) + offset
+        centroid = tuple(int(round(v)) for v in center)
         mean_hu = max_hu = sur = None
         kind, site = NA, NA
-        if hu is not None and spacing is not None:
-            vals = hu[full]
+        if measure:
+            hu_box = hu[pbox]
+            vals = hu_box[local]
             mean_hu, max_hu = round(float(vals.mean()), 1), round(float(vals.max()), 1)
-            ring = ndimage.binary_dilation(full, iterations=3) & ~full
-            ring &= bone if bone is not None and (ring & bone).any() else (hu > 150)
+            ring = ndimage.binary_dilation(local, iterations=RING) & ~local
+            bone_box = bone[pbox] if bone is not None else None
+            ring &= bone_box if bone_box is not None and (ring & bone_box).any() else (hu_box > 150)
             if ring.any():
-                sur = round(float(np.median(hu[ring])), 1)
+                sur = round(float(np.median(hu_box[ring])), 1)
                 kind = lesion_type(vals, sur)
-            site = rough_site(full, bone if bone is not None else hu > 150, body, hu)
-        centroid = tuple(int(round(v)) for v in np.argwhere(full).mean(0))
+            site = rough_site(tuple(center), bone_ref, body, hu)
         out.append((Lesion(
             id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
-            diameter_mm=round(largest_axial_diameter(full[box], spacing), 1) if spacing else None,
+            diameter_mm=round(largest_axial_diameter(comp, spacing), 1) if spacing else None,
             area_px_max=int(areas.max()), mean_hu=mean_hu, max_hu=max_hu, surrounding_bone_hu=sur, type=kind,
             site=site, slice_start=int(ks.min()) + 1, slice_end=int(ks.max()) + 1,
             key_slice=int(np.argmax(areas)) + box[2].start, mean_probability=round(float(p.mean()), 4),
             max_probability=round(float(p.max()), 4), centroid_voxel=centroid), idx))  # type: ignore[arg-type]
     out.sort(key=lambda t: t[0].voxels, reverse=True)
+    relabel = np.zeros(n + 1, np.int16)
     for i, (les, idx) in enumerate(out, start=1):
         les.id = i
-        kept[labels == idx] = i
-    return [les for les, _ in out], kept
+        relabel[idx] = i
+    return [les for les, _ in out], relabel[labels]
 
 
 def match_truth(found: list[Lesion], kept: np.ndarray, truth: np.ndarray) -> dict:
