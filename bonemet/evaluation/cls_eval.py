@@ -21,7 +21,7 @@ from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..training.cls import ClsConfig, item_name, load_cls_run, predict_cls
 from .figures import plt, save_figure
-from .metrics import CLS_METRICS, bootstrap_ci, classification_scores
+from .metrics import CLS_METRICS, bootstrap_ci, classification_scores, percent
 
 DISPLAY = {"resnext50_32x4d": "ResNeXt50", "densenet201": "DenseNet201", "densenet161": "DenseNet161",
            "efficientnet_b0": "EfficientNet-B0", "inception_v3": "Inception-v3", "vit_tiny_patch16_224": "ViT-Tiny",
@@ -64,10 +64,6 @@ def patient_decisions(patients: list[str], y_patient: dict[str, int], p: np.ndar
                      "positive slices": n_pos, "score": round(frac, 4), "max probability": round(float(pp.max()), 4),
                      "decision": "metastatic" if positive else "healthy"})
     return rows
-
-
-def _pct(v: float) -> str:
-    return "n/a" if v is None or np.isnan(v) else f"{100 * v:.2f}"
 
 
 def _ci_text(ci: tuple[float, float]) -> str:
@@ -125,7 +121,7 @@ def evaluate_cls_run(run: str | Path, data: str | Path | None = None, patient_ru
     patient_scores["ROC-AUC"] = classification_scores(pt, pscore)["ROC-AUC"]
 
     out = run / "eval"
-    table_rows = [{"Model": r["Model"], **{m: _pct(r[m]) for m in CLS_METRICS}} for r in rows]
+    table_rows = [{"Model": r["Model"], **{m: percent(r[m]) for m in CLS_METRICS}} for r in rows]
     ci_row = {"Model": f"{final}: 95% CI over patients", "Accuracy": _ci_text(cis["Accuracy"]),
               "F1": _ci_text(cis["F1"]), "ROC-AUC": _ci_text(cis["ROC-AUC"])}
     md = [f"# {label}: slice classification ({scope})", "",
@@ -136,7 +132,7 @@ def evaluate_cls_run(run: str | Path, data: str | Path | None = None, patient_ru
           f"Patient level (rule {patient_rule}: a patient is metastatic when "
           f"{'at least ' + str(v) + ' of its slices are' if kind == 'fraction' else 'at least ' + str(int(v)) + ' slices are'};"
           " ROC-AUC over the share of positive slices):", "",
-          markdown_table([{"Model": final, **{m: _pct(patient_scores[m]) for m in CLS_METRICS}}], ["Model", *CLS_METRICS]),
+          markdown_table([{"Model": final, **{m: percent(patient_scores[m]) for m in CLS_METRICS}}], ["Model", *CLS_METRICS]),
           "", markdown_table(prow)]
     write_text(out / "table.md", "\n".join(md) + "\n")
     write_csv(out / "table.csv", table_rows)
@@ -152,7 +148,7 @@ def evaluate_cls_run(run: str | Path, data: str | Path | None = None, patient_ru
     summary = {"model": cfg.model, "label": final, "scope": scope, "protocol": split["label"],
                "slices": len(slices), "patients": len(set(patients)), "slice": final_scores,
                "slice_ci95": {m: list(c) for m, c in cis.items()}, "patient_rule": patient_rule,
-               "patient": patient_scores, "members": [{k: v for k, v in r.items()} for r in rows[:-1]],
+               "patient": patient_scores, "members": rows[:-1],
                "weights": cfg.weights, "figures": [str(f) for f in figures]}
     write_json(out / "metrics.json", summary)
     return summary
@@ -198,9 +194,9 @@ def compare_cls_runs(runs: list[str | Path], out: str | Path, patient_rule: str 
     for run in map(Path, runs):
         metrics = run / "eval" / "metrics.json"
         summary = json.loads(metrics.read_text()) if metrics.exists() else evaluate_cls_run(run, patient_rule=patient_rule)
-        rows.append({"Model": summary["label"], **{m: _pct(summary["slice"][m]) for m in CLS_METRICS},
+        rows.append({"Model": summary["label"], **{m: percent(summary["slice"][m]) for m in CLS_METRICS},
                      "AUC 95% CI": _ci_text(tuple(summary["slice_ci95"]["ROC-AUC"])),
-                     "patient Acc": _pct(summary["patient"]["Accuracy"]), "test slices": summary["slices"],
+                     "patient Acc": percent(summary["patient"]["Accuracy"]), "test slices": summary["slices"],
                      "run": str(run)})
         with open(run / "eval" / "predictions.csv", newline="") as fh:
             pr = list(csv.DictReader(fh))

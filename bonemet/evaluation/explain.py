@@ -119,7 +119,7 @@ def _pick_test_slices(run: Path, root: Path, n: int) -> list[tuple[Path, int]]:
         if name not in seen:
             seen.add(name)
             out.append((root / name, label))
-    return out[:n] if len(out) > n else out
+    return out[:n]
 
 
 def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path | None = None) -> Path:

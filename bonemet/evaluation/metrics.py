@@ -45,6 +45,11 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / den if den > 0 else float("nan")
 
 
+def percent(v: float | None) -> str:
+    """A score in [0, 1] as a percentage for tables; ``n/a`` for a missing one."""
+    return "n/a" if v is None or np.isnan(v) else f"{100 * v:.2f}"
+
+
 def pixel_scores(c: Counts) -> dict[str, float]:
     """F1, IoU, accuracy, specificity, sensitivity, precision from pooled counts.
 

@@ -25,9 +25,10 @@ from ..data.stats import markdown_table
 from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..training.checkpoint import load_checkpoint
-from .figures import save_figure
 from ..training.seg import SegConfig, build_model, predict_probs
-from .metrics import PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, pixel_scores
+from .figures import save_figure
+from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
+                      pixel_scores)
 
 DISPLAY = {"unet": "Unet", "attunet": "AttUnet", "unet++": "Unet++", "attunet++": "AttUnet++",
            "hybrid-attunet++": "Hybrid-AttUnet++", "sequential": "Sequential"}
@@ -111,10 +112,6 @@ def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
     return {"F1": f1, "Dice": dice}
 
 
-def _pct(v: float) -> str:
-    return "n/a" if v is None or np.isnan(v) else f"{100 * v:.2f}"
-
-
 def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_slices: int = 4) -> dict:
     """Score a run folder; writes ``RUN/eval/`` (Markdown, CSV, JSON, PNG) and returns the summary."""
     run = Path(run)
@@ -145,7 +142,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
     for m in PIXEL_METRICS:
         vals = [100 * f.scores[m] for f in fold_scores]
         cv_row[m] = f"{np.nanmean(vals):.2f} ± {np.nanstd(vals):.2f}"
-    per_fold = {"model": label, **{f"fold {k + 1}": _pct(f.scores["F1"]) for k, f in enumerate(fold_scores)}}
+    per_fold = {"model": label, **{f"fold {k + 1}": percent(f.scores["F1"]) for k, f in enumerate(fold_scores)}}
     summary: dict = {"run": str(run), "model": cfg.model, "label": label, "protocol": protocol,
                      "selection": json.loads((run / "fold0" / "done.json").read_text())["selection"],
                      "cv": {"per_fold": [f.scores for f in fold_scores], "mean": {m: float(np.nanmean(
@@ -174,14 +171,14 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
                                (f"{ens_name} ({len(members)} members)", (ens_l, ens_b))]:
             s = score(lp, bp, ds)
             ci = _ci(s)
-            rows.append({"model": name, **{m: _pct(s.scores[m]) for m in PIXEL_METRICS},
-                         "F1 95% CI": f"{_pct(ci['F1'][0])}-{_pct(ci['F1'][1])}",
-                         "Dice 95% CI": f"{_pct(ci['Dice'][0])}-{_pct(ci['Dice'][1])}"})
-            det_rows.append({"model": name, **{k: (_pct(v) if "sensitivity" in k else
+            rows.append({"model": name, **{m: percent(s.scores[m]) for m in PIXEL_METRICS},
+                         "F1 95% CI": f"{percent(ci['F1'][0])}-{percent(ci['F1'][1])}",
+                         "Dice 95% CI": f"{percent(ci['Dice'][0])}-{percent(ci['Dice'][1])}"})
+            det_rows.append({"model": name, **{k: (percent(v) if "sensitivity" in k else
                                                    (f"{v:.3f}" if isinstance(v, float) else v))
                                                for k, v in s.detection.items()}})
             if s.bone:
-                bone_rows.append({"model": name, **{m: _pct(s.bone[m]) for m in PIXEL_METRICS}})
+                bone_rows.append({"model": name, **{m: percent(s.bone[m]) for m in PIXEL_METRICS}})
             test_summary[name] = {"scores": s.scores, "ci": ci, "detection": s.detection, "bone": s.bone}
         tnote = (f"Held-out test patients ({len(test_p)}: {', '.join(sorted(test_p))}), never in any member's "
                  f"training set; {len(test_slices)} slices. CIs: bootstrap over patients. Pixel metrics pool all "
@@ -291,22 +288,22 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
     cv_rows, fold_rows, test_rows = [], [], []
     for s in summaries:
         cv_rows.append({"model": s["label"], "protocol": s["protocol"].split(" (")[0],
-                        **{m: _pct(s["cv"]["mean"][m]) for m in PIXEL_METRICS}})
-        fold_rows.append({"model": s["label"], **{f"fold {k + 1}": _pct(f["F1"]) for k, f in
+                        **{m: percent(s["cv"]["mean"][m]) for m in PIXEL_METRICS}})
+        fold_rows.append({"model": s["label"], **{f"fold {k + 1}": percent(f["F1"]) for k, f in
                                                   enumerate(s["cv"]["per_fold"])}})
         if s.get("test"):
             entries = list(s["test"].items())
             singles = [v for _, v in entries[:-1]]
             k = len(singles)
             test_rows.append({"model": f"{s['label']} (single model, mean of {k} fold models)",
-                              **{m: _pct(float(np.mean([v["scores"][m] for v in singles]))) for m in PIXEL_METRICS},
-                              "F1 95% CI": "", "lesion sensitivity": _pct(float(np.mean(
+                              **{m: percent(float(np.mean([v["scores"][m] for v in singles]))) for m in PIXEL_METRICS},
+                              "F1 95% CI": "", "lesion sensitivity": percent(float(np.mean(
                                   [v["detection"]["lesion sensitivity"] for v in singles]))),
                               "FP per slice": f"{np.mean([v['detection']['FP per slice'] for v in singles]):.3f}"})
             name, t = entries[-1]  # the ensemble
-            test_rows.append({"model": name, **{m: _pct(t["scores"][m]) for m in PIXEL_METRICS},
-                              "F1 95% CI": f"{_pct(t['ci']['F1'][0])}-{_pct(t['ci']['F1'][1])}",
-                              "lesion sensitivity": _pct(t["detection"]["lesion sensitivity"]),
+            test_rows.append({"model": name, **{m: percent(t["scores"][m]) for m in PIXEL_METRICS},
+                              "F1 95% CI": f"{percent(t['ci']['F1'][0])}-{percent(t['ci']['F1'][1])}",
+                              "lesion sensitivity": percent(t["detection"]["lesion sensitivity"]),
                               "FP per slice": f"{t['detection']['FP per slice']:.3f}"})
     text = ("## Cross-validation (each fold model on its own held-out patients), mean over folds\n\n"
             + markdown_table(cv_rows) + "\n## Per-fold lesion F1\n\n" + markdown_table(fold_rows))

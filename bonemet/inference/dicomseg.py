@@ -56,7 +56,7 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
     if volume.meta.get("gantry_tilt_deg", 0.0) > 0.5:
         raise BonemetError(f"gantry-tilted series ({volume.meta['gantry_tilt_deg']:.1f} degrees): no DICOM-SEG written "
                            "(the NIfTI masks are still aligned)", volume.source)
-    sources = [pydicom.dcmread(f) for f in files]
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # the SEG needs headers only
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not sources[0].get(k)]
     if missing:
         raise BonemetError(f"the source series has no {' / '.join(missing)} (anonymised?): a SEG could not be "

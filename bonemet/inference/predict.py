@@ -21,6 +21,7 @@ from ..data.volume import read_mask_like, save_nifti
 from ..errors import BonemetError
 from ..fileio import atomic_dir, write_csv, write_json
 from ..log import logger
+from ..reporting.report import write_report
 from ..training.loop import console
 from .lesions import find_lesions, match_truth
 from .runners import ClsRunner, SegRunner
@@ -160,8 +161,6 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
         write_csv(tmp / "lesions.csv", [les.as_row() for les in lesions] or [], _lesion_fields())
         (tmp / "lesions.json").write_text(json.dumps([les.as_row() for les in lesions], indent=2) + "\n")
         write_csv(tmp / "slices.csv", slice_rows)
-        from ..reporting.report import write_report
-
         summary["files"] = sorted(files + ["lesions.csv", "lesions.json", "slices.csv", "summary.json", "report.html"])
         times["write s"] = round(time.perf_counter() - t, 2)
         summary["timings"]["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
