@@ -157,3 +157,25 @@ def test_dicom_folder_with_two_series_reads_the_larger_ct(phantom, tmp_path, cap
     assert vol.n_slices == 40 and vol.meta["series_uid"] != "1.2.3.4.5"
     assert any("2 series found" in r.getMessage() for r in caplog.records)
     assert vol.meta["ignored_non_dicom"][0].endswith("notes.txt")
+
+
+def test_empty_mask_only_where_allowed_and_on_the_image_grid(tmp_path):
+    """A healthy patient's all-zero lesion truth is accepted for --truth, but never off the image grid."""
+    import nibabel as nib
+
+    from bonemet.data.volume import read_mask_like, read_nifti
+    from bonemet.errors import DataError
+
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), tmp_path / "ct.nii.gz")
+    ct = read_nifti(tmp_path / "ct.nii.gz", canonical=False)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), affine), tmp_path / "empty.nii.gz")
+    with pytest.raises(DataError, match="empty"):
+        read_mask_like(tmp_path / "empty.nii.gz", ct)
+    got = read_mask_like(tmp_path / "empty.nii.gz", ct, allow_empty=True)
+    assert got.shape == ct.shape and not got.any()
+    shifted = affine.copy()
+    shifted[:3, 3] = 500.0  # the same grid moved far away from the image
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), shifted), tmp_path / "far.nii.gz")
+    with pytest.raises(DataError, match="does not line up"):
+        read_mask_like(tmp_path / "far.nii.gz", ct, allow_empty=True)

@@ -137,11 +137,21 @@ def resample_like(moving: Volume, reference: Volume, order: int = 0) -> np.ndarr
     return out
 
 
-def read_mask_like(path: str | Path, reference: Volume) -> np.ndarray:
-    """Read a NIfTI mask and put it on ``reference``'s voxel grid; returns a boolean array."""
+def read_mask_like(path: str | Path, reference: Volume, allow_empty: bool = False) -> np.ndarray:
+    """Read a NIfTI mask and put it on ``reference``'s voxel grid; returns a boolean array.
+
+    ``allow_empty`` accepts an all-zero mask (a lesion truth for a healthy patient) once its grid is
+    seen to cover the image.
+    """
     mask = read_nifti(path, canonical=False, dtype=np.uint8)
     if not mask.array.any():
-        raise DataError("mask is empty (no voxel above 0)", path)
+        if not allow_empty:
+            raise DataError("mask is empty (no voxel above 0)", path)
+        cover = resample_like(replace(mask, array=np.ones_like(mask.array)), reference).mean()
+        if cover < 0.5:
+            raise DataError(f"mask grid does not line up with the image {reference.source}: it covers only "
+                            f"{cover:.0%} of it through the two affines", path)
+        return np.zeros(reference.shape, bool)
     aligned = resample_like(mask, reference) > 0
     kept = aligned.sum() / max(1, (mask.array > 0).sum()) * np.prod(reference.spacing) / np.prod(mask.spacing)
     if not aligned.any() or kept < 0.5:

@@ -125,7 +125,7 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
     if opts.truth is not None:
         if scan.volume is None:
             raise BonemetError("--truth needs a CT input (DICOM or NIfTI)", opts.truth)
-        truth = match_truth(lesions, kept, read_mask_like(opts.truth, scan.volume))
+        truth = match_truth(lesions, kept, read_mask_like(opts.truth, scan.volume, allow_empty=True))
     bone_truth = None
     if opts.bone_truth is not None:
         if scan.volume is None or bone_mask is None:
