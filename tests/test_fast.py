@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -65,3 +67,20 @@ def test_onnx_runtime_path_matches_eager(name):
     for a, b in zip(ref, fast):
         assert float((a - b).abs().max()) < 1e-4
         assert torch.equal(a > 0.5, b > 0.5)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile (Inductor) needs a C++ compiler")
+def test_compile_path_matches_eager():
+    model = _trained_like("unet")  # the smallest graph: Inductor compiles it in well under a minute
+    x = torch.rand(2, 3, 64, 64)
+    ref = _probs(model, x)
+    fast = _probs(FastModel(model, ("fold_bn", "channels_last", "compile")), x)
+    for a, b in zip(ref, fast):
+        assert float((a - b).abs().max()) < 1e-4
+        assert torch.equal(a > 0.5, b > 0.5)
+
+
+def test_onnx_does_not_combine_with_compile():
+    with pytest.raises(ValueError, match="does not combine"):
+        FastModel(_trained_like("unet"), ("fold_bn", "onnx", "compile"))

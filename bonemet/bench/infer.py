@@ -3,13 +3,19 @@ measured in one run, with their answers checked against the baseline's."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import resource
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from ..inference.fast import FastModel, bf16_supported
+from ..inference.fast import FastModel, bf16_supported, default_paths
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
 from .seg import _timeit
@@ -31,8 +37,10 @@ def _probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: int = 32, slices: int = 8,
-                batch: int = 8, reps: int = 2, log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """Rows: path, slices/s, ratio to the baseline, max |prob diff|, mask agreement; plus machine facts."""
+                batch: int = 8, reps: int = 2, compile_: bool = True,
+                log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+    """Rows: path, slices/s, ratio to the baseline, max |prob diff|, mask agreement, first-pass seconds
+    (export / compilation included); plus machine facts."""
     torch.manual_seed(0)
     model = create_model(model_name, width=width, in_channels=3).eval()
     for m in model.modules():  # trained-like BN statistics, so that folding has something to fold
@@ -41,34 +49,38 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
             m.running_var.uniform_(0.5, 2.0)
     x = torch.rand(slices, 3, size, size)
     gmac = gmacs_per_slice(model, 3, size)
-    from ..inference.fast import default_paths
-
     chosen = [(), ("channels_last",), ("fold_bn",), ("fold_bn", "channels_last")]
     if bf16_supported():
         chosen.append(("fold_bn", "channels_last", "bf16"))
-    import importlib.util
-
     if importlib.util.find_spec("onnxruntime") is not None:
         chosen.append(("fold_bn", "onnx"))
     else:
         log("ONNX Runtime not installed: the onnx path is left out (pip install 'bonemet[fast]')")
-    variants: list[tuple[str, torch.nn.Module, int]] = [("eager fp32, batch 1 (baseline)", model, 1)]
+    if compile_:
+        chosen.append(("fold_bn", "channels_last", "compile"))
+        if bf16_supported():
+            chosen.append(("fold_bn", "channels_last", "bf16", "compile"))
+    variants: list[tuple[str, tuple[str, ...], int]] = [("eager fp32, batch 1 (baseline)", (), 1)]
     for paths in chosen:
         name = (" + ".join(paths) or "eager fp32") + f", batch {batch}"
         if paths == default_paths():
             name += " (default)"
-        variants.append((name, FastModel(model, paths) if paths else model, batch))
+        variants.append((name, paths, batch))
     base_p = _probs(model, x, 1)
     rows, base_t = [], None
-    for name, m, b in variants:
-        t = _timeit(lambda: _probs(m, x, b), reps)
-        p = _probs(m, x, b)
+    for name, paths, b in variants:
+        t0 = time.perf_counter()
+        m = FastModel(model, paths) if paths else model
+        p = _probs(m, x, b)  # also the warm-up: export, compilation, oneDNN kernel choice
+        setup = time.perf_counter() - t0
+        t = _timeit(lambda: _probs(m, x, b), reps, warmup=0)
         base_t = base_t or t
         sps = slices / t
         rows.append({"path": name, "slices/s": round(sps, 2), "speed-up": f"{base_t / t:.1f}x",
                      "GFLOP/s": round(2 * gmac * sps, 1), "max prob diff": f"{float((p - base_p).abs().max()):.1e}",
-                     "mask agreement %": round(100 * float(((p > 0.5) == (base_p > 0.5)).float().mean()), 3)})
-        log(f"{name}: {sps:.2f} slices/s")
+                     "mask agreement %": round(100 * float(((p > 0.5) == (base_p > 0.5)).float().mean()), 3),
+                     "first pass s": round(setup, 1)})
+        log(f"{name}: {sps:.2f} slices/s (first pass {setup:.1f} s)")
     facts = {"model": model_name, "width": width, "size": size, "GMAC/slice": round(gmac, 1),
              "peak fp32 GFLOP/s (matmul)": round(peak_gflops(), 1),
              "peak bf16 GFLOP/s (matmul)": round(peak_gflops(dtype=torch.bfloat16), 1) if bf16_supported() else None,
@@ -76,14 +88,63 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
     return rows, facts
 
 
-def time_ensemble_predict(members: int = 5, size: int = 224, width: int = 32, slices: int = 8,
-                          paths: tuple[str, ...] = ("fold_bn", "channels_last"), batch: int = 8) -> float:
-    """Seconds per 100 slices for an ensemble of ``members`` hybrid models (model time only)."""
-    torch.manual_seed(0)
-    ms = [FastModel(create_model("hybrid-attunet++", width=width, in_channels=3).eval(), paths) if paths else
-          create_model("hybrid-attunet++", width=width, in_channels=3).eval() for _ in range(members)]
-    x = torch.rand(slices, 3, size, size)
-    t0 = time.perf_counter()
-    for m in ms:
-        _probs(m, x, batch)
-    return (time.perf_counter() - t0) / slices * 100
+def write_random_run(run: Path, members: int = 5, model_name: str = "hybrid-attunet++", size: int = 224,
+                     width: int = 32) -> Path:
+    """A segmentation run folder of ``members`` random-weight models, shaped like a trained one, so that
+    ``predict`` can be timed on the issue's configuration without a GPU-sized training run."""
+    from dataclasses import asdict
+
+    from ..fileio import write_json
+    from ..training.checkpoint import save_checkpoint
+    from ..training.seg import SegConfig
+
+    cfg = SegConfig(data="(random weights for bench)", model=model_name, folds=members, size=size, width=width,
+                    preprocessing={"window": "bone", "size": size, "channels": 3, "intensity": "pixel / 255"})
+    for k in range(members):
+        torch.manual_seed(k)
+        model = create_model(model_name, width=width, in_channels=3)
+        (run / f"fold{k}").mkdir(parents=True, exist_ok=True)
+        save_checkpoint(run / f"fold{k}" / "last.pt", model=model.state_dict())
+        write_json(run / f"fold{k}" / "done.json", {"fold": k, "checkpoint": "last.pt"})
+    write_json(run / "config.json", asdict(cfg))
+    write_json(run / "splits.json", {"folds": [{} for _ in range(members)], "test_patients": []})
+    return run
+
+
+def time_predict(run: Path, slices: int, paths: tuple[str, ...], batch: int, size: int = 224,
+                 seed: int = 0) -> float:
+    """Seconds per 100 slices of ``bonemet predict`` end to end (read, models, lesions, every output file)
+    on a metastatic phantom volume of ``slices`` slices at ``size`` px."""
+    from ..data.volume import save_nifti
+    from ..inference.predict import PredictOptions, predict
+    from ..phantom.synth import make_patient
+
+    work = Path(tempfile.mkdtemp(prefix="bonemet-bench-"))
+    try:
+        ct = make_patient(0, seed, "metastatic", size=size, n_slices=slices).ct
+        save_nifti(ct.array, ct.affine, work / "ct.nii.gz")
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            predict(work / "ct.nii.gz", work / "out", PredictOptions(seg=run, batch_size=batch, paths=paths))
+        return (time.perf_counter() - t0) / slices * 100
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_child(model_name: str, size: int, width: int, batch: int, reps: int, threads: int) -> dict:
+    from .seg import bench_models
+
+    torch.set_num_threads(threads)
+    row = bench_models([model_name], size, width, batch, reps, log=lambda _: None)[0]
+    row["peak RSS MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return row
+
+
+def train_speed(model_name: str = "hybrid-attunet++", size: int = 224, width: int = 32, batch: int = 8,
+                reps: int = 2) -> dict:
+    """Training images/s (Adam step, eager fp32) and the peak memory of training, measured in a fresh
+    process so that the peak is training's own and not the inference paths'."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_train_child, (model_name, size, width, batch, reps, torch.get_num_threads()))

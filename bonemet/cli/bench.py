@@ -51,13 +51,17 @@ def infer(
     width: Annotated[int, typer.Option(min=1)] = 32,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch of the batched paths.")] = 4,
     slices: Annotated[int, typer.Option(min=1, help="Slices per timed pass.")] = 8,
-    quick: Annotated[bool, typer.Option(help="One timed repetition instead of three.")] = False,
+    scan_slices: Annotated[int, typer.Option(min=8, help="Slices of the phantom scan given to predict.")] = 48,
+    members: Annotated[int, typer.Option(min=1, help="Ensemble members for the predict timing.")] = 5,
+    compile: Annotated[bool, typer.Option(help="Include the torch.compile paths (minutes of compilation).")] = True,
+    quick: Annotated[bool, typer.Option(help="One timed repetition instead of three, a 16-slice scan.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_infer.md in.")] = None,
 ) -> None:
-    """Inference paths (batching, channels_last, BN folding, bf16) against eager fp32 at batch 1, in one run."""
+    """Inference paths against eager fp32 at batch 1, training speed and memory, and predict end to end."""
+    import tempfile
     import time
 
-    from ..bench.infer import bench_paths, time_ensemble_predict
+    from ..bench.infer import bench_paths, time_predict, train_speed, write_random_run
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
     from ..fileio import write_text
@@ -65,19 +69,32 @@ def infer(
 
     t0 = time.perf_counter()
     reps = 1 if quick else 3
-    rows, facts = bench_paths(model, size, width, slices, batch_size, reps, log=lambda m: typer.echo(m, err=True))
+    scan_slices = min(16, scan_slices) if quick else scan_slices
+    say = lambda m: typer.echo(m, err=True)  # noqa: E731
+    train = train_speed(model, size, width, 8, reps)
+    say(f"training: {train['train img/s']} img/s, peak RSS {train['peak RSS MB']} MB")
+    rows, facts = bench_paths(model, size, width, slices, batch_size, reps, compile, log=say)
     paths = default_paths()
-    ens = time_ensemble_predict(5, size, width, slices, paths, batch_size)
-    ens_base = time_ensemble_predict(5, size, width, slices, (), 1)
+    with tempfile.TemporaryDirectory(prefix="bonemet-bench-run-") as tmp:
+        run = write_random_run(Path(tmp) / "run", members, model, size, width)
+        t_fast = time_predict(run, scan_slices, paths, batch_size, size)
+        say(f"predict, default path: {t_fast:.0f} s per 100 slices")
+        t_base = time_predict(run, scan_slices, (), 1, size)
+        say(f"predict, eager fp32 batch 1: {t_base:.0f} s per 100 slices")
     gmac = facts["GMAC/slice"]
     text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
-            f"median of {reps} timed pass(es) over {slices} slices after a warm-up; answers compared with the baseline "
-            f"on the same slices.\n\n" + markdown_table(rows) + "\n\n"
+            f"median of {reps} timed pass(es) over {slices} slices after a first pass (timed apart: it holds "
+            f"export and compilation); answers compared with the baseline on the same slices.\n\n"
+            + markdown_table(rows) + "\n\n"
             f"Compute floor: matmul peak {facts['peak fp32 GFLOP/s (matmul)']} GFLOP/s fp32"
             + (f", {facts['peak bf16 GFLOP/s (matmul)']} GFLOP/s bf16" if facts["peak bf16 GFLOP/s (matmul)"] else "")
-            + f" (a slice is {2 * gmac:.0f} GFLOP). Peak resident memory {facts['peak RSS MB']} MB.\n\n"
-            f"EH-AttUnet++ (5 members), model time per 100 slices: {ens:.0f} s with the default path "
-            f"({'+'.join(paths)}, batch {batch_size}) vs {ens_base:.0f} s eager fp32 batch 1 ({ens_base / ens:.1f}x).\n"
+            + f" (a slice is {2 * gmac:.0f} GFLOP). Peak resident memory of inference {facts['peak RSS MB']} MB.\n\n"
+            f"Training (eager fp32, Adam step, batch 8, in a fresh process): {train['train img/s']} images/s, "
+            f"peak resident memory {train['peak RSS MB']} MB.\n\n"
+            f"`bonemet predict` end to end (read NIfTI, {members}-member ensemble of random-weight {model} models, "
+            f"lesion list, NIfTI masks, report) on a {scan_slices}-slice phantom scan at {size} px: "
+            f"{t_fast:.0f} s per 100 slices with the default path ({'+'.join(paths)}, batch {batch_size}) vs "
+            f"{t_base:.0f} s eager fp32 batch 1 ({t_base / t_fast:.1f}x).\n"
             f"Bench took {time.perf_counter() - t0:.0f} s.")
     typer.echo(text)
     if out is not None:

@@ -25,8 +25,9 @@ def predict(
         = None,
     include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
     no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
-    fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, channels_last, bf16, or "
-                                                  "eager (default: fold_bn,channels_last and bf16 where the CPU has it).")]
+    fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, channels_last, bf16, "
+                                                  "onnx, compile, or eager (default: fold_bn,channels_last and bf16 "
+                                                  "where the CPU has it).")]
         = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:

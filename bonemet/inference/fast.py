@@ -7,6 +7,8 @@
   to about 1e-2.
 * ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime (``pip install bonemet[fast]``);
   fp32, exact up to rounding. Not combinable with ``channels_last`` or ``bf16``.
+* ``compile``: ``torch.compile`` (Inductor, which needs a C++ compiler); combines with the others except
+  ``onnx``. Its first call compiles for a minute or more, so it pays only on long scans.
 
 Batching (several slices per forward pass) is the caller's batch size.
 """
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import shutil
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-PATHS = ("fold_bn", "channels_last", "bf16", "onnx")
+PATHS = ("fold_bn", "channels_last", "bf16", "onnx", "compile")
 DEFAULT_PATH = ("fold_bn", "channels_last")
 
 
@@ -57,14 +61,16 @@ class FastModel(nn.Module):
     def __init__(self, model: nn.Module, paths: Iterable[str] = DEFAULT_PATH) -> None:
         super().__init__()
         self.paths = tuple(paths)
-        bad = set(self.paths) - set(PATHS)
-        if bad:
-            raise ValueError(f"unknown inference path(s) {sorted(bad)} (choose from {', '.join(PATHS)})")
-        if "onnx" in self.paths and {"channels_last", "bf16"} & set(self.paths):
-            raise ValueError("the onnx path runs fp32 in ONNX Runtime: it does not combine with channels_last or bf16")
+        problem = paths_problem(self.paths)
+        if problem:
+            raise ValueError(problem)
         m = fold_batchnorm(model) if "fold_bn" in self.paths else copy.deepcopy(model).eval()
         if "channels_last" in self.paths:
             m = m.to(memory_format=torch.channels_last)
+        if "compile" in self.paths:
+            # Inductor on CPU warns that there is no CUDA runtime: true, and not the user's concern
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            m = torch.compile(m)
         self.model = m
         self.needs_bone_input = getattr(model, "needs_bone_input", False)
         self.session = _onnx_session(m) if "onnx" in self.paths else None
@@ -83,14 +89,26 @@ class FastModel(nn.Module):
         return out.float().contiguous()
 
 
+def paths_problem(paths: tuple[str, ...]) -> str | None:
+    """Why ``paths`` cannot run here (unknown name, impossible combination, no C++ compiler), or None."""
+    bad = set(paths) - set(PATHS)
+    if bad:
+        return f"unknown inference path(s) {sorted(bad)} (choose from eager, {', '.join(PATHS)})"
+    if "onnx" in paths and {"channels_last", "bf16", "compile"} & set(paths):
+        return "the onnx path runs fp32 in ONNX Runtime: it does not combine with channels_last, bf16 or compile"
+    if "compile" in paths and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "the compile path needs a C++ compiler for torch.compile (none found on PATH)"
+    return None
+
+
 def parse_paths(text: str) -> tuple[str, ...]:
     """``"fold_bn,channels_last"`` -> a tuple; ``eager`` or an empty string -> no extra path."""
     parts = tuple(p.strip() for p in text.split(",") if p.strip() and p.strip() != "eager")
-    bad = set(parts) - set(PATHS)
-    if bad:
+    problem = paths_problem(parts)
+    if problem:
         from ..errors import BonemetError
 
-        raise BonemetError(f"unknown inference path(s) {sorted(bad)} (choose from eager, {', '.join(PATHS)})")
+        raise BonemetError(problem)
     return parts
 
 
