@@ -6,9 +6,10 @@
 * ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX); probabilities move by up
   to about 1e-2.
 * ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime (``pip install bonemet[fast]``);
-  fp32, exact up to rounding. Not combinable with ``channels_last`` or ``bf16``.
+  fp32, exact up to rounding. Not combinable with ``channels_last``, ``bf16`` or ``compile``.
 * ``compile``: ``torch.compile`` (Inductor, which needs a C++ compiler); combines with the others except
-  ``onnx``. Its first call compiles for a minute or more, so it pays only on long scans.
+  ``onnx``. Its first call compiles for about a minute, and on this project's CPU it was no faster than
+  the eager path it wraps (``bonemet bench infer``), so it is an option, not the default.
 
 Batching (several slices per forward pass) is the caller's batch size.
 """
