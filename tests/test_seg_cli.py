@@ -52,3 +52,13 @@ def test_bench_seg_quick(tmp_path):
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_seg.md").read_text()
     assert "| unet |" in text and "| hybrid-attunet++ |" in text and "train img/s" in text
+
+
+def test_bench_infer_quick(tmp_path):
+    """The harness runs end to end on a tiny model (its figures are only meaningful at full size)."""
+    res = run_cli("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
+                  "--scan-slices", "8", "--members", "2", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "bench_infer.md").read_text()
+    assert "| eager fp32, batch 1 (baseline) |" in text and "| 1.0x |" in text and "first pass s" in text
+    assert "images/s" in text and "s per 100 slices with the default path" in text

@@ -7,8 +7,6 @@ import contextlib
 import importlib.util
 import io
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,24 +109,23 @@ def write_random_run(run: Path, members: int = 5, model_name: str = "hybrid-attu
     return run
 
 
-def time_predict(run: Path, slices: int, paths: tuple[str, ...], batch: int, size: int = 224,
-                 seed: int = 0) -> float:
-    """Seconds per 100 slices of ``bonemet predict`` end to end (read, models, lesions, every output file)
-    on a metastatic phantom volume of ``slices`` slices at ``size`` px."""
+def write_phantom_scan(path: Path, slices: int, size: int = 224, seed: int = 0) -> Path:
+    """A metastatic phantom CT of ``slices`` slices at ``size`` px, as NIfTI, for timing ``predict``."""
     from ..data.volume import save_nifti
-    from ..inference.predict import PredictOptions, predict
     from ..phantom.synth import make_patient
 
-    work = Path(tempfile.mkdtemp(prefix="bonemet-bench-"))
-    try:
-        ct = make_patient(0, seed, "metastatic", size=size, n_slices=slices).ct
-        save_nifti(ct.array, ct.affine, work / "ct.nii.gz")
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            predict(work / "ct.nii.gz", work / "out", PredictOptions(seg=run, batch_size=batch, paths=paths))
-        return (time.perf_counter() - t0) / slices * 100
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    ct = make_patient(0, seed, "metastatic", size=size, n_slices=slices).ct
+    return save_nifti(ct.array, ct.affine, path)
+
+
+def time_predict(run: Path, scan: Path, out: Path, slices: int, paths: tuple[str, ...], batch: int) -> float:
+    """Seconds per 100 slices of ``bonemet predict`` end to end (read, models, lesions, every output file)."""
+    from ..inference.predict import PredictOptions, predict
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        predict(scan, out, PredictOptions(seg=run, batch_size=batch, paths=paths))
+    return (time.perf_counter() - t0) / slices * 100
 
 
 def _train_child(model_name: str, size: int, width: int, batch: int, reps: int, threads: int) -> dict:

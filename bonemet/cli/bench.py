@@ -61,7 +61,7 @@ def infer(
     import tempfile
     import time
 
-    from ..bench.infer import bench_paths, time_predict, train_speed, write_random_run
+    from ..bench.infer import bench_paths, time_predict, train_speed, write_phantom_scan, write_random_run
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
     from ..fileio import write_text
@@ -75,11 +75,12 @@ def infer(
     say(f"training: {train['train img/s']} img/s, peak RSS {train['peak RSS MB']} MB")
     rows, facts = bench_paths(model, size, width, slices, batch_size, reps, compile, log=say)
     paths = default_paths()
-    with tempfile.TemporaryDirectory(prefix="bonemet-bench-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:
         run = write_random_run(Path(tmp) / "run", members, model, size, width)
-        t_fast = time_predict(run, scan_slices, paths, batch_size, size)
+        scan = write_phantom_scan(Path(tmp) / "ct.nii.gz", scan_slices, size)
+        t_fast = time_predict(run, scan, Path(tmp) / "out-default", scan_slices, paths, batch_size)
         say(f"predict, default path: {t_fast:.0f} s per 100 slices")
-        t_base = time_predict(run, scan_slices, (), 1, size)
+        t_base = time_predict(run, scan, Path(tmp) / "out-eager", scan_slices, (), 1)
         say(f"predict, eager fp32 batch 1: {t_base:.0f} s per 100 slices")
     gmac = facts["GMAC/slice"]
     text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
