@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from conftest import run_cli
 def test_every_classifier_trains_a_step_at_its_input_size(name: str) -> None:
     torch.manual_seed(0)
     model = create_classifier(name)
-    expected = 299 if name == "inception_v3" else 224
+    expected = {"inception_v3": 299, "small_cnn16": 192, "small_cnn32": 192}.get(name, 224)
     assert model.input_size == expected
     x = torch.rand(2, 3, expected, expected)
     logits = model.train()(x)
@@ -29,6 +30,37 @@ def test_every_classifier_trains_a_step_at_its_input_size(name: str) -> None:
     focal_loss(logits, torch.tensor([0, 1])).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_small_cnn_is_a_timm_model_with_max_pooling_and_its_own_normalisation() -> None:
+    import timm
+
+    model = create_classifier("small_cnn16")
+    assert timm.is_model("small_cnn16") and model.backbone.num_features == 128
+    assert sum(p.numel() for p in model.parameters()) == 294_258
+    assert model.backbone.head.global_pool.pool_type == "max"
+    assert model.norm.mean.flatten().tolist() == [0.5] * 3 and model.norm.std.flatten().tolist() == [0.25] * 3
+    x = torch.zeros(1, 3, 96, 96)
+    assert model.feature_map(x).shape == (1, 128, 12, 12)  # 8x downsampling only
+    x[..., 40, 40] = 1.0  # max pooling: one bright pixel anywhere moves the logits
+    assert not torch.allclose(model.eval()(x), model(torch.zeros(1, 3, 96, 96)))
+    assert create_classifier("small_cnn16", global_pool="avg").backbone.head.global_pool.pool_type == "avg"
+
+
+def test_body_crop_is_a_padded_square_around_the_body() -> None:
+    from bonemet.data.datasets import crop_body, prepare_image
+
+    t = torch.zeros(3, 100, 120)
+    t[:, 10:30, 0:60] = 0.5  # a 20 x 60 body touching the left edge
+    c = crop_body(t)
+    assert c.shape == (3, 60, 60)
+    assert float(c.sum()) == pytest.approx(float(t.sum()))  # the whole body, nothing stretched
+    assert torch.equal(c[:, 20:40, :], t[:, 10:30, 0:60])  # centred vertically, zero-padded above and below
+    assert float(c[:, :20].abs().sum()) == 0 and float(c[:, 40:].abs().sum()) == 0
+    assert torch.equal(crop_body(torch.zeros(3, 50, 50)), torch.zeros(3, 50, 50))  # no body: whole slice
+    assert prepare_image(t, 32, "body").shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="unknown crop"):
+        prepare_image(t, 32, "lungs")
 
 
 def test_fusion_concatenates_pooled_branch_features() -> None:
@@ -153,12 +185,48 @@ def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     assert r.returncode == 2 and "most:3" in r.stderr
 
 
+def test_body_crop_and_weight_decay_travel_with_the_run(phantom, tmp_path) -> None:
+    """A run trained with --crop body is evaluated on body crops too (its predictions are the model's on crops)."""
+    from bonemet.data.datasets import image_to_tensor, prepare_image
+    from bonemet.data.images import read_image
+    from bonemet.inference.runners import ClsRunner
+    from bonemet.inference.scan import read_scan
+    from bonemet.training.cls import load_cls_run
+
+    data = phantom / "classification"
+    run = tmp_path / "run"
+    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+                "--crop", "body", "--optimizer", "adamw", "--weight-decay", "1e-4", "--alpha", "0.5", "--gamma", "0",
+                "--test-patients", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["crop"] == "body" and cfg["weight_decay"] == 1e-4 and cfg["preprocessing"]["crop"].startswith("body")
+    assert run_cli("cls", "evaluate", run).returncode == 0
+    with open(run / "eval" / "predictions.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    _, _, (model,) = load_cls_run(run)
+    img = image_to_tensor(read_image(data / row["slice"]), 3)
+
+    @torch.no_grad()
+    def prob(crop: str) -> float:
+        return float(torch.softmax(model(prepare_image(img, 64, crop)[None]), 1)[0, 1])
+
+    assert prob("body") == pytest.approx(float(row["probability"]), abs=1e-5)
+    assert prob("none") != pytest.approx(prob("body"), abs=1e-5)
+    scan = read_scan((data / row["slice"]).parent)  # predict's classifier crops the same way
+    k = [p.name for p in scan.images].index(Path(row["slice"]).name)
+    assert ClsRunner(run).predict(scan)[k] == pytest.approx(prob("body"), abs=1e-5)
+    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--crop", "lungs", "--out", tmp_path / "r2")
+    assert r.returncode == 2 and "unknown crop 'lungs'" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_attention_rollout_and_gradcam_shapes() -> None:
     from bonemet.evaluation.explain import explain
 
     torch.manual_seed(0)
     x = torch.rand(1, 3, 64, 64)
     for model in (create_classifier("deit_tiny_distilled_patch16_224", img_size=64), create_classifier("resnet18"),
+                  create_classifier("small_cnn16"),
                   FusionClassifier(cnn="resnet18", vit="vit_tiny_patch16_224", img_size=64)):
         prob, maps = explain(model, x)
         assert 0 <= prob <= 1 and maps

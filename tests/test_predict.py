@@ -28,9 +28,10 @@ def seg_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cls_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny slice classifier trained on body crops (predict must crop its slices the same way)."""
     run = tmp_path_factory.mktemp("cls") / "run"
-    r = run_cli("cls", "train", "--data", phantom / "classification", "--model", "resnet18", "--size", "64",
-                "--epochs", "1", "--test-patients", "0.5", "--out", run)
+    r = run_cli("cls", "train", "--data", phantom / "classification", "--model", "small_cnn16", "--size", "64",
+                "--crop", "body", "--epochs", "1", "--test-patients", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     return run
 

@@ -48,9 +48,12 @@ def train(
         = None,
     global_pool: Annotated[str | None, typer.Option(help="CNNs: avg (default) or max pooling of the last feature map.")]
         = None,
+    crop: Annotated[str, typer.Option(help="none, or body: crop each slice to the square around the body before "
+                                           "resizing (also at evaluation and prediction).")] = "none",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9) or adam.")] = "sgd",
+    optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9), adam or adamw.")] = "sgd",
     lr_scale: Annotated[float, typer.Option(help="Multiply the schedule's learning rates by this.")] = 1.0,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay (decoupled with adamw).")] = 0.0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Focal loss weight of the metastatic class.")] = 0.8,
     gamma: Annotated[float, typer.Option(min=0.0, help="Focal loss focusing parameter.")] = 2.0,
     folds: Annotated[int, typer.Option(min=1, help="1 = one model (80/20 patient split); K = K grouped folds.")] = 1,
@@ -75,7 +78,8 @@ def train(
         raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
     paths = [p for p in (pretrained or []) if p.lower() != "none"]
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
-                    epochs=epochs, size=size, global_pool=global_pool, batch_size=batch_size, optimizer=optimizer, lr_scale=lr_scale,
+                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, batch_size=batch_size, optimizer=optimizer,
+                    lr_scale=lr_scale, weight_decay=weight_decay,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
                     augment=not no_augment, neg_ratio=neg_ratio, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)

@@ -36,6 +36,37 @@ def resize_image(t: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(t[None], size=(size, size), mode="area")[0]
 
 
+CROPS = ("none", "body")
+
+
+def crop_body(t: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """The smallest square around the body (pixels above ``threshold`` in any channel), centred on it.
+
+    Small findings then fill more of the model's input than in the whole field of view. Where the
+    square passes the image edge it is zero-padded (air), so the body is never stretched; a slice
+    without body comes back whole.
+    """
+    body = t.amax(0) > threshold
+    rows, cols = torch.where(body.any(1))[0], torch.where(body.any(0))[0]
+    if len(rows) == 0:
+        return t
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    side = max(r1 - r0, c1 - c0)
+    top, left = (r0 + r1 - side) // 2, (c0 + c1 - side) // 2
+    out = t.new_zeros(t.shape[0], side, side)
+    h, w = t.shape[-2:]
+    sr0, sc0, sr1, sc1 = max(top, 0), max(left, 0), min(top + side, h), min(left + side, w)
+    out[:, sr0 - top:sr1 - top, sc0 - left:sc1 - left] = t[:, sr0:sr1, sc0:sc1]
+    return out
+
+
+def prepare_image(t: torch.Tensor, size: int, crop: str = "none") -> torch.Tensor:
+    """A classifier's input from a (C, H, W) image in [0, 1]: optional body crop (``CROPS``), then resize."""
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop '{crop}' (choose from {', '.join(CROPS)})")
+    return resize_image(crop_body(t) if crop == "body" else t, size)
+
+
 def resize_mask(m: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
     """Resize a (1, H, W) {0, 1} mask. ``nearest`` keeps shapes; ``paper`` = area then > 0, which dilates."""
     if m.shape[-2:] == (size, size):
@@ -78,13 +109,16 @@ class SegmentationDataset(Dataset):
 
 
 class ClassificationDataset(Dataset):
-    """Classification slices as ``(image (C, S, S), label)``; grey slices go in as 3 channels."""
+    """Classification slices as ``(image (C, S, S), label)``; grey slices go in as 3 channels.
+
+    ``crop="body"`` crops each slice to the body's bounding square before resizing (``prepare_image``).
+    """
 
     def __init__(self, slices: Sequence[ClsSlice], size: int = 224, channels: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, crop: str = "none") -> None:
         self.slices = list(slices)
-        self.size, self.channels, self.transform = size, channels, transform
+        self.size, self.channels, self.transform, self.crop = size, channels, transform, crop
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(-1, 1, 1)
 
@@ -93,7 +127,7 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         s = self.slices[i]
-        img = resize_image(image_to_tensor(read_image(s.path), self.channels), self.size)
+        img = prepare_image(image_to_tensor(read_image(s.path), self.channels), self.size, self.crop)
         if self.transform:
             img = self.transform(img)
         if self.mean is not None and self.std is not None:

@@ -86,14 +86,14 @@ def evaluate_cls_run(run: str | Path, data: str | Path | None = None, patient_ru
     if split["test"]:
         scope = f"held-out test patients ({len(split['test_patients'])}); no model of the run trained on them"
         slices = [by_name[n] for n in split["test"]]
-        member_p = predict_cls(models, ClassificationDataset(slices, size, 3))
+        member_p = predict_cls(models, ClassificationDataset(slices, size, 3, crop=cfg.crop))
     else:
         scope = "out of fold: each slice scored by the model that did not train on its patient"
         slices, parts = [], []
         for k, fold in enumerate(split["folds"]):
             fs = [by_name[n] for n in fold["val"]]
             slices += fs
-            parts.append(predict_cls([models[k]], ClassificationDataset(fs, size, 3))[0])
+            parts.append(predict_cls([models[k]], ClassificationDataset(fs, size, 3, crop=cfg.crop))[0])
         member_p = np.concatenate(parts)[None]
     if not slices:
         raise BonemetError("nothing to score: the run has no test patients and no validation folds", run)

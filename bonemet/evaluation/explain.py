@@ -124,7 +124,7 @@ def _pick_test_slices(run: Path, root: Path, n: int) -> list[tuple[Path, int]]:
 
 def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path | None = None) -> Path:
     """Explanation overlays for ``slices`` (or picked test slices) with the run's first model."""
-    from ..data.datasets import image_to_tensor, resize_image
+    from ..data.datasets import image_to_tensor, prepare_image
     from ..data.images import read_image
     from ..training.cls import load_cls_run
     from .cls_eval import cls_label
@@ -135,7 +135,7 @@ def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path
     items = [(Path(p), None) for p in slices] if slices else _pick_test_slices(run, Path(cfg.data), n)
     images = []
     for path, label in items:
-        x = resize_image(image_to_tensor(read_image(path), 3), model.input_size)[None]
+        x = prepare_image(image_to_tensor(read_image(path), 3), model.input_size, cfg.crop)[None]
         images.append((path.name, x, label))
     path = Path(out) if out else run / "eval" / "explain.png"
     return explanation_figure(images, model, path, f"{cls_label(cfg)}: why it decided")

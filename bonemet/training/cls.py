@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.classification import ClsSlice, load_classification
-from ..data.datasets import ClassificationDataset
+from ..data.datasets import CROPS, ClassificationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits, save_splits
 from ..errors import BonemetError
 from ..fileio import write_json
@@ -48,9 +48,11 @@ class ClsConfig:
     epochs: int = 60
     size: int | None = None  # None = the model's own input size
     global_pool: str | None = None  # CNNs: avg (timm default) or max
+    crop: str = "none"  # none | body (each slice cropped to the body's bounding square)
     batch_size: int = 8
     optimizer: str = "sgd"
     lr_scale: float = 1.0
+    weight_decay: float = 0.0
     alpha: float = 0.8
     gamma: float = 2.0
     folds: int = 1
@@ -143,7 +145,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     apply_pretrained(model, cfg.pretrained)
     if cfg.freeze_backbone:
         _freeze(model)
-    opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad],
+                         weight_decay=cfg.weight_decay)
     schedule = PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale)
     start, best, rows = 0, -1.0, []
     if resume and (fold_dir / "last.pt").exists():
@@ -152,8 +155,9 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     aug = cls_augment() if cfg.augment else None
     transform = (lambda t: aug({"image": t})["image"]) if aug else None
     size = model.input_size
-    train_ds = ClassificationDataset(fit, size, 3, transform=transform)
-    sel_ds, held_ds = ClassificationDataset(sel, size, 3), ClassificationDataset(held, size, 3)
+    train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop)
+    sel_ds, held_ds = (ClassificationDataset(sel, size, 3, crop=cfg.crop),
+                       ClassificationDataset(held, size, 3, crop=cfg.crop))
     flags = [s.label == 1 for s in fit]  # --neg-ratio: every metastatic slice, a share of normal ones
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -203,6 +207,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
     run = Path(run)
     if cfg.select not in ("last", "best"):
         raise BonemetError(f"unknown selection '{cfg.select}' (last or best)")
+    if cfg.crop not in CROPS:
+        raise BonemetError(f"unknown crop '{cfg.crop}' (choose from {', '.join(CROPS)})")
     cfg_path = run / "config.json"
     if cfg_path.exists() and not resume:
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
@@ -223,6 +229,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
     norms = [(getattr(probe, a).mean.flatten().tolist(), getattr(probe, a).std.flatten().tolist())
              for a in ("norm", "cnn_norm", "vit_norm") if hasattr(probe, a)]
     cfg.preprocessing = {**data_preprocessing(root), "input_size": probe.input_size, "channels": 3,
+                         "crop": "body: each slice cropped to the square around the body, then resized"
+                         if cfg.crop == "body" else "none: the whole slice resized",
                          "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
                          "normalisation": [{"mean": m, "std": s} for m, s in norms],
                          "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"}

@@ -17,13 +17,16 @@ from ..fileio import write_csv
 console = Console(stderr=True)
 
 
-def make_optimizer(name: str, params, lr: float = 0.01) -> torch.optim.Optimizer:
-    """``adam`` or ``sgd`` (momentum 0.9); the schedule sets the learning rate every epoch."""
+def make_optimizer(name: str, params, lr: float = 0.01, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``adam``, ``adamw`` (decoupled weight decay) or ``sgd`` (momentum 0.9); the schedule sets the
+    learning rate every epoch."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise BonemetError(f"unknown optimizer '{name}' (adam or sgd)")
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise BonemetError(f"unknown optimizer '{name}' (adam, adamw or sgd)")
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
