@@ -19,7 +19,7 @@ def models(
     """List the offered classifiers with parameter counts, input size and normalisation."""
     from ..data.stats import markdown_table
     from ..models import count_parameters
-    from ..models.classifiers import THESIS_BACKBONES, classifier_names, create_classifier, family
+    from ..models.classifiers import SMALL_CNNS, THESIS_BACKBONES, classifier_names, create_classifier, family
     from ..models.cost import gmacs_per_slice
 
     rows = []
@@ -27,7 +27,8 @@ def models(
         m = create_classifier(name, img_size=size)
         rows.append({"model": name, "family": family(name), "params (M)": f"{count_parameters(m) / 1e6:.2f}",
                      "input px": m.input_size, "GMAC / slice": f"{gmacs_per_slice(m, 3, m.input_size):.2f}",
-                     "in the thesis": "yes" if name in THESIS_BACKBONES or name == "fusion" else "named in the text"})
+                     "in the thesis": "yes" if name in (*THESIS_BACKBONES, "fusion") else
+                     "no (bonemet's CPU baseline)" if name in SMALL_CNNS else "named in the text"})
     typer.echo(markdown_table(rows))
     typer.echo("Any other timm model name is accepted by 'cls train --model'. Nothing is downloaded: pass "
                "ImageNet weights with --pretrained PATH (safetensors or .pth).")

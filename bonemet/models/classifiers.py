@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from ..errors import BonemetError
-from . import small_cnn  # noqa: F401  (registers small_cnn16 / small_cnn32 with timm)
+from .small_cnn import SMALL_CNNS  # importing it registers them with timm
 
 THESIS_BACKBONES = ("resnext50_32x4d", "densenet201", "efficientnet_b0", "inception_v3",
                     "vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224")
 EXTRA_BACKBONES = ("densenet161", "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224",
-                   "small_cnn16", "small_cnn32")
+                   *SMALL_CNNS)
 FUSION = "fusion"
 FUSION_BRANCHES = ("resnext50_32x4d", "vit_tiny_patch16_224")
 

@@ -22,6 +22,7 @@ from torch import nn
 from .blocks import conv_bn_relu
 
 __all__ = ["SmallCNN"]
+SMALL_CNNS = ("small_cnn16", "small_cnn32")
 
 
 class SmallCNN(nn.Module):
