@@ -120,3 +120,20 @@ def test_run_folder_is_not_overwritten(phantom, tmp_path):
     train_segmentation(cfg, tmp_path / "r")
     with pytest.raises(BonemetError, match="--resume"):
         train_segmentation(cfg, tmp_path / "r")
+
+
+def test_neg_ratio_epoch_keeps_every_positive_and_mixes_them_through_the_epoch():
+    """--neg-ratio draws a share of the negatives; positives and negatives must stay mixed in every part
+    of the epoch (a sampler that kept the permutation's order put all-positive batches at the end)."""
+    from torch.utils.data import TensorDataset
+
+    from bonemet.training.loop import epoch_loader
+
+    flags = [i % 10 == 0 for i in range(1000)]  # 100 positives, 900 negatives
+    ds = TensorDataset(torch.tensor(flags, dtype=torch.float32))
+    labels = torch.cat([b for (b,) in epoch_loader(ds, 20, seed=3, flags=flags, neg_ratio=1.0)])
+    assert len(labels) == 200 and int(labels.sum()) == 100
+    quarters = labels.view(4, 50).mean(1)
+    assert bool((quarters > 0.3).all() and (quarters < 0.7).all()), quarters
+    again = torch.cat([b for (b,) in epoch_loader(ds, 20, seed=3, flags=flags, neg_ratio=1.0)])
+    assert torch.equal(labels, again)  # seeded: a resumed run draws the same epoch

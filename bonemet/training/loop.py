@@ -85,11 +85,14 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] 
                  neg_ratio: float | None = None) -> DataLoader:
     """One epoch's batches in a seeded random order. With ``flags`` and ``neg_ratio``: every flagged (positive)
     item, and at most ``neg_ratio`` unflagged items per flagged one, drawn afresh each epoch (CPU budgets)."""
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(ds), generator=gen).tolist()
     if flags is not None and neg_ratio is not None:
         pos = [i for i in order if flags[i]]
-        keep = set(pos + [i for i in order if not flags[i]][: int(neg_ratio * max(1, len(pos)))])
-        order = [i for i in order if i in keep]
+        kept = pos + [i for i in order if not flags[i]][: int(neg_ratio * max(1, len(pos)))]
+        # shuffle again: the kept negatives come from the front of ``order``, so filtering it in place
+        # would give negative-heavy batches first and all-positive batches at the end of every epoch
+        order = [kept[j] for j in torch.randperm(len(kept), generator=gen).tolist()]
     return DataLoader(Subset(ds, order), batch_size=batch_size, shuffle=False, drop_last=len(order) > batch_size)
 
 
