@@ -31,9 +31,9 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "default": DemoBudget(patients=10, size=128, slices=64, folds=3, seg_epochs=30, width=8, cls_model="resnet18",
-                          cls_size=96, cls_epochs=10),
-    "quick": DemoBudget(patients=4, size=96, slices=32, folds=2, seg_epochs=6, width=4, cls_model="resnet18",
+    "default": DemoBudget(patients=10, size=128, slices=64, folds=3, seg_epochs=30, width=8, cls_model="small_cnn16",
+                          cls_size=128, cls_epochs=10),
+    "quick": DemoBudget(patients=4, size=96, slices=32, folds=2, seg_epochs=6, width=4, cls_model="small_cnn16",
                         cls_size=64, cls_epochs=2),
 }
 
@@ -76,9 +76,10 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
     stage(f"train Hybrid-AttUnet++ x {b.folds} folds (width {b.width}, {b.seg_epochs} epochs)",
           lambda: train_segmentation(seg_cfg, seg_run))
     seg_eval = stage("evaluate EH-AttUnet++ on held-out patients", lambda: evaluate_run(seg_run))
+    # the settings that learned the phantom's slices on CPU (docs/classification-phantom.md)
     cls_cfg = ClsConfig(data=str(data / "classification"), model=b.cls_model, size=b.cls_size, epochs=b.cls_epochs,
-                        test_patients=0.25, neg_ratio=1.0, optimizer="adam", lr_scale=0.1,
-                        eval_every=b.cls_epochs, seed=seed)
+                        crop="body", batch_size=16, test_patients=0.25, neg_ratio=1.0, optimizer="adamw",
+                        lr_scale=0.1, weight_decay=1e-4, alpha=0.5, gamma=0.0, eval_every=b.cls_epochs, seed=seed)
     cls_run = out / "cls"
     stage(f"train a {b.cls_model} slice classifier ({b.cls_size} px, {b.cls_epochs} epochs, random weights)",
           lambda: train_classification(cls_cfg, cls_run))

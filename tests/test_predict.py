@@ -260,3 +260,16 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert s["models"]["segmentation"]["members"] == 1 and not (tmp_path / "p" / "bone_mask.nii.gz").exists()
+
+    # score the finished student again, on a fresh phantom's patients (unseen by teacher and student)
+    from bonemet.phantom.synth import synthesize
+
+    synthesize(tmp_path / "fresh", patients=2, seed=9, size=64, slices=16, formats=("bmseg",))
+    r = run_cli("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", tmp_path / "fresh" / "bmseg")
+    assert r.returncode == 0, r.stderr
+    fresh = (student / "distill_fresh.md").read_text()
+    assert "All 2 patients" in fresh and "student unet (width 4)" in fresh and "Student F1 / ensemble F1" in fresh
+    r = run_cli("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", phantom / "bmseg")
+    assert r.returncode == 2 and "the teacher trained on" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "none", "--score-only")
+    assert r.returncode == 2 and "no distilled student" in r.stderr

@@ -63,6 +63,8 @@ def train(
     select: Annotated[str, typer.Option(help="last (epoch) or best (ROC-AUC on inner-validation patients).")]
         = "last",
     no_augment: Annotated[bool, typer.Option(help="Switch augmentation off.")] = False,
+    vflip: Annotated[float, typer.Option(min=0.0, max=1.0, help="Vertical flip probability (horizontal: 0.5).")]
+        = 0.5,
     neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many normal slices per metastatic "
                                                           "slice (CPU budgets; metastatic slices are few).")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Score held-out patients every N epochs (curves only).")]
@@ -82,7 +84,7 @@ def train(
                     epochs=epochs, size=size, global_pool=global_pool, crop=crop, batch_size=batch_size, optimizer=optimizer,
                     lr_scale=lr_scale, weight_decay=weight_decay,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
-                    augment=not no_augment, neg_ratio=neg_ratio, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
+                    augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)
     run = train_classification(cfg, out, resume=resume)
     typer.echo(f"trained in {run}; next: bonemet cls evaluate {run}")

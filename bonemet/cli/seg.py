@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -128,6 +129,9 @@ def distill(
     neg_ratio: Annotated[float | None, typer.Option(help="Lesion-free slices per lesion slice per epoch.")] = 0.5,
     lr_scale: Annotated[float, typer.Option(help="Multiply the thesis learning rates by this.")] = 0.3,
     seed: Annotated[int, typer.Option()] = 0,
+    score_data: Annotated[Path | None, typer.Option(help="Also score both on every patient of this BM-Seg root "
+                                                         "(unseen data, e.g. a phantom with another seed).")] = None,
+    score_only: Annotated[bool, typer.Option(help="Do not train: score the student already in --out.")] = False,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -136,5 +140,15 @@ def distill(
 
     if student not in model_names() or student == "sequential":
         raise BonemetError(f"unknown or unsupported student '{student}'")
-    path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed)
+    if score_only:
+        if not (out / "distilled_from.json").exists():
+            raise BonemetError("no distilled student here (run without --score-only first)", out)
+        source = json.loads((out / "distilled_from.json").read_text())["teacher"]
+        if Path(source).resolve() != run.resolve():
+            raise BonemetError(f"this student was distilled from {source}, not from {run}", out)
+        path = out
+    else:
+        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed)
     typer.echo(compare_student(run, path))
+    if score_data is not None:
+        typer.echo(compare_student(run, path, score_data))

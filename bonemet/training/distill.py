@@ -108,16 +108,36 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     return out
 
 
-def compare_student(teacher: str | Path, student: str | Path) -> str:
-    """Held-out test patients: the ensemble and its student side by side, with cost per slice; writes
-    ``STUDENT/distill.md`` and ``.csv`` and returns the Markdown."""
+def compare_student(teacher: str | Path, student: str | Path, data: str | Path | None = None) -> str:
+    """The ensemble and its student side by side, with cost per slice; writes ``STUDENT/distill.md`` and
+    ``.csv`` and returns the Markdown.
+
+    Scored on the run's held-out test patients, or with ``data`` on every patient of another BM-Seg root
+    (e.g. a phantom made with another seed): a bigger unseen set than a small run's few test patients.
+    """
     from ..evaluation.seg_eval import load_member, load_run, score
 
     teacher, student = Path(teacher), Path(student)
     tcfg, split = load_run(teacher)
     scfg, _ = load_run(student)
-    index = load_bmseg(tcfg.data, require_patients=True)
-    test = [s for s in index.slices if s.patient in set(split["test_patients"])]
+    if data is None:
+        index = load_bmseg(tcfg.data, require_patients=True)
+        test = [s for s in index.slices if s.patient in set(split["test_patients"])]
+        scope = (f"Held-out test patients ({', '.join(split['test_patients'])}), seen by neither teacher nor "
+                 "student.")
+        stem = "distill"
+    else:
+        if Path(data).resolve() == Path(tcfg.data).resolve():
+            raise BonemetError("this is the data the teacher trained on: omit --score-data to score its "
+                               "held-out test patients", data)
+        index = load_bmseg(data, require_patients=True)
+        test = index.slices
+        patients = sorted({s.patient for s in test})
+        scope = (f"All {len(patients)} patients of {data} ({len(test)} slices), a data root neither teacher nor "
+                 f"student trained on (they trained on {tcfg.data}).")
+        stem = "distill_" + Path(data).parent.name if Path(data).name == "bmseg" else "distill_" + Path(data).name
+    if not test:
+        raise BonemetError("no slices to score the student on", data or tcfg.data)
     ds = SegmentationDataset(test, tcfg.size, tcfg.channels, tcfg.threshold, tcfg.mask_resize)
     teachers = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
     pupil = load_member(scfg, student, 0)
@@ -132,9 +152,8 @@ def compare_student(teacher: str | Path, student: str | Path) -> str:
                      "lesion sensitivity": f"{100 * s.detection['lesion sensitivity']:.1f}",
                      "FP per slice": f"{s.detection['FP per slice']:.3f}", f"GMAC / {tcfg.size}px slice": f"{g:.2f}"})
     f1_t, f1_s = float(rows[0]["F1"]), float(rows[1]["F1"])
-    text = (f"Held-out test patients ({', '.join(split['test_patients'])}), seen by neither teacher nor student.\n\n"
-            + markdown_table(rows) + f"\n\nStudent F1 / ensemble F1 = {f1_s / f1_t:.2f}; cost ratio "
-            f"{g_s / g_t:.2f}.\n")
-    write_text(student / "distill.md", text)
-    write_csv(student / "distill.csv", rows)
+    ratio = f"{f1_s / f1_t:.3f}" if f1_t > 0 else "n/a (ensemble F1 is 0)"
+    text = scope + "\n\n" + markdown_table(rows) + f"\n\nStudent F1 / ensemble F1 = {ratio}; cost ratio {g_s / g_t:.2f}.\n"
+    write_text(student / f"{stem}.md", text)
+    write_csv(student / f"{stem}.csv", rows)
     return text
