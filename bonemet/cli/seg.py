@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -135,18 +134,13 @@ def distill(
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
-    from ..training.distill import compare_student
+    from ..training.distill import compare_student, finished_student
     from ..training.distill import distill as run_distill
 
     if student not in model_names() or student == "sequential":
         raise BonemetError(f"unknown or unsupported student '{student}'")
     if score_only:
-        if not (out / "distilled_from.json").exists():
-            raise BonemetError("no distilled student here (run without --score-only first)", out)
-        source = json.loads((out / "distilled_from.json").read_text())["teacher"]
-        if Path(source).resolve() != run.resolve():
-            raise BonemetError(f"this student was distilled from {source}, not from {run}", out)
-        path = out
+        path = finished_student(run, out)
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed)
     typer.echo(compare_student(run, path))

@@ -8,6 +8,7 @@ student alike, and score both. The student is written as a one-model segmentatio
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -108,6 +109,18 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     return out
 
 
+def finished_student(teacher: str | Path, student: str | Path) -> Path:
+    """``student`` if it holds a student distilled from ``teacher`` (to score it again without training)."""
+    student = Path(student)
+    record = student / "distilled_from.json"
+    if not record.exists():
+        raise BonemetError("no distilled student here (run without --score-only first)", student)
+    source = json.loads(record.read_text())["teacher"]
+    if Path(source).resolve() != Path(teacher).resolve():
+        raise BonemetError(f"this student was distilled from {source}, not from {teacher}", student)
+    return student
+
+
 def compare_student(teacher: str | Path, student: str | Path, data: str | Path | None = None) -> str:
     """The ensemble and its student side by side, with cost per slice; writes ``STUDENT/distill.md`` and
     ``.csv`` and returns the Markdown.
@@ -135,7 +148,8 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
         patients = sorted({s.patient for s in test})
         scope = (f"All {len(patients)} patients of {data} ({len(test)} slices), a data root neither teacher nor "
                  f"student trained on (they trained on {tcfg.data}).")
-        stem = "distill_" + Path(data).parent.name if Path(data).name == "bmseg" else "distill_" + Path(data).name
+        root = Path(data)
+        stem = "distill_" + (root.parent.name if root.name == "bmseg" else root.name)
     if not test:
         raise BonemetError("no slices to score the student on", data or tcfg.data)
     ds = SegmentationDataset(test, tcfg.size, tcfg.channels, tcfg.threshold, tcfg.mask_resize)
