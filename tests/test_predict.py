@@ -273,3 +273,19 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert r.returncode == 2 and "the teacher trained on" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "none", "--score-only")
     assert r.returncode == 2 and "no distilled student" in r.stderr
+
+    # more slices for the student: the fresh phantom's scans, labelled by the teacher alone
+    from bonemet.training.distill import scan_unlabelled
+
+    extra = tmp_path / "fresh" / "bmseg"
+    assert all(s.lesion is None and s.bone is None for s in scan_unlabelled(extra))  # its masks are never read
+    student2 = tmp_path / "student2"
+    r = run_cli("seg", "distill", seg_run, "--out", student2, "--student", "unet", "--width", "4", "--epochs", "1",
+                "--extra-data", extra)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((student2 / "distilled_from.json").read_text())
+    assert record["extra_slices"] == 2 * 16 and record["labelled_slices"] > 0 and "(32 unlabelled)" in r.stderr
+    for bad, why in ((phantom / "bmseg", "teacher's own data root"), (extra, "cannot be scored on the data")):
+        r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", bad, "--score-data", extra)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "s3" / "config.json").exists()

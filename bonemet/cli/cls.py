@@ -69,6 +69,8 @@ def train(
                                                           "slice (CPU budgets; metastatic slices are few).")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Score held-out patients every N epochs (curves only).")]
         = 1,
+    bf16: Annotated[bool, typer.Option(help="Train with bfloat16 autocast and channels_last (about 3x faster for "
+                                            "small CNNs on CPUs with native bf16); evaluation stays fp32.")] = False,
     fusion_cnn: Annotated[str, typer.Option(help="fusion: the CNN branch.")] = "resnext50_32x4d",
     fusion_vit: Annotated[str, typer.Option(help="fusion: the transformer branch.")] = "vit_tiny_patch16_224",
     seed: Annotated[int, typer.Option()] = 0,
@@ -84,7 +86,8 @@ def train(
                     epochs=epochs, size=size, global_pool=global_pool, crop=crop, batch_size=batch_size, optimizer=optimizer,
                     lr_scale=lr_scale, weight_decay=weight_decay,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
-                    augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
+                    augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, bf16=bf16,
+                    eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)
     run = train_classification(cfg, out, resume=resume)
     typer.echo(f"trained in {run}; next: bonemet cls evaluate {run}")

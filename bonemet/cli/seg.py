@@ -131,6 +131,9 @@ def distill(
     score_data: Annotated[Path | None, typer.Option(help="Also score both on every patient of this BM-Seg root "
                                                          "(unseen data, e.g. a phantom with another seed).")] = None,
     score_only: Annotated[bool, typer.Option(help="Do not train: score the student already in --out.")] = False,
+    extra_data: Annotated[Path | None, typer.Option(help="A BM-Seg root of further scans for the teacher to label "
+                                                         "(their masks are never read): more training slices for "
+                                                         "the student.")] = None,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -139,10 +142,13 @@ def distill(
 
     if student not in model_names() or student == "sequential":
         raise BonemetError(f"unknown or unsupported student '{student}'")
+    if extra_data is not None and score_data is not None and extra_data.resolve() == score_data.resolve():
+        raise BonemetError("the student cannot be scored on the data it trained on: give --extra-data and "
+                           "--score-data different roots", extra_data)
     if score_only:
         path = finished_student(run, out)
     else:
-        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed)
+        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

@@ -30,7 +30,8 @@ from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
 from .augment import SegAugment, seed_augment
 from .checkpoint import load_checkpoint
-from .loop import console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch,
+                   training_precision)
 from .losses import focal_loss
 from .schedule import PiecewiseLR
 from .seg import data_preprocessing
@@ -62,6 +63,7 @@ class ClsConfig:
     augment: bool = True
     vflip: float = 0.5
     neg_ratio: float | None = None
+    bf16: bool = False  # bfloat16 autocast + channels_last for training (evaluation stays fp32)
     eval_every: int = 1
     seed: int = 0
     fusion_cnn: str = FUSION_BRANCHES[0]
@@ -107,7 +109,7 @@ def predict_cls(models: list[torch.nn.Module], ds: ClassificationDataset, batch_
     out = []
     for m in models:
         m.eval()
-        probs = [torch.softmax(m(x), 1)[:, 1] for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
+        probs = [torch.softmax(m(x).float(), 1)[:, 1] for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
         out.append(torch.cat(probs).numpy() if probs else np.zeros(0, np.float32))
     return np.stack(out) if out else np.zeros((0, len(ds)), np.float32)
 
@@ -121,7 +123,9 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 def _quick(model: torch.nn.Module, ds: ClassificationDataset, cfg: ClsConfig) -> dict[str, float]:
     if len(ds) == 0:
         return {}
-    p = predict_cls([model], ds, cfg.batch_size)[0]
+    # the curves of a bf16 run are scored in bf16 too (fast); 'cls evaluate' scores the checkpoint in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        p = predict_cls([model], ds, cfg.batch_size)[0]
     y = np.array([s.label for s in ds.slices])
     return {"auc": _auc(y, p), "acc": float(((p >= 0.5) == y).mean())}
 
@@ -150,6 +154,7 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad],
                          weight_decay=cfg.weight_decay)
     schedule = PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale)
+    precision = training_precision(model, cfg.bf16)
     start, best, rows = 0, -1.0, []
     if resume and (fold_dir / "last.pt").exists():
         start, best, rows = resume_state(fold_dir, model, opt)
@@ -173,7 +178,9 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
 
         def step(batch: tuple) -> tuple[torch.Tensor, int]:
             x, y = batch
-            return focal_loss(model(x), y, cfg.alpha, cfg.gamma), len(y)
+            with precision:
+                logits = model(x.contiguous(memory_format=torch.channels_last) if cfg.bf16 else x)
+            return focal_loss(logits.float(), y, cfg.alpha, cfg.gamma), len(y)
 
         train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}", step)
         row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}

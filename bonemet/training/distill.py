@@ -1,8 +1,9 @@
 """Knowledge distillation of an ensemble run (EH-AttUnet++) into one student model (issue 6).
 
 The student learns the ensemble's soft probabilities (lesion and, for two-headed students, bone) on
-the slices of the run's non-test patients; the held-out test patients stay unseen by teacher and
-student alike, and score both. The student is written as a one-model segmentation run, so
+the slices of the run's non-test patients, and optionally on the slices of an unlabelled root
+(``extra``: more scans for the teacher to label; their own masks, if any, are never read). The
+held-out test patients stay unseen by teacher and student alike, and score both. The student is written as a one-model segmentation run, so
 ``bonemet predict --seg STUDENT`` uses it like any run.
 """
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.bmseg import load_bmseg
+from ..data.bmseg import SegSlice, load_bmseg, scan_bmseg
+from ..data.layout import raise_first_fatal
 from ..data.datasets import SegmentationDataset
 from ..data.stats import markdown_table
 from ..errors import BonemetError
@@ -49,8 +51,13 @@ class _SoftTargets(Dataset):
 
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
-            seed: int = 0) -> Path:
-    """Train ``student`` on the ensemble's soft outputs; returns the student run folder."""
+            seed: int = 0, extra: str | Path | None = None) -> Path:
+    """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
+
+    ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
+    unseen) that only the teacher labels; for ``neg_ratio`` sampling, their lesion slices are the
+    slices where the teacher finds a lesion pixel.
+    """
     from ..evaluation.seg_eval import load_member, load_run
 
     teacher, out = Path(teacher), Path(out)
@@ -64,16 +71,27 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     index = load_bmseg(tcfg.data, require_patients=True)
     test_p = set(split["test_patients"])
     fit = [s for s in index.slices if s.patient not in test_p]
+    flags = lesion_slice_flags(fit, tcfg.threshold)  # the same sampling as the teacher's training
+    n_labelled = len(fit)
+    if extra is not None:
+        if Path(extra).resolve() == Path(tcfg.data).resolve():
+            raise BonemetError("this is the teacher's own data root (its test patients must stay unseen): give "
+                               "another root as extra data", extra)
+        fit += scan_unlabelled(extra)
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
                   pos_weight=1.0, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
                   dual_decoder=None, block="mb")
     base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     t0 = time.perf_counter()
-    console.print(f"teacher: {len(members)} members on {len(fit)} training slices")
+    console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
     t_lesion, t_bone = predict_probs(members, base, cfg.batch_size)
+    flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
+    n_pos = int(flags.sum())
+    per_epoch = len(fit) if neg_ratio is None else n_pos + min(len(fit) - n_pos, int(neg_ratio * max(1, n_pos)))
+    console.print(f"{n_pos} lesion slices (ground truth, or the teacher's on unlabelled slices); "
+                  f"{per_epoch} slices per epoch")
     aug = SegAugment() if cfg.augment else None
     ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
-    flags = lesion_slice_flags(fit, cfg.threshold)  # the same sampling as the teacher's training
     torch.manual_seed(seed)
     model = build_model(cfg)
     opt = make_optimizer(cfg.optimizer, model.parameters())
@@ -105,8 +123,20 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     write_json(out / "splits.json", student_split)
     write_json(out / "config.json", asdict(cfg))
     write_json(out / "distilled_from.json", {"teacher": str(teacher), "members": len(members),
-                                             "teacher_model": tcfg.model, "seconds": round(time.perf_counter() - t0)})
+                                             "teacher_model": tcfg.model, "labelled_slices": n_labelled,
+                                             "extra_data": None if extra is None else str(extra),
+                                             "extra_slices": len(fit) - n_labelled,
+                                             "seconds": round(time.perf_counter() - t0)})
     return out
+
+
+def scan_unlabelled(root: str | Path) -> list[SegSlice]:
+    """Every slice of a BM-Seg root, masks dropped (the teacher labels them)."""
+    index = scan_bmseg(root)
+    raise_first_fatal(index.problems)
+    if not index.slices:
+        raise BonemetError("no slices in the extra data", root)
+    return [replace(s, lesion=None, bone=None) for s in index.slices]
 
 
 def finished_student(teacher: str | Path, student: str | Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,23 @@ def make_optimizer(name: str, params, lr: float = 0.01, weight_decay: float = 0.
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise BonemetError(f"unknown optimizer '{name}' (adam, adamw or sgd)")
+
+
+def training_precision(model: torch.nn.Module, bf16: bool) -> contextlib.AbstractContextManager:
+    """Prepare ``model`` for training in bfloat16 and return the autocast context for its forward passes.
+
+    With ``bf16``: channels_last memory format and CPU bfloat16 autocast (weights, gradients and optimiser
+    state stay fp32); about 3x the training images/s of fp32 for small_cnn16 on a CPU with native bf16.
+    Without: fp32, unchanged (a null context).
+    """
+    if not bf16:
+        return contextlib.nullcontext()
+    from ..inference.fast import bf16_supported
+
+    if not bf16_supported():
+        console.print("[yellow]--bf16: this CPU has no native bfloat16; autocast will emulate it (slower)[/]")
+    model.to(memory_format=torch.channels_last)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
