@@ -284,7 +284,14 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
                 "--extra-data", extra)
     assert r.returncode == 0, r.stderr
     record = json.loads((student2 / "distilled_from.json").read_text())
-    assert record["extra_slices"] == 2 * 16 and record["labelled_slices"] > 0 and "(32 unlabelled)" in r.stderr
+    # one of the 2 fresh patients trains the student, the other sets its lesion threshold (--calibration 0.2)
+    assert record["extra_slices"] == 16 and record["labelled_slices"] > 0 and "(16 unlabelled)" in r.stderr
+    assert len(record["calibration"]["patients"]) == 1 and record["calibration"]["slices"] == 16
+    assert 0.05 <= record["calibration"]["threshold"] <= 0.95 and "lesion threshold" in r.stderr
+    trained = set(json.loads((student2 / "splits.json").read_text())["folds"][0]["train_patients"])
+    calib_patient = record["calibration"]["patients"][0]
+    assert calib_patient.startswith("extra:") and calib_patient not in trained
+    assert not set(split["test_patients"]) & trained  # extra patients are named apart from the teacher's
     for bad, why in ((phantom / "bmseg", "teacher's own data root"), (extra, "cannot be scored on the data")):
         r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", bad, "--score-data", extra)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr

@@ -137,3 +137,42 @@ def test_neg_ratio_epoch_keeps_every_positive_and_mixes_them_through_the_epoch()
     assert bool((quarters > 0.3).all() and (quarters < 0.7).all()), quarters
     again = torch.cat([b for (b,) in epoch_loader(ds, 20, seed=3, flags=flags, neg_ratio=1.0)])
     assert torch.equal(labels, again)  # seeded: a resumed run draws the same epoch
+
+
+def test_agreement_threshold_finds_a_known_shift() -> None:
+    from bonemet.training.distill import agreement_threshold
+
+    rng = np.random.default_rng(0)
+    teacher = rng.random((20, 32, 32)).astype(np.float32)
+    student = np.clip(teacher + 0.2, 0, 1)  # the same ranking, 0.2 more confident
+    threshold, f1, f1_half = agreement_threshold(student, teacher)
+    assert threshold == pytest.approx(0.7) and f1 == pytest.approx(1.0) and f1_half < 0.9
+
+
+def test_calibrated_student_agrees_with_its_teacher_at_half(lesion_crops) -> None:
+    """The bias shift is exact: the calibrated student at 0.5 is the raw student at its threshold, and here,
+    where the teacher is the student made more confident, that is the teacher's mask."""
+    import copy
+
+    from bonemet.models import create_model
+    from bonemet.training.distill import calibrate_student
+
+    ds = SegmentationDataset(load_bmseg(lesion_crops).slices, 64, 3)
+    torch.manual_seed(0)
+    student = create_model("unet", width=4, in_channels=3)
+    p, _ = predict_probs([student], ds)
+    z = np.log(p / (1 - p)).astype(np.float64)
+    with torch.no_grad():  # untrained logits barely vary: make them (z - median) / sd so thresholds tell them apart
+        student.head.weight /= float(z.std())
+        student.head.bias.copy_((student.head.bias - float(np.median(z))) / float(z.std()))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        teacher.head.bias += 1.0
+    raw, _ = predict_probs([student], ds)
+    result = calibrate_student(student, [teacher], ds, 4)
+    assert result["threshold"] == pytest.approx(1 / (1 + np.exp(1.0)), abs=0.01)  # sigmoid(-1) = 0.27
+    calibrated, _ = predict_probs([student], ds)
+    teacher_p, _ = predict_probs([teacher], ds)
+    assert np.array_equal(calibrated >= 0.5, raw >= result["threshold"])
+    assert ((calibrated >= 0.5) == (teacher_p >= 0.5)).mean() > 0.999
+    assert result["agreement F1"] > 0.99 > result["agreement F1 at 0.5"]

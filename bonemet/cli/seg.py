@@ -134,6 +134,9 @@ def distill(
     extra_data: Annotated[Path | None, typer.Option(help="A BM-Seg root of further scans for the teacher to label "
                                                          "(their masks are never read): more training slices for "
                                                          "the student.")] = None,
+    calibration: Annotated[float, typer.Option(min=0.0, max=0.9, help="With --extra-data: this share of its patients "
+                                               "is not trained on but sets the student's lesion threshold (the one "
+                                               "whose masks best agree with the teacher's); 0 = keep 0.5.")] = 0.2,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -148,7 +151,7 @@ def distill(
     if score_only:
         path = finished_student(run, out)
     else:
-        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data)
+        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data, calibration)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

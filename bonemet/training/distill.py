@@ -10,6 +10,7 @@ held-out test patients stay unseen by teacher and student alike, and score both.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..evaluation.metrics import PIXEL_METRICS
 from ..fileio import write_csv, write_json, write_text
 from ..models.cost import gmacs_per_slice
 from .augment import SegAugment, seed_augment
+from .checkpoint import save_checkpoint
 from .loop import console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
@@ -51,12 +53,13 @@ class _SoftTargets(Dataset):
 
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
-            seed: int = 0, extra: str | Path | None = None) -> Path:
+            seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
     unseen) that only the teacher labels; for ``neg_ratio`` sampling, their lesion slices are the
-    slices where the teacher finds a lesion pixel.
+    slices where the teacher finds a lesion pixel. With ``calibration`` > 0, that share of the extra
+    patients is kept out of training and sets the student's lesion threshold (``calibrate_student``).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
@@ -71,13 +74,17 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     index = load_bmseg(tcfg.data, require_patients=True)
     test_p = set(split["test_patients"])
     fit = [s for s in index.slices if s.patient not in test_p]
+    calib: list[SegSlice] = []
     flags = lesion_slice_flags(fit, tcfg.threshold)  # the same sampling as the teacher's training
     n_labelled = len(fit)
     if extra is not None:
         if Path(extra).resolve() == Path(tcfg.data).resolve():
             raise BonemetError("this is the teacher's own data root (its test patients must stay unseen): give "
                                "another root as extra data", extra)
-        fit += scan_unlabelled(extra)
+        unlabelled = scan_unlabelled(extra)
+        calib_p = calibration_patients(unlabelled, calibration, seed)
+        fit += [s for s in unlabelled if s.patient not in calib_p]
+        calib = [s for s in unlabelled if s.patient in calib_p]
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
                   pos_weight=1.0, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
                   dual_decoder=None, block="mb")
@@ -116,6 +123,15 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
         console.print(f"student epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+    calibrated = None
+    if calib:
+        calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+        calibrated = calibrate_student(model, members, calib_ds, cfg.batch_size)
+        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
+                        calibration=calibrated)
+        console.print(f"lesion threshold {calibrated['threshold']:.2f} on {len(calib)} calibration slices: "
+                      f"agreement with the teacher F1 {calibrated['agreement F1 at 0.5']:.3f} -> "
+                      f"{calibrated['agreement F1']:.3f}")
     write_json(fold_dir / "done.json", {"fold": 0, "epochs": epochs, "checkpoint": "last.pt",
                                         "selection": "last epoch (distilled)"})
     student_split = {**split, "k": 1, "folds": [{"train_patients": sorted({s.patient for s in fit}),
@@ -126,6 +142,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                                              "teacher_model": tcfg.model, "labelled_slices": n_labelled,
                                              "extra_data": None if extra is None else str(extra),
                                              "extra_slices": len(fit) - n_labelled,
+                                             "calibration": calibrated,
                                              "seconds": round(time.perf_counter() - t0)})
     return out
 
@@ -136,7 +153,54 @@ def scan_unlabelled(root: str | Path) -> list[SegSlice]:
     raise_first_fatal(index.problems)
     if not index.slices:
         raise BonemetError("no slices in the extra data", root)
-    return [replace(s, lesion=None, bone=None) for s in index.slices]
+    # named apart: phantom roots reuse patient ids (P000...), and a student's split must not mix them up
+    return [replace(s, name=f"extra:{s.name}", patient=f"extra:{s.patient or s.name}", lesion=None, bone=None)
+            for s in index.slices]
+
+
+def calibration_patients(slices: list[SegSlice], share: float, seed: int) -> set[str | None]:
+    """``share`` of the patients of ``slices`` (at least one, never all), drawn with ``seed``."""
+    patients = sorted({s.patient for s in slices}, key=str)
+    n = min(len(patients) - 1, max(1, round(share * len(patients)))) if share > 0 else 0
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return {patients[i] for i in order[:n]}
+
+
+def agreement_threshold(student: np.ndarray, teacher: np.ndarray) -> tuple[float, float, float]:
+    """The threshold on ``student`` probabilities whose mask best agrees (pixel F1) with ``teacher >= 0.5``:
+    (threshold, agreement F1 there, agreement F1 at 0.5). Thresholds 0.05-0.95 in steps of 0.01."""
+    edges = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    on = teacher >= 0.5
+
+    def at_or_above(p: np.ndarray) -> np.ndarray:
+        """How many of ``p`` are >= each threshold."""
+        return (p.size - np.searchsorted(np.sort(p, axis=None), edges, side="left")).astype(np.float64)
+
+    # student pixels at or above each threshold, split by the teacher's decision
+    above_on, above_off = at_or_above(student[on]), at_or_above(student[~on])
+    f1 = 2 * above_on / np.maximum(above_on + above_off + on.sum(), 1)
+    k = int(np.argmax(f1))
+    at_half = float(f1[int(np.flatnonzero(edges == 0.5)[0])])
+    return float(edges[k]), float(f1[k]), at_half
+
+
+def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], ds: SegmentationDataset,
+                      batch_size: int) -> dict:
+    """Shift the student's lesion-head bias so that 0.5 on its output is the threshold whose masks best
+    agree with the teacher's (at 0.5) on ``ds``: slices neither model trained on, labelled by nobody.
+
+    A distilled student is typically more confident than the ensemble on slices it has not seen (more
+    false-positive pixels); this moves its decision, not its ranking. The shift is exact:
+    sigmoid(z - logit(t)) >= 0.5 exactly when sigmoid(z) >= t, so predict and evaluate need nothing new.
+    """
+    t_lesion, _ = predict_probs(teachers, ds, batch_size)
+    s_lesion, _ = predict_probs([model], ds, batch_size)
+    threshold, f1, f1_half = agreement_threshold(s_lesion, t_lesion)
+    head = model.heads[0] if hasattr(model, "heads") else model.head
+    with torch.no_grad():
+        head.bias -= math.log(threshold / (1 - threshold))
+    return {"threshold": threshold, "agreement F1": round(f1, 4), "agreement F1 at 0.5": round(f1_half, 4),
+            "slices": len(ds), "patients": sorted({str(s.patient) for s in ds.slices})}
 
 
 def finished_student(teacher: str | Path, student: str | Path) -> Path:
