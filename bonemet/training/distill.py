@@ -2,9 +2,10 @@
 
 The student learns the ensemble's soft probabilities (lesion and, for two-headed students, bone) on
 the slices of the run's non-test patients, and optionally on the slices of an unlabelled root
-(``extra``: more scans for the teacher to label; their own masks, if any, are never read). The
-held-out test patients stay unseen by teacher and student alike, and score both. The student is written as a one-model segmentation run, so
-``bonemet predict --seg STUDENT`` uses it like any run.
+(``extra``: more scans for the teacher to label; their own masks, if any, are never read), a share of
+which can set the student's lesion threshold instead (``calibrate_student``). The held-out test
+patients stay unseen by teacher and student alike, and score both. The student is written as a
+one-model segmentation run, so ``bonemet predict --seg STUDENT`` uses it like any run.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.bmseg import SegSlice, load_bmseg, scan_bmseg
-from ..data.layout import raise_first_fatal
 from ..data.datasets import SegmentationDataset
+from ..data.layout import raise_first_fatal
 from ..data.stats import markdown_table
 from ..errors import BonemetError
 from ..evaluation.metrics import PIXEL_METRICS
@@ -262,6 +263,12 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     f1_t, f1_s = float(rows[0]["F1"]), float(rows[1]["F1"])
     ratio = f"{f1_s / f1_t:.3f}" if f1_t > 0 else "n/a (ensemble F1 is 0)"
     text = scope + "\n\n" + markdown_table(rows) + f"\n\nStudent F1 / ensemble F1 = {ratio}; cost ratio {g_s / g_t:.2f}.\n"
+    record = json.loads((student / "distilled_from.json").read_text()) if (student / "distilled_from.json").exists() else {}
+    if cal := record.get("calibration"):
+        text += (f"Student lesion threshold {cal['threshold']:.2f} (its head bias shifted to make it 0.5), set on "
+                 f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on: "
+                 f"agreement with the teacher's masks, pixel F1 {cal['agreement F1 at 0.5']:.3f} at 0.5 -> "
+                 f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
     write_text(student / f"{stem}.md", text)
     write_csv(student / f"{stem}.csv", rows)
     return text
