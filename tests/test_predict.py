@@ -290,6 +290,8 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert 0.05 <= record["calibration"]["threshold"] <= 0.95 and "lesion threshold" in r.stderr
     trained = set(json.loads((student2 / "splits.json").read_text())["folds"][0]["train_patients"])
     assert "Student lesion threshold" in (student2 / "distill.md").read_text()
+    r = run_cli("seg", "distill", seg_run, "--out", student2, "--score-only", "--score-data", extra)
+    assert r.returncode == 2 and "the student trained on this data" in r.stderr
     calib_patient = record["calibration"]["patients"][0]
     assert calib_patient.startswith("extra:") and calib_patient not in trained
     assert not set(split["test_patients"]) & trained  # extra patients are named apart from the teacher's

@@ -228,6 +228,8 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     teacher, student = Path(teacher), Path(student)
     tcfg, split = load_run(teacher)
     scfg, _ = load_run(student)
+    record = json.loads((student / "distilled_from.json").read_text()) if (student / "distilled_from.json").exists() else {}
+    extra = record.get("extra_data")
     if data is None:
         index = load_bmseg(tcfg.data, require_patients=True)
         test = [s for s in index.slices if s.patient in set(split["test_patients"])]
@@ -238,11 +240,14 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
         if Path(data).resolve() == Path(tcfg.data).resolve():
             raise BonemetError("this is the data the teacher trained on: omit --score-data to score its "
                                "held-out test patients", data)
+        if extra and Path(data).resolve() == Path(extra).resolve():
+            raise BonemetError("the student trained on this data (its --extra-data): score it on another root", data)
         index = load_bmseg(data, require_patients=True)
         test = index.slices
         patients = sorted({s.patient for s in test})
+        also = f"; the student also on the teacher's labels of {extra}" if extra else ""
         scope = (f"All {len(patients)} patients of {data} ({len(test)} slices), a data root neither teacher nor "
-                 f"student trained on (they trained on {tcfg.data}).")
+                 f"student trained on (they trained on {tcfg.data}{also}).")
         root = Path(data)
         stem = "distill_" + (root.parent.name if root.name == "bmseg" else root.name)
     if not test:
@@ -263,7 +268,6 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     f1_t, f1_s = float(rows[0]["F1"]), float(rows[1]["F1"])
     ratio = f"{f1_s / f1_t:.3f}" if f1_t > 0 else "n/a (ensemble F1 is 0)"
     text = scope + "\n\n" + markdown_table(rows) + f"\n\nStudent F1 / ensemble F1 = {ratio}; cost ratio {g_s / g_t:.2f}.\n"
-    record = json.loads((student / "distilled_from.json").read_text()) if (student / "distilled_from.json").exists() else {}
     if cal := record.get("calibration"):
         text += (f"Student lesion threshold {cal['threshold']:.2f} (its head bias shifted to make it 0.5), set on "
                  f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on: "
