@@ -94,10 +94,6 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
     t_lesion, t_bone = predict_probs(members, base, cfg.batch_size)
     flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
-    n_pos = int(flags.sum())
-    per_epoch = len(fit) if neg_ratio is None else n_pos + min(len(fit) - n_pos, int(neg_ratio * max(1, n_pos)))
-    console.print(f"{n_pos} lesion slices (ground truth, or the teacher's on unlabelled slices); "
-                  f"{per_epoch} slices per epoch")
     aug = SegAugment() if cfg.augment else None
     ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
     torch.manual_seed(seed)
@@ -114,6 +110,9 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         set_lr(opt, lr)
         seed_augment(aug, seed * 7919 + epoch)
         loader = epoch_loader(ds, batch_size, seed * 100_003 + epoch, flags, neg_ratio)
+        if epoch == 0:
+            console.print(f"{int(flags.sum())} lesion slices (ground truth, or the teacher's on unlabelled slices); "
+                          f"{len(loader.dataset)} slices per epoch")
         model.train()
 
         def step(batch: dict) -> tuple[torch.Tensor, int]:
@@ -159,9 +158,9 @@ def scan_unlabelled(root: str | Path) -> list[SegSlice]:
             for s in index.slices]
 
 
-def calibration_patients(slices: list[SegSlice], share: float, seed: int) -> set[str | None]:
+def calibration_patients(slices: list[SegSlice], share: float, seed: int) -> set[str]:
     """``share`` of the patients of ``slices`` (at least one, never all), drawn with ``seed``."""
-    patients = sorted({s.patient for s in slices}, key=str)
+    patients = sorted({str(s.patient) for s in slices})
     n = min(len(patients) - 1, max(1, round(share * len(patients)))) if share > 0 else 0
     order = np.random.default_rng(seed).permutation(len(patients))
     return {patients[i] for i in order[:n]}
@@ -204,13 +203,19 @@ def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], d
             "slices": len(ds), "patients": sorted({str(s.patient) for s in ds.slices})}
 
 
+def distill_record(student: str | Path) -> dict:
+    """``STUDENT/distilled_from.json`` (teacher, extra data, calibration), or {} for a run not made by distill."""
+    path = Path(student) / "distilled_from.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def finished_student(teacher: str | Path, student: str | Path) -> Path:
     """``student`` if it holds a student distilled from ``teacher`` (to score it again without training)."""
     student = Path(student)
-    record = student / "distilled_from.json"
-    if not record.exists():
+    record = distill_record(student)
+    if not record:
         raise BonemetError("no distilled student here (run without --score-only first)", student)
-    source = json.loads(record.read_text())["teacher"]
+    source = record["teacher"]
     if Path(source).resolve() != Path(teacher).resolve():
         raise BonemetError(f"this student was distilled from {source}, not from {teacher}", student)
     return student
@@ -228,7 +233,7 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     teacher, student = Path(teacher), Path(student)
     tcfg, split = load_run(teacher)
     scfg, _ = load_run(student)
-    record = json.loads((student / "distilled_from.json").read_text()) if (student / "distilled_from.json").exists() else {}
+    record = distill_record(student)
     extra = record.get("extra_data")
     if data is None:
         index = load_bmseg(tcfg.data, require_patients=True)
