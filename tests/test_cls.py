@@ -255,3 +255,69 @@ def test_attention_rollout_and_gradcam_shapes() -> None:
         assert 0 <= prob <= 1 and maps
         for _, cam in maps:
             assert cam.shape == (64, 64) and cam.min() >= 0 and cam.max() <= 1 + 1e-6 and cam.max() > 0
+
+
+def test_context_neighbours_follow_file_name_order_within_each_patient(tmp_path) -> None:
+    from bonemet.data.classification import ClsSlice, context_paths
+
+    def sl(sub: str, name: str, patient: str = "P") -> ClsSlice:
+        return ClsSlice(tmp_path / patient / sub / name, int(sub == "metastatic"), patient, 1)
+
+    slices = [sl("normal", "s1.png"), sl("normal", "s10.png"), sl("metastatic", "s2.png"), sl("metastatic", "s9.png"),
+              sl("normal", "s5.png", "Q")]
+    got = {(s.patient, s.path.name): [p.name for p in ps] for s, ps in zip(slices, context_paths(slices, 1))}
+    assert got["P", "s1.png"] == ["s1.png", "s1.png", "s2.png"]  # first slice: the edge is repeated
+    assert got["P", "s9.png"] == ["s2.png", "s9.png", "s10.png"]  # natural order, across normal/ and metastatic/
+    assert got["P", "s10.png"] == ["s9.png", "s10.png", "s10.png"]
+    assert got["Q", "s5.png"] == ["s5.png"] * 3  # another patient's slices are never neighbours
+    assert context_paths(slices, 0) == [[s.path] for s in slices]
+
+
+def test_pretrained_3_channel_weights_spread_over_stacked_slices(tmp_path) -> None:
+    """--context with --pretrained: three copies of one slice give the 3-channel model's logits exactly."""
+    torch.manual_seed(0)
+    flat = create_classifier("small_cnn16", img_size=64).eval()
+    path = tmp_path / "w.pth"
+    torch.save(flat.backbone.state_dict(), path)
+    stacked = create_classifier("small_cnn16", img_size=64, in_chans=9)
+    assert "9 input channels" in load_pretrained(stacked.backbone, path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(stacked.eval()(x.repeat(1, 3, 1, 1)), flat(x), atol=1e-5)
+    with pytest.raises(BonemetError, match="multiple of 3"):
+        create_classifier("small_cnn16", in_chans=4)
+
+
+def test_context_run_stacks_the_same_neighbours_in_evaluate_explain_and_predict(phantom, tmp_path) -> None:
+    from bonemet.data.classification import slice_sort_key
+    from bonemet.data.datasets import prepare_image, stack_slices
+    from bonemet.data.images import read_image
+    from bonemet.inference.runners import ClsRunner
+    from bonemet.inference.scan import read_scan
+    from bonemet.training.cls import load_cls_run
+
+    data = phantom / "classification"
+    run = tmp_path / "run"
+    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+                "--crop", "body", "--context", "1", "--test-patients", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["context"] == 1 and cfg["preprocessing"]["channels"] == 9
+    assert run_cli("cls", "evaluate", run).returncode == 0
+    with open(run / "eval" / "predictions.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["slice"].startswith("Normal/")]
+    row = rows[len(rows) // 2]  # a healthy test patient's middle slice: all its slices sit in one folder
+    files = sorted((data / row["slice"]).parent.glob("*.png"), key=slice_sort_key)
+    k = [p.name for p in files].index(Path(row["slice"]).name)
+    _, _, (model,) = load_cls_run(run)
+    x = prepare_image(stack_slices([read_image(p) for p in files[k - 1:k + 2]], 3), 64, "body")
+    with torch.no_grad():
+        p = float(torch.softmax(model(x[None]), 1)[0, 1])
+    assert p == pytest.approx(float(row["probability"]), abs=1e-5)  # evaluate stacked slices k-1, k, k+1
+    assert ClsRunner(run).predict(read_scan(files[0].parent))[k] == pytest.approx(p, abs=1e-5)  # and predict
+    r = run_cli("cls", "explain", run, "--slices", data / row["slice"], "--out", tmp_path / "x.png")
+    assert r.returncode == 0 and (tmp_path / "x.png").stat().st_size > 0, r.stderr
+    stray = tmp_path / "stray.png"
+    stray.write_bytes(files[k].read_bytes())
+    r = run_cli("cls", "explain", run, "--slices", stray, "--out", tmp_path / "y.png")
+    assert r.returncode == 2 and "not a slice of the run's data root" in r.stderr and "Traceback" not in r.stderr

@@ -51,6 +51,8 @@ def train(
         = None,
     crop: Annotated[str, typer.Option(help="none, or body: crop each slice to the square around the body before "
                                            "resizing (also at evaluation and prediction).")] = "none",
+    context: Annotated[int, typer.Option(min=0, help="Stack N neighbouring slices on each side as extra channels "
+                                                     "(2.5D; also at evaluation and prediction).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9), adam or adamw.")] = "sgd",
     lr_scale: Annotated[float, typer.Option(help="Multiply the schedule's learning rates by this.")] = 1.0,
@@ -83,7 +85,7 @@ def train(
         raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
     paths = [p for p in (pretrained or []) if p.lower() != "none"]
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
-                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, batch_size=batch_size, optimizer=optimizer,
+                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, context=context, batch_size=batch_size, optimizer=optimizer,
                     lr_scale=lr_scale, weight_decay=weight_decay,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
                     augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, bf16=bf16,

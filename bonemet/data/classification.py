@@ -10,6 +10,9 @@ Label 1 = metastatic slice.
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +106,32 @@ def scan_classification(root: str | Path) -> ClsIndex:
             problems.append(Problem(s.path, f"patient '{s.patient}' appears under both Normal and Abnormal"))
             break
     return ClsIndex(root, slices, problems)
+
+
+def slice_sort_key(path: Path) -> list:
+    """Natural order of slice file names (``s9`` before ``s10``): the order of the slices in the body."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def context_paths(slices: Sequence[ClsSlice], context: int) -> list[list[Path]]:
+    """For each slice, the files of its ``2 * context + 1`` neighbourhood, centre slice in the middle.
+
+    A patient's slices (under normal/ and metastatic/ alike) are put in file-name order (``slice_sort_key``);
+    at the first and last slice the edge slice is repeated. Only ``slices`` are searched, so pass every
+    slice of each patient (a dataset of whole patients does).
+    """
+    if context == 0:
+        return [[s.path] for s in slices]
+    by_patient: dict[str, list[Path]] = defaultdict(list)
+    for s in slices:
+        by_patient[s.patient].append(s.path)
+    order = {p: sorted(paths, key=slice_sort_key) for p, paths in by_patient.items()}
+    where = {path: i for paths in order.values() for i, path in enumerate(paths)}
+    out = []
+    for s in slices:
+        paths, i = order[s.patient], where[s.path]
+        out.append([paths[min(max(i + d, 0), len(paths) - 1)] for d in range(-context, context + 1)])
+    return out
 
 
 def load_classification(root: str | Path) -> ClsIndex:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from .bmseg import SegSlice, load_seg_slice
-from .classification import ClsSlice
+from .classification import ClsSlice, context_paths
 from .images import read_image
 
 Sample = dict[str, object]
@@ -112,13 +114,18 @@ class ClassificationDataset(Dataset):
     """Classification slices as ``(image (C, S, S), label)``; grey slices go in as 3 channels.
 
     ``crop="body"`` crops each slice to the body's bounding square before resizing (``prepare_image``).
+    ``context=N`` stacks the N slices above and below each slice as extra channels (2.5D input,
+    ``3 * (2N + 1)`` channels, centre slice in the middle); neighbours are found among ``slices``
+    (``context_paths``), so give whole patients.
     """
 
     def __init__(self, slices: Sequence[ClsSlice], size: int = 224, channels: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, crop: str = "none") -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, crop: str = "none",
+                 context: int = 0) -> None:
         self.slices = list(slices)
         self.size, self.channels, self.transform, self.crop = size, channels, transform, crop
+        self.paths = context_paths(self.slices, context)
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(-1, 1, 1)
 
@@ -126,10 +133,20 @@ class ClassificationDataset(Dataset):
         return len(self.slices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        s = self.slices[i]
-        img = prepare_image(image_to_tensor(read_image(s.path), self.channels), self.size, self.crop)
+        paths = self.paths[i]
+        img = prepare_image(stack_slices([read_image(p) for p in paths], self.channels, paths[len(paths) // 2]),
+                            self.size, self.crop)
         if self.transform:
             img = self.transform(img)
         if self.mean is not None and self.std is not None:
             img = (img - self.mean) / self.std
-        return img, s.label
+        return img, self.slices[i].label
+
+
+def stack_slices(images: Sequence[np.ndarray], channels: int, where: str | Path = "") -> torch.Tensor:
+    """Neighbouring slices (uint8 images) as one (len(images) * channels, H, W) tensor in [0, 1]."""
+    shapes = {im.shape[:2] for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"its neighbouring slices differ in size {sorted(shapes)}: --context needs one size "
+                        "per patient", where)
+    return torch.cat([image_to_tensor(im, channels) for im in images])

@@ -83,7 +83,8 @@ def explanation_figure(images: list[tuple[str, torch.Tensor, int | None]], model
     rows = []
     for name, x, label in images:
         prob, maps = explain(model, x)
-        rows.append((name, x[0].mean(0).numpy(), label, prob, maps))
+        centre = x[0].unflatten(0, (-1, 3))[x.shape[1] // 6]  # the slice itself among stacked neighbours
+        rows.append((name, centre.mean(0).numpy(), label, prob, maps))
     ncol = 1 + max(len(r[4]) for r in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.8 * ncol, 2.9 * len(rows)), squeeze=False)
     for ax_row, (name, img, label, prob, maps) in zip(axes, rows):
@@ -124,7 +125,8 @@ def _pick_test_slices(run: Path, root: Path, n: int) -> list[tuple[Path, int]]:
 
 def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path | None = None) -> Path:
     """Explanation overlays for ``slices`` (or picked test slices) with the run's first model."""
-    from ..data.datasets import image_to_tensor, prepare_image
+    from ..data.classification import context_paths, load_classification
+    from ..data.datasets import prepare_image, stack_slices
     from ..data.images import read_image
     from ..training.cls import load_cls_run
     from .cls_eval import cls_label
@@ -133,9 +135,17 @@ def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path
     cfg, _, models = load_cls_run(run)
     model = models[0]
     items = [(Path(p), None) for p in slices] if slices else _pick_test_slices(run, Path(cfg.data), n)
+    neighbours: dict[Path, list[Path]] = {}
+    if cfg.context:  # the stacked neighbours come from the patient's slices in the run's data root
+        index = load_classification(cfg.data)
+        neighbours = {s.path.resolve(): ps for s, ps in zip(index.slices, context_paths(index.slices, cfg.context))}
     images = []
     for path, label in items:
-        x = prepare_image(image_to_tensor(read_image(path), 3), model.input_size, cfg.crop)[None]
+        paths = neighbours.get(path.resolve()) if cfg.context else [path]
+        if paths is None:
+            raise BonemetError(f"not a slice of the run's data root {cfg.data}: a --context run takes its "
+                               "neighbouring slices from there", path)
+        x = prepare_image(stack_slices([read_image(p) for p in paths], 3, path), model.input_size, cfg.crop)[None]
         images.append((path.name, x, label))
     path = Path(out) if out else run / "eval" / "explain.png"
     return explanation_figure(images, model, path, f"{cls_label(cfg)}: why it decided")

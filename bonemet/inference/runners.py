@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.datasets import image_to_tensor, prepare_image
+from ..data.datasets import prepare_image, stack_slices
 from ..data.windows import WINDOW_NAMES
 from ..errors import BonemetError
 from ..log import logger
@@ -37,11 +37,15 @@ def _window_for(run: Path, preprocessing: dict, scan: Scan, window: str | None) 
     return trained
 
 
-def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_size: int, crop: str = "none"):
-    for start in range(0, scan.n_slices, batch_size):
-        ks = list(range(start, min(scan.n_slices, start + batch_size)))
-        x = torch.stack([prepare_image(image_to_tensor(scan.model_slice(k, window), channels), size, crop)
-                         for k in ks])
+def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_size: int, crop: str = "none",
+             context: int = 0):
+    """(slice indices, model input) batches; ``context`` neighbours on each side are stacked as channels."""
+    n = scan.n_slices
+    for start in range(0, n, batch_size):
+        ks = list(range(start, min(n, start + batch_size)))
+        x = torch.stack([prepare_image(stack_slices([scan.model_slice(min(max(k + d, 0), n - 1), window)
+                                                     for d in range(-context, context + 1)], channels, scan.source),
+                                       size, crop) for k in ks])
         yield ks, x
 
 
@@ -121,7 +125,7 @@ class ClsRunner:
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         out = np.zeros(scan.n_slices, np.float32)
-        for ks, x in _batches(scan, win, 3, self.size, batch_size, self.cfg.crop):
+        for ks, x in _batches(scan, win, 3, self.size, batch_size, self.cfg.crop, self.cfg.context):
             out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).numpy()
             if progress:
                 progress(len(ks))

@@ -7,12 +7,12 @@ no HU and no spacing: measurements that need them are reported as not available.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data.classification import slice_sort_key
 from ..data.export import windowed_slice
 from ..data.images import is_image_file, read_image
 from ..data.volume import Volume, read_volume
@@ -68,10 +68,6 @@ class Scan:
         return f"slice {k + 1}/{self.n_slices}"
 
 
-def _natural_key(p: Path) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
-
-
 def read_scan(path: str | Path) -> Scan:
     """Read ``path``: a DICOM series folder, a NIfTI file, or a folder of PNG / JPEG slices (natural name order)."""
     path = Path(path)
@@ -81,7 +77,7 @@ def read_scan(path: str | Path) -> Scan:
         files = [p for p in path.iterdir() if not p.name.startswith(".")]
         if not files:
             raise DataError("empty folder: expected a DICOM series or PNG / JPEG slices", path)
-        images = sorted((p for p in files if is_image_file(p)), key=_natural_key)
+        images = sorted((p for p in files if is_image_file(p)), key=slice_sort_key)
         if images and len(images) >= len([p for p in files if p.is_file()]) / 2:
             others = [p for p in files if p.is_file() and not is_image_file(p)]
             if others:

@@ -1,6 +1,6 @@
 """Slice classifiers (SPEC 3): timm backbones and the ResNeXt-50 + ViT-Tiny fusion.
 
-Every classifier takes 3-channel images in [0, 1] at its own input size and normalises them itself
+Every classifier takes 3-channel images (3 per slice with stacked neighbours) in [0, 1] at its own input size and normalises them itself
 with its timm configuration (mean / std), so the preprocessing travels with the weights and is
 reapplied at prediction time. Outputs are two logits: {normal, metastatic}.
 
@@ -38,7 +38,8 @@ def family(name: str) -> str:
     return "transformer" if name.startswith(("vit_", "deit_")) else "cnn"
 
 
-def _timm_model(name: str, num_classes: int, img_size: int | None, global_pool: str | None = None) -> nn.Module:
+def _timm_model(name: str, num_classes: int, img_size: int | None, global_pool: str | None = None,
+                in_chans: int = 3) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
@@ -49,19 +50,24 @@ def _timm_model(name: str, num_classes: int, img_size: int | None, global_pool: 
         if family(name) == "transformer":
             raise BonemetError(f"--global-pool applies to CNNs, not to {name}")
         kwargs["global_pool"] = global_pool
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 class _Normalise(nn.Module):
-    """The backbone's own normalisation (timm data config), applied inside the model."""
+    """The backbone's own normalisation (timm data config), applied inside the model.
 
-    def __init__(self, backbone: nn.Module) -> None:
+    With ``in_chans`` = 3k (k stacked slices, ``--context``) each slice gets the 3-channel mean / std.
+    """
+
+    def __init__(self, backbone: nn.Module, in_chans: int = 3) -> None:
         super().__init__()
         from timm.data import resolve_data_config
 
         cfg = resolve_data_config({}, model=backbone)
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, -1, 1, 1), persistent=False)
+        mean, std = torch.tensor(cfg["mean"]), torch.tensor(cfg["std"])
+        reps = in_chans // len(mean)
+        self.register_buffer("mean", mean.repeat(reps).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.repeat(reps).view(1, -1, 1, 1), persistent=False)
         self.input_size = int(cfg["input_size"][-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,11 +78,11 @@ class SliceClassifier(nn.Module):
     """One timm backbone with a 2-class head."""
 
     def __init__(self, name: str, num_classes: int = 2, img_size: int | None = None,
-                 global_pool: str | None = None) -> None:
+                 global_pool: str | None = None, in_chans: int = 3) -> None:
         super().__init__()
         self.name, self.kind = name, family(name)
-        self.backbone = _timm_model(name, num_classes, img_size, global_pool)
-        self.norm = _Normalise(self.backbone)
+        self.backbone = _timm_model(name, num_classes, img_size, global_pool, in_chans)
+        self.norm = _Normalise(self.backbone, in_chans)
         self.input_size = img_size or self.norm.input_size
         self.backbones = {name: self.backbone}
 
@@ -99,11 +105,12 @@ class FusionClassifier(nn.Module):
     """
 
     def __init__(self, num_classes: int = 2, img_size: int | None = None, cnn: str = FUSION_BRANCHES[0],
-                 vit: str = FUSION_BRANCHES[1]) -> None:
+                 vit: str = FUSION_BRANCHES[1], in_chans: int = 3) -> None:
         super().__init__()
         self.name, self.kind = FUSION, "fusion"
-        self.cnn, self.vit = _timm_model(cnn, 0, img_size), _timm_model(vit, 0, img_size)
-        self.cnn_norm, self.vit_norm = _Normalise(self.cnn), _Normalise(self.vit)
+        self.cnn, self.vit = (_timm_model(cnn, 0, img_size, in_chans=in_chans),
+                              _timm_model(vit, 0, img_size, in_chans=in_chans))
+        self.cnn_norm, self.vit_norm = _Normalise(self.cnn, in_chans), _Normalise(self.vit, in_chans)
         self.input_size = img_size or max(self.cnn_norm.input_size, self.vit_norm.input_size)
         self.fc = nn.Linear(self.cnn.num_features + self.vit.num_features, num_classes)
         self.backbones = {cnn: self.cnn, vit: self.vit}
@@ -121,14 +128,18 @@ class FusionClassifier(nn.Module):
         return self.fuse(self.cnn_feature_map(x), x)
 
 
-def create_classifier(name: str, img_size: int | None = None, global_pool: str | None = None, **opts) -> nn.Module:
+def create_classifier(name: str, img_size: int | None = None, global_pool: str | None = None, in_chans: int = 3,
+                      **opts) -> nn.Module:
     """``create_classifier("vit_tiny_patch16_224")``, ``create_classifier("fusion")``; 2 output logits.
 
     ``global_pool`` (CNNs: ``avg`` by default, or ``max``, which suits small findings in a large slice).
+    ``in_chans``: 3 per input slice (9 for one neighbour on each side, ``--context 1``).
     """
+    if in_chans % 3:
+        raise BonemetError(f"in_chans must be a multiple of 3 (3 per slice), got {in_chans}")
     if name == FUSION:
-        return FusionClassifier(img_size=img_size, **opts)
-    return SliceClassifier(name, img_size=img_size, global_pool=global_pool)
+        return FusionClassifier(img_size=img_size, in_chans=in_chans, **opts)
+    return SliceClassifier(name, img_size=img_size, global_pool=global_pool, in_chans=in_chans)
 
 
 def backbone_modules(model: nn.Module) -> list[nn.Module]:
@@ -167,11 +178,18 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> str:
 
     The classifier head is re-initialised when the file's head does not fit (e.g. 1000 ImageNet classes);
     a ViT position embedding for another grid is resampled. Any other missing or mismatched
-    tensor is an error naming the file.
+    tensor is an error naming the file. A 3-channel first convolution is spread over a model with more
+    input channels (stacked slices) by timm's ``adapt_input_conv`` (repeated, scaled by 3 / channels).
     """
     path = Path(path)
     sd = _read_state_dict(path)
     own = backbone.state_dict()
+    first = f"{backbone.pretrained_cfg.get('first_conv', '')}.weight"
+    adapted = first in sd and first in own and sd[first].ndim == 4 and sd[first].shape[1] != own[first].shape[1]
+    if adapted:
+        from timm.models import adapt_input_conv
+
+        sd[first] = adapt_input_conv(own[first].shape[1], sd[first])
     heads = backbone.pretrained_cfg.get("classifier", ())
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     is_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads)  # noqa: E731
@@ -200,6 +218,8 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> str:
         raise BonemetError(f"weights do not fit {name}: " + "; ".join(what), path)
     backbone.load_state_dict(sd, strict=False)
     note = f"loaded {path.name}"
+    if adapted:
+        note += f" (first convolution spread over {own[first].shape[1]} input channels)"
     if dropped:
         note += " (its classifier head does not fit 2 classes: head re-initialised)"
     return note

@@ -50,6 +50,7 @@ class ClsConfig:
     size: int | None = None  # None = the model's own input size
     global_pool: str | None = None  # CNNs: avg (timm default) or max
     crop: str = "none"  # none | body (each slice cropped to the body's bounding square)
+    context: int = 0  # neighbouring slices stacked on each side as extra channels (2.5D)
     batch_size: int = 8
     optimizer: str = "sgd"
     lr_scale: float = 1.0
@@ -74,12 +75,17 @@ class ClsConfig:
     def schedule_name(self) -> str:
         return self.schedule or ("transformer" if family(self.model) == "transformer" else "cnn")
 
+    @property
+    def in_chans(self) -> int:
+        return 3 * (2 * self.context + 1)
+
     def model_opts(self) -> dict:
         return {"cnn": self.fusion_cnn, "vit": self.fusion_vit} if self.model == "fusion" else {}
 
 
 def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
-    return create_classifier(cfg.model, img_size=cfg.size, global_pool=cfg.global_pool, **cfg.model_opts())
+    return create_classifier(cfg.model, img_size=cfg.size, global_pool=cfg.global_pool, in_chans=cfg.in_chans,
+                             **cfg.model_opts())
 
 
 def cls_augment(vflip: float = 0.5) -> SegAugment:
@@ -162,9 +168,9 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     aug = cls_augment(cfg.vflip) if cfg.augment else None
     transform = (lambda t: aug({"image": t})["image"]) if aug else None
     size = model.input_size
-    train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop)
-    sel_ds, held_ds = (ClassificationDataset(sel, size, 3, crop=cfg.crop),
-                       ClassificationDataset(held, size, 3, crop=cfg.crop))
+    train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop, context=cfg.context)
+    sel_ds, held_ds = (ClassificationDataset(sel, size, 3, crop=cfg.crop, context=cfg.context),
+                       ClassificationDataset(held, size, 3, crop=cfg.crop, context=cfg.context))
     flags = [s.label == 1 for s in fit]  # --neg-ratio: every metastatic slice, a share of normal ones
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -218,6 +224,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
         raise BonemetError(f"unknown selection '{cfg.select}' (last or best)")
     if cfg.crop not in CROPS:
         raise BonemetError(f"unknown crop '{cfg.crop}' (choose from {', '.join(CROPS)})")
+    if cfg.context < 0:
+        raise BonemetError(f"--context must be 0 or more, got {cfg.context}")
     cfg_path = run / "config.json"
     if cfg_path.exists() and not resume:
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
@@ -237,9 +245,11 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
         save_splits(split, run / "splits.json")
     norms = [(getattr(probe, a).mean.flatten().tolist(), getattr(probe, a).std.flatten().tolist())
              for a in ("norm", "cnn_norm", "vit_norm") if hasattr(probe, a)]
-    cfg.preprocessing = {**data_preprocessing(root), "input_size": probe.input_size, "channels": 3,
+    cfg.preprocessing = {**data_preprocessing(root), "input_size": probe.input_size, "channels": cfg.in_chans,
                          "crop": "body: each slice cropped to the square around the body, then resized"
                          if cfg.crop == "body" else "none: the whole slice resized",
+                         "context": f"{cfg.context} slice(s) above and below stacked as channels (file-name order "
+                                    "within each patient; edge slices repeated)" if cfg.context else "none",
                          "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
                          "normalisation": [{"mean": m, "std": s} for m, s in norms],
                          "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"}
