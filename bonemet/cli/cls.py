@@ -85,7 +85,8 @@ def train(
         raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
     paths = [p for p in (pretrained or []) if p.lower() != "none"]
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
-                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, context=context, batch_size=batch_size, optimizer=optimizer,
+                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, context=context,
+                    batch_size=batch_size, optimizer=optimizer,
                     lr_scale=lr_scale, weight_decay=weight_decay,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,
                     augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, bf16=bf16,

@@ -1,8 +1,8 @@
 """Slice classifiers (SPEC 3): timm backbones and the ResNeXt-50 + ViT-Tiny fusion.
 
-Every classifier takes 3-channel images (3 per slice with stacked neighbours) in [0, 1] at its own input size and normalises them itself
-with its timm configuration (mean / std), so the preprocessing travels with the weights and is
-reapplied at prediction time. Outputs are two logits: {normal, metastatic}.
+Every classifier takes 3-channel images (3 per slice with stacked neighbours) in [0, 1] at its own
+input size and normalises them itself with its timm configuration (mean / std), so the preprocessing
+travels with the weights and is reapplied at prediction time. Outputs are two logits: {normal, metastatic}.
 
 Nothing is downloaded: pretrained weights come from local files (``load_pretrained``).
 """
