@@ -27,12 +27,16 @@ from ..data.stats import markdown_table
 from ..errors import BonemetError
 from ..evaluation.metrics import PIXEL_METRICS
 from ..fileio import write_csv, write_json, write_text
+from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
 from .augment import SegAugment, seed_augment
 from .checkpoint import save_checkpoint
 from .loop import console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
+
+
+LABEL_BATCH = 16  # teacher labelling is inference only: larger batches run faster on CPU
 
 
 class _SoftTargets(Dataset):
@@ -71,7 +75,9 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if split["protocol"] != "patient" or not split.get("test_patients"):
         raise BonemetError("distillation needs a patient-level run with held-out test patients (scored after)",
                            teacher)
-    members = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
+    # the teacher labels through predict's default fast path (its answers as users get them, 2-3x faster)
+    paths = default_paths()
+    members = [FastModel(load_member(tcfg, teacher, k), paths) for k in range(len(split["folds"]))]
     index = load_bmseg(tcfg.data, require_patients=True)
     test_p = set(split["test_patients"])
     fit = [s for s in index.slices if s.patient not in test_p]
@@ -92,7 +98,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     t0 = time.perf_counter()
     console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
-    t_lesion, t_bone = predict_probs(members, base, cfg.batch_size)
+    t_lesion, t_bone = predict_probs(members, base, LABEL_BATCH)
     flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
     aug = SegAugment() if cfg.augment else None
     ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
@@ -126,7 +132,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     calibrated = None
     if calib:
         calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-        calibrated = calibrate_student(model, members, calib_ds, cfg.batch_size)
+        calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH)
         save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
                         calibration=calibrated)
         console.print(f"lesion threshold {calibrated['threshold']:.2f} on {len(calib)} calibration slices: "
@@ -140,6 +146,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     write_json(out / "config.json", asdict(cfg))
     write_json(out / "distilled_from.json", {"teacher": str(teacher), "members": len(members),
                                              "teacher_model": tcfg.model, "labelled_slices": n_labelled,
+                                             "teacher_path": "+".join(paths) or "eager fp32",
                                              "extra_data": None if extra is None else str(extra),
                                              "extra_slices": len(fit) - n_labelled,
                                              "calibration": calibrated,
