@@ -75,7 +75,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if split["protocol"] != "patient" or not split.get("test_patients"):
         raise BonemetError("distillation needs a patient-level run with held-out test patients (scored after)",
                            teacher)
-    # the teacher labels through predict's default fast path (its answers as users get them, 2-3x faster)
+    # the teacher labels through predict's default fast path: its answers as users get them, faster than eager
     paths = default_paths()
     members = [FastModel(load_member(tcfg, teacher, k), paths) for k in range(len(split["folds"]))]
     index = load_bmseg(tcfg.data, require_patients=True)
