@@ -113,6 +113,11 @@ def slice_sort_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
+def neighbour_indices(i: int, n: int, context: int) -> list[int]:
+    """Indices ``i - context .. i + context`` of a run of ``n`` slices, the edge slice repeated past either end."""
+    return [min(max(i + d, 0), n - 1) for d in range(-context, context + 1)]
+
+
 def context_paths(slices: Sequence[ClsSlice], context: int) -> list[list[Path]]:
     """For each slice, the files of its ``2 * context + 1`` neighbourhood, centre slice in the middle.
 
@@ -130,7 +135,7 @@ def context_paths(slices: Sequence[ClsSlice], context: int) -> list[list[Path]]:
     out = []
     for s in slices:
         paths, i = order[s.patient], where[s.path]
-        out.append([paths[min(max(i + d, 0), len(paths) - 1)] for d in range(-context, context + 1)])
+        out.append([paths[j] for j in neighbour_indices(i, len(paths), context)])
     return out
 
 

@@ -143,8 +143,11 @@ class ClassificationDataset(Dataset):
         return img, self.slices[i].label
 
 
-def stack_slices(images: Sequence[np.ndarray], channels: int, where: str | Path = "") -> torch.Tensor:
-    """Neighbouring slices (uint8 images) as one (len(images) * channels, H, W) tensor in [0, 1]."""
+def stack_slices(images: Sequence[np.ndarray], channels: int, where: str | Path | None = None) -> torch.Tensor:
+    """Neighbouring slices (uint8 images) as one (len(images) * channels, H, W) tensor in [0, 1].
+
+    ``where`` (the centre slice's file, or the scan) names the input in the error for unequal sizes.
+    """
     shapes = {im.shape[:2] for im in images}
     if len(shapes) > 1:
         raise DataError(f"its neighbouring slices differ in size {sorted(shapes)}: --context needs one size "

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.classification import neighbour_indices
 from ..data.datasets import prepare_image, stack_slices
 from ..data.windows import WINDOW_NAMES
 from ..errors import BonemetError
@@ -43,9 +44,10 @@ def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_siz
     n = scan.n_slices
     for start in range(0, n, batch_size):
         ks = list(range(start, min(n, start + batch_size)))
-        x = torch.stack([prepare_image(stack_slices([scan.model_slice(min(max(k + d, 0), n - 1), window)
-                                                     for d in range(-context, context + 1)], channels, scan.source),
-                                       size, crop) for k in ks])
+        # each slice of the batch and its margin is read and windowed once, however many stacks share it
+        near = {j: scan.model_slice(j, window) for j in range(max(start - context, 0), min(ks[-1] + context + 1, n))}
+        x = torch.stack([prepare_image(stack_slices([near[j] for j in neighbour_indices(k, n, context)], channels,
+                                                    scan.source), size, crop) for k in ks])
         yield ks, x
 
 
