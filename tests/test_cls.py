@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bonemet.errors import BonemetError
 from bonemet.models.classifiers import (FusionClassifier, apply_pretrained, classifier_names, create_classifier,
@@ -321,3 +324,68 @@ def test_context_run_stacks_the_same_neighbours_in_evaluate_explain_and_predict(
     stray.write_bytes(files[k].read_bytes())
     r = run_cli("cls", "explain", run, "--slices", stray, "--out", tmp_path / "y.png")
     assert r.returncode == 2 and "not a slice of the run's data root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lesion_map_loss_pools_masks_to_the_grid_and_balances_the_classes() -> None:
+    from bonemet.training.cls import lesion_map_loss
+
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, 5, 6] = 1.0  # one lesion pixel: its 4x4 cell of a 2x2 grid is a lesion cell
+    logits = torch.zeros(1, 1, 2, 2)
+    # at logit 0 every cell costs log 2; the one lesion cell is weighted 3 (3 normal cells per lesion cell)
+    assert float(lesion_map_loss(logits, mask)) == pytest.approx(math.log(2) * (3 * 1 + 3) / 4, rel=1e-6)
+    good = torch.tensor([[[[-9.0, -9.0], [-9.0, 9.0]]]])
+    assert float(lesion_map_loss(good, mask)) < 1e-3 < float(lesion_map_loss(-good, mask))
+    assert float(lesion_map_loss(logits, torch.zeros(1, 1, 8, 8))) == pytest.approx(math.log(2))  # no lesion
+
+
+def test_masks_are_cropped_resized_and_augmented_with_their_slices(phantom) -> None:
+    from bonemet.data.classification import lesion_mask_paths, load_classification
+    from bonemet.data.datasets import ClassificationDataset
+    from bonemet.training.cls import cls_augment
+
+    index = load_classification(phantom / "classification")
+    met = [s for s in index.slices if s.label == 1][:4]
+    masks = lesion_mask_paths(met, phantom / "bmseg", check_labels=True)
+    assert [m.stem for m in masks] == [s.path.stem for s in met]
+    plain = ClassificationDataset(met, 64, 3, crop="body")
+    with_masks = ClassificationDataset(met, 64, 3, crop="body", masks=masks)
+    flip = cls_augment(vflip=1.0)
+    flip.degrees, flip.p_hflip = 0.0, 1.0  # both flips, no rotation: an exact, checkable transform
+    flipped = ClassificationDataset(met, 64, 3, crop="body", masks=masks, transform=lambda t: flip({"image": t})["image"])
+    for i in range(len(met)):
+        img, label, mask = with_masks[i]
+        assert label == 1 and mask.shape == (1, 64, 64) and mask.max() > 0
+        assert torch.equal(img, plain[i][0])  # the mask does not change the image's crop
+        img_f, _, mask_f = flipped[i]
+        assert torch.equal(img_f, img.flip(-1, -2)) and torch.equal(mask_f, mask.flip(-1, -2))
+
+
+def test_training_with_lesion_masks(phantom, tmp_path) -> None:
+    """--masks adds a lesion-map loss for CNNs; evaluation is unchanged; wrong mask roots fail in one line."""
+    data = phantom / "classification"
+    run = tmp_path / "run"
+    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+                "--crop", "body", "--masks", phantom / "bmseg", "--test-patients", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["masks"] == str(phantom / "bmseg") and "lesion-map loss" in cfg["preprocessing"]["lesion masks"]
+    assert "lesion_head.weight" in torch.load(run / "fold0" / "last.pt", weights_only=True)["model"]
+    assert run_cli("cls", "evaluate", run).returncode == 0
+    # another patient's masks under this patient's names contradict the slice labels
+    other = tmp_path / "other"
+    shutil.copytree(phantom / "bmseg", other)
+    met = sorted((data / "Abnormal").glob("*/metastatic/*.png"))[0]
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(other / "lesion mask" / met.name)  # an empty mask
+    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+                "--masks", other, "--out", tmp_path / "bad")
+    assert r.returncode != 0 and "contradicts its slice's label" in r.stderr and "Traceback" not in r.stderr
+    assert met.name in r.stderr
+    for folder in ("image", "lesion mask", "bone mask"):  # the slice is missing from the mask root
+        (other / folder / met.name).unlink()
+    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+                "--masks", other, "--out", tmp_path / "bad2")
+    assert r.returncode != 0 and "no lesion mask" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("cls", "train", "--data", data, "--model", "vit_tiny_patch16_224", "--size", "64", "--epochs", "1",
+                "--masks", phantom / "bmseg", "--out", tmp_path / "bad3")
+    assert r.returncode != 0 and "--masks needs a CNN" in r.stderr and "Traceback" not in r.stderr

@@ -53,6 +53,10 @@ def train(
                                            "resizing (also at evaluation and prediction).")] = "none",
     context: Annotated[int, typer.Option(min=0, help="Stack N neighbouring slices on each side as extra channels "
                                                      "(2.5D; also at evaluation and prediction).")] = 0,
+    masks: Annotated[Path | None, typer.Option(
+        help="BM-Seg root holding each slice's lesion mask under the same file name: CNNs also learn a lesion "
+             "map on their last feature map (training only; evaluation and prediction are unchanged).")] = None,
+    mask_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the lesion-map loss (with --masks).")] = 1.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     optimizer: Annotated[str, typer.Option(help="sgd (momentum 0.9), adam or adamw.")] = "sgd",
     lr_scale: Annotated[float, typer.Option(help="Multiply the schedule's learning rates by this.")] = 1.0,
@@ -86,6 +90,7 @@ def train(
     paths = [p for p in (pretrained or []) if p.lower() != "none"]
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
                     epochs=epochs, size=size, global_pool=global_pool, crop=crop, context=context,
+                    masks=None if masks is None else str(masks), mask_weight=mask_weight,
                     batch_size=batch_size, optimizer=optimizer,
                     lr_scale=lr_scale, weight_decay=weight_decay,
                     alpha=alpha, gamma=gamma, folds=folds, test_patients=test_patients, select=select,

@@ -139,6 +139,31 @@ def context_paths(slices: Sequence[ClsSlice], context: int) -> list[list[Path]]:
     return out
 
 
+def lesion_mask_paths(slices: Sequence[ClsSlice], masks_root: str | Path, check_labels: bool = False) -> list[Path]:
+    """Each slice's lesion mask in a BM-Seg root (``lesion mask/<same file stem>``), for training with masks.
+
+    The phantom writes both layouts with the same file names (``bonemet data synth --formats
+    classification,bmseg``, or the same seed twice); a slice without a mask there is an error naming it.
+    ``check_labels`` decodes every mask and fails on the first one that contradicts its slice's label
+    (a mask root of other patients with the same file names).
+    """
+    from .bmseg import load_bmseg
+    from .images import read_image
+
+    masks = {s.name: s.lesion for s in load_bmseg(masks_root).slices}
+    out = []
+    for s in slices:
+        mask = masks.get(s.path.stem)
+        if mask is None:
+            raise DataError(f"no lesion mask named '{s.path.stem}' in {masks_root}", s.path)
+        if check_labels and bool(read_image(mask).any()) != bool(s.label):
+            what = "metastatic" if s.label else "normal"
+            raise DataError(f"this mask contradicts its slice's label ({what}): another data set with the same file "
+                            "names?", mask)
+        out.append(mask)
+    return out
+
+
 def load_classification(root: str | Path) -> ClsIndex:
     """Scan a classification root for training or evaluation: fails on the first fatal problem."""
     index = scan_classification(root)

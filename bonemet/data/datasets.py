@@ -113,6 +113,8 @@ class SegmentationDataset(Dataset):
 class ClassificationDataset(Dataset):
     """Classification slices as ``(image (C, S, S), label)``; grey slices go in as 3 channels.
 
+    With ``masks`` (one lesion-mask file per slice) items are ``(image, label, mask (1, S, S))``: the mask
+    is cropped, resized (area: a lesion's share of each pixel) and augmented together with the image.
     ``crop="body"`` crops each slice to the body's bounding square before resizing (``prepare_image``).
     ``context=N`` stacks the N slices above and below each slice as extra channels (2.5D input,
     ``3 * (2N + 1)`` channels, centre slice in the middle); neighbours are found among ``slices``
@@ -122,8 +124,9 @@ class ClassificationDataset(Dataset):
     def __init__(self, slices: Sequence[ClsSlice], size: int = 224, channels: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, crop: str = "none",
-                 context: int = 0) -> None:
+                 context: int = 0, masks: Sequence[Path] | None = None) -> None:
         self.slices = list(slices)
+        self.masks = None if masks is None else list(masks)
         self.size, self.channels, self.transform, self.crop = size, channels, transform, crop
         self.paths = context_paths(self.slices, context)
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
@@ -132,15 +135,25 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         paths = self.paths[i]
-        img = prepare_image(stack_slices([read_image(p) for p in paths], self.channels, paths[len(paths) // 2]),
-                            self.size, self.crop)
+        img = stack_slices([read_image(p) for p in paths], self.channels, paths[len(paths) // 2])
+        if self.masks is not None:
+            m = read_image(self.masks[i])
+            mask = torch.from_numpy((m.max(-1) if m.ndim == 3 else m) > 0).float()[None]
+            if mask.shape[-2:] != img.shape[-2:]:
+                raise DataError(f"lesion mask {tuple(mask.shape[-2:])} and slice {tuple(img.shape[-2:])} differ in "
+                                f"size", self.masks[i])
+            # one tensor, so that crop, resize and augmentation move image and mask together (a lesion lies
+            # inside the body, so the mask channel never changes the body square)
+            img = torch.cat([img, mask])
+        img = prepare_image(img, self.size, self.crop)
         if self.transform:
             img = self.transform(img)
+        img, mask = (img[:-1], img[-1:]) if self.masks is not None else (img, None)
         if self.mean is not None and self.std is not None:
             img = (img - self.mean) / self.std
-        return img, self.slices[i].label
+        return (img, self.slices[i].label) if mask is None else (img, self.slices[i].label, mask)
 
 
 def stack_slices(images: Sequence[np.ndarray], channels: int, where: str | Path | None = None) -> torch.Tensor:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data.classification import ClsSlice, load_classification
+from ..data.classification import ClsSlice, lesion_mask_paths, load_classification
 from ..data.datasets import CROPS, ClassificationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits, save_splits
 from ..errors import BonemetError
@@ -51,6 +52,8 @@ class ClsConfig:
     global_pool: str | None = None  # CNNs: avg (timm default) or max
     crop: str = "none"  # none | body (each slice cropped to the body's bounding square)
     context: int = 0  # neighbouring slices stacked on each side as extra channels (2.5D)
+    masks: str | None = None  # BM-Seg root with each slice's lesion mask: auxiliary lesion-map loss (CNNs)
+    mask_weight: float = 1.0
     batch_size: int = 8
     optimizer: str = "sgd"
     lr_scale: float = 1.0
@@ -84,8 +87,24 @@ class ClsConfig:
 
 
 def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
-    return create_classifier(cfg.model, img_size=cfg.size, global_pool=cfg.global_pool, in_chans=cfg.in_chans,
-                             **cfg.model_opts())
+    """The run's classifier; a run trained with ``--masks`` also has its ``lesion_head`` (unused at inference)."""
+    model = create_classifier(cfg.model, img_size=cfg.size, global_pool=cfg.global_pool, in_chans=cfg.in_chans,
+                              **cfg.model_opts())
+    if cfg.masks:
+        if family(cfg.model) != "cnn":
+            raise BonemetError(f"--masks needs a CNN (a spatial feature map to supervise); {cfg.model} is a "
+                               f"{family(cfg.model)} model")
+        model.lesion_head = torch.nn.Conv2d(model.backbone.num_features, 1, 1)
+    return model
+
+
+def lesion_map_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE between a (B, 1, h, w) lesion map and masks pooled to its grid (a cell is a lesion
+    cell when any of its pixels is lesion): lesion cells are a few per thousand, so each class weighs half."""
+    target = (F.adaptive_max_pool2d(mask, logits.shape[-2:]) > 0.5).float()
+    pos = target.sum()
+    pos_weight = ((target.numel() - pos) / pos).clamp(max=100.0) if pos > 0 else None
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
 
 def cls_augment(vflip: float = 0.5) -> SegAugment:
@@ -168,7 +187,9 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     aug = cls_augment(cfg.vflip) if cfg.augment else None
     transform = (lambda t: aug({"image": t})["image"]) if aug else None
     size = model.input_size
-    train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop, context=cfg.context)
+    masks = lesion_mask_paths(fit, cfg.masks) if cfg.masks else None
+    train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop, context=cfg.context,
+                                     masks=masks)
     sel_ds, held_ds = (ClassificationDataset(sel, size, 3, crop=cfg.crop, context=cfg.context),
                        ClassificationDataset(held, size, 3, crop=cfg.crop, context=cfg.context))
     flags = [s.label == 1 for s in fit]  # --neg-ratio: every metastatic slice, a share of normal ones
@@ -183,10 +204,18 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
             _freeze(model)
 
         def step(batch: tuple) -> tuple[torch.Tensor, int]:
-            x, y = batch
+            x, y = batch[:2]
+            x = x.contiguous(memory_format=torch.channels_last) if cfg.bf16 else x
             with precision:
-                logits = model(x.contiguous(memory_format=torch.channels_last) if cfg.bf16 else x)
-            return focal_loss(logits.float(), y, cfg.alpha, cfg.gamma), len(y)
+                if masks:
+                    features = model.feature_map(x)
+                    logits, lesion_map = model.head(features), model.lesion_head(features)
+                else:
+                    logits = model(x)
+            loss = focal_loss(logits.float(), y, cfg.alpha, cfg.gamma)
+            if masks:
+                loss = loss + cfg.mask_weight * lesion_map_loss(lesion_map.float(), batch[2])
+            return loss, len(y)
 
         train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}", step)
         row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
@@ -226,6 +255,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
         raise BonemetError(f"unknown crop '{cfg.crop}' (choose from {', '.join(CROPS)})")
     if cfg.context < 0:
         raise BonemetError(f"--context must be 0 or more, got {cfg.context}")
+    if cfg.masks and cfg.freeze_backbone:
+        raise BonemetError("--masks trains the backbone's feature map: it cannot go with --freeze-backbone")
     cfg_path = run / "config.json"
     if cfg_path.exists() and not resume:
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
@@ -233,6 +264,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
         cfg = ClsConfig(**json.loads(cfg_path.read_text()))
     root = Path(cfg.data)
     index = load_classification(root)
+    if cfg.masks:
+        lesion_mask_paths(index.slices, cfg.masks, check_labels=True)  # fail before training, not in it
     probe = build_classifier(cfg)  # fails early on a bad model name or pretrained file
     cfg.weights = apply_pretrained(probe, cfg.pretrained)
     for note in cfg.weights:
@@ -250,6 +283,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
                          if cfg.crop == "body" else "none: the whole slice resized",
                          "context": f"{cfg.context} slice(s) above and below stacked as channels (file-name order "
                                     "within each patient; edge slices repeated)" if cfg.context else "none",
+                         "lesion masks": f"{cfg.masks}: auxiliary lesion-map loss on the last feature map, weight "
+                                         f"{cfg.mask_weight} (training only)" if cfg.masks else "none",
                          "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
                          "normalisation": [{"mean": m, "std": s} for m, s in norms],
                          "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"}
