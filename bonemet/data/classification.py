@@ -148,7 +148,7 @@ def lesion_mask_paths(slices: Sequence[ClsSlice], masks_root: str | Path, check_
     (a mask root of other patients with the same file names).
     """
     from .bmseg import load_bmseg
-    from .images import read_image
+    from .images import read_mask
 
     masks = {s.name: s.lesion for s in load_bmseg(masks_root).slices}
     out = []
@@ -156,7 +156,7 @@ def lesion_mask_paths(slices: Sequence[ClsSlice], masks_root: str | Path, check_
         mask = masks.get(s.path.stem)
         if mask is None:
             raise DataError(f"no lesion mask named '{s.path.stem}' in {masks_root}", s.path)
-        if check_labels and bool(read_image(mask).any()) != bool(s.label):
+        if check_labels and bool(read_mask(mask).any()) != bool(s.label):
             what = "metastatic" if s.label else "normal"
             raise DataError(f"this mask contradicts its slice's label ({what}): another data set with the same file "
                             "names?", mask)

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .bmseg import SegSlice, load_seg_slice
 from .classification import ClsSlice, context_paths
-from .images import read_image
+from .images import read_image, read_mask
 
 Sample = dict[str, object]
 
@@ -139,8 +139,7 @@ class ClassificationDataset(Dataset):
         paths = self.paths[i]
         img = stack_slices([read_image(p) for p in paths], self.channels, paths[len(paths) // 2])
         if self.masks is not None:
-            m = read_image(self.masks[i])
-            mask = torch.from_numpy((m.max(-1) if m.ndim == 3 else m) > 0).float()[None]
+            mask = torch.from_numpy(read_mask(self.masks[i])).float()[None]
             if mask.shape[-2:] != img.shape[-2:]:
                 raise DataError(f"lesion mask {tuple(mask.shape[-2:])} and slice {tuple(img.shape[-2:])} differ in "
                                 f"size", self.masks[i])

@@ -99,8 +99,9 @@ def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
 
 
 def lesion_map_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Class-balanced BCE between a (B, 1, h, w) lesion map and masks pooled to its grid (a cell is a lesion
-    cell when any of its pixels is lesion): lesion cells are a few per thousand, so each class weighs half."""
+    """Class-balanced BCE between a (B, 1, h, w) lesion map and masks max-pooled to its grid (a cell is a
+    lesion cell when any of its input pixels is more than half lesion): lesion cells are a few per thousand,
+    so each class weighs half."""
     target = (F.adaptive_max_pool2d(mask, logits.shape[-2:]) > 0.5).float()
     pos = target.sum()
     pos_weight = ((target.numel() - pos) / pos).clamp(max=100.0) if pos > 0 else None
@@ -163,8 +164,10 @@ def _freeze(model: torch.nn.Module) -> None:
 
 
 def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: list[ClsSlice],
-                   held: list[ClsSlice], resume: bool) -> dict:
-    """Train model ``k`` of a run on ``fit``; ``sel`` chooses best.pt; ``held`` only feeds the curves."""
+                   held: list[ClsSlice], resume: bool, masks: list[Path] | None = None) -> dict:
+    """Train model ``k`` of a run on ``fit``; ``sel`` chooses best.pt; ``held`` only feeds the curves.
+
+    ``masks``: one lesion-mask file per ``fit`` slice (``--masks``), for the lesion-map loss."""
     fold_dir = run / f"fold{k}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
@@ -187,7 +190,6 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     aug = cls_augment(cfg.vflip) if cfg.augment else None
     transform = (lambda t: aug({"image": t})["image"]) if aug else None
     size = model.input_size
-    masks = lesion_mask_paths(fit, cfg.masks) if cfg.masks else None
     train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop, context=cfg.context,
                                      masks=masks)
     sel_ds, held_ds = (ClassificationDataset(sel, size, 3, crop=cfg.crop, context=cfg.context),
@@ -264,8 +266,11 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
         cfg = ClsConfig(**json.loads(cfg_path.read_text()))
     root = Path(cfg.data)
     index = load_classification(root)
+    # every slice's mask, found and checked once, before any training
+    mask_of = None
     if cfg.masks:
-        lesion_mask_paths(index.slices, cfg.masks, check_labels=True)  # fail before training, not in it
+        mask_of = dict(zip((s.path for s in index.slices),
+                           lesion_mask_paths(index.slices, cfg.masks, check_labels=True)))
     probe = build_classifier(cfg)  # fails early on a bad model name or pretrained file
     cfg.weights = apply_pretrained(probe, cfg.pretrained)
     for note in cfg.weights:
@@ -293,7 +298,7 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
         fit, sel, held = fold_slices(split, fold, index.slices)
         if not fit:
             raise BonemetError(f"model {k} has no training slices")
-        train_cls_fold(cfg, run, k, fit, sel, held, resume)
+        train_cls_fold(cfg, run, k, fit, sel, held, resume, [mask_of[s.path] for s in fit] if mask_of else None)
     return run
 
 
