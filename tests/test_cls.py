@@ -291,7 +291,9 @@ def test_pretrained_3_channel_weights_spread_over_stacked_slices(tmp_path) -> No
         create_classifier("small_cnn16", in_chans=4)
 
 
-def test_context_run_stacks_the_same_neighbours_in_evaluate_explain_and_predict(phantom, tmp_path) -> None:
+@pytest.mark.parametrize("context, mirror", [(1, False), (0, True)])
+def test_context_and_mirror_runs_build_the_same_input_in_evaluate_explain_and_predict(phantom, tmp_path, context,
+                                                                                      mirror) -> None:
     from bonemet.data.classification import slice_sort_key
     from bonemet.data.datasets import prepare_image, stack_slices
     from bonemet.data.images import read_image
@@ -302,10 +304,12 @@ def test_context_run_stacks_the_same_neighbours_in_evaluate_explain_and_predict(
     data = phantom / "classification"
     run = tmp_path / "run"
     r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
-                "--crop", "body", "--context", "1", "--test-patients", "0.5", "--out", run)
+                "--crop", "body", "--context", str(context), *(["--mirror"] if mirror else []),
+                "--test-patients", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["context"] == 1 and cfg["preprocessing"]["channels"] == 9
+    assert cfg["context"] == context and cfg["mirror"] == mirror
+    assert cfg["preprocessing"]["channels"] == 3 * (2 * context + 1) * (2 if mirror else 1)
     assert run_cli("cls", "evaluate", run).returncode == 0
     with open(run / "eval" / "predictions.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["slice"].startswith("Normal/")]
@@ -313,17 +317,44 @@ def test_context_run_stacks_the_same_neighbours_in_evaluate_explain_and_predict(
     files = sorted((data / row["slice"]).parent.glob("*.png"), key=slice_sort_key)
     k = [p.name for p in files].index(Path(row["slice"]).name)
     _, _, (model,) = load_cls_run(run)
-    x = prepare_image(stack_slices([read_image(p) for p in files[k - 1:k + 2]], 3), 64, "body")
+    x = prepare_image(stack_slices([read_image(p) for p in files[k - context:k + context + 1]], 3), 64, "body",
+                      mirror)
     with torch.no_grad():
         p = float(torch.softmax(model(x[None]), 1)[0, 1])
-    assert p == pytest.approx(float(row["probability"]), abs=1e-5)  # evaluate stacked slices k-1, k, k+1
+    assert p == pytest.approx(float(row["probability"]), abs=1e-5)  # evaluate built the same input
     assert ClsRunner(run).predict(read_scan(files[0].parent))[k] == pytest.approx(p, abs=1e-5)  # and predict
     r = run_cli("cls", "explain", run, "--slices", data / row["slice"], "--out", tmp_path / "x.png")
     assert r.returncode == 0 and (tmp_path / "x.png").stat().st_size > 0, r.stderr
-    stray = tmp_path / "stray.png"
-    stray.write_bytes(files[k].read_bytes())
-    r = run_cli("cls", "explain", run, "--slices", stray, "--out", tmp_path / "y.png")
-    assert r.returncode == 2 and "not a slice of the run's data root" in r.stderr and "Traceback" not in r.stderr
+    if context:
+        stray = tmp_path / "stray.png"
+        stray.write_bytes(files[k].read_bytes())
+        r = run_cli("cls", "explain", run, "--slices", stray, "--out", tmp_path / "y.png")
+        assert r.returncode == 2 and "not a slice of the run's data root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mirror_channels_are_the_left_right_asymmetry_of_the_image_only(phantom) -> None:
+    from bonemet.data.classification import lesion_mask_paths, load_classification
+    from bonemet.data.datasets import ClassificationDataset, add_mirror
+
+    t = torch.rand(3, 8, 8)
+    sym = torch.cat([t[..., :4], t[..., :4].flip(-1)], -1)  # symmetric about the vertical midline
+    assert torch.equal(add_mirror(sym)[3:], torch.zeros(3, 8, 8))
+    t[:, 2, 1] = 1.0
+    t[:, 2, 6] = 0.0  # a bright spot on the left, nothing at its mirror position
+    out = add_mirror(t)
+    assert out.shape == (6, 8, 8) and torch.equal(out[:3], t)
+    assert torch.equal(out[3:, 2, 1], torch.ones(3)) and torch.equal(out[3:, 2, 6], -torch.ones(3))
+    norm = create_classifier("small_cnn16", in_chans=6, mirror=True).norm  # differences stay centred on 0
+    assert norm.mean.flatten().tolist() == [0.5] * 3 + [0.0] * 3 and norm.std.flatten().tolist() == [0.25] * 6
+    index = load_classification(phantom / "classification")
+    met = [s for s in index.slices if s.label == 1][:2]
+    masks = lesion_mask_paths(met, phantom / "bmseg", check_labels=True)
+    plain = ClassificationDataset(met, 64, 3, crop="body", masks=masks)
+    mirrored = ClassificationDataset(met, 64, 3, crop="body", masks=masks, mirror=True)
+    for i in range(len(met)):
+        img, _, mask = plain[i]
+        img_m, _, mask_m = mirrored[i]
+        assert torch.equal(img_m, add_mirror(img)) and torch.equal(mask_m, mask)  # the mask is not mirrored
 
 
 def test_lesion_map_loss_pools_masks_to_the_grid_and_balances_the_classes() -> None:

@@ -53,6 +53,9 @@ def train(
                                            "resizing (also at evaluation and prediction).")] = "none",
     context: Annotated[int, typer.Option(min=0, help="Stack N neighbouring slices on each side as extra channels "
                                                      "(2.5D; also at evaluation and prediction).")] = 0,
+    mirror: Annotated[bool, typer.Option(help="Append each input's left-right asymmetry (the slice minus its mirror "
+                                              "image) as extra channels (also at evaluation and prediction).")]
+        = False,
     masks: Annotated[Path | None, typer.Option(
         help="BM-Seg root holding each slice's lesion mask under the same file name: CNNs also learn a lesion "
              "map on their last feature map (training only; evaluation and prediction are unchanged).")] = None,
@@ -89,7 +92,7 @@ def train(
         raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
     paths = [p for p in (pretrained or []) if p.lower() != "none"]
     cfg = ClsConfig(data=str(data), model=model, pretrained=paths, freeze_backbone=freeze_backbone, schedule=schedule,
-                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, context=context,
+                    epochs=epochs, size=size, global_pool=global_pool, crop=crop, context=context, mirror=mirror,
                     masks=None if masks is None else str(masks), mask_weight=mask_weight,
                     batch_size=batch_size, optimizer=optimizer,
                     lr_scale=lr_scale, weight_decay=weight_decay,

@@ -62,11 +62,24 @@ def crop_body(t: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
     return out
 
 
-def prepare_image(t: torch.Tensor, size: int, crop: str = "none") -> torch.Tensor:
-    """A classifier's input from a (C, H, W) image in [0, 1]: optional body crop (``CROPS``), then resize."""
+def add_mirror(t: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) in [0, 1] -> (2C, H, W): the image, then its left-right asymmetry ``t - hflip(t)`` in [-1, 1]
+    (0 where the slice is symmetric about its vertical midline, and in zero padding).
+
+    The skeleton is nearly symmetric, so a lesion on one side shows as a patch of asymmetry that the other
+    side's healthy bone does not cancel. Computed before augmentation, so a rotation turns the image and
+    its asymmetry together; on a body crop the midline is the body's.
+    """
+    return torch.cat([t, t - t.flip(-1)])
+
+
+def prepare_image(t: torch.Tensor, size: int, crop: str = "none", mirror: bool = False) -> torch.Tensor:
+    """A classifier's input from a (C, H, W) image in [0, 1]: optional body crop (``CROPS``), then resize;
+    ``mirror`` appends the left-right asymmetry channels (``add_mirror``)."""
     if crop not in CROPS:
         raise ValueError(f"unknown crop '{crop}' (choose from {', '.join(CROPS)})")
-    return resize_image(crop_body(t) if crop == "body" else t, size)
+    t = resize_image(crop_body(t) if crop == "body" else t, size)
+    return add_mirror(t) if mirror else t
 
 
 def resize_mask(m: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
@@ -118,14 +131,16 @@ class ClassificationDataset(Dataset):
     ``crop="body"`` crops each slice to the body's bounding square before resizing (``prepare_image``).
     ``context=N`` stacks the N slices above and below each slice as extra channels (2.5D input,
     ``3 * (2N + 1)`` channels, centre slice in the middle); neighbours are found among ``slices``
-    (``context_paths``), so give whole patients.
+    (``context_paths``), so give whole patients. ``mirror`` then doubles the channels with their
+    left-right asymmetry (``add_mirror``).
     """
 
     def __init__(self, slices: Sequence[ClsSlice], size: int = 224, channels: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, crop: str = "none",
-                 context: int = 0, masks: Sequence[Path] | None = None) -> None:
+                 context: int = 0, masks: Sequence[Path] | None = None, mirror: bool = False) -> None:
         self.slices = list(slices)
+        self.mirror = mirror
         self.masks = None if masks is None else list(masks)
         self.size, self.channels, self.transform, self.crop = size, channels, transform, crop
         self.paths = context_paths(self.slices, context)
@@ -147,6 +162,9 @@ class ClassificationDataset(Dataset):
             # inside the body, so the mask channel never changes the body square)
             img = torch.cat([img, mask])
         img = prepare_image(img, self.size, self.crop)
+        if self.mirror:  # of the image channels only, not of a mask riding along
+            n = len(img) - (self.masks is not None)
+            img = torch.cat([add_mirror(img[:n]), img[n:]])
         if self.transform:
             img = self.transform(img)
         img, mask = (img[:-1], img[-1:]) if self.masks is not None else (img, None)

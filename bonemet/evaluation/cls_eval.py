@@ -36,6 +36,8 @@ def cls_label(cfg: ClsConfig) -> str:
         name = f"{DISPLAY.get(cfg.fusion_vit, cfg.fusion_vit)} + {DISPLAY.get(cfg.fusion_cnn, cfg.fusion_cnn)}"
     if cfg.context:
         name += f" 2.5D ({2 * cfg.context + 1} slices)"
+    if cfg.mirror:
+        name += " + mirror"
     return name + (" (frozen backbone)" if cfg.freeze_backbone else "")
 
 
@@ -88,14 +90,14 @@ def evaluate_cls_run(run: str | Path, data: str | Path | None = None, patient_ru
     if split["test"]:
         scope = f"held-out test patients ({len(split['test_patients'])}); no model of the run trained on them"
         slices = [by_name[n] for n in split["test"]]
-        member_p = predict_cls(models, ClassificationDataset(slices, size, 3, crop=cfg.crop, context=cfg.context))
+        member_p = predict_cls(models, ClassificationDataset(slices, size, 3, **cfg.input_options()))
     else:
         scope = "out of fold: each slice scored by the model that did not train on its patient"
         slices, parts = [], []
         for k, fold in enumerate(split["folds"]):
             fs = [by_name[n] for n in fold["val"]]
             slices += fs
-            ds = ClassificationDataset(fs, size, 3, crop=cfg.crop, context=cfg.context)
+            ds = ClassificationDataset(fs, size, 3, **cfg.input_options())
             parts.append(predict_cls([models[k]], ds)[0])
         member_p = np.concatenate(parts)[None]
     if not slices:

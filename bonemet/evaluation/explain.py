@@ -78,12 +78,15 @@ def explain(model: SliceClassifier | FusionClassifier, x: torch.Tensor) -> tuple
     return prob, [("Grad-CAM", grad_cam(model, x))]
 
 
-def explanation_figure(images: list[tuple[str, torch.Tensor, int | None]], model, path: Path, title: str) -> Path:
-    """One row per slice: the slice, then each map over it; truth and probability in the row title."""
+def explanation_figure(images: list[tuple[str, torch.Tensor, int | None]], model, path: Path, title: str,
+                       stacked: int = 1) -> Path:
+    """One row per slice: the slice, then each map over it; truth and probability in the row title.
+
+    ``stacked``: slices per input (``2 * context + 1``); the centre one is shown (mirror channels follow them)."""
     rows = []
     for name, x, label in images:
         prob, maps = explain(model, x)
-        centre = x[0].unflatten(0, (-1, 3))[x.shape[1] // 6]  # the slice itself among stacked neighbours
+        centre = x[0, :3 * stacked].unflatten(0, (stacked, 3))[stacked // 2]
         rows.append((name, centre.mean(0).numpy(), label, prob, maps))
     ncol = 1 + max(len(r[4]) for r in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.8 * ncol, 2.9 * len(rows)), squeeze=False)
@@ -145,7 +148,8 @@ def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path
         if paths is None:
             raise BonemetError(f"not a slice of the run's data root {cfg.data}: a --context run takes its "
                                "neighbouring slices from there", path)
-        x = prepare_image(stack_slices([read_image(p) for p in paths], 3, path), model.input_size, cfg.crop)[None]
+        x = prepare_image(stack_slices([read_image(p) for p in paths], 3, path), model.input_size, cfg.crop,
+                          cfg.mirror)[None]
         images.append((path.name, x, label))
     path = Path(out) if out else run / "eval" / "explain.png"
-    return explanation_figure(images, model, path, f"{cls_label(cfg)}: why it decided")
+    return explanation_figure(images, model, path, f"{cls_label(cfg)}: why it decided", 2 * cfg.context + 1)

@@ -39,15 +39,16 @@ def _window_for(run: Path, preprocessing: dict, scan: Scan, window: str | None) 
 
 
 def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_size: int, crop: str = "none",
-             context: int = 0):
-    """(slice indices, model input) batches; ``context`` neighbours on each side are stacked as channels."""
+             context: int = 0, mirror: bool = False):
+    """(slice indices, model input) batches; ``context`` neighbours on each side are stacked as channels,
+    ``mirror`` appends their left-right asymmetry."""
     n = scan.n_slices
     for start in range(0, n, batch_size):
         ks = list(range(start, min(n, start + batch_size)))
         # each slice of the batch and its margin is read and windowed once, however many stacks share it
         near = {j: scan.model_slice(j, window) for j in range(max(start - context, 0), min(ks[-1] + context + 1, n))}
         x = torch.stack([prepare_image(stack_slices([near[j] for j in neighbour_indices(k, n, context)], channels,
-                                                    scan.source), size, crop) for k in ks])
+                                                    scan.source), size, crop, mirror) for k in ks])
         yield ks, x
 
 
@@ -127,7 +128,7 @@ class ClsRunner:
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         out = np.zeros(scan.n_slices, np.float32)
-        for ks, x in _batches(scan, win, 3, self.size, batch_size, self.cfg.crop, self.cfg.context):
+        for ks, x in _batches(scan, win, 3, self.size, batch_size, **self.cfg.input_options()):
             out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).numpy()
             if progress:
                 progress(len(ks))

@@ -57,16 +57,21 @@ class _Normalise(nn.Module):
     """The backbone's own normalisation (timm data config), applied inside the model.
 
     With ``in_chans`` = 3k (k stacked slices, ``--context``) each slice gets the 3-channel mean / std.
+    With ``mirror`` the second half of the channels are left-right differences (``--mirror``): already
+    centred on 0, they are only scaled.
     """
 
-    def __init__(self, backbone: nn.Module, in_chans: int = 3) -> None:
+    def __init__(self, backbone: nn.Module, in_chans: int = 3, mirror: bool = False) -> None:
         super().__init__()
         from timm.data import resolve_data_config
 
         cfg = resolve_data_config({}, model=backbone)
         mean, std = torch.tensor(cfg["mean"]), torch.tensor(cfg["std"])
         reps = in_chans // len(mean)
-        self.register_buffer("mean", mean.repeat(reps).view(1, -1, 1, 1), persistent=False)
+        mean = mean.repeat(reps)
+        if mirror:
+            mean[in_chans // 2:] = 0.0
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.repeat(reps).view(1, -1, 1, 1), persistent=False)
         self.input_size = int(cfg["input_size"][-1])
 
@@ -78,11 +83,11 @@ class SliceClassifier(nn.Module):
     """One timm backbone with a 2-class head."""
 
     def __init__(self, name: str, num_classes: int = 2, img_size: int | None = None,
-                 global_pool: str | None = None, in_chans: int = 3) -> None:
+                 global_pool: str | None = None, in_chans: int = 3, mirror: bool = False) -> None:
         super().__init__()
         self.name, self.kind = name, family(name)
         self.backbone = _timm_model(name, num_classes, img_size, global_pool, in_chans)
-        self.norm = _Normalise(self.backbone, in_chans)
+        self.norm = _Normalise(self.backbone, in_chans, mirror)
         self.input_size = img_size or self.norm.input_size
         self.backbones = {name: self.backbone}
 
@@ -105,12 +110,12 @@ class FusionClassifier(nn.Module):
     """
 
     def __init__(self, num_classes: int = 2, img_size: int | None = None, cnn: str = FUSION_BRANCHES[0],
-                 vit: str = FUSION_BRANCHES[1], in_chans: int = 3) -> None:
+                 vit: str = FUSION_BRANCHES[1], in_chans: int = 3, mirror: bool = False) -> None:
         super().__init__()
         self.name, self.kind = FUSION, "fusion"
         self.cnn, self.vit = (_timm_model(cnn, 0, img_size, in_chans=in_chans),
                               _timm_model(vit, 0, img_size, in_chans=in_chans))
-        self.cnn_norm, self.vit_norm = _Normalise(self.cnn, in_chans), _Normalise(self.vit, in_chans)
+        self.cnn_norm, self.vit_norm = _Normalise(self.cnn, in_chans, mirror), _Normalise(self.vit, in_chans, mirror)
         self.input_size = img_size or max(self.cnn_norm.input_size, self.vit_norm.input_size)
         self.fc = nn.Linear(self.cnn.num_features + self.vit.num_features, num_classes)
         self.backbones = {cnn: self.cnn, vit: self.vit}
@@ -129,17 +134,18 @@ class FusionClassifier(nn.Module):
 
 
 def create_classifier(name: str, img_size: int | None = None, global_pool: str | None = None, in_chans: int = 3,
-                      **opts) -> nn.Module:
+                      mirror: bool = False, **opts) -> nn.Module:
     """``create_classifier("vit_tiny_patch16_224")``, ``create_classifier("fusion")``; 2 output logits.
 
     ``global_pool`` (CNNs: ``avg`` by default, or ``max``, which suits small findings in a large slice).
-    ``in_chans``: 3 per input slice (9 for one neighbour on each side, ``--context 1``).
+    ``in_chans``: 3 per input slice (9 for one neighbour on each side, ``--context 1``), twice that with
+    ``mirror`` (left-right difference channels after the image channels, ``--mirror``).
     """
     if in_chans % 3:
         raise BonemetError(f"in_chans must be a multiple of 3 (3 per slice), got {in_chans}")
     if name == FUSION:
-        return FusionClassifier(img_size=img_size, in_chans=in_chans, **opts)
-    return SliceClassifier(name, img_size=img_size, global_pool=global_pool, in_chans=in_chans)
+        return FusionClassifier(img_size=img_size, in_chans=in_chans, mirror=mirror, **opts)
+    return SliceClassifier(name, img_size=img_size, global_pool=global_pool, in_chans=in_chans, mirror=mirror)
 
 
 def backbone_modules(model: nn.Module) -> list[nn.Module]:

@@ -52,6 +52,7 @@ class ClsConfig:
     global_pool: str | None = None  # CNNs: avg (timm default) or max
     crop: str = "none"  # none | body (each slice cropped to the body's bounding square)
     context: int = 0  # neighbouring slices stacked on each side as extra channels (2.5D)
+    mirror: bool = False  # left-right asymmetry of each input as extra channels
     masks: str | None = None  # BM-Seg root with each slice's lesion mask: auxiliary lesion-map loss (CNNs)
     mask_weight: float = 1.0
     batch_size: int = 8
@@ -80,7 +81,12 @@ class ClsConfig:
 
     @property
     def in_chans(self) -> int:
-        return 3 * (2 * self.context + 1)
+        return 3 * (2 * self.context + 1) * (2 if self.mirror else 1)
+
+    def input_options(self) -> dict:
+        """How every slice becomes model input (``ClassificationDataset`` keywords), the same in training,
+        evaluation and explanation."""
+        return {"crop": self.crop, "context": self.context, "mirror": self.mirror}
 
     def model_opts(self) -> dict:
         return {"cnn": self.fusion_cnn, "vit": self.fusion_vit} if self.model == "fusion" else {}
@@ -89,7 +95,7 @@ class ClsConfig:
 def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
     """The run's classifier; a run trained with ``--masks`` also has its ``lesion_head`` (unused at inference)."""
     model = create_classifier(cfg.model, img_size=cfg.size, global_pool=cfg.global_pool, in_chans=cfg.in_chans,
-                              **cfg.model_opts())
+                              mirror=cfg.mirror, **cfg.model_opts())
     if cfg.masks:
         if family(cfg.model) != "cnn":
             raise BonemetError(f"--masks needs a CNN (a spatial feature map to supervise); {cfg.model} is a "
@@ -190,10 +196,10 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     aug = cls_augment(cfg.vflip) if cfg.augment else None
     transform = (lambda t: aug({"image": t})["image"]) if aug else None
     size = model.input_size
-    train_ds = ClassificationDataset(fit, size, 3, transform=transform, crop=cfg.crop, context=cfg.context,
+    train_ds = ClassificationDataset(fit, size, 3, transform=transform, **cfg.input_options(),
                                      masks=masks)
-    sel_ds, held_ds = (ClassificationDataset(sel, size, 3, crop=cfg.crop, context=cfg.context),
-                       ClassificationDataset(held, size, 3, crop=cfg.crop, context=cfg.context))
+    sel_ds, held_ds = (ClassificationDataset(sel, size, 3, **cfg.input_options()),
+                       ClassificationDataset(held, size, 3, **cfg.input_options()))
     flags = [s.label == 1 for s in fit]  # --neg-ratio: every metastatic slice, a share of normal ones
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -288,6 +294,8 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) 
                          if cfg.crop == "body" else "none: the whole slice resized",
                          "context": f"{cfg.context} slice(s) above and below stacked as channels (file-name order "
                                     "within each patient; edge slices repeated)" if cfg.context else "none",
+                         "mirror": "each input's left-right difference x - hflip(x) appended as channels (mean 0), "
+                                   "before augmentation" if cfg.mirror else "none",
                          "lesion masks": f"{cfg.masks}: auxiliary lesion-map loss on the last feature map, weight "
                                          f"{cfg.mask_weight} (training only)" if cfg.masks else "none",
                          "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
