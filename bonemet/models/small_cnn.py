@@ -5,7 +5,7 @@ the last map, so a few-millimetre lesion in a 40 cm field of view is nearly gone
 network keeps full resolution in its first block, downsamples only 8x, and pools the last map with a
 global max (a lesion anywhere in the slice can fire the head). From random weights on body crops it
 reaches held-out slice ROC-AUC 0.73-0.77 on the phantom in 6-7 CPU minutes with ``--bf16``, and
-0.83-0.84 on 48 held-out patients with ``--mirror`` in 8-12 minutes (docs/classification-phantom.md).
+0.80-0.84 on 48 held-out patients with ``--mirror`` in 12-14 minutes (docs/classification-phantom.md).
 
 ``small_cnn16`` (0.29 M parameters) and ``small_cnn32`` go through ``timm.create_model`` like any
 backbone (``forward_features``, ``forward_head``, ``num_features``, ``global_pool``), so the rest of
