@@ -85,7 +85,7 @@ class ClsConfig:
 
     def input_options(self) -> dict:
         """How every slice becomes model input (``ClassificationDataset`` keywords), the same in training,
-        evaluation and explanation."""
+        evaluation and prediction (``explain_run`` passes the same fields to ``prepare_image``)."""
         return {"crop": self.crop, "context": self.context, "mirror": self.mirror}
 
     def model_opts(self) -> dict:
