@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bonemet.evaluation.metrics import (Counts, bootstrap_ci, confusion, detect, dice_image, pixel_scores,
+from bonemet.evaluation.metrics import (Counts, bootstrap_ci, confusion, detect, dice_image, f1_ratio_ci, pixel_scores,
                                         segmentation_scores)
 
 
@@ -75,6 +75,17 @@ def test_lesion_detection():
     s = (d + detect(np.zeros_like(truth), np.zeros_like(truth))).summary()
     assert s["lesion sensitivity"] == 0.5 and s["FP per slice"] == 0.5
     assert s["sensitivity < 50 px"] == 0.0 and s["sensitivity 50-200 px"] == 1.0
+
+
+def test_f1_ratio_ci_is_paired_over_patients():
+    ref = {f"p{i}": Counts(tp=10, fp=5, fn=5, tn=100) for i in range(6)}
+    assert f1_ratio_ci(ref, ref, n=200) == (1.0, 1.0, 1.0)  # same answers on every draw: no spread at all
+    worse = dict(ref, p0=Counts(tp=0, fp=5, fn=15, tn=100))  # misses every lesion pixel of one patient
+    ratio, lo, hi = f1_ratio_ci(ref, worse, n=500)
+    assert ratio == pytest.approx((100 / 170) / (120 / 180))  # pooled: 2*50/(100+30+40) over 2*60/(120+30+30)
+    assert lo < ratio <= hi <= 1.0  # never better than the reference on any patient, so on no draw either
+    with pytest.raises(ValueError, match="different patients"):
+        f1_ratio_ci(ref, {"p0": ref["p0"]})
 
 
 def test_bootstrap_ci_brackets_the_estimate():

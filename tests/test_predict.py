@@ -269,6 +269,12 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert r.returncode == 0, r.stderr
     fresh = (student / "distill_fresh.md").read_text()
     assert "All 2 patients" in fresh and "student unet (width 4)" in fresh and "Student F1 / ensemble F1" in fresh
+    ratio = json.loads((student / "distill_fresh_ratio.json").read_text())
+    assert ratio["patients"] == 2 and 0 < ratio["cost ratio"] < 1
+    if ratio["student F1 / ensemble F1"] is None:  # a barely trained teacher can score F1 0: no ratio then
+        assert "n/a (ensemble F1 is 0)" in fresh
+    else:
+        assert f"Student F1 / ensemble F1 = {ratio['student F1 / ensemble F1']:.3f}" in fresh
     r = run_cli("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", phantom / "bmseg")
     assert r.returncode == 2 and "the teacher trained on" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "none", "--score-only")

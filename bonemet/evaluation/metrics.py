@@ -156,6 +156,26 @@ def bootstrap_ci(groups: Mapping[str, object], statistic: Callable[[list[object]
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
 
 
+
+def f1_ratio_ci(reference: Mapping[str, Counts], other: Mapping[str, Counts], n: int = 1000, seed: int = 0,
+                level: float = 0.95) -> tuple[float, float, float]:
+    """Pooled pixel F1 of ``other`` over that of ``reference`` on the same patients, with a paired percentile
+    CI: each resample draws patients with replacement and scores both models on the same draw.
+
+    Returns (ratio, low, high); NaN where the reference's F1 is 0. Pairing matters: the two models err on
+    the same hard patients, so the ratio varies much less than either F1 does.
+    """
+    if set(reference) != set(other):
+        raise ValueError("the two models were scored on different patients")
+
+    def ratio(pairs: list[tuple[Counts, Counts]]) -> float:
+        ref = pixel_scores(sum((a for a, _ in pairs), Counts()))["F1"]
+        return pixel_scores(sum((b for _, b in pairs), Counts()))["F1"] / ref if ref > 0 else float("nan")
+
+    pairs = {p: (reference[p], other[p]) for p in reference}
+    lo, hi = bootstrap_ci(pairs, ratio, n=n, seed=seed, level=level)
+    return ratio(list(pairs.values())), lo, hi
+
 CLS_METRICS = ("Accuracy", "F1", "Recall", "Precision", "Specificity", "ROC-AUC")
 
 

@@ -25,7 +25,7 @@ from ..data.datasets import SegmentationDataset
 from ..data.layout import raise_first_fatal
 from ..data.stats import markdown_table
 from ..errors import BonemetError
-from ..evaluation.metrics import PIXEL_METRICS
+from ..evaluation.metrics import PIXEL_METRICS, f1_ratio_ci
 from ..fileio import write_csv, write_json, write_text
 from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
@@ -229,8 +229,8 @@ def finished_student(teacher: str | Path, student: str | Path) -> Path:
 
 
 def compare_student(teacher: str | Path, student: str | Path, data: str | Path | None = None) -> str:
-    """The ensemble and its student side by side, with cost per slice; writes ``STUDENT/distill.md`` and
-    ``.csv`` and returns the Markdown.
+    """The ensemble and its student side by side, with cost per slice; writes ``STUDENT/distill.md``, ``.csv``
+    and ``distill_ratio.json`` (the F1 ratio with its paired bootstrap CI over patients) and returns the Markdown.
 
     Scored on the run's held-out test patients, or with ``data`` on every patient of another BM-Seg root
     (e.g. a phantom made with another seed): a bigger unseen set than a small run's few test patients.
@@ -269,17 +269,23 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     pupil = load_member(scfg, student, 0)
     g_t = gmacs_per_slice(teachers[0], tcfg.channels, tcfg.size) * len(teachers)
     g_s = gmacs_per_slice(pupil, scfg.channels, scfg.size)
-    rows = []
+    rows, scored = [], []
     for name, models, g in ((f"ensemble of {len(teachers)} {tcfg.model}", teachers, g_t),
                             (f"student {scfg.model} (width {scfg.width})", [pupil], g_s)):
         lp, bp = predict_probs(models, ds, tcfg.batch_size)
         s = score(lp, bp, ds)
+        scored.append(s)
         rows.append({"model": name, **{m: f"{100 * s.scores[m]:.2f}" for m in PIXEL_METRICS},
                      "lesion sensitivity": f"{100 * s.detection['lesion sensitivity']:.1f}",
                      "FP per slice": f"{s.detection['FP per slice']:.3f}", f"GMAC / {tcfg.size}px slice": f"{g:.2f}"})
-    f1_t, f1_s = float(rows[0]["F1"]), float(rows[1]["F1"])
-    ratio = f"{f1_s / f1_t:.3f}" if f1_t > 0 else "n/a (ensemble F1 is 0)"
-    text = scope + "\n\n" + markdown_table(rows) + f"\n\nStudent F1 / ensemble F1 = {ratio}; cost ratio {g_s / g_t:.2f}.\n"
+    ratio, lo, hi = f1_ratio_ci(scored[0].per_patient, scored[1].per_patient)
+    if np.isnan(ratio):
+        ratio_text = "n/a (ensemble F1 is 0)"
+    else:
+        ci = "" if np.isnan(lo) else f" (95 % CI {lo:.3f}-{hi:.3f}, paired bootstrap over {len(scored[0].per_patient)} patients)"
+        ratio_text = f"{ratio:.3f}{ci}"
+    text = (scope + "\n\n" + markdown_table(rows) +
+            f"\n\nStudent F1 / ensemble F1 = {ratio_text}; cost ratio {g_s / g_t:.2f}.\n")
     if cal := record.get("calibration"):
         text += (f"Student lesion threshold {cal['threshold']:.2f} (its head bias shifted to make it 0.5), set on "
                  f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on: "
@@ -287,4 +293,9 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
                  f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
     write_text(student / f"{stem}.md", text)
     write_csv(student / f"{stem}.csv", rows)
+    nan_free = {k: None if np.isnan(v) else float(v) for k, v in (("ratio", ratio), ("low", lo), ("high", hi))}
+    write_json(student / f"{stem}_ratio.json", {"student F1 / ensemble F1": nan_free["ratio"],
+                                               "95 % CI": [nan_free["low"], nan_free["high"]],
+                                               "patients": len(scored[0].per_patient),
+                                               "cost ratio": round(g_s / g_t, 4)})
     return text
