@@ -156,7 +156,6 @@ def bootstrap_ci(groups: Mapping[str, object], statistic: Callable[[list[object]
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
 
 
-
 def f1_ratio_ci(reference: Mapping[str, Counts], other: Mapping[str, Counts], n: int = 1000, seed: int = 0,
                 level: float = 0.95) -> tuple[float, float, float]:
     """Pooled pixel F1 of ``other`` over that of ``reference`` on the same patients, with a paired percentile
@@ -175,6 +174,7 @@ def f1_ratio_ci(reference: Mapping[str, Counts], other: Mapping[str, Counts], n:
     pairs = {p: (reference[p], other[p]) for p in reference}
     lo, hi = bootstrap_ci(pairs, ratio, n=n, seed=seed, level=level)
     return ratio(list(pairs.values())), lo, hi
+
 
 CLS_METRICS = ("Accuracy", "F1", "Recall", "Precision", "Specificity", "ROC-AUC")
 

@@ -230,7 +230,7 @@ def finished_student(teacher: str | Path, student: str | Path) -> Path:
 
 def compare_student(teacher: str | Path, student: str | Path, data: str | Path | None = None) -> str:
     """The ensemble and its student side by side, with cost per slice; writes ``STUDENT/distill.md``, ``.csv``
-    and ``distill_ratio.json`` (the F1 ratio with its paired bootstrap CI over patients) and returns the Markdown.
+    and ``distill*_ratio.json`` (the F1 ratio with its paired bootstrap CI over patients) and returns the Markdown.
 
     Scored on the run's held-out test patients, or with ``data`` on every patient of another BM-Seg root
     (e.g. a phantom made with another seed): a bigger unseen set than a small run's few test patients.
