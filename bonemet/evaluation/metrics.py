@@ -67,6 +67,11 @@ def pixel_scores(c: Counts) -> dict[str, float]:
     }
 
 
+def pooled_f1(counts: Iterable[Counts]) -> float:
+    """Pixel F1 of the summed counts (of slices or patients): the thesis' pooled F1."""
+    return pixel_scores(sum(counts, Counts()))["F1"]
+
+
 def dice_image(pred: np.ndarray, truth: np.ndarray, empty_dice: float = 1.0) -> float:
     """2TP / (2TP + FP + FN) of one image; ``empty_dice`` when both are empty."""
     c = confusion(pred, truth)
@@ -168,8 +173,8 @@ def f1_ratio_ci(reference: Mapping[str, Counts], other: Mapping[str, Counts], n:
         raise ValueError("the two models were scored on different patients")
 
     def ratio(pairs: list[tuple[Counts, Counts]]) -> float:
-        ref = pixel_scores(sum((a for a, _ in pairs), Counts()))["F1"]
-        return pixel_scores(sum((b for _, b in pairs), Counts()))["F1"] / ref if ref > 0 else float("nan")
+        ref = pooled_f1([a for a, _ in pairs])
+        return pooled_f1([b for _, b in pairs]) / ref if ref > 0 else float("nan")
 
     pairs = {p: (reference[p], other[p]) for p in reference}
     lo, hi = bootstrap_ci(pairs, ratio, n=n, seed=seed, level=level)

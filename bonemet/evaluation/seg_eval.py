@@ -28,7 +28,7 @@ from ..training.checkpoint import load_checkpoint
 from ..training.seg import SegConfig, build_model, predict_probs
 from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
-                      pixel_scores)
+                      pixel_scores, pooled_f1)
 
 DISPLAY = {"unet": "Unet", "attunet": "AttUnet", "unet++": "Unet++", "attunet++": "AttUnet++",
            "hybrid-attunet++": "Hybrid-AttUnet++", "sequential": "Sequential"}
@@ -107,7 +107,7 @@ def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationData
 
 
 def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
-    f1 = bootstrap_ci(s.per_patient, lambda cs: pixel_scores(sum(cs, Counts()))["F1"], seed=seed)
+    f1 = bootstrap_ci(s.per_patient, pooled_f1, seed=seed)
     dice = bootstrap_ci(s.per_patient_dice, lambda ls: float(np.mean(sum(ls, []))), seed=seed)
     return {"F1": f1, "Dice": dice}
 

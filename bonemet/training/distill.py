@@ -293,9 +293,8 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
                  f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
     write_text(student / f"{stem}.md", text)
     write_csv(student / f"{stem}.csv", rows)
-    nan_free = {k: None if np.isnan(v) else float(v) for k, v in (("ratio", ratio), ("low", lo), ("high", hi))}
-    write_json(student / f"{stem}_ratio.json", {"student F1 / ensemble F1": nan_free["ratio"],
-                                               "95 % CI": [nan_free["low"], nan_free["high"]],
+    ratio, lo, hi = (None if np.isnan(v) else float(v) for v in (ratio, lo, hi))  # JSON has no NaN
+    write_json(student / f"{stem}_ratio.json", {"student F1 / ensemble F1": ratio, "95 % CI": [lo, hi],
                                                "patients": len(scored[0].per_patient),
                                                "cost ratio": round(g_s / g_t, 4)})
     return text
