@@ -20,8 +20,10 @@ def test_seg_models_table_lists_the_family():
 def test_seg_train_and_evaluate_cli(phantom, tmp_path):
     run = tmp_path / "run"
     res = run_cli("seg", "train", "--data", phantom / "bmseg", "--out", run, "--model", "attunet", "--folds", "2",
-                  "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2", "--neg-ratio", "0.5")
+                  "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2", "--neg-ratio", "0.5",
+                  "--bf16")
     assert res.returncode == 0, res.stderr
+    assert json.loads((run / "config.json").read_text())["bf16"] is True
     res = run_cli("seg", "evaluate", run)
     assert res.returncode == 0, res.stderr
     assert "AttUnet ensemble (2 members)" in res.stdout

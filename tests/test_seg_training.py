@@ -54,6 +54,30 @@ def test_tiny_hybrid_overfits_phantom_slices(lesion_crops, tmp_path):
     assert np.mean(dices) > 0.8, dices
 
 
+def test_bf16_seg_step_follows_the_fp32_gradient(lesion_crops) -> None:
+    """seg train --bf16: both heads' loss and gradient stay close to fp32's, with fp32 master weights."""
+    from bonemet.training.loop import training_precision, train_input
+
+    ds = SegmentationDataset(load_bmseg(lesion_crops, require_patients=True).slices, 64, 3)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("image", "lesion", "bone")}
+    cfg = SegConfig(data=str(lesion_crops), width=4, pos_weight=10.0)
+    losses, grads = {}, {}
+    for bf16 in (False, True):
+        torch.manual_seed(1)
+        model = seg_mod.build_model(cfg)
+        with training_precision(model, bf16):
+            lo, bo = seg_mod.forward(model, train_input(batch["image"], bf16))
+            loss = seg_mod.seg_loss(lo, bo, batch, cfg)
+        assert lo.dtype == (torch.bfloat16 if bf16 else torch.float32) and loss.dtype == torch.float32
+        loss.backward()
+        losses[bf16] = float(loss.detach())
+        grads[bf16] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert abs(losses[True] - losses[False]) < 0.02 * losses[False], losses
+    cosine = torch.nn.functional.cosine_similarity(grads[False], grads[True], dim=0)
+    assert cosine > 0.9, float(cosine)
+
+
 def test_two_fold_run_gives_tables_figures_and_no_leakage(phantom, tmp_path):
     from bonemet.evaluation.seg_eval import compare_runs, evaluate_run
 

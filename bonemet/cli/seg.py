@@ -34,6 +34,10 @@ def models(
                "(K x the cost of one member).")
 
 
+BF16_HELP = ("Train with bfloat16 autocast and channels_last (about 1.5-1.8x faster at width 8 on CPUs with "
+             "native bf16); evaluation stays fp32.")
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="BM-Seg root (flat with patients.csv, or grouped by patient).")],
@@ -67,6 +71,7 @@ def train(
     eval_every: Annotated[int, typer.Option(min=1, help="Score the fold's held-out patients every N epochs "
                                                         "(for the curves only; never used for selection).")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
+    bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
 ) -> None:
     """Train the fold models of a run (patient-level folds, held-out test patients)."""
@@ -77,7 +82,7 @@ def train(
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
                     select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
-                    mask_resize="paper" if protocol == "paper" else "nearest")
+                    bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest")
     try:
         from ..models import create_model
 
@@ -137,6 +142,7 @@ def distill(
     calibration: Annotated[float, typer.Option(min=0.0, max=0.9, help="With --extra-data: this share of its patients "
                                                "is not trained on but sets the student's lesion threshold (the one "
                                                "whose masks best agree with the teacher's); 0 = keep 0.5.")] = 0.2,
+    bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -151,7 +157,8 @@ def distill(
     if score_only:
         path = finished_student(run, out)
     else:
-        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data, calibration)
+        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data, calibration,
+                           bf16)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

@@ -32,7 +32,7 @@ from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_mod
 from .augment import SegAugment, seed_augment
 from .checkpoint import load_checkpoint
 from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch,
-                   training_precision)
+                   train_input, training_precision)
 from .losses import focal_loss
 from .schedule import PiecewiseLR
 from .seg import data_preprocessing
@@ -213,7 +213,7 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
 
         def step(batch: tuple) -> tuple[torch.Tensor, int]:
             x, y = batch[:2]
-            x = x.contiguous(memory_format=torch.channels_last) if cfg.bf16 else x
+            x = train_input(x, cfg.bf16)
             with precision:
                 if masks:
                     features = model.feature_map(x)

@@ -31,7 +31,8 @@ from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
 from .augment import SegAugment, seed_augment
 from .checkpoint import save_checkpoint
-from .loop import console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch, train_input,
+                   training_precision)
 from .schedule import PiecewiseLR
 from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
 
@@ -58,13 +59,14 @@ class _SoftTargets(Dataset):
 
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
-            seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2) -> Path:
+            seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
     unseen) that only the teacher labels; for ``neg_ratio`` sampling, their lesion slices are the
     slices where the teacher finds a lesion pixel. With ``calibration`` > 0, that share of the extra
     patients is kept out of training and sets the student's lesion threshold (``calibrate_student``).
+    ``bf16``: train the student with bfloat16 autocast (``training_precision``).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
@@ -94,7 +96,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         calib = [s for s in unlabelled if s.patient in calib_p]
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
                   pos_weight=1.0, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
-                  dual_decoder=None, block="mb")
+                  dual_decoder=None, block="mb", bf16=bf16)
     base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     t0 = time.perf_counter()
     console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
@@ -105,6 +107,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     torch.manual_seed(seed)
     model = build_model(cfg)
     opt = make_optimizer(cfg.optimizer, model.parameters())
+    precision = training_precision(model, bf16)
     schedule = PiecewiseLR("seg", epochs, lr_scale)
     fold_dir = out / "fold0"
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +125,9 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         model.train()
 
         def step(batch: dict) -> tuple[torch.Tensor, int]:
-            lo, bo = forward(model, batch["image"])
-            return seg_loss(lo, bo if t_bone is not None else None, batch, cfg), len(batch["image"])
+            with precision:
+                lo, bo = forward(model, train_input(batch["image"], bf16))
+                return seg_loss(lo, bo if t_bone is not None else None, batch, cfg), len(batch["image"])
 
         train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{epochs}", step)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}

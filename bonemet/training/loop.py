@@ -47,6 +47,11 @@ def training_precision(model: torch.nn.Module, bf16: bool) -> contextlib.Abstrac
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+def train_input(image: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The training batch in the memory format of a ``training_precision`` model."""
+    return image.contiguous(memory_format=torch.channels_last) if bf16 else image
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr

@@ -32,7 +32,8 @@ from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import write_json
 from ..models import create_model, model_options, split_outputs
 from .augment import SegAugment, seed_augment
-from .loop import console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch,
+                   train_input, training_precision)
 from .schedule import PiecewiseLR
 
 
@@ -66,6 +67,7 @@ class SegConfig:
     neg_ratio: float | None = None
     eval_every: int = 1
     seed: int = 0
+    bf16: bool = False  # bfloat16 autocast + channels_last for training (evaluation stays fp32)
     preprocessing: dict = field(default_factory=dict)
 
     def model_opts(self) -> dict:
@@ -197,6 +199,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     if resume and (fold_dir / "last.pt").exists():
         start, best, rows = resume_state(fold_dir, model, opt)
         console.print(f"fold {k}: resuming after epoch {start - 1}")
+    precision = training_precision(model, cfg.bf16)
     aug = SegAugment() if cfg.augment else None
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
     sel_ds = SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
@@ -214,8 +217,9 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         model.train()
 
         def step(batch: dict) -> tuple[torch.Tensor, int]:
-            lo, bo = forward(model, batch["image"], batch["bone"])
-            return seg_loss(lo, bo, batch, cfg), len(batch["image"])
+            with precision:  # autocast runs the BCE in fp32
+                lo, bo = forward(model, train_input(batch["image"], cfg.bf16), batch["bone"])
+                return seg_loss(lo, bo, batch, cfg), len(batch["image"])
 
         train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}", step)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
