@@ -287,7 +287,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert all(s.lesion is None and s.bone is None for s in scan_unlabelled(extra))  # its masks are never read
     student2 = tmp_path / "student2"
     r = run_cli("seg", "distill", seg_run, "--out", student2, "--student", "unet", "--width", "4", "--epochs", "1",
-                "--extra-data", extra, "--bf16")
+                "--extra-data", extra, "--bf16", "--calibrate", "rate")
     assert r.returncode == 0, r.stderr
     assert json.loads((student2 / "config.json").read_text())["bf16"] is True  # trained in bf16, scored in fp32
     record = json.loads((student2 / "distilled_from.json").read_text())
@@ -295,6 +295,14 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert record["extra_slices"] == 16 and record["labelled_slices"] > 0 and "(16 unlabelled)" in r.stderr
     assert len(record["calibration"]["patients"]) == 1 and record["calibration"]["slices"] == 16
     assert 0.05 <= record["calibration"]["threshold"] <= 0.95 and "lesion threshold" in r.stderr
+    cal = record["calibration"]
+    assert cal["method"] == "rate" and cal["threshold"] == cal["rate threshold"]
+    other = json.loads((student2 / "distill_ratio.json").read_text())["other calibration"]
+    if cal["agreement threshold"] == cal["threshold"]:
+        assert other is None
+    else:  # the student is also scored as if the agreement method had set its threshold
+        assert other["method"] == "agreement" and other["threshold"] == cal["agreement threshold"]
+        assert f"At the agreement threshold {other['threshold']:.2f} instead" in (student2 / "distill.md").read_text()
     trained = set(json.loads((student2 / "splits.json").read_text())["folds"][0]["train_patients"])
     assert "Student lesion threshold" in (student2 / "distill.md").read_text()
     r = run_cli("seg", "distill", seg_run, "--out", student2, "--score-only", "--score-data", extra)
@@ -306,3 +314,5 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
         r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", bad, "--score-data", extra)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "s3" / "config.json").exists()
+    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", extra, "--calibrate", "median")
+    assert r.returncode == 2 and "unknown calibration method 'median'" in r.stderr and "Traceback" not in r.stderr

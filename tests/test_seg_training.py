@@ -163,14 +163,38 @@ def test_neg_ratio_epoch_keeps_every_positive_and_mixes_them_through_the_epoch()
     assert torch.equal(labels, again)  # seeded: a resumed run draws the same epoch
 
 
-def test_agreement_threshold_finds_a_known_shift() -> None:
-    from bonemet.training.distill import agreement_threshold
+def test_calibration_thresholds_find_a_known_shift() -> None:
+    from bonemet.training.distill import choose_threshold
 
     rng = np.random.default_rng(0)
     teacher = rng.random((20, 32, 32)).astype(np.float32)
     student = np.clip(teacher + 0.2, 0, 1)  # the same ranking, 0.2 more confident
-    threshold, f1, f1_half = agreement_threshold(student, teacher)
-    assert threshold == pytest.approx(0.7) and f1 == pytest.approx(1.0) and f1_half < 0.9
+    c = choose_threshold(student, teacher)
+    assert c["threshold"] == pytest.approx(0.7) and c["agreement F1"] == pytest.approx(1.0)
+    assert c["agreement F1 at 0.5"] < 0.9 and c["rate threshold"] == pytest.approx(0.7)
+    # a noisy student: agreement and rate can differ, and rate matches the teacher's positive-pixel count
+    noisy = np.clip(student + rng.normal(0, 0.15, student.shape), 0, 1).astype(np.float32)
+    r = choose_threshold(noisy, teacher, "rate")
+    assert r["method"] == "rate" and r["threshold"] == r["rate threshold"]
+    assert abs(r["student positive pixels"] - r["teacher positive pixels"]) < 0.02 * r["teacher positive pixels"]
+    a = choose_threshold(noisy, teacher, "agreement")
+    assert a["threshold"] == a["agreement threshold"] and a["agreement F1"] >= r["agreement F1"]
+
+
+def test_a_calibrated_student_is_scored_at_the_other_methods_threshold_without_a_second_pass() -> None:
+    from bonemet.training.distill import other_calibration, shift_threshold
+
+    z = np.random.default_rng(1).normal(0, 3, (4, 16, 16))
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    logit = lambda t: np.log(t / (1 - t))  # noqa: E731
+    applied = sig(z - logit(0.6)).astype(np.float32)  # what the student outputs after calibration at 0.6
+    moved = shift_threshold(applied, 0.6, 0.35)
+    np.testing.assert_allclose(moved, sig(z - logit(0.35)), atol=1e-6)
+    assert ((moved > 0.5) == (sig(z) > 0.35)).mean() > 0.999 and (moved > 0.5).sum() > (applied > 0.5).sum()
+    assert other_calibration({"method": "rate", "threshold": 0.6, "rate threshold": 0.6,
+                              "agreement threshold": 0.35}) == ("agreement", 0.35)
+    assert other_calibration({"threshold": 0.5, "rate threshold": 0.5, "agreement threshold": 0.5}) is None
+    assert other_calibration({"threshold": 0.54}) is None  # a record from before both thresholds were kept
 
 
 def test_calibrated_student_agrees_with_its_teacher_at_half(lesion_crops) -> None:

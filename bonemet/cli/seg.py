@@ -142,6 +142,9 @@ def distill(
     calibration: Annotated[float, typer.Option(min=0.0, max=0.9, help="With --extra-data: this share of its patients "
                                                "is not trained on but sets the student's lesion threshold (the one "
                                                "whose masks best agree with the teacher's); 0 = keep 0.5.")] = 0.2,
+    calibrate: Annotated[str, typer.Option(help="How --calibration sets the threshold: agreement (best pixel F1 "
+                                                "with the teacher's masks) or rate (as many lesion pixels as the "
+                                                "teacher).")] = "agreement",
     bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
@@ -158,7 +161,7 @@ def distill(
         path = finished_student(run, out)
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data, calibration,
-                           bf16)
+                           bf16, calibrate)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

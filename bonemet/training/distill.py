@@ -59,18 +59,21 @@ class _SoftTargets(Dataset):
 
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
-            seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False) -> Path:
+            seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
+            calibrate: str = "agreement") -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
     unseen) that only the teacher labels; for ``neg_ratio`` sampling, their lesion slices are the
     slices where the teacher finds a lesion pixel. With ``calibration`` > 0, that share of the extra
-    patients is kept out of training and sets the student's lesion threshold (``calibrate_student``).
-    ``bf16``: train the student with bfloat16 autocast (``training_precision``).
+    patients is kept out of training and sets the student's lesion threshold (``calibrate_student`` with
+    ``calibrate``, see ``choose_threshold``). ``bf16``: train the student with bfloat16 autocast (``training_precision``).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
     teacher, out = Path(teacher), Path(out)
+    if calibrate not in CALIBRATIONS:  # before minutes of teacher labelling
+        raise BonemetError(f"unknown calibration method '{calibrate}' ({' or '.join(CALIBRATIONS)})")
     if (out / "config.json").exists():
         raise BonemetError("student folder already holds a run", out)
     tcfg, split = load_run(teacher)
@@ -136,12 +139,13 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     calibrated = None
     if calib:
         calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-        calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH)
+        calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate)
         save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
                         calibration=calibrated)
-        console.print(f"lesion threshold {calibrated['threshold']:.2f} on {len(calib)} calibration slices: "
-                      f"agreement with the teacher F1 {calibrated['agreement F1 at 0.5']:.3f} -> "
-                      f"{calibrated['agreement F1']:.3f}")
+        console.print(f"lesion threshold {calibrated['threshold']:.2f} ({calibrate}) on {len(calib)} calibration "
+                      f"slices: agreement with the teacher F1 {calibrated['agreement F1 at 0.5']:.3f} -> "
+                      f"{calibrated['agreement F1']:.3f} (agreement threshold {calibrated['agreement threshold']:.2f}, "
+                      f"rate threshold {calibrated['rate threshold']:.2f})")
     write_json(fold_dir / "done.json", {"fold": 0, "epochs": epochs, "checkpoint": "last.pt",
                                         "selection": "last epoch (distilled)"})
     student_split = {**split, "k": 1, "folds": [{"train_patients": sorted({s.patient for s in fit}),
@@ -177,28 +181,39 @@ def calibration_patients(slices: list[SegSlice], share: float, seed: int) -> set
     return {patients[i] for i in order[:n]}
 
 
-def agreement_threshold(student: np.ndarray, teacher: np.ndarray) -> tuple[float, float, float]:
-    """The threshold on ``student`` probabilities whose mask best agrees (pixel F1) with ``teacher >= 0.5``:
-    (threshold, agreement F1 there, agreement F1 at 0.5). Thresholds 0.05-0.95 in steps of 0.01."""
-    edges = np.round(np.arange(0.05, 0.951, 0.01), 2)
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)  # the student lesion thresholds calibration may choose
+CALIBRATIONS = ("agreement", "rate")
+
+
+def choose_threshold(student: np.ndarray, teacher: np.ndarray, method: str = "agreement") -> dict:
+    """The student lesion threshold (one of ``THRESHOLDS``) that makes its masks most like ``teacher >= 0.5``.
+
+    ``agreement``: the best pixel F1 between the two masks. ``rate``: as many positive pixels as the teacher
+    (a count, steadier than the maximum of a flat F1 curve on a few patients). Both are reported.
+    """
     on = teacher >= 0.5
 
     def at_or_above(p: np.ndarray) -> np.ndarray:
         """How many of ``p`` are >= each threshold."""
-        return (p.size - np.searchsorted(np.sort(p, axis=None), edges, side="left")).astype(np.float64)
+        return (p.size - np.searchsorted(np.sort(p, axis=None), THRESHOLDS, side="left")).astype(np.float64)
 
     # student pixels at or above each threshold, split by the teacher's decision
     above_on, above_off = at_or_above(student[on]), at_or_above(student[~on])
     f1 = 2 * above_on / np.maximum(above_on + above_off + on.sum(), 1)
-    k = int(np.argmax(f1))
-    at_half = float(f1[int(np.flatnonzero(edges == 0.5)[0])])
-    return float(edges[k]), float(f1[k]), at_half
+    k_agree = int(np.argmax(f1))
+    k_rate = int(np.argmin(np.abs(above_on + above_off - on.sum())))
+    k = k_agree if method == "agreement" else k_rate
+    half = int(np.flatnonzero(THRESHOLDS == 0.5)[0])
+    return {"method": method, "threshold": float(THRESHOLDS[k]), "agreement F1": round(float(f1[k]), 4),
+            "agreement F1 at 0.5": round(float(f1[half]), 4), "agreement threshold": float(THRESHOLDS[k_agree]),
+            "rate threshold": float(THRESHOLDS[k_rate]), "teacher positive pixels": int(on.sum()),
+            "student positive pixels": int(above_on[k] + above_off[k])}
 
 
 def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], ds: SegmentationDataset,
-                      batch_size: int) -> dict:
-    """Shift the student's lesion-head bias so that 0.5 on its output is the threshold whose masks best
-    agree with the teacher's (at 0.5) on ``ds``: slices neither model trained on, labelled by nobody.
+                      batch_size: int, method: str = "agreement") -> dict:
+    """Shift the student's lesion-head bias so that 0.5 on its output is the threshold (``choose_threshold``)
+    whose masks are most like the teacher's (at 0.5) on ``ds``: slices neither model trained on, labelled by nobody.
 
     A distilled student is typically more confident than the ensemble on slices it has not seen (more
     false-positive pixels); this moves its decision, not its ranking. The shift is exact:
@@ -206,12 +221,38 @@ def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], d
     """
     t_lesion, _ = predict_probs(teachers, ds, batch_size)
     s_lesion, _ = predict_probs([model], ds, batch_size)
-    threshold, f1, f1_half = agreement_threshold(s_lesion, t_lesion)
+    chosen = choose_threshold(s_lesion, t_lesion, method)
+    threshold = chosen["threshold"]
     head = model.heads[0] if hasattr(model, "heads") else model.head
     with torch.no_grad():
         head.bias -= math.log(threshold / (1 - threshold))
-    return {"threshold": threshold, "agreement F1": round(f1, 4), "agreement F1 at 0.5": round(f1_half, 4),
-            "slices": len(ds), "patients": sorted({str(s.patient) for s in ds.slices})}
+    return {**chosen, "slices": len(ds), "patients": sorted({str(s.patient) for s in ds.slices})}
+
+
+def other_calibration(cal: dict) -> tuple[str, float] | None:
+    """(method, threshold) of the calibration method a student's record did not apply, where it chose another
+    threshold; None otherwise (no calibration, or a record from before both were kept)."""
+    if "rate threshold" not in cal:
+        return None
+    method = "rate" if cal.get("method", "agreement") == "agreement" else "agreement"
+    t = cal[f"{method} threshold"]
+    return None if t == cal["threshold"] else (method, t)
+
+
+def shift_threshold(probs: np.ndarray, applied: float, other: float) -> np.ndarray:
+    """Probabilities of a student calibrated at ``applied`` as if calibrated at ``other``: the same exact
+    shift of the logits as ``calibrate_student`` (so ``probs`` > 0.5 there means sigmoid(z) > ``other``)."""
+    p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+    z = np.log(p / (1 - p)) + math.log(applied / (1 - applied)) - math.log(other / (1 - other))
+    return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
+def _ratio_text(r: tuple[float, float, float], patients: int) -> str:
+    ratio, lo, hi = r
+    if np.isnan(ratio):
+        return "n/a (ensemble F1 is 0)"
+    ci = "" if np.isnan(lo) else f" (95 % CI {lo:.3f}-{hi:.3f}, paired bootstrap over {patients} patients)"
+    return f"{ratio:.3f}{ci}"
 
 
 def distill_record(student: str | Path) -> dict:
@@ -273,32 +314,45 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     pupil = load_member(scfg, student, 0)
     g_t = gmacs_per_slice(teachers[0], tcfg.channels, tcfg.size) * len(teachers)
     g_s = gmacs_per_slice(pupil, scfg.channels, scfg.size)
+    cal = record.get("calibration") or {}
+    models = [(f"ensemble of {len(teachers)} {tcfg.model}", teachers, g_t),
+              (f"student {scfg.model} (width {scfg.width})", [pupil], g_s)]
+    probs = [predict_probs(m, ds, tcfg.batch_size) for _, m, _ in models]
+    other = other_calibration(cal)
+    if other:  # the same student at the threshold the other calibration method chose: no second forward pass
+        method, t = other
+        models.append((f"the student at the {method} threshold {t:.2f} (not applied)", [pupil], g_s))
+        probs.append((shift_threshold(probs[1][0], cal["threshold"], t), probs[1][1]))
     rows, scored = [], []
-    for name, models, g in ((f"ensemble of {len(teachers)} {tcfg.model}", teachers, g_t),
-                            (f"student {scfg.model} (width {scfg.width})", [pupil], g_s)):
-        lp, bp = predict_probs(models, ds, tcfg.batch_size)
+    for (name, _, g), (lp, bp) in zip(models, probs):
         s = score(lp, bp, ds)
         scored.append(s)
         rows.append({"model": name, **{m: f"{100 * s.scores[m]:.2f}" for m in PIXEL_METRICS},
                      "lesion sensitivity": f"{100 * s.detection['lesion sensitivity']:.1f}",
                      "FP per slice": f"{s.detection['FP per slice']:.3f}", f"GMAC / {tcfg.size}px slice": f"{g:.2f}"})
-    ratio, lo, hi = f1_ratio_ci(scored[0].per_patient, scored[1].per_patient)
-    if np.isnan(ratio):
-        ratio_text = "n/a (ensemble F1 is 0)"
-    else:
-        ci = "" if np.isnan(lo) else f" (95 % CI {lo:.3f}-{hi:.3f}, paired bootstrap over {len(scored[0].per_patient)} patients)"
-        ratio_text = f"{ratio:.3f}{ci}"
+    ratios = [f1_ratio_ci(scored[0].per_patient, s.per_patient) for s in scored[1:]]
     text = (scope + "\n\n" + markdown_table(rows) +
-            f"\n\nStudent F1 / ensemble F1 = {ratio_text}; cost ratio {g_s / g_t:.2f}.\n")
-    if cal := record.get("calibration"):
+            f"\n\nStudent F1 / ensemble F1 = {_ratio_text(ratios[0], len(scored[0].per_patient))}; "
+            f"cost ratio {g_s / g_t:.2f}.\n")
+    if cal:
+        how = ("as many positive pixels as the teacher's masks" if cal.get("method") == "rate"
+               else "the best agreement with the teacher's masks")
         text += (f"Student lesion threshold {cal['threshold']:.2f} (its head bias shifted to make it 0.5), set on "
-                 f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on: "
-                 f"agreement with the teacher's masks, pixel F1 {cal['agreement F1 at 0.5']:.3f} at 0.5 -> "
+                 f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on to "
+                 f"{how}: pixel F1 against them {cal['agreement F1 at 0.5']:.3f} at 0.5 -> "
                  f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
+    if other:
+        text += (f"At the {other[0]} threshold {other[1]:.2f} instead, student F1 / ensemble F1 = "
+                 f"{_ratio_text(ratios[1], len(scored[0].per_patient))}.\n")
     write_text(student / f"{stem}.md", text)
     write_csv(student / f"{stem}.csv", rows)
-    ratio, lo, hi = (None if np.isnan(v) else float(v) for v in (ratio, lo, hi))  # JSON has no NaN
-    write_json(student / f"{stem}_ratio.json", {"student F1 / ensemble F1": ratio, "95 % CI": [lo, hi],
-                                               "patients": len(scored[0].per_patient),
-                                               "cost ratio": round(g_s / g_t, 4)})
+
+    def plain(r: tuple[float, float, float]) -> dict:
+        ratio, lo, hi = (None if np.isnan(v) else float(v) for v in r)  # JSON has no NaN
+        return {"student F1 / ensemble F1": ratio, "95 % CI": [lo, hi]}
+
+    write_json(student / f"{stem}_ratio.json", {**plain(ratios[0]), "patients": len(scored[0].per_patient),
+                                               "cost ratio": round(g_s / g_t, 4),
+                                               "other calibration": None if not other else
+                                               {"method": other[0], "threshold": other[1], **plain(ratios[1])}})
     return text
