@@ -54,6 +54,7 @@ def test_bench_seg_quick(tmp_path):
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_seg.md").read_text()
     assert "| unet |" in text and "| hybrid-attunet++ |" in text and "train img/s" in text
+    assert "train img/s --bf16" in text and "bf16 speed-up" in text
 
 
 def test_bench_infer_quick(tmp_path):
@@ -63,4 +64,4 @@ def test_bench_infer_quick(tmp_path):
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_infer.md").read_text()
     assert "| eager fp32, batch 1 (baseline) |" in text and "| 1.0x |" in text and "first pass s" in text
-    assert "images/s" in text and "s per 100 slices with the default path" in text
+    assert "images/s" in text and "with --bf16" in text and "s per 100 slices with the default path" in text

@@ -139,8 +139,8 @@ def _train_child(model_name: str, size: int, width: int, batch: int, reps: int, 
 
 def train_speed(model_name: str = "hybrid-attunet++", size: int = 224, width: int = 32, batch: int = 8,
                 reps: int = 2) -> dict:
-    """Training images/s (Adam step, eager fp32) and the peak memory of training, measured in a fresh
-    process so that the peak is training's own and not the inference paths'."""
+    """Training images/s (Adam step, eager fp32 and --bf16) and the peak memory of training, measured in a
+    fresh process so that the peak is training's own and not the inference paths'."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(1) as pool:

@@ -36,7 +36,8 @@ def seg(
     t0 = time.perf_counter()
     rows = bench_models(names, size, width, batch_size, reps=1 if quick else 3,
                         log=lambda m: typer.echo(m, err=True))
-    text = (f"Segmentation speed, {size} px, width {width}, batch {batch_size}, eager fp32 on CPU "
+    text = (f"Segmentation speed, {size} px, width {width}, batch {batch_size}, eager fp32 (training also with "
+            f"--bf16) on CPU "
             f"({machine_line()}); median of {1 if quick else 3} timed repetitions after one warm-up; "
             f"bench took {time.perf_counter() - t0:.0f} s.\n\n" + markdown_table(rows))
     typer.echo(text)
@@ -72,7 +73,8 @@ def infer(
     scan_slices = min(16, scan_slices) if quick else scan_slices
     say = lambda m: typer.echo(m, err=True)  # noqa: E731
     train = train_speed(model, size, width, 8, reps)
-    say(f"training: {train['train img/s']} img/s, peak RSS {train['peak RSS MB']} MB")
+    say(f"training: {train['train img/s']} img/s ({train['train img/s --bf16']} with --bf16), "
+        f"peak RSS {train['peak RSS MB']} MB")
     rows, facts = bench_paths(model, size, width, slices, batch_size, reps, compile, log=say)
     paths = default_paths()
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:
@@ -90,8 +92,9 @@ def infer(
             f"Compute floor: matmul peak {facts['peak fp32 GFLOP/s (matmul)']} GFLOP/s fp32"
             + (f", {facts['peak bf16 GFLOP/s (matmul)']} GFLOP/s bf16" if facts["peak bf16 GFLOP/s (matmul)"] else "")
             + f" (a slice is {2 * gmac:.0f} GFLOP). Peak resident memory of inference {facts['peak RSS MB']} MB.\n\n"
-            f"Training (eager fp32, Adam step, batch 8, in a fresh process): {train['train img/s']} images/s, "
-            f"peak resident memory {train['peak RSS MB']} MB.\n\n"
+            f"Training (Adam step, batch 8, in a fresh process): {train['train img/s']} images/s eager fp32, "
+            f"{train['train img/s --bf16']} with --bf16 ({train['bf16 speed-up']}); peak resident memory of the "
+            f"two {train['peak RSS MB']} MB.\n\n"
             f"`bonemet predict` end to end (read NIfTI, {members}-member ensemble of random-weight {model} models, "
             f"lesion list, NIfTI masks, report) on a {scan_slices}-slice phantom scan at {size} px: "
             f"{t_fast:.0f} s per 100 slices with the default path ({'+'.join(paths)}, batch {batch_size}) vs "

@@ -160,8 +160,8 @@ def distill(
     if score_only:
         path = finished_student(run, out)
     else:
-        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data, calibration,
-                           bf16, calibrate)
+        path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data,
+                           calibration, bf16=bf16, calibrate=calibrate)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

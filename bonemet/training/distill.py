@@ -67,7 +67,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     unseen) that only the teacher labels; for ``neg_ratio`` sampling, their lesion slices are the
     slices where the teacher finds a lesion pixel. With ``calibration`` > 0, that share of the extra
     patients is kept out of training and sets the student's lesion threshold (``calibrate_student`` with
-    ``calibrate``, see ``choose_threshold``). ``bf16``: train the student with bfloat16 autocast (``training_precision``).
+    ``calibrate``, see ``choose_threshold``). ``bf16``: train the student with bfloat16 autocast
+    (``training_precision``).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
