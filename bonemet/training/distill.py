@@ -60,7 +60,7 @@ class _SoftTargets(Dataset):
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
             seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
-            calibrate: str = "agreement") -> Path:
+            calibrate: str = "agreement", pos_weight: float = 1.0) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
@@ -68,7 +68,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     slices where the teacher finds a lesion pixel. With ``calibration`` > 0, that share of the extra
     patients is kept out of training and sets the student's lesion threshold (``calibrate_student`` with
     ``calibrate``, see ``choose_threshold``). ``bf16``: train the student with bfloat16 autocast
-    (``training_precision``).
+    (``training_precision``). ``pos_weight`` > 1 weighs the teacher's lesion probabilities more in the soft BCE
+    (the student then leans to the lesion side of the teacher; calibration moves its threshold back).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
@@ -99,7 +100,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         fit += [s for s in unlabelled if s.patient not in calib_p]
         calib = [s for s in unlabelled if s.patient in calib_p]
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
-                  pos_weight=1.0, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
+                  pos_weight=pos_weight, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
                   dual_decoder=None, block="mb", bf16=bf16)
     base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     t0 = time.perf_counter()
