@@ -317,16 +317,16 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     g_t = gmacs_per_slice(teachers[0], tcfg.channels, tcfg.size) * len(teachers)
     g_s = gmacs_per_slice(pupil, scfg.channels, scfg.size)
     cal = record.get("calibration") or {}
-    models = [(f"ensemble of {len(teachers)} {tcfg.model}", teachers, g_t),
-              (f"student {scfg.model} (width {scfg.width})", [pupil], g_s)]
-    probs = [predict_probs(m, ds, tcfg.batch_size) for _, m, _ in models]
+    student_probs = predict_probs([pupil], ds, tcfg.batch_size)
+    entries = [(f"ensemble of {len(teachers)} {tcfg.model}", g_t, predict_probs(teachers, ds, tcfg.batch_size)),
+               (f"student {scfg.model} (width {scfg.width})", g_s, student_probs)]
     other = other_calibration(cal)
     if other:  # the same student at the threshold the other calibration method chose: no second forward pass
         method, t = other
-        models.append((f"the student at the {method} threshold {t:.2f} (not applied)", [pupil], g_s))
-        probs.append((shift_threshold(probs[1][0], cal["threshold"], t), probs[1][1]))
+        entries.append((f"the student at the {method} threshold {t:.2f} (not applied)", g_s,
+                        (shift_threshold(student_probs[0], cal["threshold"], t), student_probs[1])))
     rows, scored = [], []
-    for (name, _, g), (lp, bp) in zip(models, probs):
+    for name, g, (lp, bp) in entries:
         s = score(lp, bp, ds)
         scored.append(s)
         rows.append({"model": name, **{m: f"{100 * s.scores[m]:.2f}" for m in PIXEL_METRICS},
