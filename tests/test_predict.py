@@ -317,3 +317,15 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
         assert not (tmp_path / "s3" / "config.json").exists()
     r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", extra, "--calibrate", "median")
     assert r.returncode == 2 and "unknown calibration method 'median'" in r.stderr and "Traceback" not in r.stderr
+
+    # a student that starts from a teacher member: its lesion decoder (attunet++ of the hybrid's width)
+    for args, why in ((("--init-member", "2"), "members 0-1, not 2"),
+                      (("--student", "unet++", "--init-member", "0"), "cannot start from a hybrid-attunet++ member")):
+        r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--epochs", "1", *args)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "s4").exists()
+    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--student", "attunet++", "--init-member", "1",
+                "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s4" / "distilled_from.json").read_text())["init_member"] == 1
+    assert "student attunet++ (width 4)" in (tmp_path / "s4" / "distill.md").read_text()

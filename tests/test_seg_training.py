@@ -224,3 +224,31 @@ def test_calibrated_student_agrees_with_its_teacher_at_half(lesion_crops) -> Non
     assert np.array_equal(calibrated >= 0.5, raw >= result["threshold"])
     assert ((calibrated >= 0.5) == (teacher_p >= 0.5)).mean() > 0.999
     assert result["agreement F1"] > 0.99 > result["agreement F1 at 0.5"]
+
+
+def test_a_student_warm_started_from_a_hybrid_member_is_its_lesion_decoder() -> None:
+    """attunet++ from a two-decoder hybrid-attunet++ of its width: the same lesion logits before any training;
+    a student whose tensors the member lacks is refused with a clear error."""
+    from bonemet.errors import BonemetError
+    from bonemet.models import create_model
+    from bonemet.training.distill import warm_start
+
+    torch.manual_seed(0)
+    member = create_model("hybrid-attunet++", width=4, in_channels=3).eval()
+    with torch.no_grad():  # BN statistics that differ from the defaults, so that they must be copied too
+        for m in member.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    student = create_model("attunet++", width=4, in_channels=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = student(x)
+        warm_start(student, member.state_dict(), "member 0")
+        lesion, bone = member(x)
+        after = student(x)
+    assert not torch.allclose(before, lesion, atol=1e-3)
+    assert torch.equal(after, lesion) and not torch.allclose(after, bone, atol=1e-3)
+    for other in (create_model("unet", width=4, in_channels=3), create_model("attunet++", width=6, in_channels=3)):
+        with pytest.raises(BonemetError, match="cannot start from member 0"):
+            warm_start(other, member.state_dict(), "member 0")

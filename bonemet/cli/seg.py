@@ -148,6 +148,9 @@ def distill(
     bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
     pos_weight: Annotated[float, typer.Option(min=1.0, help="BCE weight of the teacher's lesion probabilities "
                                                             "(1 = plain soft BCE).")] = 1.0,
+    init_member: Annotated[int | None, typer.Option(min=0, help="Start the student from this teacher member's "
+                                                    "weights (the teacher's model, or attunet++ for "
+                                                    "hybrid-attunet++, at its width) instead of at random.")] = None,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -163,7 +166,7 @@ def distill(
         path = finished_student(run, out)
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data,
-                           calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight)
+                           calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=init_member)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

@@ -37,6 +37,7 @@ from .schedule import PiecewiseLR
 from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
 
 
+SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
 LABEL_BATCH = 16  # teacher labelling is inference only: larger batches run faster on CPU
 
 
@@ -60,7 +61,7 @@ class _SoftTargets(Dataset):
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
             seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
-            calibrate: str = "agreement", pos_weight: float = 1.0) -> Path:
+            calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | None = None) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
@@ -70,6 +71,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     ``calibrate``, see ``choose_threshold``). ``bf16``: train the student with bfloat16 autocast
     (``training_precision``). ``pos_weight`` > 1 weighs the teacher's lesion probabilities more in the soft BCE
     (the student then leans to the lesion side of the teacher; calibration moves its threshold back).
+    ``init_member``: start the student from that teacher member's weights (``warm_start``) instead of at random.
     """
     from ..evaluation.seg_eval import load_member, load_run
 
@@ -79,6 +81,14 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if (out / "config.json").exists():
         raise BonemetError("student folder already holds a run", out)
     tcfg, split = load_run(teacher)
+    if init_member is not None:
+        if not 0 <= init_member < len(split["folds"]):
+            raise BonemetError(f"the teacher has members 0-{len(split['folds']) - 1}, not {init_member}", teacher)
+        # unet++ tensors fit into attunet++ shapes too, but nodes trained on gated skips are no start for it
+        starts = (tcfg.model, SINGLE_DECODER.get(tcfg.model))
+        if student not in starts:
+            raise BonemetError(f"a {student} student cannot start from a {tcfg.model} member (only "
+                               f"{' or '.join(m for m in starts if m)})", teacher)
     if split["protocol"] != "patient" or not split.get("test_patients"):
         raise BonemetError("distillation needs a patient-level run with held-out test patients (scored after)",
                            teacher)
@@ -102,6 +112,10 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
                   pos_weight=pos_weight, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
                   dual_decoder=None, block="mb", bf16=bf16)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    if init_member is not None:  # checked before minutes of teacher labelling
+        warm_start(model, load_member(tcfg, teacher, init_member).state_dict(), f"teacher member {init_member}")
     base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     t0 = time.perf_counter()
     console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
@@ -109,8 +123,6 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
     aug = SegAugment() if cfg.augment else None
     ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
-    torch.manual_seed(seed)
-    model = build_model(cfg)
     opt = make_optimizer(cfg.optimizer, model.parameters())
     precision = training_precision(model, bf16)
     schedule = PiecewiseLR("seg", epochs, lr_scale)
@@ -159,9 +171,24 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                                              "teacher_path": "+".join(paths) or "eager fp32",
                                              "extra_data": None if extra is None else str(extra),
                                              "extra_slices": len(fit) - n_labelled,
-                                             "calibration": calibrated,
+                                             "calibration": calibrated, "init_member": init_member,
                                              "seconds": round(time.perf_counter() - t0)})
     return out
+
+
+def warm_start(student: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``weights`` (a teacher member's) into ``student``: every student tensor must be there with its shape.
+
+    The member may hold more: a two-decoder hybrid-attunet++ starts an attunet++ student of its width (the
+    shared encoder and inner nodes, and the first decoder's last nodes and head: its lesion decoder).
+    """
+    own = student.state_dict()
+    lacking = [k for k, v in own.items() if k not in weights or weights[k].shape != v.shape]
+    if lacking:
+        raise BonemetError(f"the student cannot start from {source}: {len(lacking)} of its {len(own)} tensors "
+                           f"(e.g. {lacking[0]}) are not in it with the same shape (use the teacher's model, or "
+                           "attunet++ for hybrid-attunet++, at the teacher's width)")
+    student.load_state_dict({k: weights[k] for k in own})
 
 
 def scan_unlabelled(root: str | Path) -> list[SegSlice]:
