@@ -319,13 +319,17 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert r.returncode == 2 and "unknown calibration method 'median'" in r.stderr and "Traceback" not in r.stderr
 
     # a student that starts from a teacher member: its lesion decoder (attunet++ of the hybrid's width)
-    for args, why in ((("--init-member", "2"), "members 0-1, not 2"),
+    for args, why in ((("--init-member", "2"), "members 0-1, not 2"), (("--init-member", "best"), "not 'best'"),
+                      (("--init-member", "auto"), "give --extra-data and --calibration > 0"),
                       (("--student", "unet++", "--init-member", "0"), "cannot start from a hybrid-attunet++ member")):
         r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--epochs", "1", *args)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "s4").exists()
-    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--student", "attunet++", "--init-member", "1",
-                "--epochs", "1")
+    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--student", "attunet++", "--init-member", "auto",
+                "--epochs", "1", "--extra-data", extra)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "s4" / "distilled_from.json").read_text())["init_member"] == 1
+    record = json.loads((tmp_path / "s4" / "distilled_from.json").read_text())
+    closest = record["closest_member"]  # picked on the calibration patient, by agreement with the ensemble
+    assert record["init_member"] == closest["member"] == int(np.argmax(closest["agreement F1"]))
+    assert len(closest["agreement F1"]) == 2 and f"student starts from member {closest['member']}" in r.stderr
     assert "student attunet++ (width 4)" in (tmp_path / "s4" / "distill.md").read_text()

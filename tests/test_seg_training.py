@@ -252,3 +252,32 @@ def test_a_student_warm_started_from_a_hybrid_member_is_its_lesion_decoder() -> 
     for other in (create_model("unet", width=4, in_channels=3), create_model("attunet++", width=6, in_channels=3)):
         with pytest.raises(BonemetError, match="cannot start from member 0"):
             warm_start(other, member.state_dict(), "member 0")
+
+
+def test_the_closest_member_is_the_one_whose_masks_match_the_ensemble(lesion_crops) -> None:
+    """Three members: one that finds nothing, one in between, one that marks everything; the ensemble's masks
+    are the middle one's, so it is picked, and the ensemble probabilities come back for calibration."""
+    import copy
+
+    from bonemet.models import create_model
+    from bonemet.training.distill import closest_member
+
+    ds = SegmentationDataset(load_bmseg(lesion_crops).slices, 64, 3)
+    torch.manual_seed(0)
+    middle = create_model("unet", width=4, in_channels=3)
+    p, _ = predict_probs([middle], ds)
+    z = np.log(p / (1 - p)).astype(np.float64)
+    with torch.no_grad():  # spread the untrained logits to (z - median) / sd: about half the pixels above 0.5
+        middle.head.weight /= float(z.std())
+        middle.head.bias.copy_((middle.head.bias - float(np.median(z))) / float(z.std()))
+    members = []
+    for shift in (-8.0, 0.0, 8.0):
+        m = copy.deepcopy(middle)
+        with torch.no_grad():
+            m.head.bias += shift
+        members.append(m)
+    chosen, ensemble = closest_member(members, ds, 4)
+    assert chosen["member"] == 1
+    f1 = chosen["agreement F1"]
+    assert f1[1] > 0.95 and f1[0] < 0.05 and f1[2] < 0.8
+    np.testing.assert_allclose(ensemble, predict_probs(members, ds, 4)[0], atol=1e-6)

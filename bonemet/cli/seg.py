@@ -148,9 +148,10 @@ def distill(
     bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
     pos_weight: Annotated[float, typer.Option(min=1.0, help="BCE weight of the teacher's lesion probabilities "
                                                             "(1 = plain soft BCE).")] = 1.0,
-    init_member: Annotated[int | None, typer.Option(min=0, help="Start the student from this teacher member's "
-                                                    "weights (the teacher's model, or attunet++ for "
-                                                    "hybrid-attunet++, at its width) instead of at random.")] = None,
+    init_member: Annotated[str | None, typer.Option(help="Start the student from this teacher member's weights "
+                                                    "(the teacher's model, or attunet++ for hybrid-attunet++, at its "
+                                                    "width) instead of at random; auto: the member whose masks agree "
+                                                    "best with the ensemble's on the calibration patients.")] = None,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -162,11 +163,14 @@ def distill(
     if extra_data is not None and score_data is not None and extra_data.resolve() == score_data.resolve():
         raise BonemetError("the student cannot be scored on the data it trained on: give --extra-data and "
                            "--score-data different roots", extra_data)
+    if init_member is not None and init_member != "auto" and not init_member.isdigit():
+        raise BonemetError(f"--init-member takes a member number or auto, not '{init_member}'")
+    member = int(init_member) if init_member and init_member.isdigit() else init_member
     if score_only:
         path = finished_student(run, out)
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data,
-                           calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=init_member)
+                           calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=member)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

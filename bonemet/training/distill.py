@@ -25,7 +25,7 @@ from ..data.datasets import SegmentationDataset
 from ..data.layout import raise_first_fatal
 from ..data.stats import markdown_table
 from ..errors import BonemetError
-from ..evaluation.metrics import PIXEL_METRICS, f1_ratio_ci
+from ..evaluation.metrics import PIXEL_METRICS, confusion, f1_ratio_ci, pooled_f1
 from ..fileio import write_csv, write_json, write_text
 from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
@@ -61,7 +61,7 @@ class _SoftTargets(Dataset):
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
             seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
-            calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | None = None) -> Path:
+            calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | str | None = None) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
@@ -71,7 +71,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     ``calibrate``, see ``choose_threshold``). ``bf16``: train the student with bfloat16 autocast
     (``training_precision``). ``pos_weight`` > 1 weighs the teacher's lesion probabilities more in the soft BCE
     (the student then leans to the lesion side of the teacher; calibration moves its threshold back).
-    ``init_member``: start the student from that teacher member's weights (``warm_start``) instead of at random.
+    ``init_member``: start the student from that teacher member's weights (``warm_start``) instead of at random;
+    ``"auto"``: from the member closest to the ensemble on the calibration patients (``closest_member``).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
@@ -81,8 +82,11 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if (out / "config.json").exists():
         raise BonemetError("student folder already holds a run", out)
     tcfg, split = load_run(teacher)
+    if init_member == "auto" and not (extra is not None and calibration > 0):
+        raise BonemetError("--init-member auto picks the member on the calibration patients: give --extra-data "
+                           "and --calibration > 0", teacher)
     if init_member is not None:
-        if not 0 <= init_member < len(split["folds"]):
+        if init_member != "auto" and not 0 <= int(init_member) < len(split["folds"]):
             raise BonemetError(f"the teacher has members 0-{len(split['folds']) - 1}, not {init_member}", teacher)
         # unet++ tensors fit into attunet++ shapes too, but nodes trained on gated skips are no start for it
         starts = (tcfg.model, SINGLE_DECODER.get(tcfg.model))
@@ -112,6 +116,13 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
                   pos_weight=pos_weight, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
                   dual_decoder=None, block="mb", bf16=bf16)
+    calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize) if calib else None
+    closest, calib_teacher = None, None
+    if init_member == "auto":
+        closest, calib_teacher = closest_member(members, calib_ds, LABEL_BATCH)
+        init_member = closest["member"]
+        console.print(f"student starts from member {init_member}: lesion-mask agreement with the ensemble on "
+                      f"{len(calib)} calibration slices {', '.join(f'{a:.3f}' for a in closest['agreement F1'])}")
     torch.manual_seed(seed)
     model = build_model(cfg)
     if init_member is not None:  # checked before minutes of teacher labelling
@@ -151,9 +162,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
         console.print(f"student epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
     calibrated = None
-    if calib:
-        calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-        calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate)
+    if calib_ds is not None:
+        calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate, calib_teacher)
         save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
                         calibration=calibrated)
         console.print(f"lesion threshold {calibrated['threshold']:.2f} ({calibrate}) on {len(calib)} calibration "
@@ -172,6 +182,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                                              "extra_data": None if extra is None else str(extra),
                                              "extra_slices": len(fit) - n_labelled,
                                              "calibration": calibrated, "init_member": init_member,
+                                             "closest_member": closest,
                                              "seconds": round(time.perf_counter() - t0)})
     return out
 
@@ -189,6 +200,17 @@ def warm_start(student: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
                            f"(e.g. {lacking[0]}) are not in it with the same shape (use the teacher's model, or "
                            "attunet++ for hybrid-attunet++, at the teacher's width)")
     student.load_state_dict({k: weights[k] for k in own})
+
+
+def closest_member(members: list[torch.nn.Module], ds: SegmentationDataset,
+                   batch_size: int) -> tuple[dict, np.ndarray]:
+    """The member whose lesion masks agree best (pixel F1) with the ensemble's on ``ds``, unlabelled slices
+    (no test label picks it); returns ({"member", "agreement F1"}, the ensemble's lesion probabilities)."""
+    probs = [predict_probs([m], ds, batch_size)[0] for m in members]
+    ensemble = np.mean(probs, axis=0)
+    on = ensemble >= 0.5
+    f1 = [pooled_f1([confusion(p >= 0.5, on)]) for p in probs]
+    return {"member": int(np.argmax(f1)), "agreement F1": [round(v, 4) for v in f1]}, ensemble
 
 
 def scan_unlabelled(root: str | Path) -> list[SegSlice]:
@@ -240,7 +262,7 @@ def choose_threshold(student: np.ndarray, teacher: np.ndarray, method: str = "ag
 
 
 def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], ds: SegmentationDataset,
-                      batch_size: int, method: str = "agreement") -> dict:
+                      batch_size: int, method: str = "agreement", teacher_lesion: np.ndarray | None = None) -> dict:
     """Shift the student's lesion-head bias so that 0.5 on its output is the threshold (``choose_threshold``)
     whose masks are most like the teacher's (at 0.5) on ``ds``: slices neither model trained on, labelled by nobody.
 
@@ -248,7 +270,7 @@ def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], d
     false-positive pixels); this moves its decision, not its ranking. The shift is exact:
     sigmoid(z - logit(t)) >= 0.5 exactly when sigmoid(z) >= t, so predict and evaluate need nothing new.
     """
-    t_lesion, _ = predict_probs(teachers, ds, batch_size)
+    t_lesion = predict_probs(teachers, ds, batch_size)[0] if teacher_lesion is None else teacher_lesion
     s_lesion, _ = predict_probs([model], ds, batch_size)
     chosen = choose_threshold(s_lesion, t_lesion, method)
     threshold = chosen["threshold"]
