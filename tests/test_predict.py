@@ -321,6 +321,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     # a student that starts from a teacher member: its lesion decoder (attunet++ of the hybrid's width)
     for args, why in ((("--init-member", "2"), "members 0-1, not 2"), (("--init-member", "best"), "not 'best'"),
                       (("--init-member", "auto"), "give --extra-data and --calibration > 0"),
+                      (("--epochs", "0"), "give --init-member"),
                       (("--student", "unet++", "--init-member", "0"), "cannot start from a hybrid-attunet++ member")):
         r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--epochs", "1", *args)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
@@ -333,3 +334,16 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert record["init_member"] == closest["member"] == int(np.argmax(closest["agreement F1"]))
     assert len(closest["agreement F1"]) == 2 and f"student starts from member {closest['member']}" in r.stderr
     assert "student attunet++ (width 4)" in (tmp_path / "s4" / "distill.md").read_text()
+    # --epochs 0: the member's lesion decoder as it is (no calibration without extra data): the same lesion logits
+    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s5", "--student", "attunet++", "--init-member", "0",
+                "--epochs", "0")
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    from bonemet.evaluation.seg_eval import load_member, load_run
+
+    member = load_member(load_run(seg_run)[0], seg_run, 0).eval()
+    pruned = load_member(load_run(tmp_path / "s5")[0], tmp_path / "s5", 0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(pruned(x), member(x)[0])

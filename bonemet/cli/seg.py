@@ -128,7 +128,8 @@ def distill(
     out: Annotated[Path, typer.Option(help="Student run folder (usable by 'bonemet predict --seg').")],
     student: Annotated[str, typer.Option(help="Student model of the family.")] = "unet++",
     width: Annotated[int | None, typer.Option(min=1, help="Student width (default: the teacher's).")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 40,
+    epochs: Annotated[int, typer.Option(min=0, help="0 (with --init-member): no training, the member as it is "
+                                                    "(calibrated with --calibration).")] = 40,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     neg_ratio: Annotated[float | None, typer.Option(help="Lesion-free slices per lesion slice per epoch.")] = 0.5,
     lr_scale: Annotated[float, typer.Option(help="Multiply the thesis learning rates by this.")] = 0.3,

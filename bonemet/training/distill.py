@@ -34,7 +34,7 @@ from .checkpoint import save_checkpoint
 from .loop import (console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch, train_input,
                    training_precision)
 from .schedule import PiecewiseLR
-from .seg import build_model, forward, lesion_slice_flags, predict_probs, seg_loss
+from .seg import SegConfig, build_model, forward, lesion_slice_flags, predict_probs, seg_loss
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
@@ -82,6 +82,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if (out / "config.json").exists():
         raise BonemetError("student folder already holds a run", out)
     tcfg, split = load_run(teacher)
+    if not epochs and init_member is None:
+        raise BonemetError("--epochs 0 keeps a teacher member as it is: give --init-member", teacher)
     if init_member == "auto" and not (extra is not None and calibration > 0):
         raise BonemetError("--init-member auto picks the member on the calibration patients: give --extra-data "
                            "and --calibration > 0", teacher)
@@ -127,51 +129,23 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     model = build_model(cfg)
     if init_member is not None:  # checked before minutes of teacher labelling
         warm_start(model, load_member(tcfg, teacher, init_member).state_dict(), f"teacher member {init_member}")
-    base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-    t0 = time.perf_counter()
-    console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
-    t_lesion, t_bone = predict_probs(members, base, LABEL_BATCH)
-    flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
-    aug = SegAugment() if cfg.augment else None
-    ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
-    opt = make_optimizer(cfg.optimizer, model.parameters())
-    precision = training_precision(model, bf16)
-    schedule = PiecewiseLR("seg", epochs, lr_scale)
     fold_dir = out / "fold0"
     fold_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    best = -1.0
-    for epoch in range(epochs):
-        te = time.perf_counter()
-        lr = schedule(epoch)
-        set_lr(opt, lr)
-        seed_augment(aug, seed * 7919 + epoch)
-        loader = epoch_loader(ds, batch_size, seed * 100_003 + epoch, flags, neg_ratio)
-        if epoch == 0:
-            console.print(f"{int(flags.sum())} lesion slices (ground truth, or the teacher's on unlabelled slices); "
-                          f"{len(loader.dataset)} slices per epoch")
-        model.train()
-
-        def step(batch: dict) -> tuple[torch.Tensor, int]:
-            with precision:
-                lo, bo = forward(model, train_input(batch["image"], bf16))
-                return seg_loss(lo, bo if t_bone is not None else None, batch, cfg), len(batch["image"])
-
-        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{epochs}", step)
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
-        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
-        console.print(f"student epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+    t0 = time.perf_counter()
+    best = _fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir) if epochs else -1.0
     calibrated = None
     if calib_ds is not None:
         calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate, calib_teacher)
-        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
-                        calibration=calibrated)
         console.print(f"lesion threshold {calibrated['threshold']:.2f} ({calibrate}) on {len(calib)} calibration "
                       f"slices: agreement with the teacher F1 {calibrated['agreement F1 at 0.5']:.3f} -> "
                       f"{calibrated['agreement F1']:.3f} (agreement threshold {calibrated['agreement threshold']:.2f}, "
                       f"rate threshold {calibrated['rate threshold']:.2f})")
+    if calibrated is not None or not epochs:  # training saved last.pt; its head bias moved, or there was none
+        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
+                        calibration=calibrated)
     write_json(fold_dir / "done.json", {"fold": 0, "epochs": epochs, "checkpoint": "last.pt",
-                                        "selection": "last epoch (distilled)"})
+                                        "selection": "last epoch (distilled)" if epochs else
+                                        f"teacher member {init_member} as it is (no training)"})
     student_split = {**split, "k": 1, "folds": [{"train_patients": sorted({s.patient for s in fit}),
                                                  "val_patients": [], "train": sorted(s.name for s in fit), "val": []}]}
     write_json(out / "splits.json", student_split)
@@ -185,6 +159,44 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                                              "closest_member": closest,
                                              "seconds": round(time.perf_counter() - t0)})
     return out
+
+
+def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.Module], fit: list[SegSlice],
+                 n_labelled: int, flags: np.ndarray, fold_dir: Path) -> float:
+    """Label ``fit`` with the ensemble (soft targets; the flags of its unlabelled slices from the teacher's
+    masks) and train ``model`` on them for ``cfg.epochs``; writes ``last.pt`` and the epoch log."""
+    base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
+    t_lesion, t_bone = predict_probs(members, base, LABEL_BATCH)
+    flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
+    aug = SegAugment() if cfg.augment else None
+    ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
+    opt = make_optimizer(cfg.optimizer, model.parameters())
+    precision = training_precision(model, cfg.bf16)
+    schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
+    rows: list[dict] = []
+    best = -1.0
+    for epoch in range(cfg.epochs):
+        te = time.perf_counter()
+        lr = schedule(epoch)
+        set_lr(opt, lr)
+        seed_augment(aug, cfg.seed * 7919 + epoch)
+        loader = epoch_loader(ds, cfg.batch_size, cfg.seed * 100_003 + epoch, flags, cfg.neg_ratio)
+        if epoch == 0:
+            console.print(f"{int(flags.sum())} lesion slices (ground truth, or the teacher's on unlabelled slices); "
+                          f"{len(loader.dataset)} slices per epoch")
+        model.train()
+
+        def step(batch: dict) -> tuple[torch.Tensor, int]:
+            with precision:
+                lo, bo = forward(model, train_input(batch["image"], cfg.bf16))
+                return seg_loss(lo, bo if t_bone is not None else None, batch, cfg), len(batch["image"])
+
+        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}", step)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
+        console.print(f"student epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+    return best
 
 
 def warm_start(student: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
