@@ -334,10 +334,12 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert record["init_member"] == closest["member"] == int(np.argmax(closest["agreement F1"]))
     assert len(closest["agreement F1"]) == 2 and f"student starts from member {closest['member']}" in r.stderr
     assert "student attunet++ (width 4)" in (tmp_path / "s4" / "distill.md").read_text()
+    assert "(the member whose masks agree best" in (tmp_path / "s4" / "distill.md").read_text()
     # --epochs 0: the member's lesion decoder as it is (no calibration without extra data): the same lesion logits
     r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s5", "--student", "attunet++", "--init-member", "0",
                 "--epochs", "0")
     assert r.returncode == 0, r.stderr
+    assert "started from teacher member 0's weights, and was trained no further" in r.stdout
     import torch
 
     from bonemet.evaluation.seg_eval import load_member, load_run

@@ -404,6 +404,12 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
                  f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on to "
                  f"{how}: pixel F1 against them {cal['agreement F1 at 0.5']:.3f} at 0.5 -> "
                  f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
+    if record.get("init_member") is not None:
+        k = record["init_member"]
+        how = (" (the member whose masks agree best with the ensemble's on the calibration patients)"
+               if record.get("closest_member") else "")
+        text += (f"The student started from teacher member {k}'s weights{how}"
+                 + (f", and was trained no further: member {k} as it is.\n" if scfg.epochs == 0 else ".\n"))
     if other:
         text += (f"At the {other[0]} threshold {other[1]:.2f} instead, student F1 / ensemble F1 = "
                  f"{_ratio_text(ratios[1], len(scored[0].per_patient))}.\n")
