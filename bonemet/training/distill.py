@@ -409,7 +409,8 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
         how = (" (the member whose masks agree best with the ensemble's on the calibration patients)"
                if record.get("closest_member") else "")
         text += (f"The student started from teacher member {k}'s weights{how}"
-                 + (f", and was trained no further: member {k} as it is.\n" if scfg.epochs == 0 else ".\n"))
+                 + (f", and was trained no further: member {k}'s lesion output"
+                    + (" at the threshold above.\n" if cal else ".\n") if scfg.epochs == 0 else ".\n"))
     if other:
         text += (f"At the {other[0]} threshold {other[1]:.2f} instead, student F1 / ensemble F1 = "
                  f"{_ratio_text(ratios[1], len(scored[0].per_patient))}.\n")
