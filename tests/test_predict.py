@@ -253,6 +253,12 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert r.returncode == 0, r.stderr
     table = (student / "distill.md").read_text()
     assert "ensemble of 2 hybrid-attunet++" in table and "student unet (width 4)" in table and "cost ratio" in table
+    assert "teacher member 0 alone" in table and "teacher member 1 alone" in table and "member 1 " in table
+    alone = json.loads((student / "distill_ratio.json").read_text())["members alone"]
+    assert len(alone) == 2 and all(set(a) == {"student F1 / ensemble F1", "95 % CI"} for a in alone)
+    with open(student / "distill.csv", newline="") as fh:
+        gmac = {r["model"]: float(r["GMAC / 64px slice"]) for r in csv.DictReader(fh)}
+    assert gmac["teacher member 0 alone"] == pytest.approx(gmac["ensemble of 2 hybrid-attunet++"] / 2, abs=0.01)
     split = json.loads((student / "splits.json").read_text())
     assert not set(split["test_patients"]) & set(split["folds"][0]["train_patients"])
     r = run_cli("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", student, "--out", tmp_path / "p",

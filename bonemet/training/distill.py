@@ -337,8 +337,9 @@ def finished_student(teacher: str | Path, student: str | Path) -> Path:
 
 
 def compare_student(teacher: str | Path, student: str | Path, data: str | Path | None = None) -> str:
-    """The ensemble and its student side by side, with cost per slice; writes ``STUDENT/distill.md``, ``.csv``
-    and ``distill*_ratio.json`` (the F1 ratio with its paired bootstrap CI over patients) and returns the Markdown.
+    """The ensemble, its student and each member alone side by side, with cost per slice; writes
+    ``STUDENT/distill.md``, ``.csv`` and ``distill*_ratio.json`` (the F1 ratios with their paired bootstrap CI over
+    patients) and returns the Markdown.
 
     Scored on the run's held-out test patients, or with ``data`` on every patient of another BM-Seg root
     (e.g. a phantom made with another seed): a bigger unseen set than a small run's few test patients.
@@ -379,13 +380,18 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     g_s = gmacs_per_slice(pupil, scfg.channels, scfg.size)
     cal = record.get("calibration") or {}
     student_probs = predict_probs([pupil], ds, tcfg.batch_size)
-    entries = [(f"ensemble of {len(teachers)} {tcfg.model}", g_t, predict_probs(teachers, ds, tcfg.batch_size)),
+    # each member alone as well (the same passes the ensemble needs): what one model of the teacher's kind scores
+    alone = [predict_probs([t], ds, tcfg.batch_size) for t in teachers]
+    ensemble = tuple(None if alone[0][i] is None else np.mean([a[i] for a in alone], axis=0) for i in (0, 1))
+    entries = [(f"ensemble of {len(teachers)} {tcfg.model}", g_t, ensemble),
                (f"student {scfg.model} (width {scfg.width})", g_s, student_probs)]
     other = other_calibration(cal)
     if other:  # the same student at the threshold the other calibration method chose: no second forward pass
         method, t = other
         entries.append((f"the student at the {method} threshold {t:.2f} (not applied)", g_s,
                         (shift_threshold(student_probs[0], cal["threshold"], t), student_probs[1])))
+    first_member = len(entries)
+    entries += [(f"teacher member {k} alone", g_t / len(teachers), a) for k, a in enumerate(alone)]
     rows, scored = [], []
     for name, g, (lp, bp) in entries:
         s = score(lp, bp, ds)
@@ -414,6 +420,9 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     if other:
         text += (f"At the {other[0]} threshold {other[1]:.2f} instead, student F1 / ensemble F1 = "
                  f"{_ratio_text(ratios[1], len(scored[0].per_patient))}.\n")
+    member_ratios = ratios[first_member - 1:]
+    text += ("Each teacher member alone, F1 / ensemble F1: " + "; ".join(
+        f"member {k} {_ratio_text(r, len(scored[0].per_patient))}" for k, r in enumerate(member_ratios)) + ".\n")
     write_text(student / f"{stem}.md", text)
     write_csv(student / f"{stem}.csv", rows)
 
@@ -424,5 +433,6 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     write_json(student / f"{stem}_ratio.json", {**plain(ratios[0]), "patients": len(scored[0].per_patient),
                                                "cost ratio": round(g_s / g_t, 4),
                                                "other calibration": None if not other else
-                                               {"method": other[0], "threshold": other[1], **plain(ratios[1])}})
+                                               {"method": other[0], "threshold": other[1], **plain(ratios[1])},
+                                               "members alone": [plain(r) for r in member_ratios]})
     return text
