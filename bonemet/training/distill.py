@@ -38,6 +38,7 @@ from .seg import SegConfig, build_model, forward, lesion_slice_flags, predict_pr
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
+Probs = tuple[np.ndarray, np.ndarray | None]  # (lesion, bone or None) probabilities, as predict_probs returns
 LABEL_BATCH = 16  # teacher labelling is inference only: larger batches run faster on CPU
 
 
@@ -88,7 +89,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         raise BonemetError("--init-member auto picks the member on the calibration patients: give --extra-data "
                            "and --calibration > 0", teacher)
     if init_member is not None:
-        if init_member != "auto" and not 0 <= int(init_member) < len(split["folds"]):
+        if init_member != "auto" and not 0 <= init_member < len(split["folds"]):
             raise BonemetError(f"the teacher has members 0-{len(split['folds']) - 1}, not {init_member}", teacher)
         # unet++ tensors fit into attunet++ shapes too, but nodes trained on gated skips are no start for it
         starts = (tcfg.model, SINGLE_DECODER.get(tcfg.model))
@@ -218,11 +219,18 @@ def closest_member(members: list[torch.nn.Module], ds: SegmentationDataset,
                    batch_size: int) -> tuple[dict, np.ndarray]:
     """The member whose lesion masks agree best (pixel F1) with the ensemble's on ``ds``, unlabelled slices
     (no test label picks it); returns ({"member", "agreement F1"}, the ensemble's lesion probabilities)."""
-    probs = [predict_probs([m], ds, batch_size)[0] for m in members]
-    ensemble = np.mean(probs, axis=0)
+    alone, (ensemble, _) = member_probs(members, ds, batch_size)
     on = ensemble >= 0.5
-    f1 = [pooled_f1([confusion(p >= 0.5, on)]) for p in probs]
+    f1 = [pooled_f1([confusion(lesion >= 0.5, on)]) for lesion, _ in alone]
     return {"member": int(np.argmax(f1)), "agreement F1": [round(v, 4) for v in f1]}, ensemble
+
+
+def member_probs(members: list[torch.nn.Module], ds: SegmentationDataset,
+                 batch_size: int) -> tuple[list[Probs], Probs]:
+    """Each member's probabilities over ``ds`` and their mean (the ensemble's), from one pass per member."""
+    alone = [predict_probs([m], ds, batch_size) for m in members]
+    ensemble = tuple(None if alone[0][i] is None else np.mean([a[i] for a in alone], axis=0) for i in (0, 1))
+    return alone, ensemble
 
 
 def scan_unlabelled(root: str | Path) -> list[SegSlice]:
@@ -381,8 +389,7 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
     cal = record.get("calibration") or {}
     student_probs = predict_probs([pupil], ds, tcfg.batch_size)
     # each member alone as well (the same passes the ensemble needs): what one model of the teacher's kind scores
-    alone = [predict_probs([t], ds, tcfg.batch_size) for t in teachers]
-    ensemble = tuple(None if alone[0][i] is None else np.mean([a[i] for a in alone], axis=0) for i in (0, 1))
+    alone, ensemble = member_probs(teachers, ds, tcfg.batch_size)
     entries = [(f"ensemble of {len(teachers)} {tcfg.model}", g_t, ensemble),
                (f"student {scfg.model} (width {scfg.width})", g_s, student_probs)]
     other = other_calibration(cal)
@@ -414,9 +421,11 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
         k = record["init_member"]
         how = (" (the member whose masks agree best with the ensemble's on the calibration patients)"
                if record.get("closest_member") else "")
-        text += (f"The student started from teacher member {k}'s weights{how}"
-                 + (f", and was trained no further: member {k}'s lesion output"
-                    + (" at the threshold above.\n" if cal else ".\n") if scfg.epochs == 0 else ".\n"))
+        text += f"The student started from teacher member {k}'s weights{how}"
+        if scfg.epochs == 0:
+            at = " at the threshold above" if cal else ""
+            text += f", and was trained no further: member {k}'s lesion output{at}"
+        text += ".\n"
     if other:
         text += (f"At the {other[0]} threshold {other[1]:.2f} instead, student F1 / ensemble F1 = "
                  f"{_ratio_text(ratios[1], len(scored[0].per_patient))}.\n")
