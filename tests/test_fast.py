@@ -84,3 +84,37 @@ def test_compile_path_matches_eager():
 def test_onnx_does_not_combine_with_compile():
     with pytest.raises(ValueError, match="does not combine"):
         FastModel(_trained_like("unet"), ("fold_bn", "onnx", "compile"))
+
+
+def test_int8_path_is_close_on_slices_it_was_not_calibrated_on():
+    # a check of the implementation on a toy model; trained models move more (bench infer --check-run)
+    model = _trained_like("hybrid-attunet++")
+    torch.manual_seed(1)
+    calibration, x = torch.rand(4, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    ref = _probs(model, x)
+    fast = _probs(FastModel(model, ("fold_bn", "int8"), calibration=calibration), x)
+    assert len(ref) == len(fast) == 2
+    for a, b in zip(ref, fast):
+        assert float((a - b).abs().max()) < 0.02
+        assert float(((a > 0.5) == (b > 0.5)).float().mean()) >= 0.995
+        assert not torch.equal(a, b)  # it really ran quantized
+
+
+def test_int8_needs_calibration_and_runs_alone():
+    model = _trained_like("unet")
+    with pytest.raises(ValueError, match="calibration"):
+        FastModel(model, ("fold_bn", "int8"))
+    with pytest.raises(ValueError, match="does not combine"):
+        FastModel(model, ("fold_bn", "int8", "channels_last"), calibration=torch.rand(1, 3, 64, 64))
+
+
+def test_default_path_is_bf16_where_native_else_int8(monkeypatch):
+    from bonemet.inference import fast
+
+    monkeypatch.setattr(fast, "bf16_supported", lambda: True)
+    assert fast.default_paths() == ("fold_bn", "channels_last", "bf16")
+    monkeypatch.setattr(fast, "bf16_supported", lambda: False)
+    assert fast.default_paths() == ("fold_bn", "onnx")  # int8 is faster but not within 0.02: an option
+    assert fast.default_paths(onnx_ok=False) == ("fold_bn", "channels_last")  # the sequential model
+    assert fast.calibration_indices(100, 8) == [0, 14, 28, 42, 57, 71, 85, 99]
+    assert fast.calibration_indices(3, 8) == [0, 1, 2]

@@ -355,3 +355,52 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(pruned(x), member(x)[0])
+
+
+def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom, seg_run, tmp_path):
+    from bonemet.inference.quantize import stored_int8
+    from bonemet.inference.runners import SegRunner
+    from bonemet.inference.scan import read_scan
+    from bonemet.training.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    r = run_cli("seg", "quantize", run, "--slices", "4")
+    assert r.returncode == 0, r.stderr
+    test_p = set(json.loads((run / "splits.json").read_text())["test_patients"])
+    for k in (0, 1):
+        meta = json.loads((run / f"fold{k}" / "int8.json").read_text())
+        assert len(meta["calibration slices"]) == 4 and meta["checkpoint"] == "last.pt"
+        assert not any(name.split("_")[0] in test_p for name in meta["calibration slices"])  # training slices only
+        assert stored_int8(run, k) == (run / f"fold{k}" / "int8.onnx").read_bytes()
+    scan = read_scan(phantom / "volumes" / _metastatic_patient(phantom) / "ct.nii.gz")
+    eager = SegRunner(run, paths=()).predict(scan)
+    int8 = SegRunner(run, paths=("fold_bn", "int8"))
+    assert int8.calibrated_on_scan == [] and "int8 calibration" not in int8.describe()
+    for a, b in zip(eager, int8.predict(scan)):
+        assert float((np.abs(a - b) <= 0.02).mean()) >= 0.99 and float(((a > 0.5) == (b > 0.5)).mean()) >= 0.995
+    # a retrained member's stored graph is stale: that member is calibrated on the scan instead
+    ck = load_checkpoint(run / "fold1" / "last.pt")
+    ck["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    save_checkpoint(run / "fold1" / "last.pt", **ck)
+    assert stored_int8(run, 0) is not None and stored_int8(run, 1) is None
+    runner = SegRunner(run, paths=("fold_bn", "int8"))
+    assert runner.calibrated_on_scan == [1] and "'bonemet seg quantize RUN'" in runner.describe()["int8 calibration"]
+    eager = SegRunner(run, paths=()).predict(scan)
+    for a, b in zip(eager, runner.predict(scan)):
+        assert float((np.abs(a - b) <= 0.02).mean()) >= 0.99 and float(((a > 0.5) == (b > 0.5)).mean()) >= 0.995
+    r = run_cli("seg", "quantize", run, "--data", tmp_path / "nowhere")
+    assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_checks_every_path_on_a_trained_run(seg_run, tmp_path):
+    r = run_cli("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
+                "--scan-slices", "8", "--members", "1", "--check-run", seg_run, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "bench_infer.md").read_text()
+    trained = text.split("Answers of a trained model against eager fp32:")[1]
+    assert f"member 0 of {seg_run}" in trained and "test patient(s)" in trained
+    for row in ("| fold_bn, batch 4 |", "| fold_bn + onnx, batch 4", "| fold_bn + int8, batch 4 |"):
+        assert row in trained
+    fp32 = next(line for line in trained.splitlines() if line.startswith("| fold_bn + onnx"))
+    assert fp32.split("|")[3].strip() == "100.0"  # all pixels within 0.02 of eager fp32

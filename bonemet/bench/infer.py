@@ -4,7 +4,6 @@ measured in one run, with their answers checked against the baseline's."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import resource
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..inference.fast import FastModel, bf16_supported, default_paths
+from ..inference.fast import FastModel, bf16_supported, default_paths, needs_calibration, ort_available
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
 from .seg import _timeit
@@ -27,33 +26,19 @@ def peak_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, reps: int = 3
 
 
 def _probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            out.append(torch.sigmoid(split_outputs(model(x[i:i + batch]))[0]))
-    return torch.cat(out)
+    return _all_probs(model, x, batch)[0]
 
 
-def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: int = 32, slices: int = 8,
-                batch: int = 8, reps: int = 2, compile_: bool = True,
-                log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """Rows: path, slices/s, ratio to the baseline, max |prob diff|, mask agreement, first-pass seconds
-    (export / compilation included); plus machine facts."""
-    torch.manual_seed(0)
-    model = create_model(model_name, width=width, in_channels=3).eval()
-    for m in model.modules():  # trained-like BN statistics, so that folding has something to fold
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    x = torch.rand(slices, 3, size, size)
-    gmac = gmacs_per_slice(model, 3, size)
+def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] = print
+                  ) -> list[tuple[str, tuple[str, ...], int]]:
+    """(row name, paths, batch) of every path this machine can run, the eager fp32 batch-1 baseline first."""
     chosen = [(), ("channels_last",), ("fold_bn",), ("fold_bn", "channels_last")]
     if bf16_supported():
         chosen.append(("fold_bn", "channels_last", "bf16"))
-    if importlib.util.find_spec("onnxruntime") is not None:
-        chosen.append(("fold_bn", "onnx"))
+    if ort_available():
+        chosen += [("fold_bn", "onnx"), ("fold_bn", "int8")]
     else:
-        log("ONNX Runtime not installed: the onnx path is left out (pip install 'bonemet[fast]')")
+        log("ONNX Runtime not installed: the onnx and int8 paths are left out (pip install onnxruntime)")
     if compile_:
         chosen.append(("fold_bn", "channels_last", "compile"))
         if bf16_supported():
@@ -64,26 +49,85 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
         if paths == default_paths():
             name += " (default)"
         variants.append((name, paths, batch))
+    return variants
+
+
+def _answers(p: torch.Tensor, ref: torch.Tensor) -> dict:
+    d = (p - ref).abs()
+    return {"max prob diff": f"{float(d.max()):.1e}",
+            "pixels within 0.02 %": round(100 * float((d <= 0.02).float().mean()), 3),
+            "mask agreement %": round(100 * float(((p > 0.5) == (ref > 0.5)).float().mean()), 3)}
+
+
+def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: int = 32, slices: int = 8,
+                batch: int = 8, reps: int = 2, compile_: bool = True,
+                log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+    """Rows: path, slices/s, ratio to the baseline, answers against the baseline's (random weights: see
+    ``check_paths`` for a trained model), first-pass seconds (export, quantization, compilation included);
+    plus machine facts."""
+    torch.manual_seed(0)
+    model = create_model(model_name, width=width, in_channels=3).eval()
+    for m in model.modules():  # trained-like BN statistics, so that folding has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(slices, 3, size, size)
+    gmac = gmacs_per_slice(model, 3, size)
     base_p = _probs(model, x, 1)
     rows, base_t = [], None
-    for name, paths, b in variants:
+    for name, paths, b in path_variants(batch, compile_, log):
         t0 = time.perf_counter()
-        m = FastModel(model, paths) if paths else model
+        m = FastModel(model, paths, calibration=x if needs_calibration(paths) else None) if paths else model
         p = _probs(m, x, b)  # also the warm-up: export, compilation, oneDNN kernel choice
         setup = time.perf_counter() - t0
         t = _timeit(lambda: _probs(m, x, b), reps, warmup=0)
         base_t = base_t or t
         sps = slices / t
         rows.append({"path": name, "slices/s": round(sps, 2), "speed-up": f"{base_t / t:.1f}x",
-                     "GFLOP/s": round(2 * gmac * sps, 1), "max prob diff": f"{float((p - base_p).abs().max()):.1e}",
-                     "mask agreement %": round(100 * float(((p > 0.5) == (base_p > 0.5)).float().mean()), 3),
-                     "first pass s": round(setup, 1)})
+                     "GFLOP/s": round(2 * gmac * sps, 1), **_answers(p, base_p), "first pass s": round(setup, 1)})
         log(f"{name}: {sps:.2f} slices/s (first pass {setup:.1f} s)")
     facts = {"model": model_name, "width": width, "size": size, "GMAC/slice": round(gmac, 1),
              "peak fp32 GFLOP/s (matmul)": round(peak_gflops(), 1),
              "peak bf16 GFLOP/s (matmul)": round(peak_gflops(dtype=torch.bfloat16), 1) if bf16_supported() else None,
              "peak RSS MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     return rows, facts
+
+
+def check_paths(run: Path, slices: int = 16, batch: int = 4, compile_: bool = False,
+                log: Callable[[str], None] = print) -> tuple[list[dict], str]:
+    """Each path's answers against eager fp32 for member 0 of a trained ``run``, on ``slices`` slices spread over
+    its held-out test patients (all its patients when it has none); int8 calibrated as ``predict`` would (the
+    stored graph, else the run's training slices). Returns the rows and a line saying what was checked."""
+    from ..data.bmseg import load_bmseg
+    from ..evaluation.seg_eval import load_member, load_run
+    from ..inference.quantize import calibration_input, calibration_pool, stored_int8
+
+    cfg, split = load_run(run)
+    model = load_member(cfg, run, 0)
+    test = set(split.get("test_patients", []))
+    pool = [s for s in load_bmseg(cfg.data).slices if not test or s.patient in test]
+    x, picked = calibration_input(pool, cfg, slices)
+    ref = torch.cat([t.flatten() for t in _all_probs(model, x, 1)])
+    rows = []
+    for name, paths, b in path_variants(batch, compile_, log)[1:]:
+        graph = stored_int8(run, 0) if needs_calibration(paths) else None
+        calib = calibration_input(calibration_pool(run, None), cfg)[0] if needs_calibration(paths) and not graph else None
+        m = FastModel(model, paths, calibration=calib, int8_onnx=graph)
+        p = torch.cat([t.flatten() for t in _all_probs(m, x, b)])
+        rows.append({"path": name, **_answers(p, ref)})
+        log(f"{name}: answers checked on {len(picked)} slices")
+    what = (f"member 0 of {run} ({cfg.model}, width {cfg.width}, {cfg.size} px), {len(picked)} slices of "
+            f"{len({s.patient for s in picked})} {'test ' if test else ''}patient(s), lesion and bone probabilities")
+    return rows, what
+
+
+def _all_probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """Every output's probabilities (lesion, and bone for two-headed models)."""
+    outs: list[list[torch.Tensor]] = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            outs.append([torch.sigmoid(o) for o in split_outputs(model(x[i:i + batch])) if o is not None])
+    return [torch.cat(parts) for parts in zip(*outs)]
 
 
 def write_random_run(run: Path, members: int = 5, model_name: str = "hybrid-attunet++", size: int = 224,

@@ -56,25 +56,32 @@ def infer(
     members: Annotated[int, typer.Option(min=1, help="Ensemble members for the predict timing.")] = 5,
     compile: Annotated[bool, typer.Option(help="Include the torch.compile paths (minutes of compilation).")] = True,
     quick: Annotated[bool, typer.Option(help="One timed repetition instead of three, a 16-slice scan.")] = False,
+    check_run: Annotated[Path | None, typer.Option(help="Also check every path's answers on a trained run "
+                                                        "(member 0, slices of its test patients).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_infer.md in.")] = None,
 ) -> None:
     """Inference paths against eager fp32 at batch 1, training speed and memory, and predict end to end."""
     import tempfile
     import time
 
-    from ..bench.infer import bench_paths, time_predict, train_speed, write_phantom_scan, write_random_run
+    import torch
+
+    from ..bench.infer import (bench_paths, check_paths, time_predict, train_speed, write_phantom_scan,
+                               write_random_run)
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
     from ..fileio import write_text
-    from ..inference.fast import default_paths
+    from ..inference.fast import default_paths, ort_available
+    from ..inference.quantize import store_int8
 
     t0 = time.perf_counter()
     reps = 1 if quick else 3
     scan_slices = min(16, scan_slices) if quick else scan_slices
     say = lambda m: typer.echo(m, err=True)  # noqa: E731
     train = train_speed(model, size, width, 8, reps)
-    say(f"training: {train['train img/s']} img/s ({train['train img/s --bf16']} with --bf16), "
+    say(f"training: {train['train img/s']} img/s (--bf16: {train['train img/s --bf16']}), "
         f"peak RSS {train['peak RSS MB']} MB")
+    checked = check_paths(check_run, log=say) if check_run is not None else None
     rows, facts = bench_paths(model, size, width, slices, batch_size, reps, compile, log=say)
     paths = default_paths()
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:
@@ -82,24 +89,42 @@ def infer(
         scan = write_phantom_scan(Path(tmp) / "ct.nii.gz", scan_slices, size)
         t_fast = time_predict(run, scan, Path(tmp) / "out-default", scan_slices, paths, batch_size)
         say(f"predict, default path: {t_fast:.0f} s per 100 slices")
+        t_int8 = t_quant = None
+        if ort_available():
+            from ..evaluation.seg_eval import load_member, load_run
+
+            tq, cfg = time.perf_counter(), load_run(run)[0]
+            calib = torch.rand(8, 3, size, size)  # random weights: what the ranges are does not change the speed
+            for k in range(members):
+                store_int8(run, k, load_member(cfg, run, k), calib, ["random"])
+            t_quant = (time.perf_counter() - tq) / members
+            t_int8 = time_predict(run, scan, Path(tmp) / "out-int8", scan_slices, ("fold_bn", "int8"), batch_size)
+            say(f"predict, int8 (stored graphs): {t_int8:.0f} s per 100 slices; quantization {t_quant:.0f} s a member")
         t_base = time_predict(run, scan, Path(tmp) / "out-eager", scan_slices, (), 1)
         say(f"predict, eager fp32 batch 1: {t_base:.0f} s per 100 slices")
     gmac = facts["GMAC/slice"]
     text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
             f"median of {reps} timed pass(es) over {slices} slices after a first pass (timed apart: it holds "
-            f"export and compilation); answers compared with the baseline on the same slices.\n\n"
+            f"export, quantization and compilation); answers compared with the baseline on the same slices "
+            f"(random weights and inputs; `--check-run RUN` checks them on a trained model).\n\n"
             + markdown_table(rows) + "\n\n"
             f"Compute floor: matmul peak {facts['peak fp32 GFLOP/s (matmul)']} GFLOP/s fp32"
             + (f", {facts['peak bf16 GFLOP/s (matmul)']} GFLOP/s bf16" if facts["peak bf16 GFLOP/s (matmul)"] else "")
             + f" (a slice is {2 * gmac:.0f} GFLOP). Peak resident memory of inference {facts['peak RSS MB']} MB.\n\n"
             f"Training (Adam step, batch 8, in a fresh process): {train['train img/s']} images/s eager fp32, "
-            f"{train['train img/s --bf16']} with --bf16 ({train['bf16 speed-up']}); peak resident memory of the "
-            f"two {train['peak RSS MB']} MB.\n\n"
+            + (f"{train['train img/s --bf16']} with --bf16 ({train['bf16 speed-up']})"
+               if isinstance(train["train img/s --bf16"], float) else "--bf16 not measured (no native bf16)")
+            + f"; peak resident memory {train['peak RSS MB']} MB.\n\n"
             f"`bonemet predict` end to end (read NIfTI, {members}-member ensemble of random-weight {model} models, "
             f"lesion list, NIfTI masks, report) on a {scan_slices}-slice phantom scan at {size} px: "
             f"{t_fast:.0f} s per 100 slices with the default path ({'+'.join(paths)}, batch {batch_size}) vs "
-            f"{t_base:.0f} s eager fp32 batch 1 ({t_base / t_fast:.1f}x).\n"
-            f"Bench took {time.perf_counter() - t0:.0f} s.")
+            f"{t_base:.0f} s eager fp32 batch 1 ({t_base / t_fast:.1f}x)"
+            + (f"; {t_int8:.0f} s with `--fast fold_bn,int8` ({t_base / t_int8:.1f}x; its graphs stored by "
+               f"`bonemet seg quantize`, {t_quant:.0f} s a member, once per run)" if t_int8 else "") + ".\n")
+    if checked:
+        text += (f"\nAnswers of a trained model against eager fp32: {checked[1]}.\n\n" + markdown_table(checked[0])
+                 + "\n")
+    text += f"\nBench took {time.perf_counter() - t0:.0f} s."
     typer.echo(text)
     if out is not None:
         write_text(out / "bench_infer.md", text)

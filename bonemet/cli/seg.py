@@ -123,6 +123,19 @@ def compare(
 
 
 @app.command()
+def quantize(
+    run: Annotated[Path, typer.Argument(help="Run folder of 'seg train' or 'seg distill'.")],
+    data: Annotated[Path | None, typer.Option(help="BM-Seg root for the calibration slices (default: the run's "
+                                                   "own training patients, never its test patients).")] = None,
+    slices: Annotated[int, typer.Option(min=1, help="Calibration slices, spread over the patients.")] = 8,
+) -> None:
+    """Store each member as an int8 ONNX graph (RUN/fold<k>/int8.onnx) for predict's int8 path."""
+    from ..inference.quantize import quantize_run
+
+    quantize_run(run, data, slices, log=typer.echo)
+
+
+@app.command()
 def distill(
     run: Annotated[Path, typer.Argument(help="Ensemble run (e.g. hybrid-attunet++ folds) with held-out test patients.")],
     out: Annotated[Path, typer.Option(help="Student run folder (usable by 'bonemet predict --seg').")],

@@ -5,8 +5,14 @@
 * ``channels_last``: NHWC memory layout, which oneDNN convolutions prefer on CPU; exact.
 * ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX); probabilities move by up
   to about 1e-2.
-* ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime (``pip install bonemet[fast]``);
-  fp32, exact up to rounding. Not combinable with ``channels_last``, ``bf16`` or ``compile``.
+* ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime; fp32, exact up to rounding.
+  Not combinable with ``channels_last``, ``bf16``, ``int8`` or ``compile``.
+* ``int8``: the (BN-folded) ONNX model quantized to 8 bits by ONNX Runtime (static QDQ: per-channel 7-bit
+  weights, uint8 activations whose ranges are measured on calibration slices, the output heads kept in fp32),
+  for CPUs without native bfloat16, where fp32 convolutions already run at the machine's matmul peak. It
+  needs those slices: a run's stored graphs (``bonemet seg quantize``, ``inference.quantize``) or
+  ``FastModel(..., calibration=x)``. Masks stay equal on more than 99.9 % of pixels, but a few probabilities
+  move by more than 0.02 (measured by ``bonemet bench infer --check-run``), so it is not a default.
 * ``compile``: ``torch.compile`` (Inductor, which needs a C++ compiler); combines with the others except
   ``onnx``. Its first call compiles for about a minute, and on this project's CPU it was no faster than
   the eager path it wraps (``bonemet bench infer``), so it is an option, not the default.
@@ -22,17 +28,44 @@ import logging
 import shutil
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-PATHS = ("fold_bn", "channels_last", "bf16", "onnx", "compile")
+PATHS = ("fold_bn", "channels_last", "bf16", "onnx", "int8", "compile")
 DEFAULT_PATH = ("fold_bn", "channels_last")
+ORT_PATHS = ("onnx", "int8")  # run by ONNX Runtime instead of torch
+CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
 
 
-def default_paths() -> tuple[str, ...]:
-    """The fastest sound path measured by ``bonemet bench infer``: bf16 only where the CPU has it."""
-    return (*DEFAULT_PATH, "bf16") if bf16_supported() else DEFAULT_PATH
+def default_paths(onnx_ok: bool = True) -> tuple[str, ...]:
+    """The fastest sound path measured by ``bonemet bench infer``: bf16 where the CPU has it natively, else
+    fp32 in ONNX Runtime (``onnx_ok`` False for a model ONNX export cannot take), else fp32 in torch.
+
+    ``int8`` is faster still on CPUs without bf16, but moves some probabilities by more than the 0.02 a
+    default may (``bonemet bench infer --check-run``), so it is an option only."""
+    if bf16_supported():
+        return (*DEFAULT_PATH, "bf16")
+    if onnx_ok and ort_available():
+        return ("fold_bn", "onnx")
+    return DEFAULT_PATH
+
+
+def ort_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def needs_calibration(paths: Iterable[str]) -> bool:
+    """Whether ``FastModel`` with ``paths`` needs calibration slices (the int8 path)."""
+    return "int8" in tuple(paths)
+
+
+def calibration_indices(n: int, k: int = CALIBRATION_SLICES) -> list[int]:
+    """``k`` slice indices spread evenly over ``n`` slices (all of them when ``n`` <= ``k``)."""
+    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, k))})
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -59,12 +92,17 @@ def bf16_supported() -> bool:
 class FastModel(nn.Module):
     """``model`` prepared for the chosen ``paths``; call it like the model (inputs in NCHW are fine)."""
 
-    def __init__(self, model: nn.Module, paths: Iterable[str] = DEFAULT_PATH) -> None:
+    def __init__(self, model: nn.Module, paths: Iterable[str] = DEFAULT_PATH,
+                 calibration: torch.Tensor | None = None, int8_onnx: bytes | None = None) -> None:
+        """``calibration`` (model inputs) or ``int8_onnx`` (the model already quantized, ``quantize_int8``) are for
+        the int8 path."""
         super().__init__()
         self.paths = tuple(paths)
         problem = paths_problem(self.paths)
         if problem:
             raise ValueError(problem)
+        if needs_calibration(self.paths) and calibration is None and int8_onnx is None:
+            raise ValueError("the int8 path needs calibration slices (calibration=...) or a quantized model")
         m = fold_batchnorm(model) if "fold_bn" in self.paths else copy.deepcopy(model).eval()
         if "channels_last" in self.paths:
             m = m.to(memory_format=torch.channels_last)
@@ -74,7 +112,11 @@ class FastModel(nn.Module):
             m = torch.compile(m)
         self.model = m
         self.needs_bone_input = getattr(model, "needs_bone_input", False)
-        self.session = _onnx_session(m) if "onnx" in self.paths else None
+        self.session = None
+        if "onnx" in self.paths:
+            self.session = ort_session(export_onnx(m))
+        elif "int8" in self.paths:
+            self.session = ort_session(int8_onnx or quantize_int8(m, calibration))
 
     def forward(self, x: torch.Tensor, *args):
         if self.session is not None:
@@ -95,8 +137,10 @@ def paths_problem(paths: tuple[str, ...]) -> str | None:
     bad = set(paths) - set(PATHS)
     if bad:
         return f"unknown inference path(s) {sorted(bad)} (choose from eager, {', '.join(PATHS)})"
-    if "onnx" in paths and {"channels_last", "bf16", "compile"} & set(paths):
-        return "the onnx path runs fp32 in ONNX Runtime: it does not combine with channels_last, bf16 or compile"
+    if "onnx" in paths and {"channels_last", "bf16", "int8", "compile"} & set(paths):
+        return "the onnx path runs fp32 in ONNX Runtime: it does not combine with channels_last, bf16, int8 or compile"
+    if "int8" in paths and {"channels_last", "bf16", "compile"} & set(paths):
+        return "the int8 path runs in ONNX Runtime: it does not combine with channels_last, bf16 or compile"
     if "compile" in paths and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         return "the compile path needs a C++ compiler for torch.compile (none found on PATH)"
     return None
@@ -113,30 +157,92 @@ def parse_paths(text: str) -> tuple[str, ...]:
     return parts
 
 
-def _onnx_session(model: nn.Module):
-    """Export ``model`` to ONNX in memory and open an ONNX Runtime session with torch's thread count."""
-    import io
-    import warnings
-
+def _ort():
     try:
         import onnxruntime as ort
     except ImportError:
         from ..errors import BonemetError
 
-        raise BonemetError("the onnx path needs ONNX Runtime: pip install 'bonemet[fast]'") from None
+        raise BonemetError("the onnx and int8 paths need ONNX Runtime: pip install onnxruntime") from None
+    return ort
+
+
+def export_onnx(model: nn.Module) -> bytes:
+    """``model`` as an ONNX graph in memory: input ``image`` (any batch and size), outputs ``lesion`` [, ``bone``]."""
+    import io
+    import warnings
+
     if getattr(model, "needs_bone_input", False):
-        raise ValueError("the onnx path does not support the sequential model")
+        raise ValueError("the onnx and int8 paths do not support the sequential model")
     buf = io.BytesIO()
     x = torch.rand(1, _in_channels(model), 64, 64)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = model(x)
-        names = ["lesion", "bone"] if isinstance(out, tuple) else ["lesion"]
-        torch.onnx.export(model, (x,), buf, input_names=["image"], output_names=names, opset_version=17,
-                          dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+        torch.onnx.export(model, (x,), buf, input_names=["image"], output_names=_output_names(out),
+                          opset_version=17, dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    return buf.getvalue()
+
+
+def _output_names(out) -> list[str]:
+    return ["lesion", "bone"] if isinstance(out, tuple) else ["lesion"]
+
+
+def ort_session(onnx_model: bytes):
+    """An ONNX Runtime CPU session for ``onnx_model`` with torch's thread count."""
+    ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> bytes:
+    """``model`` (BN folded first) as an int8 ONNX graph whose activation ranges come from ``calibration``."""
+    return _quantize(export_onnx(fold_batchnorm(model)), calibration)
+
+
+def _quantize(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
+    """Static int8 quantization (QDQ) of an exported model, activation ranges from ``calibration`` (min-max).
+
+    The convolutions that write the model's outputs stay fp32: quantizing a logit to 8 bits over its whole
+    range would move probabilities near 0.5 by about 1e-2, for a negligible share of the work.
+    """
+    import logging
+    import tempfile
+
+    import onnx
+
+    _ort()
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Slices(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration[i:i + 1].contiguous().numpy() for i in range(len(calibration)))
+
+        def get_next(self) -> dict | None:
+            x = next(self.items, None)
+            return None if x is None else {"image": x}
+
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer logs advice at WARNING
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, pre, dst = (f"{tmp}/{n}.onnx" for n in ("model", "pre", "int8"))
+            with open(src, "wb") as f:
+                f.write(onnx_bytes)
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            graph = onnx.load(pre).graph
+            outputs = {o.name for o in graph.output}
+            heads = [n.name for n in graph.node if set(n.output) & outputs]
+            # reduce_range: 7-bit weights, so that u8 x s8 products summed in pairs cannot saturate the int16
+            # of AVX2 kernels without VNNI (without it, pixels of a trained width-8 member moved by up to 0.9)
+            quantize_static(pre, dst, Slices(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=heads)
+            with open(dst, "rb") as f:
+                return f.read()
+    finally:
+        logging.getLogger().setLevel(quiet)
 
 
 def _in_channels(model: nn.Module) -> int:

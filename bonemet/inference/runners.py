@@ -14,6 +14,7 @@ from ..data.datasets import prepare_image, stack_slices
 from ..data.windows import WINDOW_NAMES
 from ..errors import BonemetError
 from ..log import logger
+from .fast import CALIBRATION_SLICES
 from .scan import Scan
 
 
@@ -38,18 +39,22 @@ def _window_for(run: Path, preprocessing: dict, scan: Scan, window: str | None) 
     return trained
 
 
-def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_size: int, crop: str = "none",
-             context: int = 0, mirror: bool = False):
-    """(slice indices, model input) batches; ``context`` neighbours on each side are stacked as channels,
+def _inputs(scan: Scan, window: str | None, channels: int, size: int, ks: list[int], crop: str = "none",
+            context: int = 0, mirror: bool = False) -> torch.Tensor:
+    """The model input of slices ``ks``; ``context`` neighbours on each side are stacked as channels,
     ``mirror`` appends their left-right asymmetry."""
     n = scan.n_slices
-    for start in range(0, n, batch_size):
-        ks = list(range(start, min(n, start + batch_size)))
-        # each slice of the batch and its margin is read and windowed once, however many stacks share it
-        near = {j: scan.model_slice(j, window) for j in range(max(start - context, 0), min(ks[-1] + context + 1, n))}
-        x = torch.stack([prepare_image(stack_slices([near[j] for j in neighbour_indices(k, n, context)], channels,
-                                                    scan.source), size, crop, mirror) for k in ks])
-        yield ks, x
+    # each slice of the batch and its margin is read and windowed once, however many stacks share it
+    near = {j: scan.model_slice(j, window) for k in ks for j in neighbour_indices(k, n, context)}
+    return torch.stack([prepare_image(stack_slices([near[j] for j in neighbour_indices(k, n, context)], channels,
+                                                   scan.source), size, crop, mirror) for k in ks])
+
+
+def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_size: int, **options):
+    """(slice indices, model input) batches over the whole scan (``options``: those of ``_inputs``)."""
+    for start in range(0, scan.n_slices, batch_size):
+        ks = list(range(start, min(scan.n_slices, start + batch_size)))
+        yield ks, _inputs(scan, window, channels, size, ks, **options)
 
 
 class SegRunner:
@@ -57,7 +62,8 @@ class SegRunner:
 
     def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None) -> None:
         from ..evaluation.seg_eval import load_member, load_run, model_label
-        from .fast import FastModel, default_paths
+        from .fast import FastModel, default_paths, needs_calibration
+        from .quantize import stored_int8
 
         self.run = Path(run)
         if not (self.run / "config.json").exists() or not (self.run / "splits.json").exists():
@@ -67,16 +73,42 @@ class SegRunner:
         except TypeError:
             raise BonemetError("not a segmentation run (its config.json has other fields)", self.run) from None
         ks = members if members is not None else list(range(len(split["folds"])))
-        self.paths = default_paths() if paths is None else tuple(paths)
+        # the ONNX Runtime paths cannot run the sequential model (it takes the bone mask as a second input)
+        self.paths = default_paths(onnx_ok=self.cfg.model != "sequential") if paths is None else tuple(paths)
         self.models = [load_member(self.cfg, self.run, k) for k in ks]
-        if self.paths:
+        self.calibrated_on_scan: list[int] = []  # int8 members without a stored graph (calibrated per scan)
+        if needs_calibration(self.paths):
+            graphs = [stored_int8(self.run, k) for k in ks]
+            self.calibrated_on_scan = [k for k, g in zip(ks, graphs) if g is None]
+            self.models = [m if g is None else FastModel(m, self.paths, int8_onnx=g)
+                           for m, g in zip(self.models, graphs)]
+        elif self.paths:
             self.models = [FastModel(m, self.paths) for m in self.models]
         self.label = model_label(self.cfg) + (f" ensemble of {len(ks)}" if len(ks) > 1 else "")
         self.test_patients = list(split.get("test_patients", []))
 
     def describe(self) -> dict:
-        return {"run": str(self.run), "model": self.label, "members": len(self.models),
+        info = {"run": str(self.run), "model": self.label, "members": len(self.models),
                 "inference path": "+".join(self.paths) or "eager fp32", "preprocessing": self.cfg.preprocessing}
+        if self.calibrated_on_scan:
+            info["int8 calibration"] = (f"members {self.calibrated_on_scan} on {CALIBRATION_SLICES} slices of "
+                                        "this scan (no stored int8 graph: 'bonemet seg quantize RUN')")
+        return info
+
+    def _models_for(self, scan: Scan, window: str | None) -> list[torch.nn.Module]:
+        """The members as they run on ``scan``: those without a stored int8 graph quantized on evenly spread
+        slices of this very scan (so one scan's answers never depend on another's)."""
+        from .fast import FastModel, calibration_indices, needs_calibration
+
+        pending = [i for i, m in enumerate(self.models) if needs_calibration(self.paths) and not isinstance(m, FastModel)]
+        if not pending:
+            return self.models
+        logger.warning("%s: %d member(s) have no stored int8 graph; calibrating them on %d slices of this scan "
+                       "(about half a minute each at width 32; 'bonemet seg quantize %s' stores them once)",
+                       self.run, len(pending), CALIBRATION_SLICES, self.run)
+        x = _inputs(scan, window, self.cfg.channels, self.cfg.size,
+                    calibration_indices(scan.n_slices, CALIBRATION_SLICES))
+        return [FastModel(m, self.paths, calibration=x) if i in pending else m for i, m in enumerate(self.models)]
 
     @torch.no_grad()
     def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,
@@ -85,12 +117,13 @@ class SegRunner:
         from ..training.seg import forward
 
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
+        models = self._models_for(scan, win)
         rows, cols = scan.slice_shape
         lesion = np.zeros((scan.n_slices, rows, cols), np.float32)
         bone = None
         for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch_size):
             lp, bp = [], []
-            for m in self.models:
+            for m in models:
                 lo, bo = forward(m, x)
                 lp.append(torch.sigmoid(lo))
                 if bo is not None:
