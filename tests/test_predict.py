@@ -293,11 +293,12 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert all(s.lesion is None and s.bone is None for s in scan_unlabelled(extra))  # its masks are never read
     student2 = tmp_path / "student2"
     r = run_cli("seg", "distill", seg_run, "--out", student2, "--student", "unet", "--width", "4", "--epochs", "1",
-                "--extra-data", extra, "--bf16", "--calibrate", "rate", "--pos-weight", "2")
+                "--hard-weight", "0.5", "--extra-data", extra, "--bf16", "--calibrate", "rate", "--pos-weight", "2")
     assert r.returncode == 0, r.stderr
     cfg2 = json.loads((student2 / "config.json").read_text())
     assert cfg2["bf16"] is True and cfg2["pos_weight"] == 2.0  # trained in bf16, scored in fp32
     record = json.loads((student2 / "distilled_from.json").read_text())
+    assert record["hard_weight"] == 0.5  # half the lesion loss on its labelled slices against their true masks
     # one of the 2 fresh patients trains the student, the other sets its lesion threshold (--calibration 0.2)
     assert record["extra_slices"] == 16 and record["labelled_slices"] > 0 and "(16 unlabelled)" in r.stderr
     assert len(record["calibration"]["patients"]) == 1 and record["calibration"]["slices"] == 16

@@ -281,3 +281,35 @@ def test_the_closest_member_is_the_one_whose_masks_match_the_ensemble(lesion_cro
     f1 = chosen["agreement F1"]
     assert f1[1] > 0.95 and f1[0] < 0.05 and f1[2] < 0.8
     np.testing.assert_allclose(ensemble, predict_probs(members, ds, 4)[0], atol=1e-6)
+
+
+def test_the_hard_weight_moves_that_share_of_the_lesion_loss_to_the_true_masks(lesion_crops) -> None:
+    """Labelled samples carry their true mask (augmented with the image), unlabelled ones do not count; at
+    hard weight 1 a labelled batch's lesion loss is the teacher's own training loss against the truth."""
+    import torch.nn.functional as F
+    from torch.utils.data import default_collate
+
+    from bonemet.training.augment import SegAugment
+    from bonemet.training.distill import _SoftTargets, _truth_term
+    from bonemet.training.seg import seg_loss
+
+    base = SegmentationDataset(load_bmseg(lesion_crops).slices, 64, 3)
+    n = len(base)
+    truth = np.stack([base[i]["lesion"][0].numpy() for i in range(n)])
+    soft = np.clip(truth * 0.7 + 0.1, 0, 1).astype(np.float32)
+    aug = SegAugment(generator=torch.Generator().manual_seed(0))
+    ds = _SoftTargets(base, soft, None, aug, labelled=n - 1)
+    samples = [ds[i] for i in range(n)]
+    assert [float(s["labelled"]) for s in samples] == [1.0] * (n - 1) + [0.0]
+    for s in samples:  # truth and soft target turned with the same draw: soft = 0.7 truth + 0.1 inside the image
+        inside = s["lesion"] > 0
+        assert torch.allclose(s["lesion"][inside], s["truth"][inside] * 0.7 + 0.1)
+    batch = default_collate(samples[:-1])
+    cfg = SegConfig(data="-", model="unet")
+    logits = torch.randn(n - 1, 1, 64, 64)
+    full = seg_loss(logits, None, batch, cfg) + _truth_term(logits, batch, 10.0, cfg, False)
+    assert torch.allclose(full, F.binary_cross_entropy_with_logits(logits, batch["truth"],
+                                                                    pos_weight=torch.tensor(10.0)), atol=1e-6)
+    unlabelled = default_collate(samples[-1:])
+    assert float(_truth_term(logits[:1], unlabelled, 10.0, cfg, False)) == 0.0
+    assert "truth" not in _SoftTargets(base, soft, None, None)[0]  # no hard weight: the soft targets alone

@@ -166,6 +166,9 @@ def distill(
                                                     "(the teacher's model, or attunet++ for hybrid-attunet++, at its "
                                                     "width) instead of at random; auto: the member whose masks agree "
                                                     "best with the ensemble's on the calibration patients.")] = None,
+    hard_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="On the teacher's labelled training slices, "
+                                               "this share of the lesion loss is BCE against the true masks "
+                                               "(0 = the ensemble's soft outputs only).")] = 0.0,
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -184,7 +187,8 @@ def distill(
         path = finished_student(run, out)
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data,
-                           calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=member)
+                           calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=member,
+                           hard_weight=hard_weight)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

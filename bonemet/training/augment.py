@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-MASK_KEYS = ("lesion", "bone")
+MASK_KEYS = ("lesion", "bone", "truth")  # truth: a distilled student's true lesion mask beside its soft one
 
 
 class SegAugment:

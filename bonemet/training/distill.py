@@ -43,16 +43,21 @@ LABEL_BATCH = 16  # teacher labelling is inference only: larger batches run fast
 
 
 class _SoftTargets(Dataset):
-    """Slices whose ``lesion`` / ``bone`` targets are the teacher's probabilities."""
+    """Slices whose ``lesion`` / ``bone`` targets are the teacher's probabilities; with ``labelled`` > 0, the first
+    ``labelled`` slices also carry their true lesion mask (``truth``) and every sample says whether it has one."""
 
-    def __init__(self, base: SegmentationDataset, lesion: np.ndarray, bone: np.ndarray | None, augment) -> None:
-        self.base, self.lesion, self.bone, self.augment = base, lesion, bone, augment
+    def __init__(self, base: SegmentationDataset, lesion: np.ndarray, bone: np.ndarray | None, augment,
+                 labelled: int = 0) -> None:
+        self.base, self.lesion, self.bone, self.augment, self.labelled = base, lesion, bone, augment, labelled
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
         s = dict(self.base[i])
+        if self.labelled:
+            s["truth"] = s["lesion"]
+            s["labelled"] = torch.tensor(float(i < self.labelled))
         s["lesion"] = torch.from_numpy(self.lesion[i])[None]
         if self.bone is not None:
             s["bone"] = torch.from_numpy(self.bone[i])[None]
@@ -62,7 +67,8 @@ class _SoftTargets(Dataset):
 def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width: int | None = None,
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
             seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
-            calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | str | None = None) -> Path:
+            calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | str | None = None,
+            hard_weight: float = 0.0) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
@@ -74,6 +80,9 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     (the student then leans to the lesion side of the teacher; calibration moves its threshold back).
     ``init_member``: start the student from that teacher member's weights (``warm_start``) instead of at random;
     ``"auto"``: from the member closest to the ensemble on the calibration patients (``closest_member``).
+    ``hard_weight``: on the teacher's own (labelled) training slices, this share of the lesion loss is BCE against
+    the true mask (weighted as the teacher trained, ``pos_weight`` of its run), the rest the soft BCE (Hinton's
+    mixed distillation loss; 0 = soft targets only).
     """
     from ..evaluation.seg_eval import load_member, load_run
 
@@ -83,6 +92,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if (out / "config.json").exists():
         raise BonemetError("student folder already holds a run", out)
     tcfg, split = load_run(teacher)
+    if not 0 <= hard_weight <= 1:
+        raise BonemetError(f"--hard-weight is a share of the lesion loss, between 0 and 1, not {hard_weight}")
     if not epochs and init_member is None:
         raise BonemetError("--epochs 0 keeps a teacher member as it is: give --init-member", teacher)
     if init_member == "auto" and not (extra is not None and calibration > 0):
@@ -133,7 +144,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     fold_dir = out / "fold0"
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    best = _fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir) if epochs else -1.0
+    best = (_fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir, hard_weight, tcfg.pos_weight)
+            if epochs else -1.0)
     calibrated = None
     if calib_ds is not None:
         calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate, calib_teacher)
@@ -157,21 +169,24 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                                              "extra_data": None if extra is None else str(extra),
                                              "extra_slices": len(fit) - n_labelled,
                                              "calibration": calibrated, "init_member": init_member,
-                                             "closest_member": closest,
+                                             "closest_member": closest, "hard_weight": hard_weight,
                                              "seconds": round(time.perf_counter() - t0)})
     return out
 
 
 def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.Module], fit: list[SegSlice],
-                 n_labelled: int, flags: np.ndarray, fold_dir: Path) -> float:
+                 n_labelled: int, flags: np.ndarray, fold_dir: Path, hard_weight: float = 0.0,
+                 truth_pos_weight: float = 1.0) -> float:
     """Label ``fit`` with the ensemble (soft targets; the flags of its unlabelled slices from the teacher's
-    masks) and train ``model`` on them for ``cfg.epochs``; writes ``last.pt`` and the epoch log."""
+    masks) and train ``model`` on them for ``cfg.epochs`` (``hard_weight``: see ``distill``); writes ``last.pt``
+    and the epoch log."""
     base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
     t_lesion, t_bone = predict_probs(members, base, LABEL_BATCH)
     flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])
     aug = SegAugment() if cfg.augment else None
-    ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug)
+    ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug,
+                      n_labelled if hard_weight else 0)
     opt = make_optimizer(cfg.optimizer, model.parameters())
     precision = training_precision(model, cfg.bf16)
     schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
@@ -191,13 +206,31 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
         def step(batch: dict) -> tuple[torch.Tensor, int]:
             with precision:
                 lo, bo = forward(model, train_input(batch["image"], cfg.bf16))
-                return seg_loss(lo, bo if t_bone is not None else None, batch, cfg), len(batch["image"])
+                loss = seg_loss(lo, bo if t_bone is not None else None, batch, cfg)
+                if hard_weight:
+                    loss = loss + hard_weight * _truth_term(lo, batch, truth_pos_weight, cfg, t_bone is not None)
+                return loss, len(batch["image"])
 
         train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}", step)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
         console.print(f"student epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
     return best
+
+
+def _truth_term(lesion_logits: torch.Tensor, batch: dict, pos_weight: float, cfg: SegConfig,
+                two_headed: bool) -> torch.Tensor:
+    """What moves a share of the lesion loss from the soft targets to the true masks of labelled samples:
+    (BCE against the truth on labelled samples) minus (the soft BCE on them), in the lesion loss's own weight."""
+    import torch.nn.functional as F
+
+    logits = lesion_logits.float()
+    pw = None if pos_weight == 1.0 else torch.tensor(pos_weight)
+    spw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight)
+    hard = F.binary_cross_entropy_with_logits(logits, batch["truth"], pos_weight=pw, reduction="none")
+    soft = F.binary_cross_entropy_with_logits(logits, batch["lesion"], pos_weight=spw, reduction="none")
+    per_sample = (hard - soft).flatten(1).mean(1) * batch["labelled"]
+    return per_sample.mean() * (cfg.lesion_weight if two_headed else 1.0)
 
 
 def warm_start(student: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
