@@ -26,8 +26,10 @@ def predict(
     include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
     no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
     fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, channels_last, bf16, "
-                                                  "onnx, compile, or eager (default: fold_bn,channels_last and bf16 "
-                                                  "where the CPU has it).")]
+                                                  "onnx, int8, compile, or eager (default: "
+                                                  "fold_bn,channels_last,bf16 where the CPU has native bf16, else "
+                                                  "fold_bn,onnx). int8 uses the graphs 'bonemet seg quantize' "
+                                                  "stored, else calibrates on this scan.")]
         = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
