@@ -108,13 +108,12 @@ def test_int8_needs_calibration_and_runs_alone():
         FastModel(model, ("fold_bn", "int8", "channels_last"), calibration=torch.rand(1, 3, 64, 64))
 
 
-def test_default_path_is_bf16_where_native_else_int8(monkeypatch):
+def test_default_path_is_bf16_where_native_else_fp32(monkeypatch):
     from bonemet.inference import fast
 
     monkeypatch.setattr(fast, "bf16_supported", lambda: True)
     assert fast.default_paths() == ("fold_bn", "channels_last", "bf16")
     monkeypatch.setattr(fast, "bf16_supported", lambda: False)
-    assert fast.default_paths() == ("fold_bn", "onnx")  # int8 is faster but not within 0.02: an option
-    assert fast.default_paths(onnx_ok=False) == ("fold_bn", "channels_last")  # the sequential model
+    assert fast.default_paths() == ("fold_bn", "channels_last")  # int8 is faster but not within 0.02: an option
     assert fast.calibration_indices(100, 8) == [0, 14, 28, 42, 57, 71, 85, 99]
     assert fast.calibration_indices(3, 8) == [0, 1, 2]

@@ -39,17 +39,14 @@ ORT_PATHS = ("onnx", "int8")  # run by ONNX Runtime instead of torch
 CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
 
 
-def default_paths(onnx_ok: bool = True) -> tuple[str, ...]:
-    """The fastest sound path measured by ``bonemet bench infer``: bf16 where the CPU has it natively, else
-    fp32 in ONNX Runtime (``onnx_ok`` False for a model ONNX export cannot take), else fp32 in torch.
+def default_paths() -> tuple[str, ...]:
+    """The fastest sound path measured by ``bonemet bench infer``: bf16 where the CPU has it natively, else fp32
+    with folded BN in channels_last (ONNX Runtime's fp32 was no faster on an AVX2 CPU and costs an export per
+    member and scan).
 
-    ``int8`` is faster still on CPUs without bf16, but moves some probabilities by more than the 0.02 a
-    default may (``bonemet bench infer --check-run``), so it is an option only."""
-    if bf16_supported():
-        return (*DEFAULT_PATH, "bf16")
-    if onnx_ok and ort_available():
-        return ("fold_bn", "onnx")
-    return DEFAULT_PATH
+    ``int8`` is 2.6-2.9x faster than eager fp32 on CPUs without bf16, with the same masks, but moves a few
+    probabilities by more than the 0.02 a default may (``bonemet bench infer --check-run``): an option only."""
+    return (*DEFAULT_PATH, "bf16") if bf16_supported() else DEFAULT_PATH
 
 
 def ort_available() -> bool:

@@ -73,8 +73,7 @@ class SegRunner:
         except TypeError:
             raise BonemetError("not a segmentation run (its config.json has other fields)", self.run) from None
         ks = members if members is not None else list(range(len(split["folds"])))
-        # the ONNX Runtime paths cannot run the sequential model (it takes the bone mask as a second input)
-        self.paths = default_paths(onnx_ok=self.cfg.model != "sequential") if paths is None else tuple(paths)
+        self.paths = default_paths() if paths is None else tuple(paths)
         self.models = [load_member(self.cfg, self.run, k) for k in ks]
         self.calibrated_on_scan: list[int] = []  # int8 members without a stored graph (calibrated per scan)
         if needs_calibration(self.paths):

@@ -111,7 +111,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         raise BonemetError("distillation needs a patient-level run with held-out test patients (scored after)",
                            teacher)
     # the teacher labels through predict's default fast path: its answers as users get them, faster than eager
-    paths = default_paths(onnx_ok=tcfg.model != "sequential")
+    paths = default_paths()
     members = [FastModel(load_member(tcfg, teacher, k), paths) for k in range(len(split["folds"]))]
     index = load_bmseg(tcfg.data, require_patients=True)
     test_p = set(split["test_patients"])
