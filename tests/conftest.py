@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +35,28 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``bonemet`` as a user would (a fresh process, its real exit code and stderr)."""
     return subprocess.run([sys.executable, "-m", "bonemet.cli.main", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess:
+    """Run ``bonemet`` in this process: the exit code, stdout and stderr of :func:`run_cli` through the same
+    ``main()``, without a fresh interpreter, whose imports (torch, torchvision, scikit-learn) cost 5-15 s on
+    the 2-core CI machine. For checks of expected errors; an unexpected exception fails the test as it is."""
+    from bonemet.cli.main import main, setup_logging
+    from bonemet.log import logger
+
+    out, err = io.StringIO(), io.StringIO()
+    setup_logging()
+    handlers = [h for h in logger.handlers if getattr(h, "_bonemet", False)]
+    streams = [h.setStream(err) for h in handlers]  # library log lines go where this call's stderr goes
+    argv, sys.argv = sys.argv, ["bonemet", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+        for h, stream in zip(handlers, streams):
+            h.setStream(stream)
+    return subprocess.CompletedProcess(["bonemet", *map(str, args)], code, out.getvalue(), err.getvalue())

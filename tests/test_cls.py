@@ -18,7 +18,7 @@ from bonemet.errors import BonemetError
 from bonemet.models.classifiers import (FusionClassifier, apply_pretrained, classifier_names, create_classifier,
                                         load_pretrained)
 from bonemet.training.losses import focal_loss
-from conftest import run_cli
+from conftest import invoke, run_cli
 
 
 @pytest.mark.parametrize("name", classifier_names())
@@ -137,7 +137,7 @@ def test_mismatched_or_missing_weights_are_one_clear_error(tmp_path) -> None:
 def test_cli_bad_pretrained_file_one_line(phantom, tmp_path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    r = run_cli("cls", "train", "--data", phantom / "classification", "--model", "efficientnet_b0",
+    r = invoke("cls", "train", "--data", phantom / "classification", "--model", "efficientnet_b0",
                 "--pretrained", bad, "--epochs", "1", "--out", tmp_path / "run")
     assert r.returncode == 2
     assert "bad.pth" in r.stderr and "Traceback" not in r.stderr
@@ -184,7 +184,7 @@ def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     r = run_cli("cls", "explain", run, "--n", "3")
     assert r.returncode == 0, r.stderr
     assert (ev / "explain.png").stat().st_size > 0
-    r = run_cli("cls", "evaluate", run, "--patient-rule", "most:3")
+    r = invoke("cls", "evaluate", run, "--patient-rule", "most:3")
     assert r.returncode == 2 and "most:3" in r.stderr
 
 
@@ -220,7 +220,7 @@ def test_body_crop_and_weight_decay_travel_with_the_run(phantom, tmp_path) -> No
     scan = read_scan((data / row["slice"]).parent)  # predict's classifier crops the same way
     k = [p.name for p in scan.images].index(Path(row["slice"]).name)
     assert ClsRunner(run).predict(scan)[k] == pytest.approx(prob("body"), abs=1e-5)
-    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--crop", "lungs", "--out", tmp_path / "r2")
+    r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--crop", "lungs", "--out", tmp_path / "r2")
     assert r.returncode == 2 and "unknown crop 'lungs'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -328,7 +328,7 @@ def test_context_and_mirror_runs_build_the_same_input_in_evaluate_explain_and_pr
     if context:
         stray = tmp_path / "stray.png"
         stray.write_bytes(files[k].read_bytes())
-        r = run_cli("cls", "explain", run, "--slices", stray, "--out", tmp_path / "y.png")
+        r = invoke("cls", "explain", run, "--slices", stray, "--out", tmp_path / "y.png")
         assert r.returncode == 2 and "not a slice of the run's data root" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -408,15 +408,15 @@ def test_training_with_lesion_masks(phantom, tmp_path) -> None:
     shutil.copytree(phantom / "bmseg", other)
     met = sorted((data / "Abnormal").glob("*/metastatic/*.png"))[0]
     Image.fromarray(np.zeros((128, 128), np.uint8)).save(other / "lesion mask" / met.name)  # an empty mask
-    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+    r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
                 "--masks", other, "--out", tmp_path / "bad")
     assert r.returncode != 0 and "contradicts its slice's label" in r.stderr and "Traceback" not in r.stderr
     assert met.name in r.stderr
     for folder in ("image", "lesion mask", "bone mask"):  # the slice is missing from the mask root
         (other / folder / met.name).unlink()
-    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+    r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
                 "--masks", other, "--out", tmp_path / "bad2")
     assert r.returncode != 0 and "no lesion mask" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("cls", "train", "--data", data, "--model", "vit_tiny_patch16_224", "--size", "64", "--epochs", "1",
+    r = invoke("cls", "train", "--data", data, "--model", "vit_tiny_patch16_224", "--size", "64", "--epochs", "1",
                 "--masks", phantom / "bmseg", "--out", tmp_path / "bad3")
     assert r.returncode != 0 and "--masks needs a CNN" in r.stderr and "Traceback" not in r.stderr

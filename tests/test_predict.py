@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import run_cli
+from conftest import invoke, run_cli
 from test_cli import assert_clean_failure
 
 
@@ -154,13 +154,13 @@ def test_predict_nifti_keeps_the_input_affine_and_png_folder_says_na(phantom, se
 
 def test_predict_bad_inputs_one_line(phantom, seg_run, cls_run, tmp_path):
     (tmp_path / "empty").mkdir()
-    r = run_cli("predict", tmp_path / "empty", "--seg", seg_run, "--out", tmp_path / "o1")
+    r = invoke("predict", tmp_path / "empty", "--seg", seg_run, "--out", tmp_path / "o1")
     assert_clean_failure(r, "empty folder")
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("hello")
     (junk / "data.bin").write_bytes(b"\x00\x01" * 100)
-    r = run_cli("predict", junk, "--seg", seg_run, "--out", tmp_path / "o2")
+    r = invoke("predict", junk, "--seg", seg_run, "--out", tmp_path / "o2")
     assert_clean_failure(r, "no DICOM file")
     mr = tmp_path / "mr"
     mr.mkdir()
@@ -169,10 +169,10 @@ def test_predict_bad_inputs_one_line(phantom, seg_run, cls_run, tmp_path):
         ds.Modality = "MR"
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
         ds.save_as(mr / f.name)
-    r = run_cli("predict", mr, "--seg", seg_run, "--out", tmp_path / "o3")
+    r = invoke("predict", mr, "--seg", seg_run, "--out", tmp_path / "o3")
     assert_clean_failure(r, "no CT series")
     # a classification run is not a segmentation run
-    r = run_cli("predict", phantom / "dicom" / "P000", "--seg", cls_run, "--out", tmp_path / "o4")
+    r = invoke("predict", phantom / "dicom" / "P000", "--seg", cls_run, "--out", tmp_path / "o4")
     assert_clean_failure(r, "not a segmentation run")
     # models trained on images of unknown window cannot be fed HU
     other = tmp_path / "other_run"
@@ -180,9 +180,9 @@ def test_predict_bad_inputs_one_line(phantom, seg_run, cls_run, tmp_path):
     cfg = json.loads((other / "config.json").read_text())
     cfg["preprocessing"]["window"] = "unknown (images used as given)"
     (other / "config.json").write_text(json.dumps(cfg))
-    r = run_cli("predict", phantom / "dicom" / "P000", "--seg", other, "--out", tmp_path / "o5")
+    r = invoke("predict", phantom / "dicom" / "P000", "--seg", other, "--out", tmp_path / "o5")
     assert_clean_failure(r, "window", "config.json")
-    r = run_cli("predict", phantom / "dicom" / "P000", "--seg", seg_run, "--out", tmp_path / "o6",
+    r = invoke("predict", phantom / "dicom" / "P000", "--seg", seg_run, "--out", tmp_path / "o6",
                 "--fast", "fold_bn,onnx,compile")
     assert_clean_failure(r, "does not combine")
     for k in range(1, 7):
@@ -281,9 +281,9 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
         assert "n/a (ensemble F1 is 0)" in fresh
     else:
         assert f"Student F1 / ensemble F1 = {ratio['student F1 / ensemble F1']:.3f}" in fresh
-    r = run_cli("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", phantom / "bmseg")
+    r = invoke("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", phantom / "bmseg")
     assert r.returncode == 2 and "the teacher trained on" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "none", "--score-only")
+    r = invoke("seg", "distill", seg_run, "--out", tmp_path / "none", "--score-only")
     assert r.returncode == 2 and "no distilled student" in r.stderr
 
     # more slices for the student: the fresh phantom's scans, labelled by the teacher alone
@@ -313,16 +313,16 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
         assert f"At the agreement threshold {other['threshold']:.2f} instead" in (student2 / "distill.md").read_text()
     trained = set(json.loads((student2 / "splits.json").read_text())["folds"][0]["train_patients"])
     assert "Student lesion threshold" in (student2 / "distill.md").read_text()
-    r = run_cli("seg", "distill", seg_run, "--out", student2, "--score-only", "--score-data", extra)
+    r = invoke("seg", "distill", seg_run, "--out", student2, "--score-only", "--score-data", extra)
     assert r.returncode == 2 and "the student trained on this data" in r.stderr
     calib_patient = record["calibration"]["patients"][0]
     assert calib_patient.startswith("extra:") and calib_patient not in trained
     assert not set(split["test_patients"]) & trained  # extra patients are named apart from the teacher's
     for bad, why in ((phantom / "bmseg", "teacher's own data root"), (extra, "cannot be scored on the data")):
-        r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", bad, "--score-data", extra)
+        r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", bad, "--score-data", extra)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "s3" / "config.json").exists()
-    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", extra, "--calibrate", "median")
+    r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s3", "--extra-data", extra, "--calibrate", "median")
     assert r.returncode == 2 and "unknown calibration method 'median'" in r.stderr and "Traceback" not in r.stderr
 
     # a student that starts from a teacher member: its lesion decoder (attunet++ of the hybrid's width)
@@ -330,7 +330,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
                       (("--init-member", "auto"), "give --extra-data and --calibration > 0"),
                       (("--epochs", "0"), "give --init-member"),
                       (("--student", "unet++", "--init-member", "0"), "cannot start from a hybrid-attunet++ member")):
-        r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--epochs", "1", *args)
+        r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s4", "--epochs", "1", *args)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "s4").exists()
     r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--student", "attunet++", "--init-member", "auto",
@@ -390,7 +390,7 @@ def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom,
     eager = SegRunner(run, paths=()).predict(scan)
     for a, b in zip(eager, runner.predict(scan)):
         assert float((np.abs(a - b) <= 0.02).mean()) >= 0.99 and float(((a > 0.5) == (b > 0.5)).mean()) >= 0.995
-    r = run_cli("seg", "quantize", run, "--data", tmp_path / "nowhere")
+    r = invoke("seg", "quantize", run, "--data", tmp_path / "nowhere")
     assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
 
 

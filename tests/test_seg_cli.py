@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import invoke, run_cli
 
 
 def test_seg_models_table_lists_the_family():
@@ -31,9 +31,9 @@ def test_seg_train_and_evaluate_cli(phantom, tmp_path):
 
 
 def test_seg_train_bad_input(tmp_path, phantom):
-    res = run_cli("seg", "train", "--data", phantom / "bmseg", "--out", tmp_path / "r", "--model", "vnet")
+    res = invoke("seg", "train", "--data", phantom / "bmseg", "--out", tmp_path / "r", "--model", "vnet")
     assert res.returncode == 2 and "unknown model 'vnet'" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("seg", "evaluate", tmp_path)
+    res = invoke("seg", "evaluate", tmp_path)
     assert res.returncode == 2 and "not a segmentation run folder" in res.stderr and "Traceback" not in res.stderr
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
