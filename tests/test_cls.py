@@ -138,7 +138,7 @@ def test_cli_bad_pretrained_file_one_line(phantom, tmp_path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     r = invoke("cls", "train", "--data", phantom / "classification", "--model", "efficientnet_b0",
-                "--pretrained", bad, "--epochs", "1", "--out", tmp_path / "run")
+               "--pretrained", bad, "--epochs", "1", "--out", tmp_path / "run")
     assert r.returncode == 2
     assert "bad.pth" in r.stderr and "Traceback" not in r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error")]) == 1
@@ -409,14 +409,14 @@ def test_training_with_lesion_masks(phantom, tmp_path) -> None:
     met = sorted((data / "Abnormal").glob("*/metastatic/*.png"))[0]
     Image.fromarray(np.zeros((128, 128), np.uint8)).save(other / "lesion mask" / met.name)  # an empty mask
     r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
-                "--masks", other, "--out", tmp_path / "bad")
+               "--masks", other, "--out", tmp_path / "bad")
     assert r.returncode != 0 and "contradicts its slice's label" in r.stderr and "Traceback" not in r.stderr
     assert met.name in r.stderr
     for folder in ("image", "lesion mask", "bone mask"):  # the slice is missing from the mask root
         (other / folder / met.name).unlink()
     r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
-                "--masks", other, "--out", tmp_path / "bad2")
+               "--masks", other, "--out", tmp_path / "bad2")
     assert r.returncode != 0 and "no lesion mask" in r.stderr and "Traceback" not in r.stderr
     r = invoke("cls", "train", "--data", data, "--model", "vit_tiny_patch16_224", "--size", "64", "--epochs", "1",
-                "--masks", phantom / "bmseg", "--out", tmp_path / "bad3")
+               "--masks", phantom / "bmseg", "--out", tmp_path / "bad3")
     assert r.returncode != 0 and "--masks needs a CNN" in r.stderr and "Traceback" not in r.stderr

@@ -183,7 +183,7 @@ def test_predict_bad_inputs_one_line(phantom, seg_run, cls_run, tmp_path):
     r = invoke("predict", phantom / "dicom" / "P000", "--seg", other, "--out", tmp_path / "o5")
     assert_clean_failure(r, "window", "config.json")
     r = invoke("predict", phantom / "dicom" / "P000", "--seg", seg_run, "--out", tmp_path / "o6",
-                "--fast", "fold_bn,onnx,compile")
+               "--fast", "fold_bn,onnx,compile")
     assert_clean_failure(r, "does not combine")
     for k in range(1, 7):
         assert not (tmp_path / f"o{k}").exists(), "no half-written output"
