@@ -48,7 +48,8 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
     setup_logging()
     handlers = [h for h in logger.handlers if getattr(h, "_bonemet", False)]
     streams = [h.setStream(err) for h in handlers]  # library log lines go where this call's stderr goes
-    argv, sys.argv = sys.argv, ["bonemet", *map(str, args)]
+    cmd = ["bonemet", *map(str, args)]
+    argv, sys.argv = sys.argv, cmd
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -59,4 +60,4 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         sys.argv = argv
         for h, stream in zip(handlers, streams):
             h.setStream(stream)
-    return subprocess.CompletedProcess(["bonemet", *map(str, args)], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
