@@ -32,7 +32,8 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``bonemet`` as a user would (a fresh process, its real exit code and stderr)."""
+    """Run ``bonemet`` as a user would (a fresh process, its real exit code and stderr). A few tests keep
+    this to check the installed entry point end to end; the rest use :func:`invoke`."""
     return subprocess.run([sys.executable, "-m", "bonemet.cli.main", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
 
@@ -40,7 +41,10 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def invoke(*args: str) -> subprocess.CompletedProcess:
     """Run ``bonemet`` in this process: the exit code, stdout and stderr of :func:`run_cli` through the same
     ``main()``, without a fresh interpreter, whose imports (torch, torchvision, scikit-learn) cost 5-15 s on
-    the 2-core CI machine. For checks of expected errors; an unexpected exception fails the test as it is."""
+    the 2-core CI machine, about 6 s a call. An unexpected exception fails the test with its traceback. Torch's
+    thread count is put back afterwards (``bench infer --threads`` sets it for the process)."""
+    import torch
+
     from bonemet.cli.main import main, setup_logging
     from bonemet.log import logger
 
@@ -50,7 +54,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
     streams = [h.setStream(err) for h in handlers]  # library log lines go where this call's stderr goes
     cmd = ["bonemet", *map(str, args)]
     argv, sys.argv = sys.argv, cmd
-    code = 0
+    code, threads = 0, torch.get_num_threads()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main()
@@ -58,6 +62,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
         sys.argv = argv
+        torch.set_num_threads(threads)
         for h, stream in zip(handlers, streams):
             h.setStream(stream)
     return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())

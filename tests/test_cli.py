@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 
 from bonemet.data.images import write_image
-from conftest import run_cli
+from conftest import invoke, run_cli
 from test_readers import make_bmseg
 
 
@@ -26,21 +26,21 @@ def test_synth_check_stats_split(phantom: Path, tmp_path):
     assert res.returncode == 0, res.stderr
     for layout in ("BM-Seg", "classification", "volumes", "DICOM"):
         assert layout in res.stdout
-    res = run_cli("data", "stats", phantom)
+    res = invoke("data", "stats", phantom)
     assert res.returncode == 0, res.stderr
     assert "bone median" in res.stdout and "lesion pixel fraction" in res.stdout
-    res = run_cli("data", "split", phantom / "bmseg", tmp_path / "run" / "splits.json", "--folds", "2",
-                  "--test-patients", "0.25")
+    res = invoke("data", "split", phantom / "bmseg", tmp_path / "run" / "splits.json", "--folds", "2",
+                 "--test-patients", "0.25")
     assert res.returncode == 0, res.stderr
     sp = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert len(sp["test_patients"]) == 1 and len(sp["folds"]) == 2
-    res = run_cli("data", "split", phantom / "bmseg", tmp_path / "paper.json", "--protocol", "paper")
+    res = invoke("data", "split", phantom / "bmseg", tmp_path / "paper.json", "--protocol", "paper")
     assert res.returncode == 0 and "patients leak" in json.loads((tmp_path / "paper.json").read_text())["label"]
 
 
 def test_stats_compares_phantom_with_real_ct(phantom: Path, real_ct: Path):
-    res = run_cli("data", "stats", phantom / "volumes", "--reference", real_ct / "abdomen_3mm_ct.nii.gz",
-                  "--reference-bone-mask", real_ct / "abdomen_3mm_bone_mask.nii.gz")
+    res = invoke("data", "stats", phantom / "volumes", "--reference", real_ct / "abdomen_3mm_ct.nii.gz",
+                 "--reference-bone-mask", real_ct / "abdomen_3mm_bone_mask.nii.gz")
     assert res.returncode == 0, res.stderr
     ref = [line for line in res.stdout.splitlines() if "(reference)" in line][0]
     assert "| 170.0 |" in ref
@@ -50,16 +50,16 @@ def test_stats_compares_phantom_with_real_ct(phantom: Path, real_ct: Path):
 
 
 def test_synth_from_real_ct(real_ct: Path, tmp_path):
-    res = run_cli("data", "synth", tmp_path / "semi", "--from-ct", real_ct / "abdomen_3mm_ct.nii.gz",
-                  "--bone-mask", real_ct / "abdomen_3mm_bone_mask.nii.gz", "--lesions", "3")
+    res = invoke("data", "synth", tmp_path / "semi", "--from-ct", real_ct / "abdomen_3mm_ct.nii.gz",
+                 "--bone-mask", real_ct / "abdomen_3mm_bone_mask.nii.gz", "--lesions", "3")
     assert res.returncode == 0, res.stderr
-    assert run_cli("data", "check", tmp_path / "semi").returncode == 0
+    assert invoke("data", "check", tmp_path / "semi").returncode == 0
 
 
 def test_missing_mask(tmp_path):
     make_bmseg(tmp_path, {"A": 2}, grouped=False)
     (tmp_path / "lesion mask" / "A_1.png").unlink()
-    res = run_cli("data", "check", tmp_path)
+    res = invoke("data", "check", tmp_path)
     assert_clean_failure(res, "A_1.png", "without lesion mask")
     assert res.returncode == 2
 
@@ -67,7 +67,7 @@ def test_missing_mask(tmp_path):
 def test_mask_of_wrong_size(tmp_path):
     make_bmseg(tmp_path, {"A": 2}, grouped=False)
     write_image(tmp_path / "bone mask" / "A_0.png", np.ones((20, 20), bool))
-    res = run_cli("data", "check", tmp_path)
+    res = invoke("data", "check", tmp_path)
     assert_clean_failure(res, "A_0.png", "does not match")
 
 
@@ -75,15 +75,15 @@ def test_truncated_jpeg(tmp_path):
     make_bmseg(tmp_path, {"A": 2}, grouped=False, size=64, ext="jpg")
     f = tmp_path / "image" / "A_1.jpg"
     f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
-    res = run_cli("data", "check", tmp_path)
+    res = invoke("data", "check", tmp_path)
     assert_clean_failure(res, "A_1.jpg", "unreadable")
 
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    res = run_cli("data", "check", tmp_path / "empty")
+    res = invoke("data", "check", tmp_path / "empty")
     assert_clean_failure(res, "empty folder")
-    res = run_cli("data", "convert", tmp_path / "empty", tmp_path / "out")
+    res = invoke("data", "convert", tmp_path / "empty", tmp_path / "out")
     assert_clean_failure(res, "empty folder")
     assert not (tmp_path / "out").exists(), "no half-written output"
 
@@ -97,7 +97,7 @@ def test_non_ct_dicom(phantom: Path, tmp_path):
         ds.Modality = "MR"
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
         ds.save_as(mr / f.name)
-    res = run_cli("data", "convert", mr, tmp_path / "out")
+    res = invoke("data", "convert", mr, tmp_path / "out")
     assert_clean_failure(res, "no CT series", "MR")
     assert not (tmp_path / "out").exists()
 
@@ -110,5 +110,5 @@ def test_truncated_dicom_slice_is_named(phantom: Path, tmp_path):
     files = sorted(series.iterdir())
     victim = files[len(files) // 2]
     victim.write_bytes(victim.read_bytes()[:2000])
-    res = run_cli("data", "convert", series, tmp_path / "out")
+    res = invoke("data", "convert", series, tmp_path / "out")
     assert_clean_failure(res, victim.name)

@@ -18,7 +18,7 @@ from bonemet.errors import BonemetError
 from bonemet.models.classifiers import (FusionClassifier, apply_pretrained, classifier_names, create_classifier,
                                         load_pretrained)
 from bonemet.training.losses import focal_loss
-from conftest import invoke, run_cli
+from conftest import invoke
 
 
 @pytest.mark.parametrize("name", classifier_names())
@@ -148,8 +148,8 @@ def test_cli_bad_pretrained_file_one_line(phantom, tmp_path) -> None:
 def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     data = phantom / "classification"
     run = tmp_path / "run"
-    r = run_cli("cls", "train", "--data", data, "--model", "resnet18", "--size", "64", "--epochs", "2",
-                "--test-patients", "0.5", "--select", "best", "--out", run)
+    r = invoke("cls", "train", "--data", data, "--model", "resnet18", "--size", "64", "--epochs", "2",
+               "--test-patients", "0.5", "--select", "best", "--out", run)
     assert r.returncode == 0, r.stderr
     assert "random weights" in r.stderr
     split = json.loads((run / "splits.json").read_text())
@@ -164,7 +164,7 @@ def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     assert cfg["preprocessing"]["input_size"] == 64 and "random weights" in cfg["weights"][0]
     assert (run / "fold0" / "best.pt").exists() and (run / "fold0" / "last.pt").exists()
 
-    r = run_cli("cls", "evaluate", run, "--patient-rule", "count:2")
+    r = invoke("cls", "evaluate", run, "--patient-rule", "count:2")
     assert r.returncode == 0, r.stderr
     ev = run / "eval"
     for f in ("table.md", "table.csv", "patients.csv", "predictions.csv", "confusion.png", "roc.png", "metrics.json"):
@@ -176,12 +176,12 @@ def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     assert {p["patient"] for p in preds} == test
     assert "Table 5.1" in (ev / "table.md").read_text()
 
-    r = run_cli("cls", "compare", run, run, "--out", tmp_path / "cmp")
+    r = invoke("cls", "compare", run, run, "--out", tmp_path / "cmp")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cmp" / "compare.md").read_text().count("| resnet18 |") == 2
     assert (tmp_path / "cmp" / "roc.png").exists()
 
-    r = run_cli("cls", "explain", run, "--n", "3")
+    r = invoke("cls", "explain", run, "--n", "3")
     assert r.returncode == 0, r.stderr
     assert (ev / "explain.png").stat().st_size > 0
     r = invoke("cls", "evaluate", run, "--patient-rule", "most:3")
@@ -198,14 +198,14 @@ def test_body_crop_and_weight_decay_travel_with_the_run(phantom, tmp_path) -> No
 
     data = phantom / "classification"
     run = tmp_path / "run"
-    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
-                "--crop", "body", "--optimizer", "adamw", "--weight-decay", "1e-4", "--alpha", "0.5", "--gamma", "0",
-                "--bf16", "--test-patients", "0.5", "--out", run)
+    r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+               "--crop", "body", "--optimizer", "adamw", "--weight-decay", "1e-4", "--alpha", "0.5", "--gamma", "0",
+               "--bf16", "--test-patients", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["crop"] == "body" and cfg["weight_decay"] == 1e-4 and cfg["preprocessing"]["crop"].startswith("body")
     assert cfg["bf16"] is True  # trained in bf16; evaluated below in fp32 from the same checkpoint
-    assert run_cli("cls", "evaluate", run).returncode == 0
+    assert invoke("cls", "evaluate", run).returncode == 0
     with open(run / "eval" / "predictions.csv", newline="") as fh:
         row = next(csv.DictReader(fh))
     _, _, (model,) = load_cls_run(run)
@@ -303,14 +303,14 @@ def test_context_and_mirror_runs_build_the_same_input_in_evaluate_explain_and_pr
 
     data = phantom / "classification"
     run = tmp_path / "run"
-    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
-                "--crop", "body", "--context", str(context), *(["--mirror"] if mirror else []),
-                "--test-patients", "0.5", "--out", run)
+    r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+               "--crop", "body", "--context", str(context), *(["--mirror"] if mirror else []),
+               "--test-patients", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["context"] == context and cfg["mirror"] == mirror
     assert cfg["preprocessing"]["channels"] == 3 * (2 * context + 1) * (2 if mirror else 1)
-    assert run_cli("cls", "evaluate", run).returncode == 0
+    assert invoke("cls", "evaluate", run).returncode == 0
     with open(run / "eval" / "predictions.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["slice"].startswith("Normal/")]
     row = rows[len(rows) // 2]  # a healthy test patient's middle slice: all its slices sit in one folder
@@ -323,7 +323,7 @@ def test_context_and_mirror_runs_build_the_same_input_in_evaluate_explain_and_pr
         p = float(torch.softmax(model(x[None]), 1)[0, 1])
     assert p == pytest.approx(float(row["probability"]), abs=1e-5)  # evaluate built the same input
     assert ClsRunner(run).predict(read_scan(files[0].parent))[k] == pytest.approx(p, abs=1e-5)  # and predict
-    r = run_cli("cls", "explain", run, "--slices", data / row["slice"], "--out", tmp_path / "x.png")
+    r = invoke("cls", "explain", run, "--slices", data / row["slice"], "--out", tmp_path / "x.png")
     assert r.returncode == 0 and (tmp_path / "x.png").stat().st_size > 0, r.stderr
     if context:
         stray = tmp_path / "stray.png"
@@ -396,13 +396,13 @@ def test_training_with_lesion_masks(phantom, tmp_path) -> None:
     """--masks adds a lesion-map loss for CNNs; evaluation is unchanged; wrong mask roots fail in one line."""
     data = phantom / "classification"
     run = tmp_path / "run"
-    r = run_cli("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
-                "--crop", "body", "--masks", phantom / "bmseg", "--test-patients", "0.5", "--out", run)
+    r = invoke("cls", "train", "--data", data, "--model", "small_cnn16", "--size", "64", "--epochs", "1",
+               "--crop", "body", "--masks", phantom / "bmseg", "--test-patients", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["masks"] == str(phantom / "bmseg") and "lesion-map loss" in cfg["preprocessing"]["lesion masks"]
     assert "lesion_head.weight" in torch.load(run / "fold0" / "last.pt", weights_only=True)["model"]
-    assert run_cli("cls", "evaluate", run).returncode == 0
+    assert invoke("cls", "evaluate", run).returncode == 0
     # another patient's masks under this patient's names contradict the slice labels
     other = tmp_path / "other"
     shutil.copytree(phantom / "bmseg", other)

@@ -20,8 +20,8 @@ from test_cli import assert_clean_failure
 def seg_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Hybrid-AttUnet++ run (2 folds, 1 epoch): enough to exercise every output."""
     run = tmp_path_factory.mktemp("seg") / "run"
-    r = run_cli("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
-                "--size", "64", "--width", "4", "--neg-ratio", "0.5", "--out", run)
+    r = invoke("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
+               "--size", "64", "--width", "4", "--neg-ratio", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     return run
 
@@ -30,8 +30,8 @@ def seg_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cls_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny slice classifier trained on body crops (predict must crop its slices the same way)."""
     run = tmp_path_factory.mktemp("cls") / "run"
-    r = run_cli("cls", "train", "--data", phantom / "classification", "--model", "small_cnn16", "--size", "64",
-                "--crop", "body", "--epochs", "1", "--test-patients", "0.5", "--out", run)
+    r = invoke("cls", "train", "--data", phantom / "classification", "--model", "small_cnn16", "--size", "64",
+               "--crop", "body", "--epochs", "1", "--test-patients", "0.5", "--out", run)
     assert r.returncode == 0, r.stderr
     return run
 
@@ -84,7 +84,7 @@ def test_dicom_seg_reads_back_and_references_the_source(phantom, seg_run, tmp_pa
 
     pid = _metastatic_patient(phantom)
     out = tmp_path / "pred"
-    r = run_cli("predict", phantom / "dicom" / pid, "--seg", seg_run, "--out", out, "--threshold", "0.01")
+    r = invoke("predict", phantom / "dicom" / pid, "--seg", seg_run, "--out", out, "--threshold", "0.01")
     assert r.returncode == 0, r.stderr
     seg = hd.seg.segread(out / "lesions_seg.dcm")
     ds = pydicom.dcmread(out / "lesions_seg.dcm")
@@ -131,7 +131,7 @@ def test_dicom_seg_survives_negated_direction_cosines(phantom, tmp_path):
 def test_predict_nifti_keeps_the_input_affine_and_png_folder_says_na(phantom, seg_run, tmp_path):
     pid = _metastatic_patient(phantom)
     src = phantom / "volumes" / pid / "ct.nii.gz"
-    r = run_cli("predict", src, "--seg", seg_run, "--out", tmp_path / "nii", "--threshold", "0.01")
+    r = invoke("predict", src, "--seg", seg_run, "--out", tmp_path / "nii", "--threshold", "0.01")
     assert r.returncode == 0, r.stderr
     a, b = nib.load(src), nib.load(tmp_path / "nii" / "lesion_mask.nii.gz")
     assert a.shape == b.shape and np.allclose(a.affine, b.affine)
@@ -141,8 +141,8 @@ def test_predict_nifti_keeps_the_input_affine_and_png_folder_says_na(phantom, se
     pngs.mkdir()
     for f in sorted((phantom / "bmseg" / "image").glob(f"{pid}_*"))[:12]:
         shutil.copy(f, pngs / f.name)
-    r = run_cli("predict", pngs, "--seg", seg_run, "--out", tmp_path / "png", "--threshold", "0.01",
-                "--min-volume", "0")
+    r = invoke("predict", pngs, "--seg", seg_run, "--out", tmp_path / "png", "--threshold", "0.01",
+               "--min-volume", "0")
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "png" / "summary.json").read_text())
     assert s["input"]["kind"] == "images" and s["total_lesion_volume_ml"] is None
@@ -197,21 +197,21 @@ def test_truncated_dicom_slice_is_never_dropped_silently(phantom, seg_run, tmp_p
     ordered = [Path(f) for f in read_dicom_series(series, canonical=False).meta["slice_files"]]
     last = ordered[-1]
     last.write_bytes(last.read_bytes()[:2000])  # the end slice: no gap, so the scan is still usable
-    r = run_cli("predict", series, "--seg", seg_run, "--out", tmp_path / "out")
+    r = invoke("predict", series, "--seg", seg_run, "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert last.name in r.stderr
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert any(last.name in w for w in s["warnings"])
     middle = ordered[len(ordered) // 2]
     middle.write_bytes(middle.read_bytes()[:2000])  # a hole in the series: refused, naming the file
-    r = run_cli("predict", series, "--seg", seg_run, "--out", tmp_path / "out2")
+    r = invoke("predict", series, "--seg", seg_run, "--out", tmp_path / "out2")
     assert_clean_failure(r, middle.name)
 
 
 def test_predict_on_real_ct_reports_bone_dice(real_ct, seg_run, tmp_path):
     out = tmp_path / "real"
-    r = run_cli("predict", real_ct / "chest_abdomen_dicom", "--seg", seg_run, "--out", out,
-                "--bone-truth", real_ct / "chest_abdomen_dicom_bone_mask.nii.gz")
+    r = invoke("predict", real_ct / "chest_abdomen_dicom", "--seg", seg_run, "--out", out,
+               "--bone-truth", real_ct / "chest_abdomen_dicom_bone_mask.nii.gz")
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert 0 <= s["bone_truth"]["dice"] <= 1 and s["bone_truth"]["truth_voxels"] > 0
@@ -229,8 +229,8 @@ def test_report_opens_in_headless_chromium(phantom, seg_run, tmp_path):
     import subprocess
 
     out = tmp_path / "pred"
-    r = run_cli("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", seg_run, "--out", out,
-                "--threshold", "0.2", "--min-volume", "0")
+    r = invoke("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", seg_run, "--out", out,
+               "--threshold", "0.2", "--min-volume", "0")
     assert r.returncode == 0, r.stderr
     url = (out / "report.html").resolve().as_uri()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
@@ -249,7 +249,7 @@ def test_report_opens_in_headless_chromium(phantom, seg_run, tmp_path):
 
 def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     student = tmp_path / "student"
-    r = run_cli("seg", "distill", seg_run, "--out", student, "--student", "unet", "--width", "4", "--epochs", "1")
+    r = invoke("seg", "distill", seg_run, "--out", student, "--student", "unet", "--width", "4", "--epochs", "1")
     assert r.returncode == 0, r.stderr
     table = (student / "distill.md").read_text()
     assert "ensemble of 2 hybrid-attunet++" in table and "student unet (width 4)" in table and "cost ratio" in table
@@ -261,8 +261,8 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert gmac["teacher member 0 alone"] == pytest.approx(gmac["ensemble of 2 hybrid-attunet++"] / 2, abs=0.01)
     split = json.loads((student / "splits.json").read_text())
     assert not set(split["test_patients"]) & set(split["folds"][0]["train_patients"])
-    r = run_cli("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", student, "--out", tmp_path / "p",
-                "--no-dicom-seg")
+    r = invoke("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", student, "--out", tmp_path / "p",
+               "--no-dicom-seg")
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert s["models"]["segmentation"]["members"] == 1 and not (tmp_path / "p" / "bone_mask.nii.gz").exists()
@@ -271,7 +271,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     from bonemet.phantom.synth import synthesize
 
     synthesize(tmp_path / "fresh", patients=2, seed=9, size=64, slices=16, formats=("bmseg",))
-    r = run_cli("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", tmp_path / "fresh" / "bmseg")
+    r = invoke("seg", "distill", seg_run, "--out", student, "--score-only", "--score-data", tmp_path / "fresh" / "bmseg")
     assert r.returncode == 0, r.stderr
     fresh = (student / "distill_fresh.md").read_text()
     assert "All 2 patients" in fresh and "student unet (width 4)" in fresh and "Student F1 / ensemble F1" in fresh
@@ -292,8 +292,8 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     extra = tmp_path / "fresh" / "bmseg"
     assert all(s.lesion is None and s.bone is None for s in scan_unlabelled(extra))  # its masks are never read
     student2 = tmp_path / "student2"
-    r = run_cli("seg", "distill", seg_run, "--out", student2, "--student", "unet", "--width", "4", "--epochs", "1",
-                "--hard-weight", "0.5", "--extra-data", extra, "--bf16", "--calibrate", "rate", "--pos-weight", "2")
+    r = invoke("seg", "distill", seg_run, "--out", student2, "--student", "unet", "--width", "4", "--epochs", "1",
+               "--hard-weight", "0.5", "--extra-data", extra, "--bf16", "--calibrate", "rate", "--pos-weight", "2")
     assert r.returncode == 0, r.stderr
     cfg2 = json.loads((student2 / "config.json").read_text())
     assert cfg2["bf16"] is True and cfg2["pos_weight"] == 2.0  # trained in bf16, scored in fp32
@@ -333,8 +333,8 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
         r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s4", "--epochs", "1", *args)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "s4").exists()
-    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s4", "--student", "attunet++", "--init-member", "auto",
-                "--epochs", "1", "--extra-data", extra)
+    r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s4", "--student", "attunet++", "--init-member", "auto",
+               "--epochs", "1", "--extra-data", extra)
     assert r.returncode == 0, r.stderr
     record = json.loads((tmp_path / "s4" / "distilled_from.json").read_text())
     closest = record["closest_member"]  # picked on the calibration patient, by agreement with the ensemble
@@ -343,8 +343,8 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert "student attunet++ (width 4)" in (tmp_path / "s4" / "distill.md").read_text()
     assert "(the member whose masks agree best" in (tmp_path / "s4" / "distill.md").read_text()
     # --epochs 0: the member's lesion decoder as it is (no calibration without extra data): the same lesion logits
-    r = run_cli("seg", "distill", seg_run, "--out", tmp_path / "s5", "--student", "attunet++", "--init-member", "0",
-                "--epochs", "0")
+    r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s5", "--student", "attunet++", "--init-member", "0",
+               "--epochs", "0")
     assert r.returncode == 0, r.stderr
     assert "started from teacher member 0's weights, and was trained no further" in r.stdout
     import torch
@@ -366,7 +366,7 @@ def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom,
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
-    r = run_cli("seg", "quantize", run, "--slices", "4")
+    r = invoke("seg", "quantize", run, "--slices", "4")
     assert r.returncode == 0, r.stderr
     test_p = set(json.loads((run / "splits.json").read_text())["test_patients"])
     for k in (0, 1):
@@ -395,8 +395,8 @@ def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom,
 
 
 def test_bench_checks_every_path_on_a_trained_run(seg_run, tmp_path):
-    r = run_cli("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
-                "--scan-slices", "8", "--members", "1", "--check-run", seg_run, "--out", tmp_path)
+    r = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
+               "--scan-slices", "8", "--members", "1", "--check-run", seg_run, "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "bench_infer.md").read_text()
     trained = text.split("Answers of a trained model against eager fp32:")[1]

@@ -19,12 +19,12 @@ def test_seg_models_table_lists_the_family():
 
 def test_seg_train_and_evaluate_cli(phantom, tmp_path):
     run = tmp_path / "run"
-    res = run_cli("seg", "train", "--data", phantom / "bmseg", "--out", run, "--model", "attunet", "--folds", "2",
-                  "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2", "--neg-ratio", "0.5",
-                  "--bf16")
+    res = invoke("seg", "train", "--data", phantom / "bmseg", "--out", run, "--model", "attunet", "--folds", "2",
+                 "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2", "--neg-ratio", "0.5",
+                 "--bf16")
     assert res.returncode == 0, res.stderr
     assert json.loads((run / "config.json").read_text())["bf16"] is True
-    res = run_cli("seg", "evaluate", run)
+    res = invoke("seg", "evaluate", run)
     assert res.returncode == 0, res.stderr
     assert "AttUnet ensemble (2 members)" in res.stdout
     assert json.loads((run / "eval" / "metrics.json").read_text())["test_patients"]
@@ -49,8 +49,8 @@ def test_seg_train_bad_input(tmp_path, phantom):
 
 
 def test_bench_seg_quick(tmp_path):
-    res = run_cli("bench", "seg", "--quick", "--size", "32", "--width", "2", "--batch-size", "2", "--models",
-                  "unet,hybrid-attunet++", "--out", tmp_path)
+    res = invoke("bench", "seg", "--quick", "--size", "32", "--width", "2", "--batch-size", "2", "--models",
+                 "unet,hybrid-attunet++", "--out", tmp_path)
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_seg.md").read_text()
     assert "| unet |" in text and "| hybrid-attunet++ |" in text and "train img/s" in text
@@ -59,8 +59,8 @@ def test_bench_seg_quick(tmp_path):
 
 def test_bench_infer_quick(tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size)."""
-    res = run_cli("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
-                  "--scan-slices", "8", "--members", "2", "--out", tmp_path)
+    res = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
+                 "--scan-slices", "8", "--members", "2", "--out", tmp_path)
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_infer.md").read_text()
     assert "| eager fp32, batch 1 (baseline) |" in text and "| 1.0x |" in text and "first pass s" in text
