@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from bonemet.inference.fast import FastModel, bf16_supported, fold_batchnorm
+from bonemet.inference.fast import BF16_FP32_LEVELS, FastModel, bf16_supported, fold_batchnorm, keep_fp32_encoder
 from bonemet.models import create_model, split_outputs
 
 
@@ -54,6 +54,26 @@ def test_bf16_path_is_close():
     for a, b in zip(ref, fast):
         assert float((a - b).abs().max()) < 0.02
         assert float(((a > 0.5) == (b > 0.5)).float().mean()) >= 0.995
+
+
+@pytest.mark.parametrize("name", ["unet", "hybrid-attunet++", "sequential"])
+def test_bf16_path_keeps_the_first_encoder_levels_in_fp32(name):
+    model = _trained_like(name)
+    encoders = sum(isinstance(getattr(m, "enc", None), torch.nn.ModuleList) for m in model.modules())
+    assert encoders == (2 if name == "sequential" else 1)  # bone and lesion networks each have one
+    fast = FastModel(model, ("fold_bn", "channels_last", "bf16"))
+    kept = [m for m in fast.model.modules() if type(m).__name__ == "_FP32"]
+    assert len(kept) == BF16_FP32_LEVELS * encoders
+    # a kept block gives, under bf16 autocast, exactly what it gives in plain fp32
+    block, x = kept[0], torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        ref = block.module(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = block(x)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    plain = FastModel(model, ("fold_bn", "channels_last", "bf16"), fp32_levels=0)
+    assert not any(type(m).__name__ == "_FP32" for m in plain.model.modules())
+    assert keep_fp32_encoder(fold_batchnorm(model), levels=1) == encoders
 
 
 @pytest.mark.parametrize("name", ["unet", "hybrid-attunet++"])

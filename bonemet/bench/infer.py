@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..inference.fast import FastModel, bf16_supported, default_paths, needs_calibration, ort_available
+from ..inference.fast import (BF16_FP32_LEVELS, FastModel, bf16_supported, default_paths, needs_calibration,
+                              ort_available)
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
 from .seg import _timeit
@@ -30,8 +31,9 @@ def _probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] = print
-                  ) -> list[tuple[str, tuple[str, ...], int]]:
-    """(row name, paths, batch) of every path this machine can run, the eager fp32 batch-1 baseline first."""
+                  ) -> list[tuple[str, tuple[str, ...], int, int]]:
+    """(row name, paths, batch, encoder levels kept fp32 by bf16) of every path this machine can run, the eager
+    fp32 batch-1 baseline first; bf16 also as plain autocast (no level kept), to show what keeping them buys."""
     chosen = [(), ("channels_last",), ("fold_bn",), ("fold_bn", "channels_last")]
     if bf16_supported():
         chosen.append(("fold_bn", "channels_last", "bf16"))
@@ -43,12 +45,14 @@ def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] 
         chosen.append(("fold_bn", "channels_last", "compile"))
         if bf16_supported():
             chosen.append(("fold_bn", "channels_last", "bf16", "compile"))
-    variants: list[tuple[str, tuple[str, ...], int]] = [("eager fp32, batch 1 (baseline)", (), 1)]
+    variants: list[tuple[str, tuple[str, ...], int, int]] = [("eager fp32, batch 1 (baseline)", (), 1, 0)]
     for paths in chosen:
         name = (" + ".join(paths) or "eager fp32") + f", batch {batch}"
         if paths == default_paths():
             name += " (default)"
-        variants.append((name, paths, batch))
+        variants.append((name, paths, batch, BF16_FP32_LEVELS))
+        if paths == ("fold_bn", "channels_last", "bf16"):
+            variants.append((" + ".join(paths) + f", plain autocast, batch {batch}", paths, batch, 0))
     return variants
 
 
@@ -75,9 +79,10 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
     gmac = gmacs_per_slice(model, 3, size)
     base_p = _probs(model, x, 1)
     rows, base_t = [], None
-    for name, paths, b in path_variants(batch, compile_, log):
+    for name, paths, b, levels in path_variants(batch, compile_, log):
         t0 = time.perf_counter()
-        m = FastModel(model, paths, calibration=x if needs_calibration(paths) else None) if paths else model
+        m = (FastModel(model, paths, calibration=x if needs_calibration(paths) else None, fp32_levels=levels)
+             if paths else model)
         p = _probs(m, x, b)  # also the warm-up: export, compilation, oneDNN kernel choice
         setup = time.perf_counter() - t0
         t = _timeit(lambda: _probs(m, x, b), reps, warmup=0)
@@ -109,10 +114,10 @@ def check_paths(run: Path, slices: int = 16, batch: int = 4, compile_: bool = Fa
     x, picked = calibration_input(pool, cfg, slices)
     ref = torch.cat([t.flatten() for t in _all_probs(model, x, 1)])
     rows = []
-    for name, paths, b in path_variants(batch, compile_, log)[1:]:
+    for name, paths, b, levels in path_variants(batch, compile_, log)[1:]:
         graph = stored_int8(run, 0) if needs_calibration(paths) else None
         calib = calibration_input(calibration_pool(run, None), cfg)[0] if needs_calibration(paths) and not graph else None
-        m = FastModel(model, paths, calibration=calib, int8_onnx=graph)
+        m = FastModel(model, paths, calibration=calib, int8_onnx=graph, fp32_levels=levels)
         p = torch.cat([t.flatten() for t in _all_probs(m, x, b)])
         rows.append({"path": name, **_answers(p, ref)})
         log(f"{name}: answers checked on {len(picked)} slices")
