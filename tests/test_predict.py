@@ -342,16 +342,21 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert len(closest["agreement F1"]) == 2 and f"student starts from member {closest['member']}" in r.stderr
     assert "student attunet++ (width 4)" in (tmp_path / "s4" / "distill.md").read_text()
     assert "(the member whose masks agree best" in (tmp_path / "s4" / "distill.md").read_text()
-    # --epochs 0: the member's lesion decoder as it is (no calibration without extra data): the same lesion logits
-    r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s5", "--student", "attunet++", "--init-member", "0",
-               "--epochs", "0")
+    # --epochs 0: the member's lesion decoder as it is (no calibration without extra data): the same lesion logits;
+    # heldout: the member with the best lesion F1 on its own fold's held-out patients
+    r = invoke("seg", "distill", seg_run, "--out", tmp_path / "s5", "--student", "attunet++", "--init-member",
+               "heldout", "--epochs", "0")
     assert r.returncode == 0, r.stderr
-    assert "started from teacher member 0's weights, and was trained no further" in r.stdout
+    picked = json.loads((tmp_path / "s5" / "distilled_from.json").read_text())
+    k = picked["init_member"]
+    assert k == int(np.argmax(picked["closest_member"]["held-out F1"]))
+    assert (f"started from teacher member {k}'s weights (the member with the best lesion F1 on its own fold's "
+            "held-out patients), and was trained no further") in r.stdout
     import torch
 
     from bonemet.evaluation.seg_eval import load_member, load_run
 
-    member = load_member(load_run(seg_run)[0], seg_run, 0).eval()
+    member = load_member(load_run(seg_run)[0], seg_run, k).eval()
     pruned = load_member(load_run(tmp_path / "s5")[0], tmp_path / "s5", 0).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

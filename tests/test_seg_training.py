@@ -313,3 +313,26 @@ def test_the_hard_weight_moves_that_share_of_the_lesion_loss_to_the_true_masks(l
     unlabelled = default_collate(samples[-1:])
     assert float(_truth_term(logits[:1], unlabelled, 10.0, cfg, False)) == 0.0
     assert "truth" not in _SoftTargets(base, soft, None, None)[0]  # no hard weight: the soft targets alone
+
+
+def test_heldout_member_is_picked_on_each_folds_own_held_out_f1(tmp_path):
+    from bonemet.errors import BonemetError
+    from bonemet.training.distill import heldout_member
+
+    # fold 0 keeps its last epoch (held-out F1 0.30), fold 1 the epoch of best inner-validation F1 (epoch 1: 0.50)
+    runs = {0: ("last.pt", [("0.10", ""), ("", ""), ("0.30", "")]),
+            1: ("best.pt", [("0.20", "0.3"), ("0.50", "0.6"), ("0.25", "0.4")])}
+    for k, (ckpt, f1) in runs.items():
+        fold = tmp_path / f"fold{k}"
+        fold.mkdir()
+        (fold / "done.json").write_text(json.dumps({"fold": k, "checkpoint": ckpt}))
+        rows = "".join(f"{e},0.003,0.1,1.0,,{h},{v}\n" for e, (h, v) in enumerate(f1))
+        (fold / "metrics.csv").write_text("epoch,lr,train_loss,seconds,heldout_loss,heldout_lesion_f1,"
+                                          "select_lesion_f1\n" + rows)
+    assert heldout_member(tmp_path, 2) == {"member": 1, "held-out F1": [0.3, 0.5]}
+    (tmp_path / "fold1" / "done.json").write_text(json.dumps({"fold": 1, "checkpoint": "last.pt"}))
+    assert heldout_member(tmp_path, 2) == {"member": 0, "held-out F1": [0.3, 0.25]}
+    (tmp_path / "fold0" / "metrics.csv").write_text("epoch,lr,train_loss,seconds,heldout_loss,heldout_lesion_f1\n"
+                                                   "0,0.003,0.1,1.0,,\n")
+    with pytest.raises(BonemetError, match="member 0 has no held-out lesion F1 at its kept epoch"):
+        heldout_member(tmp_path, 2)

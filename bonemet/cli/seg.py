@@ -69,7 +69,8 @@ def train(
     neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many lesion-free slices per "
                                                           "lesion slice (CPU budgets).")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Score the fold's held-out patients every N epochs "
-                                                        "(for the curves only; never used for selection).")] = 1,
+                                                        "(for the curves and `seg distill --init-member heldout`; "
+                                                        "never for choosing a checkpoint unless --select best).")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
@@ -165,7 +166,9 @@ def distill(
     init_member: Annotated[str | None, typer.Option(help="Start the student from this teacher member's weights "
                                                     "(the teacher's model, or attunet++ for hybrid-attunet++, at its "
                                                     "width) instead of at random; auto: the member whose masks agree "
-                                                    "best with the ensemble's on the calibration patients.")] = None,
+                                                    "best with the ensemble's on the calibration patients; heldout: "
+                                                    "the member with the best lesion F1 on its own fold's held-out "
+                                                    "patients.")] = None,
     hard_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="On the teacher's labelled training slices, "
                                                "this share of the lesion loss is BCE against the true masks "
                                                "(0 = the ensemble's soft outputs only).")] = 0.0,
@@ -180,8 +183,8 @@ def distill(
     if extra_data is not None and score_data is not None and extra_data.resolve() == score_data.resolve():
         raise BonemetError("the student cannot be scored on the data it trained on: give --extra-data and "
                            "--score-data different roots", extra_data)
-    if init_member is not None and init_member != "auto" and not init_member.isdigit():
-        raise BonemetError(f"--init-member takes a member number or auto, not '{init_member}'")
+    if init_member is not None and init_member not in ("auto", "heldout") and not init_member.isdigit():
+        raise BonemetError(f"--init-member takes a member number, auto or heldout, not '{init_member}'")
     member = int(init_member) if init_member and init_member.isdigit() else init_member
     if score_only:
         path = finished_student(run, out)

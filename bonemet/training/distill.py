@@ -31,8 +31,8 @@ from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
 from .augment import SegAugment, seed_augment
 from .checkpoint import save_checkpoint
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch, train_input,
-                   training_precision)
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch,
+                   train_input, training_precision)
 from .schedule import PiecewiseLR
 from .seg import SegConfig, build_model, forward, lesion_slice_flags, predict_probs, seg_loss
 
@@ -79,7 +79,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     (``training_precision``). ``pos_weight`` > 1 weighs the teacher's lesion probabilities more in the soft BCE
     (the student then leans to the lesion side of the teacher; calibration moves its threshold back).
     ``init_member``: start the student from that teacher member's weights (``warm_start``) instead of at random;
-    ``"auto"``: from the member closest to the ensemble on the calibration patients (``closest_member``).
+    ``"auto"``: from the member closest to the ensemble on the calibration patients (``closest_member``);
+    ``"heldout"``: from the member with the best lesion F1 on its own fold's held-out patients (``heldout_member``).
     ``hard_weight``: on the teacher's own (labelled) training slices, this share of the lesion loss is BCE against
     the true mask (weighted as the teacher trained, ``pos_weight`` of its run), the rest the soft BCE (Hinton's
     mixed distillation loss; 0 = soft targets only).
@@ -100,7 +101,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         raise BonemetError("--init-member auto picks the member on the calibration patients: give --extra-data "
                            "and --calibration > 0", teacher)
     if init_member is not None:
-        if init_member != "auto" and not 0 <= init_member < len(split["folds"]):
+        if init_member not in ("auto", "heldout") and not 0 <= init_member < len(split["folds"]):
             raise BonemetError(f"the teacher has members 0-{len(split['folds']) - 1}, not {init_member}", teacher)
         # unet++ tensors fit into attunet++ shapes too, but nodes trained on gated skips are no start for it
         starts = (tcfg.model, SINGLE_DECODER.get(tcfg.model))
@@ -132,7 +133,12 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                   dual_decoder=None, block="mb", bf16=bf16)
     calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize) if calib else None
     closest, calib_teacher = None, None
-    if init_member == "auto":
+    if init_member == "heldout":
+        closest = heldout_member(teacher, len(members))
+        init_member = closest["member"]
+        console.print(f"student starts from member {init_member}: lesion F1 on each member's held-out fold "
+                      f"{', '.join(f'{a:.3f}' for a in closest['held-out F1'])}")
+    elif init_member == "auto":
         closest, calib_teacher = closest_member(members, calib_ds, LABEL_BATCH)
         init_member = closest["member"]
         console.print(f"student starts from member {init_member}: lesion-mask agreement with the ensemble on "
@@ -246,6 +252,25 @@ def warm_start(student: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
                            f"(e.g. {lacking[0]}) are not in it with the same shape (use the teacher's model, or "
                            "attunet++ for hybrid-attunet++, at the teacher's width)")
     student.load_state_dict({k: weights[k] for k in own})
+
+
+def heldout_member(teacher: Path, n_members: int) -> dict:
+    """The member with the best lesion F1 on its own fold's held-out patients (validation patients, never the
+    run's test patients) at the epoch of its kept checkpoint (last.pt: the last epoch, always scored; best.pt: the
+    epoch of best inner-validation F1), from ``fold<k>/metrics.csv``; returns {"member", "held-out F1"}."""
+    scores = []
+    for k in range(n_members):
+        fold = teacher / f"fold{k}"
+        rows = read_rows(fold / "metrics.csv", 10**9)
+        if json.loads((fold / "done.json").read_text()).get("checkpoint") == "best.pt" and rows:
+            sel = [float(r.get("select_lesion_f1") or "nan") for r in rows]
+            rows = rows[:int(np.nanargmax(sel)) + 1] if not np.isnan(sel).all() else rows
+        f1 = rows[-1].get("heldout_lesion_f1") if rows else None
+        if f1 in (None, "", "nan"):
+            raise BonemetError(f"teacher member {k} has no held-out lesion F1 at its kept epoch in metrics.csv "
+                               "(train with --eval-every 1, or give a member number or auto)", fold)
+        scores.append(float(f1))
+    return {"member": int(np.argmax(scores)), "held-out F1": [round(v, 4) for v in scores]}
 
 
 def closest_member(members: list[torch.nn.Module], ds: SegmentationDataset,
@@ -452,8 +477,10 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
                  f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
     if record.get("init_member") is not None:
         k = record["init_member"]
-        how = (" (the member whose masks agree best with the ensemble's on the calibration patients)"
-               if record.get("closest_member") else "")
+        picked = record.get("closest_member") or {}
+        how = (" (the member with the best lesion F1 on its own fold's held-out patients)" if "held-out F1" in picked
+               else " (the member whose masks agree best with the ensemble's on the calibration patients)" if picked
+               else "")
         text += f"The student started from teacher member {k}'s weights{how}"
         if scfg.epochs == 0:
             at = " at the threshold above" if cal else ""
