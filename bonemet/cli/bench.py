@@ -82,7 +82,8 @@ def infer(
     say(f"training: {train['train img/s']} img/s (--bf16: {train['train img/s --bf16']}), "
         f"peak RSS {train['peak RSS MB']} MB")
     checked = check_paths(check_run, log=say) if check_run is not None else None
-    rows, facts = bench_paths(model, size, width, slices, batch_size, reps, compile, log=say)
+    path_reps = 1 if quick else 5  # interleaved rounds: medians of 5 ride out this kind of VM's slow spells
+    rows, facts = bench_paths(model, size, width, slices, batch_size, path_reps, compile, log=say)
     paths = default_paths()
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:
         run = write_random_run(Path(tmp) / "run", members, model, size, width)
@@ -104,7 +105,8 @@ def infer(
         say(f"predict, eager fp32 batch 1: {t_base:.0f} s per 100 slices")
     gmac = facts["GMAC/slice"]
     text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
-            f"median of {reps} timed pass(es) over {slices} slices after a first pass (timed apart: it holds "
+            f"median of {path_reps} timed pass(es) over {slices} slices, the paths taking turns (one pass of "
+            f"each per round), after a first pass (timed apart: it holds "
             f"export, quantization and compilation); answers compared with the baseline on the same slices "
             f"(random weights and inputs; `--check-run RUN` checks them on a trained model).\n\n"
             + markdown_table(rows) + "\n\n"
