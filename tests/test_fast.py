@@ -64,13 +64,16 @@ def test_bf16_path_keeps_the_first_encoder_levels_in_fp32(name):
     fast = FastModel(model, ("fold_bn", "channels_last", "bf16"))
     kept = [m for m in fast.model.modules() if type(m).__name__ == "_FP32"]
     assert len(kept) == BF16_FP32_LEVELS * encoders
-    # a kept block gives, under bf16 autocast, exactly what it gives in plain fp32
+    # a kept block computes, under bf16 autocast, what it computes in plain fp32, rounded to bf16 once at its output
     block, x = kept[0], torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
         ref = block.module(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = block(x)
-    assert out.dtype == torch.float32 and torch.equal(out, ref)
+            plain = block.module(x)
+        assert torch.equal(block(x), ref)  # outside autocast: fp32 in, fp32 out
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.to(torch.bfloat16))
+    assert not torch.equal(plain.float(), out.float())  # plain autocast rounds every layer, not only the output
     plain = FastModel(model, ("fold_bn", "channels_last", "bf16"), fp32_levels=0)
     assert not any(type(m).__name__ == "_FP32" for m in plain.model.modules())
     assert keep_fp32_encoder(fold_batchnorm(model), levels=1) == encoders

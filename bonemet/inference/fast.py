@@ -6,7 +6,7 @@
 * ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX), but for the first
   ``BF16_FP32_LEVELS`` encoder levels, which stay fp32: most of the error of plain autocast comes from
   the input image and the first features in 8-bit mantissas (on a trained width-8 member, up to 0.095
-  plain and 0.03 so, for about 3 % of the work). Masks stay equal on more than 99.99 % of pixels; a
+  plain and 0.043 so, for about 3 % of the multiply-adds; their outputs leave in bf16). Masks stay equal on more than 99.99 % of pixels; a
   few probabilities still move by more than 0.02 (``bonemet bench infer --check-run``).
 * ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime; fp32, exact up to rounding.
   Not combinable with ``channels_last``, ``bf16``, ``int8`` or ``compile``.
@@ -91,15 +91,19 @@ def bf16_supported() -> bool:
 
 
 class _FP32(nn.Module):
-    """``module`` run in fp32 inside a bf16 autocast region."""
+    """``module`` run in fp32 inside a bf16 autocast region; its output leaves in the autocast dtype."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         with torch.autocast("cpu", enabled=False):
-            return self.module(*(x.float() for x in xs))
+            out = self.module(*(x.float() for x in xs))
+        # an fp32 skip tensor would make every concatenation and gate of its decoder row fp32 too: measured as
+        # slow as, or slower than, no bf16 at all, while the rounding of this one output costs little precision
+        return out if dtype is None else out.to(dtype)
 
 
 def keep_fp32_encoder(model: nn.Module, levels: int = BF16_FP32_LEVELS) -> int:
