@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from bonemet.inference.fast import BF16_FP32_LEVELS, FastModel, bf16_supported, fold_batchnorm, keep_fp32_encoder
+from bonemet.inference.fast import FastModel, bf16_supported, fold_batchnorm, keep_fp32
 from bonemet.models import create_model, split_outputs
 
 
@@ -56,27 +56,44 @@ def test_bf16_path_is_close():
         assert float(((a > 0.5) == (b > 0.5)).float().mean()) >= 0.995
 
 
-@pytest.mark.parametrize("name", ["unet", "hybrid-attunet++", "sequential"])
-def test_bf16_path_keeps_the_first_encoder_levels_in_fp32(name):
+def _kept(model):
+    return {name: m for name, m in model.named_modules() if type(m).__name__ == "_FP32"}
+
+
+# (encoder levels, gates, heads) kept; the sequential model has two networks (bone unet++, lesion attunet++)
+KEPT = {"unet": (5, 0, 1), "attunet": (5, 4, 1), "hybrid-attunet++": (5, 14, 2), "sequential": (10, 10, 2)}
+
+
+@pytest.mark.parametrize("name", list(KEPT))
+def test_bf16_path_keeps_encoder_gates_and_heads_in_fp32(name):
     model = _trained_like(name)
-    encoders = sum(isinstance(getattr(m, "enc", None), torch.nn.ModuleList) for m in model.modules())
-    assert encoders == (2 if name == "sequential" else 1)  # bone and lesion networks each have one
-    fast = FastModel(model, ("fold_bn", "channels_last", "bf16"))
-    kept = [m for m in fast.model.modules() if type(m).__name__ == "_FP32"]
-    assert len(kept) == BF16_FP32_LEVELS * encoders
-    # a kept block computes, under bf16 autocast, what it computes in plain fp32, rounded to bf16 once at its output
-    block, x = kept[0], torch.rand(2, 3, 32, 32)
+    kept = _kept(FastModel(model, ("fold_bn", "channels_last", "bf16")).model)
+    enc, gates, heads = KEPT[name]
+    assert sum(".enc." in f".{n}" for n in kept) == enc
+    assert sum(".gates." in f".{n}" for n in kept) == gates
+    assert sum(n.endswith("head") or ".heads." in f".{n}" for n in kept) == heads
+    assert len(kept) == enc + gates + heads  # no decoder node: they hold most of the work
+    assert all(m.keep_output == (".enc." in f".{n}") for n, m in kept.items())  # encoder outputs stay fp32
+    assert not _kept(FastModel(model, ("fold_bn", "channels_last", "bf16"), fp32_modules=()).model)
+    assert keep_fp32(fold_batchnorm(model), ["enc.0"]) == (2 if name == "sequential" else 1)
+
+
+def test_kept_modules_compute_in_fp32_and_hand_on_as_planned():
+    fast = FastModel(_trained_like("hybrid-attunet++"), ("fold_bn", "channels_last", "bf16"))
+    enc, gate = fast.model.enc[0], fast.model.gates["0_0"][0]
+    x, g = torch.rand(2, 3, 32, 32), torch.rand(2, 8, 32, 32)
     with torch.inference_mode():
-        ref = block.module(x)
+        ref = enc.module(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = block(x)
-            plain = block.module(x)
-        assert torch.equal(block(x), ref)  # outside autocast: fp32 in, fp32 out
-    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.to(torch.bfloat16))
-    assert not torch.equal(plain.float(), out.float())  # plain autocast rounds every layer, not only the output
-    plain = FastModel(model, ("fold_bn", "channels_last", "bf16"), fp32_levels=0)
-    assert not any(type(m).__name__ == "_FP32" for m in plain.model.modules())
-    assert keep_fp32_encoder(fold_batchnorm(model), levels=1) == encoders
+            out, out_gate = enc(x), gate(g.bfloat16(), ref)
+            plain = enc.module(x)
+        assert torch.equal(enc(x), ref)  # outside autocast: fp32 in, fp32 out
+    assert out.dtype == torch.float32 and torch.equal(out, ref)  # the encoder hands on fp32
+    # the gate computes in fp32 from a bf16 input and hands on bf16, rounded once
+    assert out_gate.dtype == torch.bfloat16
+    with torch.inference_mode():
+        assert torch.equal(out_gate, gate.module(g.bfloat16().float(), ref).bfloat16())
+    assert not torch.equal(plain.float(), out)  # plain autocast rounds every layer
 
 
 @pytest.mark.parametrize("name", ["unet", "hybrid-attunet++"])

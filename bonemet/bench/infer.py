@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..inference.fast import (BF16_FP32_LEVELS, FastModel, bf16_supported, default_paths, needs_calibration,
+from ..inference.fast import (BF16_FP32_MODULES, FastModel, bf16_supported, default_paths, needs_calibration,
                               ort_available)
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
@@ -31,9 +31,9 @@ def _probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] = print
-                  ) -> list[tuple[str, tuple[str, ...], int, int]]:
-    """(row name, paths, batch, encoder levels kept fp32 by bf16) of every path this machine can run, the eager
-    fp32 batch-1 baseline first; bf16 also as plain autocast (no level kept), to show what keeping them buys."""
+                  ) -> list[tuple[str, tuple[str, ...], int, tuple[str, ...]]]:
+    """(row name, paths, batch, modules kept fp32 by bf16) of every path this machine can run, the eager fp32
+    batch-1 baseline first; bf16 also as plain autocast (nothing kept), to show what keeping them buys."""
     chosen = [(), ("channels_last",), ("fold_bn",), ("fold_bn", "channels_last")]
     if bf16_supported():
         chosen.append(("fold_bn", "channels_last", "bf16"))
@@ -45,14 +45,14 @@ def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] 
         chosen.append(("fold_bn", "channels_last", "compile"))
         if bf16_supported():
             chosen.append(("fold_bn", "channels_last", "bf16", "compile"))
-    variants: list[tuple[str, tuple[str, ...], int, int]] = [("eager fp32, batch 1 (baseline)", (), 1, 0)]
+    variants: list[tuple[str, tuple[str, ...], int, tuple[str, ...]]] = [("eager fp32, batch 1 (baseline)", (), 1, ())]
     for paths in chosen:
         name = (" + ".join(paths) or "eager fp32") + f", batch {batch}"
         if paths == default_paths():
             name += " (default)"
-        variants.append((name, paths, batch, BF16_FP32_LEVELS))
+        variants.append((name, paths, batch, BF16_FP32_MODULES))
         if paths == ("fold_bn", "channels_last", "bf16"):
-            variants.append((" + ".join(paths) + f", plain autocast, batch {batch}", paths, batch, 0))
+            variants.append((" + ".join(paths) + f", plain autocast, batch {batch}", paths, batch, ()))
     return variants
 
 
@@ -79,9 +79,9 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
     gmac = gmacs_per_slice(model, 3, size)
     base_p = _probs(model, x, 1)
     ready = []
-    for name, paths, b, levels in path_variants(batch, compile_, log):
+    for name, paths, b, kept in path_variants(batch, compile_, log):
         t0 = time.perf_counter()
-        m = (FastModel(model, paths, calibration=x if needs_calibration(paths) else None, fp32_levels=levels)
+        m = (FastModel(model, paths, calibration=x if needs_calibration(paths) else None, fp32_modules=kept)
              if paths else model)
         p = _probs(m, x, b)  # also the warm-up: export, compilation, oneDNN kernel choice
         ready.append((name, m, b, p, time.perf_counter() - t0))
@@ -110,30 +110,53 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
 
 def check_paths(run: Path, slices: int = 16, batch: int = 4, compile_: bool = False,
                 log: Callable[[str], None] = print) -> tuple[list[dict], str]:
-    """Each path's answers against eager fp32 for member 0 of a trained ``run``, on ``slices`` slices spread over
-    its held-out test patients (all its patients when it has none); int8 calibrated as ``predict`` would (the
-    stored graph, else the run's training slices). Returns the rows and a line saying what was checked."""
+    """Each path's answers against eager fp32 on a trained ``run``, on ``slices`` slices spread over its held-out
+    test patients (all its patients when it has none): the worst member alone, and the members' average, which is
+    what ``predict`` returns; lesion and, for two-headed models, bone probabilities. int8 is calibrated as
+    ``predict`` would (the stored graph, else the run's training slices). Returns the rows and a line saying what
+    was checked."""
     from ..data.bmseg import load_bmseg
     from ..evaluation.seg_eval import load_member, load_run
     from ..inference.quantize import calibration_input, calibration_pool, stored_int8
 
     cfg, split = load_run(run)
-    model = load_member(cfg, run, 0)
+    members = [load_member(cfg, run, k) for k in range(len(split["folds"]))]
     test = set(split.get("test_patients", []))
     pool = [s for s in load_bmseg(cfg.data).slices if not test or s.patient in test]
     x, picked = calibration_input(pool, cfg, slices)
-    ref = torch.cat([t.flatten() for t in _all_probs(model, x, 1)])
+    refs = [_all_probs(m, x, 1) for m in members]
     rows = []
-    for name, paths, b, levels in path_variants(batch, compile_, log)[1:]:
-        graph = stored_int8(run, 0) if needs_calibration(paths) else None
-        calib = calibration_input(calibration_pool(run, None), cfg)[0] if needs_calibration(paths) and not graph else None
-        m = FastModel(model, paths, calibration=calib, int8_onnx=graph, fp32_levels=levels)
-        p = torch.cat([t.flatten() for t in _all_probs(m, x, b)])
-        rows.append({"path": name, **_answers(p, ref)})
-        log(f"{name}: answers checked on {len(picked)} slices")
-    what = (f"member 0 of {run} ({cfg.model}, width {cfg.width}, {cfg.size} px), {len(picked)} slices of "
-            f"{len({s.patient for s in picked})} {'test ' if test else ''}patient(s), lesion and bone probabilities")
+    for name, paths, b, kept in path_variants(batch, compile_, log)[1:]:
+        outs = []
+        for k, model in enumerate(members):
+            graph = stored_int8(run, k) if needs_calibration(paths) else None
+            calib = (calibration_input(calibration_pool(run, None), cfg)[0]
+                     if needs_calibration(paths) and not graph else None)
+            outs.append(_all_probs(FastModel(model, paths, calibration=calib, int8_onnx=graph, fp32_modules=kept),
+                                   x, b))
+        rows.append({"path": name, **_scoped_answers(outs, refs)})
+        log(f"{name}: answers checked on {len(picked)} slices, {len(members)} member(s)")
+    what = (f"{len(members)} member(s) of {run} ({cfg.model}, width {cfg.width}, {cfg.size} px), {len(picked)} "
+            f"slices of {len({s.patient for s in picked})} {'test ' if test else ''}patient(s)")
     return rows, what
+
+
+def _scoped_answers(outs: list[list[torch.Tensor]], refs: list[list[torch.Tensor]]) -> dict:
+    """Largest probability difference of the worst member and of the members' average, per output (lesion, bone),
+    and the lesion pixels within 0.02 and lesion masks equal, for the average."""
+    row: dict = {}
+    heads = ("lesion", "bone")[:len(refs[0])]
+    for h, head in enumerate(heads):
+        worst = max(float((o[h] - r[h]).abs().max()) for o, r in zip(outs, refs))
+        row[f"{head} max diff, worst member"] = f"{worst:.1e}"
+        ens = torch.stack([o[h] for o in outs]).mean(0)
+        ref = torch.stack([r[h] for r in refs]).mean(0)
+        row[f"{head} max diff, ensemble"] = f"{float((ens - ref).abs().max()):.1e}"
+        if head == "lesion":
+            d = (ens - ref).abs()
+            row["lesion within 0.02 %, ensemble"] = round(100 * float((d <= 0.02).float().mean()), 3)
+            row["lesion masks equal %, ensemble"] = round(100 * float(((ens > 0.5) == (ref > 0.5)).float().mean()), 3)
+    return row
 
 
 def _all_probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> list[torch.Tensor]:

@@ -57,7 +57,7 @@ def infer(
     compile: Annotated[bool, typer.Option(help="Include the torch.compile paths (minutes of compilation).")] = True,
     quick: Annotated[bool, typer.Option(help="One timed repetition instead of three, a 16-slice scan.")] = False,
     check_run: Annotated[Path | None, typer.Option(help="Also check every path's answers on a trained run "
-                                                        "(member 0, slices of its test patients).")] = None,
+                                                        "(each member and their average, on slices of its test patients).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_infer.md in.")] = None,
 ) -> None:
     """Inference paths against eager fp32 at batch 1, training speed and memory, and predict end to end."""
@@ -124,7 +124,7 @@ def infer(
             + (f"; {t_int8:.0f} s with `--fast fold_bn,int8` ({t_base / t_int8:.1f}x; its graphs stored by "
                f"`bonemet seg quantize`, {t_quant:.0f} s a member, once per run)" if t_int8 else "") + ".\n")
     if checked:
-        text += (f"\nAnswers of a trained model against eager fp32: {checked[1]}.\n\n" + markdown_table(checked[0])
+        text += (f"\nAnswers of trained models against eager fp32: {checked[1]}.\n\n" + markdown_table(checked[0])
                  + "\n")
     text += f"\nBench took {time.perf_counter() - t0:.0f} s."
     typer.echo(text)

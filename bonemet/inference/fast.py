@@ -3,11 +3,13 @@
 * ``fold_bn``: every Conv2d followed by BatchNorm2d becomes one Conv2d (eval-mode BN is an affine map);
   exact up to float rounding.
 * ``channels_last``: NHWC memory layout, which oneDNN convolutions prefer on CPU; exact.
-* ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX), but for the first
-  ``BF16_FP32_LEVELS`` encoder levels, which stay fp32: most of the error of plain autocast comes from
-  the input image and the first features in 8-bit mantissas (on a trained width-8 member, up to 0.095
-  plain and 0.043 so, for about 3 % of the multiply-adds; their outputs leave in bf16). Masks stay equal on more than 99.99 % of pixels; a
-  few probabilities still move by more than 0.02 (``bonemet bench infer --check-run``).
+* ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX), with the modules of
+  ``BF16_FP32_MODULES`` kept in fp32: the encoder, the attention gates and the output heads, about 13 % of the
+  multiply-adds of Hybrid-AttUnet++; the encoder's outputs are handed on in fp32 (``BF16_FP32_OUTPUTS``), the
+  others' in bf16. Measured module by module on trained members (``docs/experiments/bf16_sensitivity.py``),
+  most of plain autocast's error comes from the input end (the first features in 8-bit mantissas, and their rounding
+  on the way to the next level and the skips) and from the gates (a sigmoid coefficient that scales a whole
+  skip), little from the decoder nodes, which hold most of the work.
 * ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime; fp32, exact up to rounding.
   Not combinable with ``channels_last``, ``bf16``, ``int8`` or ``compile``.
 * ``int8``: the (BN-folded) ONNX model quantized to 8 bits by ONNX Runtime (static QDQ: per-channel 7-bit
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import logging
 import shutil
 from collections.abc import Iterable
@@ -40,7 +43,10 @@ PATHS = ("fold_bn", "channels_last", "bf16", "onnx", "int8", "compile")
 DEFAULT_PATH = ("fold_bn", "channels_last")
 ORT_PATHS = ("onnx", "int8")  # run by ONNX Runtime instead of torch
 CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
-BF16_FP32_LEVELS = 2  # encoder levels the bf16 path keeps in fp32 (see the module docstring)
+# modules the bf16 path keeps in fp32 (names as in ``model.named_modules()``, glob patterns matched against the name
+# or its tail, so both networks of the sequential model are covered), and those whose output stays fp32
+BF16_FP32_MODULES = ("enc.*", "gates.*", "heads.*", "head")
+BF16_FP32_OUTPUTS = ("enc.*",)
 
 
 def default_paths() -> tuple[str, ...]:
@@ -91,32 +97,41 @@ def bf16_supported() -> bool:
 
 
 class _FP32(nn.Module):
-    """``module`` run in fp32 inside a bf16 autocast region; its output leaves in the autocast dtype."""
+    """``module`` run in fp32 inside a bf16 autocast region; its output leaves in the autocast dtype unless
+    ``keep_output``."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, keep_output: bool = False) -> None:
         super().__init__()
-        self.module = module
+        self.module, self.keep_output = module, keep_output
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         with torch.autocast("cpu", enabled=False):
             out = self.module(*(x.float() for x in xs))
-        # an fp32 skip tensor would make every concatenation and gate of its decoder row fp32 too: measured as
-        # slow as, or slower than, no bf16 at all, while the rounding of this one output costs little precision
-        return out if dtype is None else out.to(dtype)
+        # an fp32 output makes what consumes it fp32 too (concatenations, gates, up-sampling; the convolutions still
+        # cast to bf16): worth it only where the rounding costs precision, as after the encoder levels
+        return out if dtype is None or self.keep_output else out.to(dtype)
 
 
-def keep_fp32_encoder(model: nn.Module, levels: int = BF16_FP32_LEVELS) -> int:
-    """Wrap the first ``levels`` blocks of every encoder (an ``enc`` ModuleList, as the U-Net family has; both
-    networks of a sequential model) to run in fp32 under bf16 autocast, in place; returns how many."""
-    wrapped = 0
-    for m in list(model.modules()):
-        enc = getattr(m, "enc", None)
-        if isinstance(enc, nn.ModuleList):
-            for i in range(min(levels, len(enc))):
-                enc[i] = _FP32(enc[i])
-                wrapped += 1
-    return wrapped
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p) for p in patterns)
+
+
+def keep_fp32(model: nn.Module, modules: Iterable[str] = BF16_FP32_MODULES,
+              outputs: Iterable[str] = BF16_FP32_OUTPUTS) -> int:
+    """Wrap, in place, the modules of ``model`` whose names match ``modules`` to run in fp32 under bf16 autocast
+    (the outermost match; containers are looked into, not wrapped); those also matching ``outputs`` hand their
+    output on in fp32. Returns how many were wrapped."""
+    modules, outputs = tuple(modules), tuple(outputs)
+    done: list[str] = []
+    for name, m in list(model.named_modules()):
+        if not name or any(name.startswith(d + ".") for d in done) or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+            continue
+        if _matches(name, modules):
+            parent, _, child = name.rpartition(".")
+            model.get_submodule(parent)._modules[child] = _FP32(m, keep_output=_matches(name, outputs))
+            done.append(name)
+    return len(done)
 
 
 class FastModel(nn.Module):
@@ -124,9 +139,9 @@ class FastModel(nn.Module):
 
     def __init__(self, model: nn.Module, paths: Iterable[str] = DEFAULT_PATH,
                  calibration: torch.Tensor | None = None, int8_onnx: bytes | None = None,
-                 fp32_levels: int = BF16_FP32_LEVELS) -> None:
+                 fp32_modules: Iterable[str] = BF16_FP32_MODULES) -> None:
         """``calibration`` (model inputs) or ``int8_onnx`` (the model already quantized, ``quantize_int8``) are for
-        the int8 path; ``fp32_levels``: encoder levels the bf16 path keeps in fp32 (0 = plain autocast)."""
+        the int8 path; ``fp32_modules``: what the bf16 path keeps in fp32 (``keep_fp32``; empty = plain autocast)."""
         super().__init__()
         self.paths = tuple(paths)
         problem = paths_problem(self.paths)
@@ -136,7 +151,7 @@ class FastModel(nn.Module):
             raise ValueError("the int8 path needs calibration slices (calibration=...) or a quantized model")
         m = fold_batchnorm(model) if "fold_bn" in self.paths else copy.deepcopy(model).eval()
         if "bf16" in self.paths:
-            keep_fp32_encoder(m, fp32_levels)
+            keep_fp32(m, fp32_modules)
         if "channels_last" in self.paths:
             m = m.to(memory_format=torch.channels_last)
         if "compile" in self.paths:
