@@ -81,7 +81,7 @@ def test_bf16_path_keeps_encoder_gates_and_heads_in_fp32(name):
 def test_kept_modules_compute_in_fp32_and_hand_on_as_planned():
     fast = FastModel(_trained_like("hybrid-attunet++"), ("fold_bn", "channels_last", "bf16"))
     enc, gate = fast.model.enc[0], fast.model.gates["0_0"][0]
-    x, g = torch.rand(2, 3, 32, 32), torch.rand(2, 8, 32, 32)
+    x, g = torch.rand(2, 3, 32, 32), torch.rand(2, 8, 16, 16)  # the gate takes g at half resolution
     with torch.inference_mode():
         ref = enc.module(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -37,3 +37,32 @@ def test_ablation_switches():
     assert count_parameters(single) == count_parameters(mb)
     with pytest.raises(ValueError):
         create_model("vnet")
+
+
+def test_gate_with_low_resolution_g_equals_the_gate_on_up_sampled_g():
+    from bonemet.models.blocks import AttentionGate, up2
+
+    torch.manual_seed(0)
+    low = AttentionGate(16, 8, 8, upsample_g=True).eval()
+    for m in low.modules():  # BN statistics away from identity, so that BN's commuting with up-sampling is tested too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    full = AttentionGate(16, 8, 8).eval()
+    full.load_state_dict(low.state_dict())
+    g, x = torch.randn(2, 16, 16, 16), torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        a, b = low(g, x), full(up2(g), x)
+    assert a.shape == b.shape == x.shape
+    assert float((a - b).abs().max()) < 1e-5
+
+
+def test_cat_for_conv_joins_at_the_autocast_dtype_only_under_autocast():
+    from bonemet.models.blocks import cat_for_conv
+
+    a, b = torch.rand(1, 2, 4, 4), torch.rand(1, 3, 4, 4).bfloat16()
+    assert cat_for_conv([a, a]).dtype == torch.float32 and cat_for_conv([a, a]).shape[1] == 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cat_for_conv([a, b])
+    assert out.dtype == torch.bfloat16 and out.shape[1] == 5
+    assert torch.equal(out[:, :2], a.bfloat16()) and torch.equal(out[:, 2:], b)

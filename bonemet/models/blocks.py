@@ -46,16 +46,35 @@ class UpConv(nn.Sequential):
 
 
 class AttentionGate(nn.Module):
-    """AG(g, x) = x * sigmoid(BN(psi(ReLU(BN(W_g g) + BN(W_x x))))) (Oktay et al.)."""
+    """AG(g, x) = x * sigmoid(BN(psi(ReLU(BN(W_g g) + BN(W_x x))))) (Oktay et al.).
 
-    def __init__(self, g_ch: int, x_ch: int, f_int: int) -> None:
+    ``upsample_g``: ``g`` comes at half resolution and AG(up2(g), x) is computed as W_g g first, then up-sampled:
+    the same value (a 1x1 convolution and BN commute with bilinear interpolation, whose weights sum to 1), with a
+    quarter of W_g's work and memory traffic."""
+
+    def __init__(self, g_ch: int, x_ch: int, f_int: int, upsample_g: bool = False) -> None:
         super().__init__()
+        self.upsample_g = upsample_g
         self.w_g = nn.Sequential(nn.Conv2d(g_ch, f_int, 1), nn.BatchNorm2d(f_int))
         self.w_x = nn.Sequential(nn.Conv2d(x_ch, f_int, 1), nn.BatchNorm2d(f_int))
         self.psi = nn.Sequential(nn.Conv2d(f_int, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x * self.psi(F.relu(self.w_g(g) + self.w_x(x)))
+        wg = up2(self.w_g(g)) if self.upsample_g else self.w_g(g)
+        h = self.w_x(x)
+        h += wg  # in place: at full resolution each fresh tensor is another pass over memory
+        return x * self.psi(h.relu_())
+
+
+def cat_for_conv(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Channel concatenation of a block's inputs. Under CPU autocast the parts are cast to the autocast dtype first:
+    the block's convolutions round their input to it anyway, so the result is the same, while ``torch.cat`` would
+    promote a mix of fp32 and bf16 parts to fp32 and double the memory traffic (the bf16 inference path hands some
+    tensors on in fp32)."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        parts = [p.to(dtype) for p in parts]
+    return torch.cat(parts, 1)
 
 
 def up2(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Node X(i, j), j > 0, is H([AG(Up X(i+1, n), X(i, n)) for n < j] + [Up X(i+1, j-1)]); ``unet++``
 has no gates. A gated skip AG(Up X(i+1, n), X(i, n)) does not depend on j, so it is computed once
-and reused by every later node of its row. ``block`` picks H: ``plain`` (two conv + ReLU) or
+and reused by every later node of its row; the gate takes X(i+1, n) at its own resolution and up-samples
+after its 1x1 convolution (the same value, a quarter of the work). ``block`` picks H: ``plain`` (two conv + ReLU) or
 ``mb`` (the modified block). ``dual_decoder`` duplicates the last node of each skip path (X(3,1),
 X(2,2), X(1,3), X(0,4)) and its newest gate, so two structurally identical decoders share the
 encoder and the inner nodes; the model then returns ``(lesion, bone)`` logits.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionGate, ModifiedBlock, PlainBlock, up2
+from .blocks import AttentionGate, ModifiedBlock, PlainBlock, cat_for_conv, up2
 from .unet import widths_for
 
 
@@ -38,7 +39,7 @@ class NestedUNet(nn.Module):
         if attention:
             for i in range(4):
                 for n in range(4 - i):  # AG(Up X(i+1, n), X(i, n)) exists while X(i+1, n) does
-                    gates[f"{i}_{n}"] = nn.ModuleList([AttentionGate(w[i + 1], w[i], w[i])
+                    gates[f"{i}_{n}"] = nn.ModuleList([AttentionGate(w[i + 1], w[i], w[i], upsample_g=True)
                                                        for _ in range(self._gate_copies(i, n))])
         self.nodes = nn.ModuleDict(nodes)
         self.gates = nn.ModuleDict(gates)
@@ -67,7 +68,7 @@ class NestedUNet(nn.Module):
                 return x[(i, j, dd)]
             parts = [skip(i, n, dd) for n in range(j)]
             parts.append(up2(node(i + 1, j - 1, dd)))
-            x[(i, j, dd)] = self.nodes[f"{i}_{j}"][dd](torch.cat(parts, 1))
+            x[(i, j, dd)] = self.nodes[f"{i}_{j}"][dd](cat_for_conv(parts))
             return x[(i, j, dd)]
 
         def skip(i: int, n: int, d: int) -> torch.Tensor:
@@ -75,7 +76,7 @@ class NestedUNet(nn.Module):
                 return node(i, n, d)
             dd = d if self._gate_copies(i, n) > 1 else 0
             if (i, n, dd) not in gated:
-                gated[(i, n, dd)] = self.gates[f"{i}_{n}"][dd](up2(node(i + 1, n, dd)), node(i, n, dd))
+                gated[(i, n, dd)] = self.gates[f"{i}_{n}"][dd](node(i + 1, n, dd), node(i, n, dd))
             return gated[(i, n, dd)]
 
         outs = [self.heads[d](node(0, 4, d)) for d in range(self.n_dec)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionGate, ClassicBlock, UpConv
+from .blocks import AttentionGate, ClassicBlock, UpConv, cat_for_conv
 
 
 def widths_for(width: int) -> list[int]:
@@ -34,5 +34,5 @@ class UNet(nn.Module):
         for i in range(3, -1, -1):
             g = self.up[i](x)
             s = self.gates[i](g, skips[i]) if self.gates is not None else skips[i]
-            x = self.dec[i](torch.cat([s, g], 1))
+            x = self.dec[i](cat_for_conv([s, g]))
         return self.head(x)
