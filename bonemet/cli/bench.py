@@ -58,6 +58,8 @@ def infer(
     quick: Annotated[bool, typer.Option(help="One timed repetition instead of three, a 16-slice scan.")] = False,
     check_run: Annotated[Path | None, typer.Option(help="Also check every path's answers on a trained run "
                                                         "(each member and their average, on slices of its test patients).")] = None,
+    check_slices: Annotated[int, typer.Option(min=1, help="Slices of the test patients that --check-run compares "
+                                                          "(spread evenly; all of them when fewer).")] = 16,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_infer.md in.")] = None,
 ) -> None:
     """Inference paths against eager fp32 at batch 1, training speed and memory, and predict end to end."""
@@ -81,7 +83,7 @@ def infer(
     train = train_speed(model, size, width, 8, reps)
     say(f"training: {train['train img/s']} img/s (--bf16: {train['train img/s --bf16']}), "
         f"peak RSS {train['peak RSS MB']} MB")
-    checked = check_paths(check_run, log=say) if check_run is not None else None
+    checked = check_paths(check_run, slices=check_slices, log=say) if check_run is not None else None
     path_reps = 1 if quick else 5  # interleaved rounds: medians of 5 ride out this kind of VM's slow spells
     rows, facts = bench_paths(model, size, width, slices, batch_size, path_reps, compile, log=say)
     paths = default_paths()
