@@ -12,6 +12,7 @@ This is how ``BF16_FP32_MODULES`` / ``BF16_FP32_OUTPUTS`` in ``bonemet/inference
 "Fast inference"). Run from the repository root, for example:
 
     python docs/experiments/bf16_sensitivity.py runs/exp/bmt3 0,1,2 test 16
+    python docs/experiments/bf16_sensitivity.py runs/exp/bmt3 0,1,2 test 200 plans   # the plans alone (faster)
 """
 import copy
 import sys
@@ -79,7 +80,7 @@ def err(p, ref):
     return " ".join(f"{h} {float((a - b).abs().max()):.4f}" for h, a, b in zip(("lesion", "bone"), p, ref))
 
 
-def main(run: Path, members: list[int], which: str, n: int) -> None:
+def main(run: Path, members: list[int], which: str, n: int, modules: bool = True) -> None:
     cfg, split = load_run(run)
     test = set(split.get("test_patients", []))
     pool = [s for s in load_bmseg(cfg.data).slices if (s.patient in test) == (which == "test")]
@@ -91,7 +92,7 @@ def main(run: Path, members: list[int], which: str, n: int) -> None:
         share = shares(cfg, names)
         ref = probs(model, x, False)
         print(f"\nmember {k}, each module alone in bf16 (share of the multiply-adds at width 32, 224 px):")
-        for name in names:
+        for name in names if modules else []:
             alone = copy.deepcopy(model)
             parent, _, child = name.rpartition(".")
             alone.get_submodule(parent)._modules[child] = _BF16(alone.get_submodule(name))
@@ -106,4 +107,4 @@ def main(run: Path, members: list[int], which: str, n: int) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), [int(k) for k in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "test",
-         int(sys.argv[4]) if len(sys.argv) > 4 else 16)
+         int(sys.argv[4]) if len(sys.argv) > 4 else 16, modules=sys.argv[5:6] != ["plans"])
