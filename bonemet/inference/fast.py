@@ -4,7 +4,7 @@
   exact up to float rounding.
 * ``channels_last``: NHWC memory layout, which oneDNN convolutions prefer on CPU; exact.
 * ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX), with the modules of
-  ``BF16_FP32_MODULES`` kept in fp32: the encoder, the attention gates and the output heads, about 13 % of the
+  ``BF16_FP32_MODULES`` kept in fp32: the encoder, the attention gates and the output heads, about 11 % of the
   multiply-adds of Hybrid-AttUnet++; the encoder's outputs are handed on in fp32 (``BF16_FP32_OUTPUTS``), the
   others' in bf16. Measured module by module on trained members (``docs/experiments/bf16_sensitivity.py``),
   most of plain autocast's error comes from the input end (the first features in 8-bit mantissas, and their rounding
