@@ -43,8 +43,10 @@ def train(argv: list[str]) -> None:
 def score(teacher: Path, data: Path, students: list[Path]) -> None:
     from bonemet.data.bmseg import load_bmseg
     from bonemet.data.datasets import SegmentationDataset
+    from bonemet.evaluation.metrics import confusion, pooled_f1
     from bonemet.evaluation.seg_eval import load_member, load_run
     from bonemet.training.checkpoint import load_checkpoint
+    from bonemet.training.distill import member_probs
     from bonemet.training.seg import build_model, predict_probs
 
     tcfg, split = load_run(teacher)
@@ -54,15 +56,15 @@ def score(teacher: Path, data: Path, students: list[Path]) -> None:
     sample = np.random.default_rng(0).choice(truth.size, min(AP_PIXELS, truth.size), replace=False)
 
     def row(name: str, p: np.ndarray) -> None:
-        f1 = [2 * ((p >= t) & truth).sum() / ((p >= t).sum() + truth.sum()) for t in THRESHOLDS]
+        f1 = [pooled_f1([confusion(p >= t, truth)]) for t in THRESHOLDS]
         ap = average_precision_score(truth.ravel()[sample], p.ravel()[sample])
         print(f"| {name} | {p.max():.3f} | {ap:.3f} | " + " | ".join(f"{100 * f:.1f}" for f in f1) + " |", flush=True)
 
     print("| model | max prob. | AP | " + " | ".join(f"F1 at {t}" for t in THRESHOLDS) + " |")
     print("| --- " * (3 + len(THRESHOLDS)) + "|")
-    alone = [predict_probs([load_member(tcfg, teacher, k)], ds, 16)[0] for k in range(len(split["folds"]))]
-    row(f"ensemble of {len(alone)}", np.mean(alone, axis=0))
-    for k, p in enumerate(alone):
+    alone, (ensemble, _) = member_probs([load_member(tcfg, teacher, k) for k in range(len(split["folds"]))], ds, 16)
+    row(f"ensemble of {len(alone)}", ensemble)
+    for k, (p, _) in enumerate(alone):
         row(f"member {k}", p)
     for run in students:
         scfg, _ = load_run(run)
