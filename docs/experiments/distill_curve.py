@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import average_precision_score
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
