@@ -9,12 +9,13 @@ the models are small and briefly trained, so their scores show the pipeline, not
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BonemetError
+from .fileio import DEMO_ENTRIES, check_output, write_marker
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
 
     b = BUDGETS["quick" if quick else "default"]
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BonemetError("demo folder exists and is not empty (use --overwrite)", out)
+    check_output(out, "demo", overwrite)  # --overwrite replaces only an earlier demo folder
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_marker(out, "demo", DEMO_ENTRIES)
     times: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], object]) -> object:

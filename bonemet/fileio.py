@@ -1,16 +1,32 @@
-"""Atomic writes: outputs appear under their final name only once complete."""
+"""Atomic writes, and the output folders bonemet owns.
+
+Files and folders appear under their final name only once complete. An output folder (``predict``'s,
+``data synth``'s, ``data convert``'s, the demo's) carries a marker, ``.bonemet.json``, that names the
+command that wrote it and every entry it wrote: ``--overwrite`` replaces only such a folder, never
+the input, a folder that holds the input, a run folder, or a folder holding anything bonemet did not
+write. The final move is one ``rename``: of two processes writing the same folder, one wins and the
+other is told, never both silently.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from .errors import BonemetError
+
+MARKER = ".bonemet.json"
+PART_SUFFIX = ".part"
 
 
 @contextlib.contextmanager
@@ -26,6 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _file_mode())  # mkstemp's 0600 would make this one file unlike its neighbours
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -34,30 +51,48 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; move it to ``path`` when the block succeeds."""
-    path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        from .errors import BonemetError
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-        raise BonemetError("output folder exists and is not empty (use --overwrite)", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+
+def _file_mode() -> int:
+    """The mode a plain ``open(..., 'w')`` would give: 0666 less the process umask."""
+    return 0o666 & ~_umask()
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Read a JSON file that bonemet wrote; a missing, unreadable or malformed one is one clear error."""
+    path = Path(path)
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BonemetError(f"{what} not found", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BonemetError(f"{what} cannot be read ({exc.__class__.__name__}: {exc})", path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BonemetError(f"{what} is damaged: not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                           f"{exc.colno})", path) from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented, strict JSON (NaN and infinity become null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, which JSON writes as null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
@@ -74,3 +109,218 @@ def write_text(path: str | Path, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+# --- output folders ------------------------------------------------------------------------------------------
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (Linux), so that a reused pid is not taken for the writer."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat, counted after the command name
+
+
+def _writer() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
+
+
+def _alive(writer: dict) -> bool:
+    """Whether the process that wrote a marker may still be running (True when that cannot be told)."""
+    if writer.get("host") != socket.gethostname() or not isinstance(writer.get("pid"), int):
+        return True  # another machine's process (a shared file system): not ours to judge
+    try:
+        os.kill(writer["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    start = _process_start(writer["pid"])
+    return start is None or writer.get("start") is None or start == writer["start"]
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
+
+
+DEMO_ENTRIES = ["cls", "phantom", "predict", "seg"]
+
+
+def _legacy_marker(folder: Path, kind: str) -> dict | None:
+    """Outputs written before markers existed: a ``predict`` folder whose summary.json names bonemet and its
+    files; a demo folder of the demo's four stages."""
+    if kind == "demo":
+        names = {p.name for p in folder.iterdir()}
+        if names <= set(DEMO_ENTRIES) and (folder / "phantom" / "phantom.json").exists():
+            return {"kind": "demo", "entries": DEMO_ENTRIES}
+        return None
+    if kind != "predict":
+        return None
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or "bonemet" not in (summary.get("versions") or {}):
+        return None
+    files = summary.get("files")
+    if not isinstance(files, list):
+        return None
+    return {"kind": "predict", "entries": sorted({str(f).rstrip("/") for f in files} | {"summary.json"})}
+
+
+def owned_output(folder: str | Path, kind: str) -> tuple[bool, str]:
+    """Whether bonemet's ``kind`` command wrote ``folder`` and nothing else is in it; else why not."""
+    folder = Path(folder)
+    marker = _read_marker(folder) or _legacy_marker(folder, kind)
+    if marker is None:
+        return False, "it was not written by bonemet (no .bonemet.json marker)"
+    if marker["kind"] != kind:
+        return False, f"it holds the output of 'bonemet {marker['kind']}', not of 'bonemet {kind}'"
+    allowed = set(marker.get("entries") or []) | {MARKER}
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in allowed)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return False, f"it holds entries bonemet did not write there ({shown})"
+    return True, ""
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
+
+
+def check_output(path: str | Path, kind: str, overwrite: bool = False, protect: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse an output folder before any work: one clear error, nothing touched.
+
+    ``protect``: the inputs of the command (scan, run folders, masks); the output may not be one of them or
+    hold one of them. An existing non-empty folder is refused unless ``overwrite`` and :func:`owned_output`.
+    """
+    path = Path(path)
+    real = path.resolve()
+    for p in protect:
+        if p is not None and _contains(real, Path(p).resolve()):
+            what = "is" if real == Path(p).resolve() else "contains"
+            raise BonemetError(f"the output folder {what} an input of this command ({p}): nothing was written", path)
+    if path.is_symlink() and not path.exists():
+        raise BonemetError("the output folder is a broken symbolic link", path)
+    if path.exists() and not path.is_dir():
+        raise BonemetError("the output path exists and is not a folder", path)
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise BonemetError("output folder exists and is not empty (use --overwrite to replace an earlier "
+                               f"'bonemet {kind}' output)", path)
+        ok, why = owned_output(path, kind)
+        if not ok:
+            raise BonemetError(f"--overwrite refused: {why}; move or delete it yourself if it is no longer needed",
+                               path)
+    parent = _existing_parent(real)
+    if not parent.is_dir():
+        raise BonemetError(f"cannot create the output folder: {parent} is not a folder", path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BonemetError(f"cannot write in {parent} (permission denied)", path)
+    return path
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path.parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def clear_stale_parts(path: str | Path) -> list[Path]:
+    """Remove the temporary folders that a killed bonemet process left beside ``path``; returns them.
+
+    Only folders named like ours that carry bonemet's marker, written on this machine by a process that no
+    longer runs, are removed; anything else is left alone.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{glob_escape(path.name)}.*{PART_SUFFIX}"):
+        marker = _read_marker(p) if p.is_dir() and not p.is_symlink() else None
+        if marker is None or _alive(marker.get("writer") or {}):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_marker(folder: Path, kind: str, entries: list[str]) -> None:
+    from . import __version__
+
+    write_json(folder / MARKER, {"kind": kind, "written_by": f"bonemet {kind}", "version": __version__,
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "entries": entries,
+                                 "writer": _writer()})
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "output",
+               protect: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; move it to ``path`` when the block succeeds.
+
+    The folder is checked first (:func:`check_output`), stale temporary folders of killed runs are cleared,
+    and the temporary folder is made at once, so an unwritable place fails before any work. The final move
+    is atomic: if another process filled ``path`` meanwhile, this one fails and its output is discarded;
+    with ``overwrite`` only bonemet's own earlier ``kind`` output is replaced.
+    """
+    path = Path(path)
+    check_output(path, kind, overwrite, protect)
+    clear_stale_parts(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent))
+    except OSError as exc:
+        raise BonemetError(f"cannot write in {path.parent} ({exc.strerror or exc})", path) from None
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the output unlike the user's other folders
+    try:
+        write_marker(tmp, kind, [])  # names this folder's writer while it is being filled
+        yield tmp
+        write_marker(tmp, kind, sorted(p.name for p in tmp.iterdir() if p.name != MARKER))
+        _publish(tmp, path, kind, overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, path: Path, kind: str, overwrite: bool) -> None:
+    """Rename ``tmp`` onto ``path`` in one step; replace only bonemet's own earlier output."""
+    try:
+        os.rename(tmp, path)  # atomic; onto an existing folder only when that folder is empty
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+            raise BonemetError(f"cannot move the finished output into place ({exc.strerror})", path) from None
+    if not overwrite:
+        raise BonemetError("another process wrote this output folder while this one ran: its output was kept and "
+                           "this run's was not written", path)
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old" + PART_SUFFIX, dir=path.parent))
+    try:
+        os.rename(path, aside / "old")  # the earlier output, moved out of the way in one step
+    except OSError as exc:
+        shutil.rmtree(aside, ignore_errors=True)
+        raise BonemetError(f"cannot move the earlier output aside ({exc.strerror})", path) from None
+    old = aside / "old"
+    ok, why = owned_output(old, kind)
+    if not ok:  # it changed since the check at the start: put it back untouched
+        os.rename(old, path)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise BonemetError(f"--overwrite refused: {why}", path)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        raise BonemetError("another process wrote this output folder while this one ran: its output was kept and "
+                           "this run's was not written", path) from None
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)

@@ -31,6 +31,26 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def seg_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Hybrid-AttUnet++ run (2 folds, 1 epoch): enough to exercise every output."""
+    run = tmp_path_factory.mktemp("seg") / "run"
+    r = invoke("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
+               "--size", "64", "--width", "4", "--neg-ratio", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+@pytest.fixture(scope="session")
+def cls_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny slice classifier trained on body crops (predict must crop its slices the same way)."""
+    run = tmp_path_factory.mktemp("cls") / "run"
+    r = invoke("cls", "train", "--data", phantom / "classification", "--model", "small_cnn16", "--size", "64",
+               "--crop", "body", "--epochs", "1", "--test-patients", "0.5", "--out", run)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``bonemet`` as a user would (a fresh process, its real exit code and stderr). A few tests keep
     this to check the installed entry point end to end; the rest use :func:`invoke`."""

@@ -16,26 +16,6 @@ from conftest import invoke, run_cli
 from test_cli import assert_clean_failure
 
 
-@pytest.fixture(scope="module")
-def seg_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Hybrid-AttUnet++ run (2 folds, 1 epoch): enough to exercise every output."""
-    run = tmp_path_factory.mktemp("seg") / "run"
-    r = invoke("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
-               "--size", "64", "--width", "4", "--neg-ratio", "0.5", "--out", run)
-    assert r.returncode == 0, r.stderr
-    return run
-
-
-@pytest.fixture(scope="module")
-def cls_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny slice classifier trained on body crops (predict must crop its slices the same way)."""
-    run = tmp_path_factory.mktemp("cls") / "run"
-    r = invoke("cls", "train", "--data", phantom / "classification", "--model", "small_cnn16", "--size", "64",
-               "--crop", "body", "--epochs", "1", "--test-patients", "0.5", "--out", run)
-    assert r.returncode == 0, r.stderr
-    return run
-
-
 def _metastatic_patient(phantom: Path) -> str:
     with open(phantom / "patients.csv", newline="") as fh:
         return next(r["patient"] for r in csv.DictReader(fh) if r["status"] == "metastatic")

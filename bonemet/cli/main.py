@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import typer
@@ -54,17 +55,45 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
+class Stopped(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (what schedulers and containers send), raised where the program runs so that
+    every ``finally`` removes its temporary files. Not a KeyboardInterrupt: the command-line library turns that
+    into a silent exit code before it reaches :func:`main`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+STOP_MESSAGES = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated (SIGTERM)", 143)}
+
+
 def main() -> None:
-    """Console entry point: expected errors become one line on stderr and exit code 2."""
+    """Console entry point: expected errors become one line on stderr and exit code 2; SIGINT and SIGTERM
+    remove temporary output, say so in one line and exit 130 / 143."""
     setup_logging()
+    previous = {}
+    for signum in STOP_MESSAGES:
+        try:
+            previous[signum] = signal.signal(signum, _stop)
+        except ValueError:  # not the main thread (bonemet called from a worker thread): leave signals alone
+            pass
     try:
         app()
     except BonemetError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except Stopped as exc:
+        message, code = STOP_MESSAGES[exc.signum]
+        typer.echo(message, err=True)
+        sys.exit(code)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

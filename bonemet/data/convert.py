@@ -25,15 +25,16 @@ def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | P
     if window not in WINDOW_NAMES:
         raise ValueError(f"unknown window '{window}'")
     input_path = Path(input_path)
-    vol = read_volume(input_path)
-    bone = read_mask_like(bone_mask, vol) if bone_mask else None
-    lesion = read_mask_like(lesion_mask, vol) if lesion_mask else None
-    if lesion_free:
-        if lesion is not None:
-            raise BonemetError("--lesion-free and --lesion-mask exclude each other")
-        lesion = np.zeros(vol.shape, bool)  # the user declares the scan free of metastases
-    pid = patient or re.sub(r"(\.nii(\.gz)?)$", "", input_path.name) or "patient"
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    if lesion_free and lesion_mask:
+        raise BonemetError("--lesion-free and --lesion-mask exclude each other")
+    with atomic_dir(out, overwrite=overwrite, kind="data convert",
+                    protect=[input_path, bone_mask, lesion_mask]) as tmp:
+        vol = read_volume(input_path)
+        bone = read_mask_like(bone_mask, vol) if bone_mask else None
+        lesion = read_mask_like(lesion_mask, vol) if lesion_mask else None
+        if lesion_free:
+            lesion = np.zeros(vol.shape, bool)  # the user declares the scan free of metastases
+        pid = patient or re.sub(r"(\.nii(\.gz)?)$", "", input_path.name) or "patient"
         rows = write_bmseg_slices(tmp, pid, vol, lesion, bone, window)
         write_csv(tmp / "patients.csv", rows, ["file", "patient", "slice"])
         summary = {"source": str(input_path), "patient": pid, "window": window, "slices": len(rows),

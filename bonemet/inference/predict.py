@@ -6,7 +6,6 @@ either complete or absent.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -83,10 +82,17 @@ def _phi(scan: Scan) -> dict:
 
 
 def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> dict:
-    """Run the CAD pipeline on one scan; returns the summary (also written as OUT/summary.json)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not opts.overwrite:
-        raise BonemetError("output folder exists and is not empty (use --overwrite)", out)
+    """Run the CAD pipeline on one scan; returns the summary (also written as OUT/summary.json).
+
+    OUT is checked before any work (never the input or a folder holding it, never a run folder, and with
+    ``overwrite`` only an earlier ``predict`` output), and filled through a temporary folder beside it.
+    """
+    protect = [input_path, opts.seg, opts.cls, opts.truth, opts.bone_truth]
+    with atomic_dir(out, overwrite=opts.overwrite, kind="predict", protect=protect) as tmp:
+        return _predict_into(tmp, Path(input_path), opts)
+
+
+def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
     times: dict[str, float] = {}
     t = time.perf_counter()
     scan = read_scan(input_path)
@@ -156,17 +162,16 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
                     "window": opts.window or "as trained"},
     }
     t = time.perf_counter()
-    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        files = _write_masks(tmp, scan, kept > 0, bone_mask, lesion_vol, bone_vol, opts, seg.label, warnings)
-        write_csv(tmp / "lesions.csv", [les.as_row() for les in lesions] or [], _lesion_fields())
-        (tmp / "lesions.json").write_text(json.dumps([les.as_row() for les in lesions], indent=2) + "\n")
-        write_csv(tmp / "slices.csv", slice_rows)
-        summary["files"] = sorted(files + ["lesions.csv", "lesions.json", "slices.csv", "summary.json", "report.html"])
-        times["write s"] = round(time.perf_counter() - t, 2)
-        summary["timings"]["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
-        write_report(tmp / "report.html", scan, summary, lesions, kept, bone_mask, slice_rows,
-                     _phi(scan) if opts.include_phi else None)
-        write_json(tmp / "summary.json", summary)
+    files = _write_masks(tmp, scan, kept > 0, bone_mask, lesion_vol, bone_vol, opts, seg.label, warnings)
+    write_csv(tmp / "lesions.csv", [les.as_row() for les in lesions] or [], _lesion_fields())
+    write_json(tmp / "lesions.json", [les.as_row() for les in lesions])
+    write_csv(tmp / "slices.csv", slice_rows)
+    summary["files"] = sorted(files + ["lesions.csv", "lesions.json", "slices.csv", "summary.json", "report.html"])
+    times["write s"] = round(time.perf_counter() - t, 2)
+    summary["timings"]["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
+    write_report(tmp / "report.html", scan, summary, lesions, kept, bone_mask, slice_rows,
+                 _phi(scan) if opts.include_phi else None)
+    write_json(tmp / "summary.json", summary)
     return summary
 
 

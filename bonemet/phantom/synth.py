@@ -97,7 +97,7 @@ def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 25
     for i in order[:n_met]:
         status[int(i)] = "metastatic"
     out = Path(out)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="data synth") as tmp:
         prow, lrows, mrows, bm_rows = [], [], [], []
         for i in range(patients):
             p = make_patient(i, seed, status[i], size=size, n_slices=slices, lesion_mm=lesion_mm)
@@ -160,13 +160,13 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path, out: str
     """Semi-synthetic data: insert ``lesions`` metastases into a real CT through its bone mask."""
     from ..data.volume import read_mask_like, read_volume
 
-    ct = read_volume(ct_path)
-    bone = read_mask_like(bone_mask_path, ct)
-    rng = np.random.default_rng([seed, 10_000])
-    hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=lesion_mm)
-    ct = ct.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
     out = Path(out)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="data synth", protect=[ct_path, bone_mask_path]) as tmp:
+        ct = read_volume(ct_path)
+        bone = read_mask_like(bone_mask_path, ct)
+        rng = np.random.default_rng([seed, 10_000])
+        hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=lesion_mm)
+        ct = ct.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
         rows = write_patient_exports(tmp, patient, ct, bone, labels, formats, window, f"bonemet-ct-{seed}", {})
         if rows:
             write_csv(tmp / "bmseg" / "patients.csv", rows, ["file", "patient", "slice"])
