@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import json
 import os
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import BonemetError
 
@@ -78,6 +81,29 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
                            f"{exc.colno})", path) from None
 
 
+def read_config(cls: type, path: str | Path, what: str) -> Any:
+    """A dataclass (a run's configuration) from the JSON file that bonemet wrote; one clear error when the file
+    is damaged, has fields ``cls`` does not know or lacks required ones, or ``cls`` refuses its values."""
+    path = Path(path)
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise BonemetError(f"not a {what}: expected a JSON object", path)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise BonemetError(f"not a {what}: fields it does not know ({', '.join(unknown[:5])})", path)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise BonemetError(f"not a {what}: required field(s) missing ({', '.join(missing)})", path)
+    try:
+        return cls(**data)
+    except BonemetError as exc:
+        raise BonemetError(f"invalid {what}: {exc}", path) from None
+    except (TypeError, ValueError) as exc:
+        raise BonemetError(f"invalid {what}: {exc}", path) from None
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented, strict JSON (NaN and infinity become null), atomically."""
     with atomic_path(path) as tmp:
@@ -86,6 +112,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def finite(obj: Any) -> Any:
     """``obj`` with every non-finite float (NaN, +-inf) replaced by None, which JSON writes as null."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
     if isinstance(obj, dict):

@@ -51,7 +51,7 @@ def test_overwrite_replaces_only_an_earlier_predict_output(phantom, seg_run, tmp
         assert_clean_failure(r, why)
         assert r.returncode == 2
         assert _snapshot(folder) == before, folder
-    assert not list(tmp_path.rglob(f"*.part")), "no temporary folder is left behind"
+    assert not list(tmp_path.rglob("*.part")), "no temporary folder is left behind"
 
     # bonemet's own earlier output is replaced; once something else is put into it, it is not
     out = tmp_path / "pred"

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import BonemetError
+from .options import given_options
 
 app = typer.Typer(help="Classification: CNN / Transformer slice classifiers and their fusion.", no_args_is_help=True)
 
@@ -36,6 +37,7 @@ def models(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="Classification root (Normal/, Abnormal/<patient>/{normal,metastatic}/).")],
     out: Annotated[Path, typer.Option(help="Run folder.")],
     model: Annotated[str, typer.Option(help="A timm backbone of 'bonemet cls models', or fusion.")] = "resnext50_32x4d",
@@ -100,7 +102,7 @@ def train(
                     augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, bf16=bf16,
                     eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)
-    run = train_classification(cfg, out, resume=resume)
+    run = train_classification(cfg, out, resume=resume, given=given_options(ctx, {"no_augment": "augment"}))
     typer.echo(f"trained in {run}; next: bonemet cls evaluate {run}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import warnings
 
 import typer
 
@@ -31,6 +32,22 @@ app.add_typer(cls_app, name="cls")
 app.add_typer(bench_app, name="bench")
 app.command(name="predict")(predict_command)
 app.command(name="demo")(demo_command)
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the warnings of the libraries "
+                                                                          "bonemet uses (pydicom, numpy, nibabel, "
+                                                                          "torch) and debug messages.")) -> None:
+    """Computer-aided diagnosis of bone metastases on CT: data, segmentation, classification, CAD pipeline."""
+    quiet_libraries(not verbose)
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+
+
+def quiet_libraries(quiet: bool = True) -> None:
+    """Keep library warnings off the terminal (bonemet says what matters in its own words), or let them through."""
+    warnings.simplefilter("ignore" if quiet else "default")
+    logging.getLogger("pydicom").setLevel(logging.ERROR if quiet else logging.WARNING)
 
 
 @app.command()
@@ -76,6 +93,7 @@ def main() -> None:
     """Console entry point: expected errors become one line on stderr and exit code 2; SIGINT and SIGTERM
     remove temporary output, say so in one line and exit 130 / 143."""
     setup_logging()
+    quiet_libraries()  # until the options are read: imports warn too
     previous = {}
     for signum in STOP_MESSAGES:
         try:

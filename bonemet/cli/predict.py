@@ -9,7 +9,8 @@ import typer
 
 
 def predict(
-    input: Annotated[Path, typer.Argument(help="A DICOM series folder, a NIfTI volume or a folder of PNG / JPEG slices.")],
+    input: Annotated[Path, typer.Argument(help="A DICOM series folder (or its DICOMDIR), a NIfTI volume or a folder "
+                                               "of PNG / JPEG slices.")],
     seg: Annotated[Path, typer.Option(help="Segmentation run folder (all its fold models are averaged).")],
     out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
     cls: Annotated[Path | None, typer.Option(help="Classification run folder (adds per-slice probabilities).")] = None,
@@ -28,10 +29,14 @@ def predict(
     fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, channels_last, bf16, "
                                                   "onnx, int8, compile, or eager (default: "
                                                   "fold_bn,channels_last,bf16 where the CPU has native bf16, else "
-                                                  "fold_bn,onnx). int8 uses the graphs 'bonemet seg quantize' "
+                                                  "fold_bn,channels_last). int8 uses the graphs 'bonemet seg quantize' "
                                                   "stored, else calibrates on this scan.")]
         = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    series_uid: Annotated[str | None, typer.Option(help="The Series Instance UID to read when the DICOM folder "
+                                                        "holds several series (default: the CT series with the "
+                                                        "most slices).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of 'bonemet predict' (never a folder "
+                                                 "it did not write).")] = False,
 ) -> None:
     """Masks (NIfTI, DICOM-SEG), lesions.csv/json, slices.csv, summary.json and report.html for one scan."""
     from ..inference.fast import parse_paths
@@ -40,7 +45,7 @@ def predict(
 
     opts = PredictOptions(seg=seg, cls=cls, threshold=threshold, batch_size=batch_size, window=window,
                           probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth, min_volume_ml=min_volume,
-                          dicom_seg=not no_dicom_seg, overwrite=overwrite,
+                          dicom_seg=not no_dicom_seg, overwrite=overwrite, series_uid=series_uid,
                           paths=None if fast is None else parse_paths(fast))
     s = run_predict(input, out, opts)
     typer.echo(f"{s['verdict']} (probability {s['probability']:.2f}); {s['lesions']} lesion(s), "

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import BonemetError
+from .options import given_options
 
 app = typer.Typer(help="Segmentation: models, training, the EH-AttUnet++ ensemble, evaluation.", no_args_is_help=True)
 
@@ -40,6 +41,7 @@ BF16_HELP = ("Train with bfloat16 autocast and channels_last (1.7-1.8x the image
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="BM-Seg root (flat with patients.csv, or grouped by patient).")],
     out: Annotated[Path, typer.Option(help="Run folder.")],
     model: Annotated[str, typer.Option(help="unet, attunet, unet++, attunet++, hybrid-attunet++ or sequential.")]
@@ -90,8 +92,12 @@ def train(
         create_model(model, **cfg.model_opts())
     except ValueError as exc:
         raise BonemetError(str(exc)) from None
-    run = train_segmentation(cfg, out, resume=resume)
-    typer.echo(f"trained {folds} fold models in {run}; next: bonemet seg evaluate {run}")
+    given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})
+    run = train_segmentation(cfg, out, resume=resume, given=given)
+    from ..data.splits import load_splits
+
+    n = len(load_splits(run / "splits.json")["folds"])
+    typer.echo(f"trained {n} fold models in {run}; next: bonemet seg evaluate {run}")
 
 
 @app.command()

@@ -17,15 +17,19 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8, shape (H, W) for grey or (H, W, 3) for colour."""
+def read_image(path: str | Path, mask: bool = False) -> np.ndarray:
+    """Read an image as uint8, shape (H, W) for grey or (H, W, 3) for colour. A 16 / 32-bit grey image is read
+    when its values fit 8 bits, and refused otherwise; with ``mask``, its non-zero pixels become 255."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise DataError("empty file", path)
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in training
-            if img.mode in ("L", "I", "I;16", "F", "1", "LA", "P"):
+            if img.mode.startswith(("I", "F")):  # 16 / 32-bit grey: never saturated silently
+                deep = np.asarray(img)
+                return (deep > 0).astype(np.uint8) * 255 if mask else _deep_grey(deep, path)
+            if img.mode in ("L", "1", "LA", "P"):
                 img = img.convert("L")
             elif img.mode != "RGB":
                 img = img.convert("RGB")
@@ -41,13 +45,26 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
+def _deep_grey(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A 16 / 32-bit grey image as uint8 when its values are 8-bit values (0-255 integers); refused otherwise,
+    since scaling it would be a guess at a window the models never saw."""
+    if arr.size == 0:
+        raise DataError("image has no pixels", path)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if lo >= 0 and hi <= 255 and np.array_equal(arr, np.round(arr)):
+        return arr.astype(np.uint8)
+    raise DataError(f"a {arr.dtype.itemsize * 8}-bit image with values {lo:g} to {hi:g}: bonemet reads 8-bit "
+                    "slices windowed as its models were trained (BM-Seg's); window it to 8 bits first, or give "
+                    "the CT as DICOM / NIfTI", path)
+
+
 def read_mask(path: str | Path, threshold: int = 0) -> np.ndarray:
     """Read a mask as a boolean (H, W) array: a pixel is set when its value is above ``threshold``.
 
     BM-Seg masks are often JPEG, whose compression noise leaves small non-zero values: ``> 0`` is the
     reference code's rule; ``threshold=127`` removes the noise.
     """
-    arr = read_image(path)
+    arr = read_image(path, mask=True)
     if arr.ndim == 3:
         arr = arr.max(axis=2)
     return arr > threshold

@@ -9,7 +9,6 @@ every result made with it is labelled as such.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold
 
 from ..errors import BonemetError
-from ..fileio import write_json
+from ..fileio import read_json, write_json
 
 PAPER_LABEL = "paper (slice-level KFold(5, shuffle=True, random_state=42); patients leak across folds)"
 
@@ -138,7 +137,7 @@ def save_splits(split: dict[str, Any], path: str | Path) -> Path:
 
 def load_splits(path: str | Path) -> dict[str, Any]:
     """Read a split JSON written by :func:`save_splits`."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BonemetError(f"unreadable split file ({exc})", path) from None
+    split = read_json(path, "split file")
+    if not isinstance(split, dict) or not isinstance(split.get("folds"), list):
+        raise BonemetError("not a bonemet split file (no list of folds)", path)
+    return split

@@ -8,6 +8,9 @@ radiologist sees it (patient's right on the image left, anterior at the top).
 
 from __future__ import annotations
 
+import gzip
+import os
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from scipy import ndimage
 
 from ..errors import DataError
 from ..fileio import atomic_path
+from ..log import logger
 
 CANONICAL_AXCODES = ("L", "P", "S")
 
@@ -40,6 +44,12 @@ class Volume:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along i, j, k."""
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """The true volume of a voxel, |det| of the affine: the product of the spacings only when the axes are
+        orthogonal (not for a sheared grid)."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
 
     @property
     def axcodes(self) -> tuple[str, str, str]:
@@ -71,7 +81,7 @@ class Volume:
         meta = dict(self.meta)
         meta.setdefault("native_affine", self.affine.tolist())
         meta.setdefault("native_shape", list(self.array.shape))
-        slice_keys = [k for k in ("slice_uids", "slice_files") if k in meta]
+        slice_keys = [k for k in ("slice_uids", "slice_files", "slice_frames") if meta.get(k) is not None]
         if slice_keys:
             # Per-slice lists survive only when the slice axis stays the slice axis.
             out_axis, flip = int(transform[2, 0]), transform[2, 1] < 0
@@ -89,34 +99,143 @@ class Volume:
         return back.array, native
 
 
+MAX_VOXELS_ENV = "BONEMET_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 1_500_000_000  # 6 GB as float32: well above a 1,000-slice 1024 px whole-body CT
+GZIP_MAX_RATIO = 1032  # deflate never compresses more than this: a smaller file cannot hold the claimed data
+NON_FINITE_FILL = -1024.0  # HU of air: what a non-finite voxel of a CT becomes
+NON_FINITE_REFUSED = 0.5  # a CT with more than this share of non-finite voxels is refused
+
+
+def max_voxels() -> int:
+    """The largest volume bonemet reads (voxels), ``BONEMET_MAX_VOXELS`` in the environment or the default."""
+    value = os.environ.get(MAX_VOXELS_ENV)
+    if value is None:
+        return DEFAULT_MAX_VOXELS
+    try:
+        return int(float(value))
+    except ValueError:
+        raise DataError(f"{MAX_VOXELS_ENV}={value!r} is not a number of voxels") from None
+
+
+def _stored_bytes(path: Path, limit: int) -> int:
+    """How many bytes of image data ``path`` holds, counted up to ``limit`` (gzip: decompressed, streamed, so
+    that nothing of a claimed size is allocated before it is known to be there)."""
+    size = path.stat().st_size
+    if not path.name.endswith(".gz"):
+        return size
+    if 4 <= size and limit < 2**32 and size * GZIP_MAX_RATIO >= limit:
+        with open(path, "rb") as fh:  # the gzip trailer: the decompressed size (modulo 2**32)
+            fh.seek(-4, os.SEEK_END)
+            trailer = int.from_bytes(fh.read(4), "little")
+        if trailer >= limit:
+            return trailer
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while total < limit:
+                piece = fh.read(1 << 20)
+                if not piece:
+                    break
+                total += len(piece)
+    except (OSError, EOFError, zlib.error):
+        pass  # a damaged stream holds what was read before the damage
+    return total
+
+
+def _check_nifti_header(img: Any, path: Path) -> None:
+    """Refuse before any voxel is read: a shape beyond the limit, data shorter than the header claims, a
+    zero, singular or non-finite affine. Warn for a sheared one."""
+    shape = tuple(int(v) for v in img.header.get_data_shape())
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if n == 0:
+        raise DataError(f"the header describes an empty volume (shape {shape})", path)
+    if n > max_voxels():
+        raise DataError(f"the header claims {n:,} voxels (shape {shape}), more than the limit of {max_voxels():,} "
+                        f"(set {MAX_VOXELS_ENV} to read larger volumes)", path)
+    need = int(img.header.get_data_offset()) + n * img.header.get_data_dtype().itemsize
+    have = _stored_bytes(path, need)
+    if have < need:
+        raise DataError(f"truncated: the header claims shape {shape} ({need:,} bytes with its offset) but the file "
+                        f"holds {have:,} bytes", path)
+    aff = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(aff)):
+        raise DataError("the affine (voxel to world) holds NaN or infinite values: no usable geometry", path)
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise DataError("the affine (voxel to world) is zero or singular (a zero spacing or collapsed axes): no "
+                        "usable geometry", path)
+    shear = shear_degrees(aff)
+    if shear > 0.5:
+        logger.warning("%s: the voxel axes are not orthogonal (sheared by %.1f degrees); volumes use the true voxel "
+                       "volume |det(affine)| = %.4g mm3, not the product of the spacings", path, shear,
+                       abs(np.linalg.det(aff[:3, :3])))
+
+
+def shear_degrees(affine: np.ndarray) -> float:
+    """How far the voxel axes of ``affine`` are from orthogonal: the largest deviation from 90 degrees."""
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    worst = 0.0
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        worst = max(worst, abs(90.0 - float(np.degrees(np.arccos(np.clip(abs(cols[:, a] @ cols[:, b]), 0, 1))))))
+    return worst
+
+
 def read_nifti(path: str | Path, canonical: bool = True, dtype: Any = np.float32) -> Volume:
-    """Read a 3D NIfTI file (a 4D file with one volume is accepted)."""
+    """Read a 3D NIfTI file (a 4D file with one volume is accepted); the header is checked before the data."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", path)
     try:
         img = nib.load(str(path))
-        array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for damaged files
+        raise DataError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})", path) from None
+    _check_nifti_header(img, path)
+    try:
+        array = np.asanyarray(img.dataobj)
+    except Exception as exc:
         raise DataError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})", path) from None
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataError(f"expected a 3D volume, found shape {array.shape}", path)
-    vol = Volume(array=array.astype(dtype, copy=False), affine=img.affine.astype(np.float64), source=path,
-                 meta={"format": "nifti"})
+    with np.errstate(invalid="ignore"):  # NaN in a mask: counted and reported by the caller that needs it
+        array = array.astype(dtype, copy=False)
+    affine = img.affine.astype(np.float64)
+    vol = Volume(array=array, affine=affine, source=path, meta={"format": "nifti", "shear_deg": shear_degrees(affine)})
     return vol.reoriented() if canonical else vol
 
 
-def read_volume(path: str | Path, canonical: bool = True) -> Volume:
-    """Read a CT volume in HU from a DICOM series folder or a NIfTI file."""
-    path = Path(path)
-    if path.is_dir():
-        from .dicom import read_dicom_series
+def finite_ct(vol: Volume) -> Volume:
+    """A CT whose non-finite voxels (NaN, +-inf) are set to air (-1024 HU) and counted in ``meta``; a CT that is
+    mostly non-finite is refused."""
+    bad = ~np.isfinite(vol.array)
+    n = int(np.count_nonzero(bad))
+    if n == 0:
+        return vol
+    share = n / vol.array.size
+    if share > NON_FINITE_REFUSED:
+        raise DataError(f"{share:.0%} of the voxels are not finite numbers (NaN or infinite): not a usable CT",
+                        vol.source)
+    vol.array[bad] = NON_FINITE_FILL
+    vol.meta["non_finite_voxels"] = n
+    logger.warning("%s: %d voxel(s) (%.2g %%) were NaN or infinite; set to %g HU (air)", vol.source, n, 100 * share,
+                   NON_FINITE_FILL)
+    return vol
 
-        return read_dicom_series(path, canonical=canonical)
+
+def read_volume(path: str | Path, canonical: bool = True, series_uid: str | None = None) -> Volume:
+    """Read a CT volume in HU from a DICOM series folder (or its DICOMDIR; ``series_uid`` picks a series) or a
+    NIfTI file."""
+    path = Path(path)
+    from .dicom import is_dicomdir, read_dicom_series
+
+    if path.is_file() and is_dicomdir(path):
+        path = path.parent  # the files a DICOMDIR indexes sit in the folders below it
+    if path.is_dir():
+        return finite_ct(read_dicom_series(path, series_uid=series_uid, canonical=canonical))
+    if series_uid is not None:
+        raise DataError("--series-uid applies to a DICOM folder, not to this file", path)
     if path.name.endswith((".nii", ".nii.gz")):
-        return read_nifti(path, canonical=canonical)
+        return finite_ct(read_nifti(path, canonical=canonical))
     if not path.exists():
         raise DataError("not found", path)
     raise DataError("expected a DICOM series folder or a NIfTI file (.nii, .nii.gz)", path)

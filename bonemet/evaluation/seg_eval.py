@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
 from ..data.stats import markdown_table
 from ..errors import BonemetError
-from ..fileio import write_csv, write_json, write_text
-from ..training.checkpoint import load_checkpoint
+from ..data.splits import load_splits
+from ..fileio import read_config, read_json, write_csv, write_json, write_text
+from ..training.checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from ..training.seg import SegConfig, build_model, predict_probs
 from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
@@ -59,20 +59,14 @@ def model_label(cfg: SegConfig) -> str:
 def load_run(run: Path) -> tuple[SegConfig, dict]:
     if not (run / "config.json").exists():
         raise BonemetError("not a segmentation run folder (no config.json)", run)
-    cfg = SegConfig(**json.loads((run / "config.json").read_text()))
-    split = json.loads((run / "splits.json").read_text())
+    cfg = read_config(SegConfig, run / "config.json", "segmentation run configuration")
+    split = load_splits(run / "splits.json")
     return cfg, split
 
 
 def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
-    fold_dir = run / f"fold{k}"
-    done = fold_dir / "done.json"
-    if not done.exists():
-        raise BonemetError(f"fold {k} has not finished training (run 'bonemet seg train ... --resume')", fold_dir)
-    ck = load_checkpoint(fold_dir / json.loads(done.read_text())["checkpoint"])
-    model = build_model(cfg)
-    model.load_state_dict(ck["model"])
-    return model.eval()
+    path = finished_checkpoint(run / f"fold{k}", f"fold {k}", " (run 'bonemet seg train ... --resume')")
+    return load_weights(build_model(cfg), load_checkpoint(path), path).eval()
 
 
 def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationDataset) -> Scored:
@@ -144,7 +138,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         cv_row[m] = f"{np.nanmean(vals):.2f} ± {np.nanstd(vals):.2f}"
     per_fold = {"model": label, **{f"fold {k + 1}": percent(f.scores["F1"]) for k, f in enumerate(fold_scores)}}
     summary: dict = {"run": str(run), "model": cfg.model, "label": label, "protocol": protocol,
-                     "selection": json.loads((run / "fold0" / "done.json").read_text())["selection"],
+                     "selection": read_json(run / "fold0" / "done.json", "done.json").get("selection", "unknown"),
                      "cv": {"per_fold": [f.scores for f in fold_scores], "mean": {m: float(np.nanmean(
                          [f.scores[m] for f in fold_scores])) for m in PIXEL_METRICS}}}
     note = f"Protocol: {protocol}. Model selection: {summary['selection']}.\n\n"
@@ -284,7 +278,7 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
         path = Path(r) / "eval" / "metrics.json"
         if not path.exists():
             raise BonemetError("run not evaluated yet (run 'bonemet seg evaluate' first)", r)
-        summaries.append(json.loads(path.read_text()))
+        summaries.append(read_json(path, "evaluation summary"))
     cv_rows, fold_rows, test_rows = [], [], []
     for s in summaries:
         cv_rows.append({"model": s["label"], "protocol": s["protocol"].split(" (")[0],

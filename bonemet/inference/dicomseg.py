@@ -10,12 +10,13 @@ mis-place and several tools have shipped mirrored objects for such series.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
 
 from .. import __version__
-from ..data.dicom import LPS_TO_RAS
+from ..data.dicom import LPS_TO_RAS, functional
 from ..data.volume import Volume
 from ..errors import BonemetError
 from ..fileio import atomic_path
@@ -44,6 +45,17 @@ def frames_for_sources(mask: np.ndarray, volume: Volume, sources: list[pydicom.D
     return np.stack(frames)
 
 
+def frame_geometry(ds: pydicom.Dataset) -> list[SimpleNamespace]:
+    """The pixel grid of each frame of an enhanced (multi-frame) file, shaped like a single-frame header."""
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    return [SimpleNamespace(Rows=ds.Rows, Columns=ds.Columns,
+                            ImagePositionPatient=functional(ds, g, "PlanePositionSequence", "ImagePositionPatient"),
+                            ImageOrientationPatient=functional(ds, g, "PlaneOrientationSequence",
+                                                                "ImageOrientationPatient"),
+                            PixelSpacing=functional(ds, g, "PixelMeasuresSequence", "PixelSpacing"))
+            for g in per]
+
+
 def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: np.ndarray | None,
                     model_name: str) -> Path:
     """Write a binary DICOM-SEG with a lesion segment (and a bone segment) for the series ``volume`` came from."""
@@ -56,7 +68,15 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
     if volume.meta.get("gantry_tilt_deg", 0.0) > 0.5:
         raise BonemetError(f"gantry-tilted series ({volume.meta['gantry_tilt_deg']:.1f} degrees): no DICOM-SEG written "
                            "(the NIfTI masks are still aligned)", volume.source)
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # the SEG needs headers only
+    if volume.meta.get("multiframe"):
+        if len(set(files)) > 1:
+            raise BonemetError("an enhanced (multi-frame) series stored in several files: no DICOM-SEG written (the "
+                               "NIfTI masks are aligned)", volume.source)
+        sources = [pydicom.dcmread(files[0], stop_before_pixels=True)]
+        grids = frame_geometry(sources[0])  # one SEG frame per source frame, in the source's frame order
+    else:
+        sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # the SEG needs headers only
+        grids = sources
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not sources[0].get(k)]
     if missing:
         raise BonemetError(f"the source series has no {' / '.join(missing)} (anonymised?): a SEG could not be "
@@ -81,7 +101,7 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         segment_number=i + 1, segment_label=label, segmented_property_category=cat, segmented_property_type=typ,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
         for i, (label, cat, typ, _) in enumerate(segments)]
-    pixels = np.stack([frames_for_sources(m, volume, sources) for *_, m in segments], axis=-1).astype(np.uint8)
+    pixels = np.stack([frames_for_sources(m, volume, grids) for *_, m in segments], axis=-1).astype(np.uint8)
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,

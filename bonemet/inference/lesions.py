@@ -88,16 +88,20 @@ def rough_site(center: tuple[float, float, float], bone: np.ndarray, body: np.nd
 
 def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | None, bone: np.ndarray | None,
                  spacing: tuple[float, float, float] | None, min_voxels: int = 10,
-                 min_volume_ml: float = 0.05) -> tuple[list[Lesion], np.ndarray]:
+                 min_volume_ml: float = 0.05, voxel_mm3: float | None = None) -> tuple[list[Lesion], np.ndarray]:
     """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
     volume of the kept ones numbered by lesion id.
 
     Components under ``min_voxels`` (or ``min_volume_ml`` when the spacing is known) are dropped as noise.
+    ``voxel_mm3``: the true voxel volume (|det| of the affine; default the product of the spacings, which is
+    the same for an orthogonal grid and too large for a sheared one).
     """
     labels, n = ndimage.label(lesion_mask, np.ones((3, 3, 3), bool))
     if n == 0:
         return [], np.zeros(lesion_mask.shape, np.int16)
-    voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing else None
+    if voxel_mm3 is None and spacing:
+        voxel_mm3 = float(np.prod(spacing))
+    voxel_ml = voxel_mm3 / 1000.0 if voxel_mm3 else None
     measure = hu is not None and spacing is not None
     if measure:
         body = ndimage.binary_fill_holes(hu > -300, structure=np.ones((3, 3, 1), bool))

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..data.images import write_image
-from ..data.volume import read_mask_like, save_nifti
+from ..data.volume import NON_FINITE_FILL, read_mask_like, save_nifti
 from ..errors import BonemetError
 from ..fileio import atomic_dir, write_csv, write_json
 from ..log import logger
@@ -47,6 +47,7 @@ class PredictOptions:
     dicom_seg: bool = True
     overwrite: bool = False
     paths: tuple[str, ...] | None = None  # None = the default fast path
+    series_uid: str | None = None  # the series to read from a folder that holds several
 
 
 def _to_volume(per_slice: np.ndarray) -> np.ndarray:
@@ -95,7 +96,7 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
 def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
     times: dict[str, float] = {}
     t = time.perf_counter()
-    scan = read_scan(input_path)
+    scan = read_scan(input_path, opts.series_uid)
     seg = SegRunner(opts.seg, paths=opts.paths)
     clf = ClsRunner(opts.cls) if opts.cls else None
     times["read s"] = round(time.perf_counter() - t, 2)
@@ -106,6 +107,12 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
             warnings.append(f"{len(skipped)} unreadable DICOM file(s) skipped: {', '.join(skipped)}")
         if scan.volume.meta.get("ignored_non_dicom"):
             warnings.append(f"{len(scan.volume.meta['ignored_non_dicom'])} non-DICOM file(s) ignored")
+        if scan.volume.meta.get("non_finite_voxels"):
+            warnings.append(f"{scan.volume.meta['non_finite_voxels']} voxel(s) were NaN or infinite: set to "
+                            f"{NON_FINITE_FILL:g} HU (air) before analysis")
+        if scan.volume.meta.get("shear_deg", 0) > 0.5:
+            warnings.append(f"the voxel grid is sheared by {scan.volume.meta['shear_deg']:.1f} degrees: volumes use "
+                            "the true voxel volume")
     n = scan.n_slices
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -126,7 +133,8 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
     hu = scan.volume.array if scan.volume is not None else None
     spacing = scan.volume.spacing if scan.volume is not None else None
     lesions, kept = find_lesions(lesion_raw, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
-                                 opts.min_volume_ml)
+                                 opts.min_volume_ml,
+                                 voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None)
     truth = None
     if opts.truth is not None:
         if scan.volume is None:
@@ -142,10 +150,13 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
                       "truth_voxels": int(ref.sum()), "predicted_voxels": int(bone_mask.sum())}
     times["analysis s"] = round(time.perf_counter() - t, 2)
 
-    slice_rows = _slice_rows(scan, lesion_p, kept, cls_p, opts.threshold)
+    slice_rows = _slice_rows(scan, lesion_p, kept, cls_p, opts.threshold, opts.include_phi)
     decision = verdict(lesions, float(lesion_p.max()) if lesion_p.size else 0.0, cls_p, opts.threshold)
     summary = {
-        "input": {"path": str(Path(input_path)), "kind": scan.kind, "slices": n, "slice_shape": list(scan.slice_shape),
+        "input": {"path": str(Path(input_path)) if opts.include_phi else "(left out: folder names often carry "
+                          "patient identifiers; --include-phi keeps it)",
+                  "kind": scan.kind,
+                  "non_finite_voxels": scan.volume.meta.get("non_finite_voxels", 0) if scan.volume is not None else 0, "slices": n, "slice_shape": list(scan.slice_shape),
                   "spacing_mm": [round(s, 4) for s in spacing] if spacing else None,
                   "hu_available": scan.has_hu,
                   "measurements": "HU, mm and mL" if scan.has_hu else
@@ -191,9 +202,11 @@ def _lesion_fields() -> list[str]:
 
 
 def _slice_rows(scan: Scan, lesion_p: np.ndarray, kept: np.ndarray, cls_p: np.ndarray | None,
-                threshold: float) -> list[dict]:
+                threshold: float, include_phi: bool = False) -> list[dict]:
+    """One row per slice; a DICOM slice is named by its SOP Instance UID only with ``include_phi`` (UIDs link
+    back to the patient's study)."""
     rows = []
-    uids = scan.volume.meta.get("slice_uids") if scan.volume is not None else None
+    uids = scan.volume.meta.get("slice_uids") if scan.volume is not None and include_phi else None
     for k in range(scan.n_slices):
         ids = np.unique(kept[:, :, k])
         row = {"slice": k + 1, "name": scan.images[k].name if scan.kind == "images" else (uids[k] if uids else ""),

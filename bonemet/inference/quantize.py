@@ -14,7 +14,6 @@ each member once on slices of the run's own training patients (never its test pa
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import torch
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
 from ..errors import BonemetError
-from ..fileio import atomic_path, write_json
+from ..fileio import atomic_path, read_json, write_json
+from ..training.checkpoint import finished_checkpoint
 from .fast import CALIBRATION_SLICES, calibration_indices, quantize_int8
 
 INT8_FILE, INT8_META = "int8.onnx", "int8.json"
@@ -31,10 +31,7 @@ INT8_FILE, INT8_META = "int8.onnx", "int8.json"
 
 def member_checkpoint(run: Path, k: int) -> Path:
     """The checkpoint file fold ``k`` of ``run`` predicts with (named by its done.json)."""
-    done = run / f"fold{k}" / "done.json"
-    if not done.exists():
-        raise BonemetError(f"fold {k} has not finished training", done.parent)
-    return done.parent / json.loads(done.read_text())["checkpoint"]
+    return finished_checkpoint(run / f"fold{k}", f"fold {k}")
 
 
 def _digest(path: Path) -> str:
@@ -47,7 +44,7 @@ def stored_int8(run: str | Path, k: int) -> bytes | None:
     meta, graph = fold / INT8_META, fold / INT8_FILE
     if not (meta.exists() and graph.exists()):
         return None
-    if json.loads(meta.read_text()).get("checkpoint sha256") != _digest(member_checkpoint(Path(run), k)):
+    if read_json(meta, "int8 graph description").get("checkpoint sha256") != _digest(member_checkpoint(Path(run), k)):
         return None
     return graph.read_bytes()
 

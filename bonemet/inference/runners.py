@@ -68,10 +68,7 @@ class SegRunner:
         self.run = Path(run)
         if not (self.run / "config.json").exists() or not (self.run / "splits.json").exists():
             raise BonemetError("not a segmentation run folder (no config.json / splits.json)", self.run)
-        try:
-            self.cfg, split = load_run(self.run)
-        except TypeError:
-            raise BonemetError("not a segmentation run (its config.json has other fields)", self.run) from None
+        self.cfg, split = load_run(self.run)
         ks = members if members is not None else list(range(len(split["folds"])))
         self.paths = default_paths() if paths is None else tuple(paths)
         self.models = [load_member(self.cfg, self.run, k) for k in ks]

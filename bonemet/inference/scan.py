@@ -15,6 +15,7 @@ import numpy as np
 from ..data.classification import slice_sort_key
 from ..data.export import windowed_slice
 from ..data.images import is_image_file, read_image
+from ..data.dicom import is_dicomdir
 from ..data.volume import Volume, read_volume
 from ..errors import DataError
 from ..log import logger
@@ -68,11 +69,16 @@ class Scan:
         return f"slice {k + 1}/{self.n_slices}"
 
 
-def read_scan(path: str | Path) -> Scan:
-    """Read ``path``: a DICOM series folder, a NIfTI file, or a folder of PNG / JPEG slices (natural name order)."""
+def read_scan(path: str | Path, series_uid: str | None = None) -> Scan:
+    """Read ``path``: a DICOM series folder (or a DICOMDIR; ``series_uid`` picks one of several series), a NIfTI
+    file, or a folder of PNG / JPEG slices (natural name order)."""
     path = Path(path)
     if not path.exists():
         raise DataError("not found", path)
+    if path.is_file() and is_dicomdir(path):
+        return Scan(path, "dicom", volume=read_volume(path, series_uid=series_uid))
+    if path.is_dir() and series_uid is not None:
+        return Scan(path, "dicom", volume=read_volume(path, series_uid=series_uid))
     if path.is_dir():
         files = [p for p in path.iterdir() if not p.name.startswith(".")]
         if not files:

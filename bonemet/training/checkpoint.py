@@ -1,15 +1,18 @@
 """Checkpoints are plain state dicts plus JSON-able metadata, loaded with ``weights_only=True``:
-a checkpoint is data, never code."""
+a checkpoint is data, never code. A finished fold names its checkpoint in ``done.json``."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import BonemetError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_json
+
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 
 def save_checkpoint(path: str | Path, **content: Any) -> None:
@@ -19,11 +22,58 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely; a damaged or foreign file is one clear error."""
+    """Read a checkpoint safely; a damaged or foreign file is one clear line."""
     path = Path(path)
     if not path.exists():
         raise BonemetError("checkpoint not found", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise BonemetError(f"not a bonemet checkpoint or damaged ({type(exc).__name__}: {exc})", path) from None
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text runs to 6-8 lines and suggests weights_only=False
+        raise BonemetError("refused: the checkpoint holds objects other than tensors and plain data (bonemet loads "
+                           "checkpoints as data, never as code)", path) from None
+    except Exception as exc:  # truncated or foreign files fail in many ways
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BonemetError(f"not a bonemet checkpoint or damaged ({type(exc).__name__}: {first})", path) from None
+    if not isinstance(ck, dict):
+        raise BonemetError("not a bonemet checkpoint (it holds no dictionary of weights)", path)
+    return ck
+
+
+def load_weights(model: torch.nn.Module, ck: dict[str, Any], path: str | Path) -> torch.nn.Module:
+    """Put the checkpoint's ``model`` weights into ``model``; a checkpoint that does not fit is one clear line."""
+    state = ck.get("model")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BonemetError("not a bonemet checkpoint (no 'model' weights in it)", path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} tensor(s) of another shape (e.g. {k}: {list(state[k].shape)} in the file, "
+                         f"{list(own[k].shape)} in the model)")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} the model does not have (e.g. {unexpected[0]})")
+        raise BonemetError(f"the checkpoint does not fit the model its run's config.json describes: "
+                           f"{'; '.join(parts)}", path)
+    model.load_state_dict(state)
+    return model
+
+
+def finished_checkpoint(fold_dir: str | Path, what: str, hint: str = "") -> Path:
+    """The checkpoint a finished fold (``what``: "fold 2", "model 0") predicts with, as its ``done.json`` names it;
+    ``hint`` follows the message when the fold has not finished."""
+    fold_dir = Path(fold_dir)
+    done = fold_dir / "done.json"
+    if not done.exists():
+        raise BonemetError(f"{what} has not finished training{hint}", fold_dir)
+    info = read_json(done, "done.json")
+    name = info.get("checkpoint") if isinstance(info, dict) else None
+    if name not in CHECKPOINT_NAMES:
+        raise BonemetError(f"done.json names no checkpoint of this fold (expected one of "
+                           f"{', '.join(CHECKPOINT_NAMES)}, found {name!r})", done)
+    return fold_dir / name

@@ -12,8 +12,8 @@ Run folder::
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,13 +26,13 @@ from ..data.classification import ClsSlice, lesion_mask_paths, load_classificati
 from ..data.datasets import CROPS, ClassificationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits, save_splits
 from ..errors import BonemetError
-from ..fileio import write_json
+from ..fileio import read_config, read_json, write_json
 from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
 from .augment import SegAugment, seed_augment
-from .checkpoint import load_checkpoint
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch,
-                   train_input, training_precision)
+from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config, set_lr,
+                   train_epoch, train_input, training_precision)
 from .losses import focal_loss
 from .schedule import PiecewiseLR
 from .seg import data_preprocessing
@@ -75,6 +75,27 @@ class ClsConfig:
     fusion_vit: str = FUSION_BRANCHES[1]
     weights: list[str] = field(default_factory=list)
     preprocessing: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
+        checks = [
+            (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
+            (self.crop in CROPS, f"unknown crop '{self.crop}' (choose from {', '.join(CROPS)})"),
+            (isinstance(self.context, int) and self.context >= 0, f"--context must be 0 or more, got {self.context}"),
+            (not (self.masks and self.freeze_backbone),
+             "--masks trains the backbone's feature map: it cannot go with --freeze-backbone"),
+            (self.schedule in (None, "cnn", "transformer"), f"unknown schedule '{self.schedule}' (cnn or transformer)"),
+            (self.size is None or (isinstance(self.size, int) and self.size >= 32),
+             f"size must be 32 or more, got {self.size}"),
+            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be 1 or more, got {self.epochs}"),
+            (isinstance(self.folds, int) and self.folds >= 1, f"folds must be 1 or more, got {self.folds}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch size must be 1 or more, got {self.batch_size}"),
+            (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BonemetError(message)
 
     def schedule_name(self) -> str:
         return self.schedule or ("transformer" if family(self.model) == "transformer" else "cnn")
@@ -179,7 +200,7 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     done = fold_dir / "done.json"
     if resume and done.exists():
         console.print(f"model {k}: already finished, skipped")
-        return json.loads(done.read_text())
+        return read_json(done, "done.json")
     torch.manual_seed(cfg.seed * 1000 + k)
     model = build_classifier(cfg)
     apply_pretrained(model, cfg.pretrained)
@@ -254,22 +275,17 @@ def fold_slices(split: dict, fold: dict, slices: list[ClsSlice]) -> tuple[list, 
             [s for s in slices if s.patient in val_p])
 
 
-def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False) -> Path:
-    """Train the model(s) of a classification run; returns the run folder."""
+def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
+                         given: Collection[str] | None = None) -> Path:
+    """Train the model(s) of a classification run; returns the run folder. ``resume`` goes on with the run's own
+    configuration; ``given`` names the fields the caller set on purpose (None: all), which must equal the run's."""
     run = Path(run)
-    if cfg.select not in ("last", "best"):
-        raise BonemetError(f"unknown selection '{cfg.select}' (last or best)")
-    if cfg.crop not in CROPS:
-        raise BonemetError(f"unknown crop '{cfg.crop}' (choose from {', '.join(CROPS)})")
-    if cfg.context < 0:
-        raise BonemetError(f"--context must be 0 or more, got {cfg.context}")
-    if cfg.masks and cfg.freeze_backbone:
-        raise BonemetError("--masks trains the backbone's feature map: it cannot go with --freeze-backbone")
     cfg_path = run / "config.json"
     if cfg_path.exists() and not resume:
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
     if resume and cfg_path.exists():
-        cfg = ClsConfig(**json.loads(cfg_path.read_text()))
+        saved = read_config(ClsConfig, cfg_path, "classification run configuration")
+        cfg = resumed_config(saved, cfg, given, run)
     root = Path(cfg.data)
     index = load_classification(root)
     # every slice's mask, found and checked once, before any training
@@ -315,19 +331,10 @@ def load_cls_run(run: str | Path) -> tuple[ClsConfig, dict, list[torch.nn.Module
     run = Path(run)
     if not (run / "config.json").exists():
         raise BonemetError("not a classification run folder (no config.json)", run)
-    try:
-        cfg = ClsConfig(**json.loads((run / "config.json").read_text()))
-    except TypeError:
-        raise BonemetError("not a classification run (config.json has other fields)", run / "config.json") from None
+    cfg = read_config(ClsConfig, run / "config.json", "classification run configuration")
     split = load_splits(run / "splits.json")
     models = []
     for k in range(len(split["folds"])):
-        done = run / f"fold{k}" / "done.json"
-        if not done.exists():
-            raise BonemetError(f"model {k} has not finished training (run 'bonemet cls train ... --resume')",
-                               done.parent)
-        ck = load_checkpoint(done.parent / json.loads(done.read_text())["checkpoint"])
-        model = build_classifier(cfg)
-        model.load_state_dict(ck["model"])
-        models.append(model.eval())
+        path = finished_checkpoint(run / f"fold{k}", f"model {k}", " (run 'bonemet cls train ... --resume')")
+        models.append(load_weights(build_classifier(cfg), load_checkpoint(path), path).eval())
     return cfg, split, models

@@ -10,7 +10,6 @@ one-model segmentation run, so ``bonemet predict --seg STUDENT`` uses it like an
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, replace
@@ -26,11 +25,11 @@ from ..data.layout import raise_first_fatal
 from ..data.stats import markdown_table
 from ..errors import BonemetError
 from ..evaluation.metrics import PIXEL_METRICS, confusion, f1_ratio_ci, pooled_f1
-from ..fileio import write_csv, write_json, write_text
+from ..fileio import read_json, write_csv, write_json, write_text
 from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
 from .augment import SegAugment, seed_augment
-from .checkpoint import save_checkpoint
+from .checkpoint import finished_checkpoint, save_checkpoint
 from .loop import (console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch,
                    train_input, training_precision)
 from .schedule import PiecewiseLR
@@ -262,7 +261,7 @@ def heldout_member(teacher: Path, n_members: int) -> dict:
     for k in range(n_members):
         fold = teacher / f"fold{k}"
         rows = read_rows(fold / "metrics.csv", 10**9)
-        if json.loads((fold / "done.json").read_text()).get("checkpoint") == "best.pt" and rows:
+        if finished_checkpoint(fold, f"teacher member {k}").name == "best.pt" and rows:
             sel = [float(r.get("select_lesion_f1") or "nan") for r in rows]
             rows = rows[:int(np.nanargmax(sel)) + 1] if not np.isnan(sel).all() else rows
         f1 = rows[-1].get("heldout_lesion_f1") if rows else None
@@ -387,7 +386,7 @@ def _ratio_text(r: tuple[float, float, float], patients: int) -> str:
 def distill_record(student: str | Path) -> dict:
     """``STUDENT/distilled_from.json`` (teacher, extra data, calibration), or {} for a run not made by distill."""
     path = Path(student) / "distilled_from.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "distillation record") if path.exists() else {}
 
 
 def finished_student(teacher: str | Path, student: str | Path) -> Path:

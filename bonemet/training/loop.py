@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -16,6 +18,30 @@ from ..errors import BonemetError
 from ..fileio import write_csv
 
 console = Console(stderr=True)
+
+
+NOT_COMPARED = ("preprocessing", "weights")  # what training itself writes into a run's configuration
+
+
+def resumed_config(saved: Any, asked: Any, given: Collection[str] | None, run: Path) -> Any:
+    """The configuration a resumed run goes on with: the one it started with (``saved``). Options given now
+    (``given``: field names, None = every field of ``asked``) that differ from it are refused, listed."""
+    names = [f.name for f in dataclasses.fields(saved) if f.name not in NOT_COMPARED]
+    if given is not None:
+        names = [n for n in names if n in given]
+    diffs = []
+    for name in names:
+        old, new = getattr(saved, name), getattr(asked, name)
+        if name in ("data", "masks") and old and new:
+            same = Path(old).resolve() == Path(new).resolve()
+        else:
+            same = old == new
+        if not same:
+            diffs.append(f"{name.replace('_', '-')} {old} in the run, {new} now")
+    if diffs:
+        raise BonemetError(f"--resume continues the run as it started; these options differ: {'; '.join(diffs)} "
+                           "(drop them, or train into another --out)", run / "config.json")
+    return saved
 
 
 def make_optimizer(name: str, params, lr: float = 0.01, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -81,12 +107,16 @@ def read_rows(path: Path, before_epoch: int) -> list[dict]:
 
 def resume_state(fold_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, list[dict]]:
     """Load ``last.pt`` of an interrupted fold: (first epoch to run, best selection score, kept metric rows)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_weights
 
-    ck = load_checkpoint(fold_dir / "last.pt")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    start = int(ck["epoch"]) + 1
+    path = fold_dir / "last.pt"
+    ck = load_checkpoint(path)
+    load_weights(model, ck, path)
+    try:
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["epoch"]) + 1
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BonemetError(f"the checkpoint cannot resume training (optimizer state or epoch: {exc})", path) from None
     return start, float(ck.get("best", -1.0)), read_rows(fold_dir / "metrics.csv", start)
 
 

@@ -13,8 +13,8 @@ fold's training patients.
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,11 +29,11 @@ from ..data.datasets import SegmentationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, paper_splits, patient_splits, save_splits
 from ..errors import BonemetError
 from ..evaluation.metrics import Counts, confusion, pixel_scores
-from ..fileio import write_json
+from ..fileio import read_config, read_json, write_json
 from ..models import create_model, model_options, split_outputs
 from .augment import SegAugment, seed_augment
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, set_lr, train_epoch,
-                   train_input, training_precision)
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config, set_lr,
+                   train_epoch, train_input, training_precision)
 from .schedule import PiecewiseLR
 
 
@@ -70,6 +70,33 @@ class SegConfig:
     bf16: bool = False  # bfloat16 autocast + channels_last for training (evaluation stays fp32)
     preprocessing: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
+        from ..models import SEQUENTIAL_LESION_MODELS, model_names
+
+        checks = [
+            (self.model in model_names(), f"unknown model '{self.model}' (choose from {', '.join(model_names())})"),
+            (self.model != "sequential" or self.lesion_model in SEQUENTIAL_LESION_MODELS,
+             f"unknown lesion model '{self.lesion_model}' (choose from {', '.join(SEQUENTIAL_LESION_MODELS)})"),
+            (self.block in ("mb", "plain"), f"unknown block '{self.block}' (mb or plain)"),
+            (self.protocol in ("patient", "paper"), f"unknown protocol '{self.protocol}' (patient or paper)"),
+            (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
+            (isinstance(self.size, int) and self.size >= 32 and self.size % 16 == 0,
+             f"size must be a multiple of 16 and at least 32 (the models halve it four times), got {self.size}"),
+            (isinstance(self.width, int) and self.width >= 1, f"width must be 1 or more, got {self.width}"),
+            (self.channels in (1, 2, 3), f"channels must be 1, 2 or 3, got {self.channels}"),
+            (isinstance(self.folds, int) and self.folds >= 1, f"folds must be 1 or more, got {self.folds}"),
+            (isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be 0 or more, got {self.epochs}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch size must be 1 or more, got {self.batch_size}"),
+            (isinstance(self.eval_every, int) and self.eval_every >= 1,
+             f"eval_every must be 1 or more, got {self.eval_every}"),
+            (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BonemetError(message)
+
     def model_opts(self) -> dict:
         return {"in_channels": self.channels, "width": self.width,
                 **model_options(self.model, self.block, self.dual_decoder, self.lesion_model)}
@@ -79,7 +106,7 @@ def data_preprocessing(root: Path) -> dict:
     """What the images of a data root went through (window...), from the files bonemet wrote there."""
     for meta in (root / "conversion.json", root.parent / "phantom.json", root / "phantom.json"):
         if meta.exists():
-            info = json.loads(meta.read_text())
+            info = read_json(meta, "data description")
             return {"window": info.get("window", "unknown"), "source": str(meta)}
     return {"window": "unknown (images used as given)", "source": None}
 
@@ -189,7 +216,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     done = fold_dir / "done.json"
     if resume and done.exists():
         console.print(f"fold {k}: already finished, skipped")
-        return json.loads(done.read_text())
+        return read_json(done, "done.json")
     torch.manual_seed(cfg.seed * 1000 + k)
     model = build_model(cfg)
     opt = make_optimizer(cfg.optimizer, model.parameters())
@@ -241,19 +268,20 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     return result
 
 
-def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False) -> Path:
-    """Train the fold models of a run (see the module docstring); returns the run folder."""
+def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
+                       given: Collection[str] | None = None) -> Path:
+    """Train the fold models of a run (see the module docstring); returns the run folder.
+
+    ``resume`` goes on with the run's own configuration; ``given`` names the fields the caller set on purpose
+    (None: all of ``cfg``), which must then equal the run's.
+    """
     run = Path(run)
-    if cfg.protocol not in ("patient", "paper"):
-        raise BonemetError(f"unknown protocol '{cfg.protocol}' (patient or paper)")
-    if cfg.select not in ("last", "best"):
-        raise BonemetError(f"unknown selection '{cfg.select}' (last or best)")
     cfg_path = run / "config.json"
     if cfg_path.exists() and not resume:
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
     if resume and cfg_path.exists():
-        saved = json.loads(cfg_path.read_text())
-        cfg = SegConfig(**saved)  # the run goes on exactly as it started
+        saved = read_config(SegConfig, cfg_path, "segmentation run configuration")
+        cfg = resumed_config(saved, cfg, given, run)  # the run goes on exactly as it started
     index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
     slices = index.slices
     flags = lesion_slice_flags(slices, cfg.threshold)  # read every mask once
