@@ -76,7 +76,10 @@ def scan_series(folder: str | Path, damaged: list[str] | None = None
         if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
             continue  # the medium's index: the images it lists are read from the folders themselves
         if "SOPClassUID" not in ds and "Modality" not in ds:
-            other.append(f)
+            if damaged is not None and _has_dicom_magic(f):  # a DICOM file whose data set ends early
+                damaged.append(f"{f.name} (damaged DICOM header: no SOP class or modality in it)")
+            else:
+                other.append(f)
             continue
         series[str(ds.get("SeriesInstanceUID", "unknown"))].append((f, ds))
     return dict(series), other
@@ -142,6 +145,11 @@ def _frames(path: Path, header: pydicom.Dataset):
                float(slope or 1), float(intercept or 0), uid, f + 1)
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _slice_name(sl: tuple) -> str:
     return sl[2].name if sl[4] is None else f"{sl[2].name} frame {sl[4]}"
 
@@ -187,8 +195,11 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, canonic
         except _Unreadable as exc:
             unreadable.append(f"{path.name} ({exc})")
             continue
+        except (NotImplementedError, RuntimeError) as exc:  # no decoder for its transfer syntax
+            unreadable.append(f"{path.name} ({type(exc).__name__}: {_first_line(exc)})")
+            continue
         except Exception as exc:  # truncated or damaged pixel data raise from deep inside pydicom / numpy
-            unreadable.append(f"{path.name} ({type(exc).__name__}: {exc})")
+            unreadable.append(f"{path.name} (damaged DICOM pixel data: {type(exc).__name__}: {_first_line(exc)})")
             continue
         for pos, frame_iop, frame_ps, pixels, slope, intercept, uid, frame in frames:
             if iop is None:
@@ -200,6 +211,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, canonic
             slices.append((pos, pixels, path, uid, frame, slope, intercept))
     for msg in unreadable:
         logger.warning("%s: skipped unreadable slice %s", folder, msg)
+    if other:
+        logger.warning("%s: %d non-DICOM file(s) ignored (e.g. %s)", folder, len(other), other[0].name)
     if not slices:
         raise DataError(f"no readable CT slice ({len(unreadable)} unreadable)", folder)
     shapes = {s[1].shape for s in slices}

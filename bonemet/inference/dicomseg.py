@@ -92,6 +92,8 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         for key in TYPE2_COPIED:  # type-2 attributes the SEG copies from its source: present, possibly empty
             if key not in ds:
                 setattr(ds, key, "")
+        if str(ds.get("PatientSex", "")) not in ("M", "F", "O", ""):
+            ds.PatientSex = ""  # a value outside the standard's three would stop the SEG; unknown is allowed
     algo = hd.AlgorithmIdentificationSequence(name="bonemet", version=__version__,
                                               family=codes.cid7162.ArtificialIntelligence)
     segments = [("bone metastasis", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Metastasis, lesion)]
@@ -102,12 +104,18 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
         for i, (label, cat, typ, _) in enumerate(segments)]
     pixels = np.stack([frames_for_sources(m, volume, grids) for *_, m in segments], axis=-1).astype(np.uint8)
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="bonemet", manufacturer_model_name=model_name[:64],
-        software_versions=__version__, device_serial_number="none", series_description="bonemet segmentation",
-        omit_empty_frames=bool(pixels.any()))  # highdicom refuses a SEG with no frame at all
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="bonemet",
+            manufacturer_model_name=model_name[:64], software_versions=__version__, device_serial_number="none",
+            series_description="bonemet segmentation",
+            omit_empty_frames=bool(pixels.any()))  # highdicom refuses a SEG with no frame at all
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # source headers the standard does not allow
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BonemetError(f"the source headers do not make a valid DICOM-SEG ({first[:200]}); the NIfTI masks are "
+                           "aligned", Path(files[0]).parent) from None
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)
