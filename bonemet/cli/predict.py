@@ -18,7 +18,8 @@ def predict(
         = 0.5,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     window: Annotated[str | None, typer.Option(help="Override the CT window the models were trained with.")] = None,
-    probabilities: Annotated[bool, typer.Option(help="Also write probability maps (NIfTI).")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Also write probability maps (NIfTI, 8-bit levels with a 1/255 "
+                                                    "scaling that readers apply).")] = False,
     min_volume: Annotated[float, typer.Option(help="Ignore lesion components below this volume (mL).")] = 0.05,
     truth: Annotated[Path | None, typer.Option(help="A lesion mask (NIfTI) to report lesion-level recall against.")]
         = None,

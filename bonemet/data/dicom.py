@@ -145,6 +145,22 @@ def _frames(path: Path, header: pydicom.Dataset):
                float(slope or 1), float(intercept or 0), uid, f + 1)
 
 
+def _hu_volume(slices: list[tuple]) -> np.ndarray:
+    """The series in HU, (columns, rows, slices), filled slice by slice from the stored pixels: int16 when every
+    slice rescales by a slope of 1 and a whole intercept into int16's range (nearly every CT; half the memory of
+    float32), float32 otherwise."""
+    integral = all(np.issubdtype(sl[1].dtype, np.integer) and sl[5] == 1.0 and float(sl[6]).is_integer()
+                   for sl in slices)
+    if integral:
+        lo = min(int(sl[1].min()) + int(sl[6]) for sl in slices)
+        hi = max(int(sl[1].max()) + int(sl[6]) for sl in slices)
+        integral = -32768 <= lo and hi <= 32767
+    array = np.empty((*slices[0][1].T.shape, len(slices)), np.int16 if integral else np.float32)
+    for k, sl in enumerate(slices):
+        array[:, :, k] = (sl[1].astype(np.int32) + int(sl[6])).T if integral else (sl[1] * sl[5] + sl[6]).T
+    return array
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -248,10 +264,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, canonic
     lps[:3, 1] = col_cos * ps[0]  # j runs down a column: row spacing
     lps[:3, 2] = k_vec
     lps[:3, 3] = slices[0][0]
-    array = np.empty((*slices[0][1].T.shape, len(slices)), np.float32)
-    for k, sl in enumerate(slices):  # HU filled slice by slice from the stored pixels: no second float copy
-        np.multiply(sl[1].T, sl[5], out=array[:, :, k], casting="unsafe")
-        array[:, :, k] += sl[6]
+    array = _hu_volume(slices)
     meta = {
         "format": "dicom",
         "series_uid": chosen,

@@ -69,14 +69,17 @@ class Volume:
             raise ValueError(f"shape {array.shape} does not match volume shape {self.array.shape}")
         return replace(self, array=array, meta={**self.meta, **meta})
 
-    def reoriented(self, axcodes: tuple[str, str, str] = CANONICAL_AXCODES) -> "Volume":
-        """The same voxels with axes permuted and flipped so that they run along ``axcodes``."""
+    def reoriented(self, axcodes: tuple[str, str, str] = CANONICAL_AXCODES, copy: bool = True) -> "Volume":
+        """The same voxels with axes permuted and flipped so that they run along ``axcodes``; ``copy=False`` gives
+        a strided view instead of a contiguous copy (no memory for a whole second volume)."""
         current = ornt_mod.io_orientation(self.affine)
         target = ornt_mod.axcodes2ornt(axcodes)
         transform = ornt_mod.ornt_transform(current, target)
         if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
             return self
-        array = np.ascontiguousarray(ornt_mod.apply_orientation(self.array, transform))
+        array = ornt_mod.apply_orientation(self.array, transform)
+        if copy:
+            array = np.ascontiguousarray(array)
         affine = self.affine @ ornt_mod.inv_ornt_aff(transform, self.array.shape)
         meta = dict(self.meta)
         meta.setdefault("native_affine", self.affine.tolist())
@@ -95,7 +98,7 @@ class Volume:
         if "native_affine" not in self.meta:
             return array, self.affine
         native = np.asarray(self.meta["native_affine"])
-        back = Volume(array, self.affine).reoriented(tuple(nib.aff2axcodes(native)))  # type: ignore[arg-type]
+        back = Volume(array, self.affine).reoriented(tuple(nib.aff2axcodes(native)), copy=False)  # type: ignore[arg-type]
         return back.array, native
 
 
@@ -180,7 +183,9 @@ def shear_degrees(affine: np.ndarray) -> float:
 
 
 def read_nifti(path: str | Path, canonical: bool = True, dtype: Any = np.float32) -> Volume:
-    """Read a 3D NIfTI file (a 4D file with one volume is accepted); the header is checked before the data."""
+    """Read a 3D NIfTI file (a 4D file with one volume is accepted); the header is checked before the data.
+    ``dtype=None``: int16 when the stored values are whole numbers that fit it, else float32 (see
+    :func:`stored_values`)."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", path)
@@ -190,23 +195,47 @@ def read_nifti(path: str | Path, canonical: bool = True, dtype: Any = np.float32
         raise DataError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})", path) from None
     _check_nifti_header(img, path)
     try:
-        array = np.asanyarray(img.dataobj)
+        raw = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else np.asanyarray(img.dataobj)
+        slope, inter = (float(getattr(img.dataobj, a, d)) for a, d in (("slope", 1.0), ("inter", 0.0)))
     except Exception as exc:
         raise DataError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})", path) from None
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise DataError(f"expected a 3D volume, found shape {array.shape}", path)
-    with np.errstate(invalid="ignore"):  # NaN in a mask: counted and reported by the caller that needs it
-        array = array.astype(dtype, copy=False)
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 3:
+        raise DataError(f"expected a 3D volume, found shape {raw.shape}", path)
     affine = img.affine.astype(np.float64)
-    vol = Volume(array=array, affine=affine, source=path, meta={"format": "nifti", "shear_deg": shear_degrees(affine)})
-    return vol.reoriented() if canonical else vol
+    vol = Volume(array=raw, affine=affine, source=path, meta={"format": "nifti", "shear_deg": shear_degrees(affine)})
+    if canonical:
+        vol = vol.reoriented(copy=False)  # a view: the one copy below lays the voxels out in canonical order
+    vol.array = stored_values(vol.array, slope, inter, dtype)
+    return vol
+
+
+def stored_values(raw: np.ndarray, slope: float = 1.0, inter: float = 0.0, dtype: Any = None) -> np.ndarray:
+    """``raw * slope + inter`` as one new C-ordered array of ``dtype``; ``dtype=None`` keeps a CT compact: int16
+    when the values are whole numbers that fit it (every CT stored as integers with an integer intercept, half
+    the memory of float32), float32 otherwise."""
+    integral = np.issubdtype(raw.dtype, np.integer) and slope == 1.0 and float(inter).is_integer()
+    if dtype is None:
+        dtype = np.float32
+        if integral and raw.size:
+            lo, hi = int(raw.min()) + int(inter), int(raw.max()) + int(inter)
+            dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.float32
+    out = np.empty(raw.shape, dtype)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN in a mask: counted by the caller that needs it
+        for k in range(raw.shape[2]):  # slice by slice: no full-size temporary beside the result
+            piece = np.asarray(raw[:, :, k])
+            if slope != 1.0 or inter != 0.0:
+                piece = piece * slope + inter if not integral else piece.astype(np.int32) + int(inter)
+            out[:, :, k] = piece
+    return out
 
 
 def finite_ct(vol: Volume) -> Volume:
     """A CT whose non-finite voxels (NaN, +-inf) are set to air (-1024 HU) and counted in ``meta``; a CT that is
     mostly non-finite is refused."""
+    if not np.issubdtype(vol.array.dtype, np.floating):
+        return vol  # integers are always finite
     bad = ~np.isfinite(vol.array)
     n = int(np.count_nonzero(bad))
     if n == 0:
@@ -235,7 +264,7 @@ def read_volume(path: str | Path, canonical: bool = True, series_uid: str | None
     if series_uid is not None:
         raise DataError("--series-uid applies to a DICOM folder, not to this file", path)
     if path.name.endswith((".nii", ".nii.gz")):
-        return finite_ct(read_nifti(path, canonical=canonical))
+        return finite_ct(read_nifti(path, canonical=canonical, dtype=None))
     if not path.exists():
         raise DataError("not found", path)
     raise DataError("expected a DICOM series folder or a NIfTI file (.nii, .nii.gz)", path)
@@ -280,12 +309,16 @@ def read_mask_like(path: str | Path, reference: Volume, allow_empty: bool = Fals
     return aligned
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: Any = None) -> Path:
-    """Write ``array`` with ``affine`` as NIfTI, atomically."""
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: Any = None,
+               slope: float | None = None) -> Path:
+    """Write ``array`` with ``affine`` as NIfTI, atomically; ``slope`` is stored as the header's scaling
+    (readers see ``value * slope``), so that probabilities can be stored as 8-bit levels."""
     path = Path(path)
     data = array if dtype is None else array.astype(dtype)
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm")
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path

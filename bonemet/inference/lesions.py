@@ -61,22 +61,29 @@ def lesion_type(values: np.ndarray, surrounding: float) -> str:
     return "mixed"
 
 
-def rough_site(center: tuple[float, float, float], bone: np.ndarray, body: np.ndarray, hu: np.ndarray) -> str:
-    """spine / rib / pelvis / other from a lesion's centre (arrays in canonical (i, j, k) order)."""
+def body_slice(hu_k: np.ndarray) -> np.ndarray:
+    """The body of one axial slice (i, j): everything denser than fat's lower edge, holes filled."""
+    return ndimage.binary_fill_holes(hu_k > -300, structure=np.ones((3, 3), bool))
+
+
+def rough_site(center: tuple[float, float, float], bone: np.ndarray | None, hu: np.ndarray) -> str:
+    """spine / rib / pelvis / other from a lesion's centre (arrays in canonical (i, j, k) order); ``bone`` None:
+    bone is taken as above 150 HU. Only the centre's slice is looked at."""
     ci, cj, ck = center
     k = int(round(ck))
-    body_k = body[:, :, k]
+    hu_k = hu[:, :, k]
+    body_k = body_slice(hu_k)
     if not body_k.any():
         return "other"
-    bi, bj = np.argwhere(body_k).mean(0)
+    bi, bj = ndimage.center_of_mass(body_k)
     width = np.ptp(np.flatnonzero(body_k.any(1))) + 1
     depth = np.ptp(np.flatnonzero(body_k.any(0))) + 1
     dist_edge = ndimage.distance_transform_edt(body_k)[int(round(ci)), int(round(cj))]
-    bone_k = bone[:, :, k]
+    bone_k = bone[:, :, k] if bone is not None else hu_k > 150
     bone_width = np.ptp(np.flatnonzero(bone_k.any(1))) + 1 if bone_k.any() else 0
-    lungs = float(np.mean(hu[:, :, k][body_k] < -400))
+    lungs = float(np.mean(hu_k[body_k] < -400))
     # pelvis: a wide bony ring in the lower part of the scan, with no lung in the slice
-    if k < 0.4 * bone.shape[2] and bone_width > 0.6 * width and lungs < 0.02:
+    if k < 0.4 * hu.shape[2] and bone_width > 0.6 * width and lungs < 0.02:
         return "pelvis"
     # canonical LPS: i runs to the patient's left, j to posterior; the spine sits midline, behind the centre
     if abs(ci - bi) < 0.15 * width and cj > bj:
@@ -96,57 +103,86 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     ``voxel_mm3``: the true voxel volume (|det| of the affine; default the product of the spacings, which is
     the same for an orthogonal grid and too large for a sheared one).
     """
-    labels, n = ndimage.label(lesion_mask, np.ones((3, 3, 3), bool))
-    if n == 0:
-        return [], np.zeros(lesion_mask.shape, np.int16)
+    kept = np.zeros(lesion_mask.shape, np.int16)
+    box0 = _bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
+    if box0 is None:
+        return [], kept
+    labels, n = _label(lesion_mask[box0])
     if voxel_mm3 is None and spacing:
         voxel_mm3 = float(np.prod(spacing))
     voxel_ml = voxel_mm3 / 1000.0 if voxel_mm3 else None
     measure = hu is not None and spacing is not None
-    if measure:
-        body = ndimage.binary_fill_holes(hu > -300, structure=np.ones((3, 3, 1), bool))
-        bone_ref = bone if bone is not None else hu > 150
+    origin = np.array([b.start for b in box0])
     out: list[tuple[Lesion, int]] = []
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
         comp = labels[box] == idx
         count = int(comp.sum())
         if count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
             continue
-        # everything is measured in the component's box, padded for the 3-voxel ring around it
-        pbox = tuple(slice(max(0, b.start - RING), min(dim, b.stop + RING)) for b, dim in zip(box, labels.shape))
-        local = labels[pbox] == idx
+        # everything is measured in the component's box (whole-volume indices), padded for the 3-voxel ring
+        box = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, origin))
+        pbox = tuple(slice(max(0, b.start - RING), min(dim, b.stop + RING)) for b, dim in zip(box, kept.shape))
+        local = np.zeros(tuple(b.stop - b.start for b in pbox), bool)
+        inner = tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(box, pbox))
+        local[inner] = comp
         offset = np.array([b.start for b in pbox])
         areas = comp.sum(axis=(0, 1))
         ks = np.flatnonzero(areas) + box[2].start
         p = prob[pbox][local]
-        center = np.argwhere(local).mean(0) + offset
+        center = np.array(ndimage.center_of_mass(local)) + offset
         centroid = tuple(int(round(v)) for v in center)
         mean_hu = max_hu = sur = None
         kind, site = NA, NA
         if measure:
             hu_box = hu[pbox]
             vals = hu_box[local]
-            mean_hu, max_hu = round(float(vals.mean()), 1), round(float(vals.max()), 1)
+            mean_hu, max_hu = round(float(vals.mean(dtype=np.float64)), 1), round(float(vals.max()), 1)
             ring = ndimage.binary_dilation(local, iterations=RING) & ~local
             bone_box = bone[pbox] if bone is not None else None
             ring &= bone_box if bone_box is not None and (ring & bone_box).any() else (hu_box > 150)
             if ring.any():
                 sur = round(float(np.median(hu_box[ring])), 1)
                 kind = lesion_type(vals, sur)
-            site = rough_site(tuple(center), bone_ref, body, hu)
+            site = rough_site(tuple(center), bone, hu)
         out.append((Lesion(
             id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
             diameter_mm=round(largest_axial_diameter(comp, spacing), 1) if spacing else None,
             area_px_max=int(areas.max()), mean_hu=mean_hu, max_hu=max_hu, surrounding_bone_hu=sur, type=kind,
             site=site, slice_start=int(ks.min()) + 1, slice_end=int(ks.max()) + 1,
-            key_slice=int(np.argmax(areas)) + box[2].start, mean_probability=round(float(p.mean()), 4),
+            key_slice=int(np.argmax(areas)) + box[2].start, mean_probability=round(float(p.mean(dtype=np.float64)), 4),
             max_probability=round(float(p.max()), 4), centroid_voxel=centroid), idx))  # type: ignore[arg-type]
     out.sort(key=lambda t: t[0].voxels, reverse=True)
     relabel = np.zeros(n + 1, np.int16)
     for i, (les, idx) in enumerate(out, start=1):
         les.id = i
         relabel[idx] = i
-    return [les for les, _ in out], relabel[labels]
+    region = kept[box0]
+    for k in range(labels.shape[2]):  # slice by slice: no second full-size label array
+        region[:, :, k] = relabel[labels[:, :, k]]
+    return [les for les, _ in out], kept
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest box holding every set voxel of ``mask``, or None when none is set."""
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components, in uint16 while they fit (half of int32's memory), int32 beyond."""
+    try:
+        labels = np.empty(mask.shape, np.uint16)
+        n = ndimage.label(mask, np.ones((3, 3, 3), bool), output=labels)
+    except RuntimeError:  # more components than uint16 holds
+        labels, n = ndimage.label(mask, np.ones((3, 3, 3), bool))
+    return labels, int(n)
 
 
 def match_truth(found: list[Lesion], kept: np.ndarray, truth: np.ndarray) -> dict:

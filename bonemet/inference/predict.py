@@ -51,8 +51,8 @@ class PredictOptions:
 
 
 def _to_volume(per_slice: np.ndarray) -> np.ndarray:
-    """(N, rows, cols) slices to the canonical (i, j, k) array: ``axial(k) = array[:, :, k].T``."""
-    return np.ascontiguousarray(per_slice.transpose(2, 1, 0))
+    """(N, rows, cols) slices as the canonical (i, j, k) array, ``axial(k) = array[:, :, k].T``: a view, not a copy."""
+    return per_slice.transpose(2, 1, 0)
 
 
 def _versions() -> dict:
@@ -128,11 +128,10 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
             times["classification s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     lesion_vol, bone_vol = _to_volume(lesion_p), (_to_volume(bone_p) if bone_p is not None else None)
-    lesion_raw = lesion_vol >= opts.threshold
     bone_mask = bone_vol >= opts.threshold if bone_vol is not None else None
     hu = scan.volume.array if scan.volume is not None else None
     spacing = scan.volume.spacing if scan.volume is not None else None
-    lesions, kept = find_lesions(lesion_raw, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
+    lesions, kept = find_lesions(lesion_vol >= opts.threshold, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
                                  opts.min_volume_ml,
                                  voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None)
     truth = None
@@ -201,6 +200,17 @@ def _lesion_fields() -> list[str]:
     return [f.name for f in fields(Lesion)]
 
 
+PROBABILITY_STEP = 1 / 255  # probability maps are stored as 0-255 levels with this NIfTI scaling
+
+
+def probability_levels(p: np.ndarray) -> np.ndarray:
+    """Probabilities (i, j, k) as uint8 levels of ``PROBABILITY_STEP``, slice by slice (no float copy)."""
+    out = np.empty(p.shape, np.uint8)
+    for k in range(p.shape[2]):
+        out[:, :, k] = np.rint(np.clip(p[:, :, k].astype(np.float32), 0, 1) * 255)
+    return out
+
+
 def _slice_rows(scan: Scan, lesion_p: np.ndarray, kept: np.ndarray, cls_p: np.ndarray | None,
                 threshold: float, include_phi: bool = False) -> list[dict]:
     """One row per slice; a DICOM slice is named by its SOP Instance UID only with ``include_phi`` (UIDs link
@@ -226,12 +236,14 @@ def _write_masks(tmp: Path, scan: Scan, lesion: np.ndarray, bone: np.ndarray | N
     files = []
     if scan.volume is not None:
         vol = scan.volume
-        maps = [("lesion_mask.nii.gz", lesion, np.uint8), ("bone_mask.nii.gz", bone, np.uint8)]
+        maps = [("lesion_mask.nii.gz", lesion, None), ("bone_mask.nii.gz", bone, None)]
         if opts.probabilities:
-            maps += [("lesion_probability.nii.gz", lesion_p, np.float32), ("bone_probability.nii.gz", bone_p, np.float32)]
-        for name, arr, dtype in maps:
+            maps += [("lesion_probability.nii.gz", lesion_p, PROBABILITY_STEP),
+                     ("bone_probability.nii.gz", bone_p, PROBABILITY_STEP)]
+        for name, arr, slope in maps:
             if arr is not None:
-                save_nifti(*vol.to_native(arr.astype(dtype)), tmp / name)  # the input's own axis order and affine
+                data = arr.view(np.uint8) if slope is None else probability_levels(arr)  # no float copy of a scan
+                save_nifti(*vol.to_native(data), tmp / name, slope=slope)  # the input's own axis order and affine
                 files.append(name)
         if scan.kind == "dicom" and opts.dicom_seg:
             from .dicomseg import write_dicom_seg
