@@ -18,6 +18,7 @@ from ..phantom.lesions import largest_axial_diameter
 
 DELTA_HU = 100.0
 RING = 3  # voxels of surrounding bone compared with a lesion
+CHUNK = 32  # slices of a lesion measured at a time: memory bounded however large a component is
 NA = "n/a"
 
 
@@ -48,10 +49,13 @@ class Lesion:
         return {k: (NA if v is None else v) for k, v in row.items()}
 
 
-def lesion_type(values: np.ndarray, surrounding: float) -> str:
-    """lytic / blastic / mixed from HU values against the surrounding bone (see the module docstring)."""
-    lytic = float(np.mean(values < surrounding - DELTA_HU))
-    blastic = float(np.mean(values > surrounding + DELTA_HU))
+def lesion_type(values: np.ndarray | list[np.ndarray], surrounding: float) -> str:
+    """lytic / blastic / mixed from HU values (an array, or a list of arrays: one lesion's chunks) against the
+    surrounding bone (see the module docstring)."""
+    parts = values if isinstance(values, list) else [values]
+    n = sum(v.size for v in parts)
+    lytic = sum(int(np.count_nonzero(v < surrounding - DELTA_HU)) for v in parts) / n
+    blastic = sum(int(np.count_nonzero(v > surrounding + DELTA_HU)) for v in parts) / n
     if lytic >= 0.15 and blastic >= 0.15:
         return "mixed"
     if lytic > blastic and lytic >= 0.3:
@@ -112,47 +116,26 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
         voxel_mm3 = float(np.prod(spacing))
     voxel_ml = voxel_mm3 / 1000.0 if voxel_mm3 else None
     measure = hu is not None and spacing is not None
-    origin = np.array([b.start for b in box0])
+    origin = tuple(b.start for b in box0)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
+        count = int(counts[idx])
+        if box is None or count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
             continue
-        comp = labels[box] == idx
-        count = int(comp.sum())
-        if count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
-            continue
-        # everything is measured in the component's box (whole-volume indices), padded for the 3-voxel ring
-        box = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, origin))
-        pbox = tuple(slice(max(0, b.start - RING), min(dim, b.stop + RING)) for b, dim in zip(box, kept.shape))
-        local = np.zeros(tuple(b.stop - b.start for b in pbox), bool)
-        inner = tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(box, pbox))
-        local[inner] = comp
-        offset = np.array([b.start for b in pbox])
-        areas = comp.sum(axis=(0, 1))
-        ks = np.flatnonzero(areas) + box[2].start
-        p = prob[pbox][local]
-        center = np.array(ndimage.center_of_mass(local)) + offset
-        centroid = tuple(int(round(v)) for v in center)
-        mean_hu = max_hu = sur = None
-        kind, site = NA, NA
-        if measure:
-            hu_box = hu[pbox]
-            vals = hu_box[local]
-            mean_hu, max_hu = round(float(vals.mean(dtype=np.float64)), 1), round(float(vals.max()), 1)
-            ring = ndimage.binary_dilation(local, iterations=RING) & ~local
-            bone_box = bone[pbox] if bone is not None else None
-            ring &= bone_box if bone_box is not None and (ring & bone_box).any() else (hu_box > 150)
-            if ring.any():
-                sur = round(float(np.median(hu_box[ring])), 1)
-                kind = lesion_type(vals, sur)
-            site = rough_site(tuple(center), bone, hu)
+        m = _measure(labels, idx, origin, box, prob, hu if measure else None, bone, spacing)
+        centroid = tuple(int(round(v)) for v in m["center"])
+        sur = m["surrounding"]
         out.append((Lesion(
             id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
-            diameter_mm=round(largest_axial_diameter(comp, spacing), 1) if spacing else None,
-            area_px_max=int(areas.max()), mean_hu=mean_hu, max_hu=max_hu, surrounding_bone_hu=sur, type=kind,
-            site=site, slice_start=int(ks.min()) + 1, slice_end=int(ks.max()) + 1,
-            key_slice=int(np.argmax(areas)) + box[2].start, mean_probability=round(float(p.mean(dtype=np.float64)), 4),
-            max_probability=round(float(p.max()), 4), centroid_voxel=centroid), idx))  # type: ignore[arg-type]
+            diameter_mm=round(m["diameter"], 1) if spacing else None, area_px_max=int(m["areas"].max()),
+            mean_hu=None if not measure else round(m["hu_sum"] / count, 1),
+            max_hu=None if not measure else round(float(m["hu_max"]), 1),
+            surrounding_bone_hu=sur, type=m["type"], site=rough_site(m["center"], bone, hu) if measure else NA,
+            slice_start=m["k0"] + int(np.flatnonzero(m["areas"])[0]) + 1,
+            slice_end=m["k0"] + int(np.flatnonzero(m["areas"])[-1]) + 1,
+            key_slice=m["k0"] + int(np.argmax(m["areas"])), mean_probability=round(m["p_sum"] / count, 4),
+            max_probability=round(float(m["p_max"]), 4), centroid_voxel=centroid), idx))  # type: ignore[arg-type]
     out.sort(key=lambda t: t[0].voxels, reverse=True)
     relabel = np.zeros(n + 1, np.int16)
     for i, (les, idx) in enumerate(out, start=1):
@@ -162,6 +145,61 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # slice by slice: no second full-size label array
         region[:, :, k] = relabel[labels[:, :, k]]
     return [les for les, _ in out], kept
+
+
+def _measure(labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[slice, ...], prob: np.ndarray,
+             hu: np.ndarray | None, bone: np.ndarray | None, spacing: tuple[float, float, float] | None) -> dict:
+    """Size, density, surrounding bone and probabilities of component ``idx`` of ``labels`` (which start at
+    ``origin`` of the volume; ``box``: its box in ``labels``), taken ``CHUNK`` slices at a time. The 3-voxel ring
+    around it is dilated over each chunk with ``RING`` slices either side, so it is the whole lesion's ring."""
+    shape = prob.shape
+    g = [slice(b.start + o, b.stop + o) for b, o in zip(box, origin)]  # the component's box in the volume
+    pi, pj = (slice(max(0, s.start - RING), min(dim, s.stop + RING)) for s, dim in zip(g[:2], shape))
+    areas = np.zeros(g[2].stop - g[2].start, np.int64)
+    acc = {"hu_sum": 0.0, "hu_max": -np.inf, "p_sum": 0.0, "p_max": -np.inf, "diameter": 0.0}
+    sums = np.zeros(3)
+    vals, ring_bone, ring_dense = [], [], []
+    for c0 in range(g[2].start, g[2].stop, CHUNK):
+        c1 = min(c0 + CHUNK, g[2].stop)
+        h0, h1 = max(0, c0 - RING), min(shape[2], c1 + RING)
+        region = (pi, pj, slice(h0, h1))
+        local = np.zeros((pi.stop - pi.start, pj.stop - pj.start, h1 - h0), bool)
+        src = [slice(max(r.start, o), min(r.stop, o + n)) for r, o, n in zip(region, origin, labels.shape)]
+        if all(s.start < s.stop for s in src):
+            local[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(src, region))] = \
+                labels[tuple(slice(s.start - o, s.stop - o) for s, o in zip(src, origin))] == idx
+        mid = slice(c0 - h0, c1 - h0)
+        here = local[:, :, mid]
+        areas[c0 - g[2].start:c1 - g[2].start] = here.sum(axis=(0, 1))
+        for axis, start in enumerate((pi.start, pj.start, c0)):
+            line = here.sum(axis=tuple(a for a in range(3) if a != axis))
+            sums[axis] += float(line @ (np.arange(line.size) + start))
+        p = prob[region][:, :, mid][here]
+        acc["p_sum"] += float(p.sum(dtype=np.float64))
+        acc["p_max"] = max(acc["p_max"], float(p.max()))
+        if spacing:
+            acc["diameter"] = max(acc["diameter"], largest_axial_diameter(here, spacing))
+        if hu is None:
+            continue
+        hu_here = hu[region][:, :, mid]
+        v = hu_here[here]
+        vals.append(v)
+        acc["hu_sum"] += float(v.sum(dtype=np.float64))
+        acc["hu_max"] = max(acc["hu_max"], float(v.max()))
+        ring = (ndimage.binary_dilation(local, iterations=RING) & ~local)[:, :, mid]
+        if bone is not None:
+            ring_bone.append(hu_here[ring & bone[region][:, :, mid]])
+        ring_dense.append(hu_here[ring & (hu_here > 150)])
+    count = int(areas.sum())
+    result = {**acc, "areas": areas, "k0": g[2].start, "center": tuple(sums / count), "surrounding": None,
+              "type": NA}
+    if hu is not None:
+        # the ring keeps its bone voxels (the predicted bone mask; dense voxels when it touches none)
+        ring = ring_bone if sum(r.size for r in ring_bone) else ring_dense
+        if sum(r.size for r in ring):
+            result["surrounding"] = sur = round(float(np.median(np.concatenate(ring))), 1)
+            result["type"] = lesion_type(vals, sur)
+    return result
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
