@@ -132,3 +132,50 @@ def infer(
     typer.echo(text)
     if out is not None:
         write_text(out / "bench_infer.md", text)
+
+
+@app.command()
+def memory(
+    slices: Annotated[str, typer.Option(help="Comma-separated scan lengths (slices) to measure.")] = "100,1000",
+    size: Annotated[int, typer.Option(min=32, help="Slice size in pixels.")] = 512,
+    seg: Annotated[Path | None, typer.Option(help="A trained segmentation run (default: one random-weight member, "
+                                                  "width 4, 64 px: the pipeline's memory, not the models').")]
+        = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="predict's threshold (lower it to make the "
+                                                                     "random model's output into lesions).")] = 0.5,
+    formats: Annotated[str, typer.Option(help="Comma-separated inputs to measure: nifti (uncompressed) and / or "
+                                              "dicom (a series of files; adds the DICOM-SEG).")] = "nifti,dicom",
+    out: Annotated[Path | None, typer.Option(help="Folder to save bench_memory.md in.")] = None,
+) -> None:
+    """Peak memory of predict (a fresh process each) on long phantom scans."""
+    import tempfile
+    import time
+
+    from ..bench.memory import bench_memory
+    from ..bench.seg import machine_line
+    from ..data.stats import markdown_table
+    from ..errors import BonemetError
+    from ..fileio import write_text
+
+    try:
+        lengths = [int(v) for v in slices.split(",") if v.strip()]
+    except ValueError:
+        raise BonemetError(f"--slices wants comma-separated numbers, got '{slices}'") from None
+    if not lengths or min(lengths) < 8:
+        raise BonemetError(f"--slices wants lengths of 8 or more, got '{slices}'")
+    t0 = time.perf_counter()
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    if not fmts or set(fmts) - {"nifti", "dicom"}:
+        raise BonemetError(f"--formats wants nifti and / or dicom, got '{formats}'")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as work:
+        for fmt in fmts:
+            rows += bench_memory(lengths, size, Path(work) / fmt, seg, threshold, fmt,
+                                 log=lambda m: typer.echo(m, err=True))
+    model = f"the run {seg}" if seg else "one random-weight hybrid-attunet++ member (width 4, 64 px)"
+    text = (f"Peak resident memory of `bonemet predict --threshold {threshold}` in a fresh process, {model}, on "
+            f"{machine_line()}; bench took {time.perf_counter() - t0:.0f} s.\n\n"
+            + markdown_table(rows))
+    typer.echo(text)
+    if out is not None:
+        write_text(out / "bench_memory.md", text)

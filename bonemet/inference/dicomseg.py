@@ -25,24 +25,27 @@ TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
                 "AccessionNumber", "ReferringPhysicianName")
 
 
-def frames_for_sources(mask: np.ndarray, volume: Volume, sources: list[pydicom.Dataset]) -> np.ndarray:
+def frames_for_sources(mask: np.ndarray, volume: Volume, sources: list) -> np.ndarray:
     """``mask`` (canonical (i, j, k)) resampled on each source file's pixel grid: (frames, rows, cols)."""
+    return np.stack([frame_for_source(mask, volume, ds) for ds in sources])
+
+
+def frame_for_source(mask: np.ndarray, volume: Volume, ds) -> np.ndarray:
+    """``mask`` (canonical (i, j, k)) sampled on the pixel grid of one source frame (its position, orientation and
+    pixel spacing) through the volume's affine: (rows, cols) bool."""
     to_index = np.linalg.inv(volume.affine)
-    frames = []
-    for ds in sources:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        iop = np.asarray(ds.ImageOrientationPatient, float)
-        ps = [float(v) for v in ds.PixelSpacing]
-        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        lps = (np.asarray(ds.ImagePositionPatient, float)[:, None] + np.outer(iop[:3], c.ravel() * ps[1])
-               + np.outer(iop[3:], r.ravel() * ps[0]))
-        ras = LPS_TO_RAS[:3, :3] @ lps
-        ijk = np.rint(to_index[:3, :3] @ ras + to_index[:3, 3:4]).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < np.asarray(mask.shape)[:, None]), axis=0)
-        vals = np.zeros(rows * cols, bool)
-        vals[inside] = mask[ijk[0, inside], ijk[1, inside], ijk[2, inside]]
-        frames.append(vals.reshape(rows, cols))
-    return np.stack(frames)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    ps = [float(v) for v in ds.PixelSpacing]
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    lps = (np.asarray(ds.ImagePositionPatient, float)[:, None] + np.outer(iop[:3], c.ravel() * ps[1])
+           + np.outer(iop[3:], r.ravel() * ps[0]))
+    ras = LPS_TO_RAS[:3, :3] @ lps
+    ijk = np.rint(to_index[:3, :3] @ ras + to_index[:3, 3:4]).astype(int)
+    inside = np.all((ijk >= 0) & (ijk < np.asarray(mask.shape)[:, None]), axis=0)
+    vals = np.zeros(rows * cols, bool)
+    vals[inside] = mask[ijk[0, inside], ijk[1, inside], ijk[2, inside]]
+    return vals.reshape(rows, cols)
 
 
 def frame_geometry(ds: pydicom.Dataset) -> list[SimpleNamespace]:
@@ -103,7 +106,10 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         segment_number=i + 1, segment_label=label, segmented_property_category=cat, segmented_property_type=typ,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
         for i, (label, cat, typ, _) in enumerate(segments)]
-    pixels = np.stack([frames_for_sources(m, volume, grids) for *_, m in segments], axis=-1).astype(np.uint8)
+    pixels = np.zeros((len(grids), int(grids[0].Rows), int(grids[0].Columns), len(segments)), np.uint8)
+    for f, grid in enumerate(grids):  # frame by frame: no per-segment stacks beside the one array highdicom takes
+        for s, (*_, m) in enumerate(segments):
+            pixels[f, :, :, s] = frame_for_source(m, volume, grid)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -117,7 +117,9 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     voxel_ml = voxel_mm3 / 1000.0 if voxel_mm3 else None
     measure = hu is not None and spacing is not None
     origin = tuple(b.start for b in box0)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    counts = np.zeros(n + 1, np.int64)
+    for k in range(labels.shape[2]):  # bincount works in int64: slice by slice, not a whole-volume copy
+        counts += np.bincount(labels[:, :, k].ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         count = int(counts[idx])

@@ -151,11 +151,14 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
 
     slice_rows = _slice_rows(scan, lesion_p, kept, cls_p, opts.threshold, opts.include_phi)
     decision = verdict(lesions, float(lesion_p.max()) if lesion_p.size else 0.0, cls_p, opts.threshold)
+    if not opts.probabilities:  # the maps are not written: free them before the masks and the DICOM-SEG are made
+        lesion_p = bone_p = lesion_vol = bone_vol = None
     summary = {
         "input": {"path": str(Path(input_path)) if opts.include_phi else "(left out: folder names often carry "
                           "patient identifiers; --include-phi keeps it)",
                   "kind": scan.kind,
-                  "non_finite_voxels": scan.volume.meta.get("non_finite_voxels", 0) if scan.volume is not None else 0, "slices": n, "slice_shape": list(scan.slice_shape),
+                  "non_finite_voxels": scan.volume.meta.get("non_finite_voxels", 0) if scan.volume is not None else 0,
+                  "slices": n, "slice_shape": list(scan.slice_shape),
                   "spacing_mm": [round(s, 4) for s in spacing] if spacing else None,
                   "hu_available": scan.has_hu,
                   "measurements": "HU, mm and mL" if scan.has_hu else
