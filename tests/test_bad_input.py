@@ -88,12 +88,16 @@ def test_a_checkpoint_that_is_code_is_refused_in_one_line(seg_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
-    (run / "fold0" / "last.pt").write_bytes(pickle.dumps({"model": Evil()}))
+    torch.save({"model": Evil()}, run / "fold0" / "last.pt")
     r = invoke("predict", run.parent, "--seg", run, "--out", tmp_path / "o")  # the run check comes first
     one_line_failure(r)
     r = invoke("seg", "evaluate", run)
-    one_line_failure(r, "last.pt", "refused", "never as code")
+    one_line_failure(r, "last.pt", "refused", "posix.system", "never as code")
     assert "weights_only" not in r.stderr and not (tmp_path / "owned").exists()
+    (run / "fold0" / "last.pt").write_bytes(pickle.dumps({"model": 1}, protocol=4)[:-5])  # damaged, not code
+    r = invoke("seg", "evaluate", run)
+    one_line_failure(r, "last.pt", "damaged")
+    assert "refused" not in r.stderr
 
 
 def test_nifti_headers_are_checked_before_the_data(tmp_path):

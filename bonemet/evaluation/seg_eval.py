@@ -290,10 +290,10 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
             singles = [v for _, v in entries[:-1]]
             k = len(singles)
             test_rows.append({"model": f"{s['label']} (single model, mean of {k} fold models)",
-                              **{m: percent(float(np.mean([v["scores"][m] for v in singles]))) for m in PIXEL_METRICS},
-                              "F1 95% CI": "", "lesion sensitivity": percent(float(np.mean(
-                                  [v["detection"]["lesion sensitivity"] for v in singles]))),
-                              "FP per slice": f"{np.mean([v['detection']['FP per slice'] for v in singles]):.3f}"})
+                              **{m: percent(_mean([v["scores"][m] for v in singles])) for m in PIXEL_METRICS},
+                              "F1 95% CI": "", "lesion sensitivity": percent(_mean(
+                                  [v["detection"]["lesion sensitivity"] for v in singles])),
+                              "FP per slice": f"{_mean([v['detection']['FP per slice'] for v in singles]):.3f}"})
             name, t = entries[-1]  # the ensemble
             test_rows.append({"model": name, **{m: percent(t["scores"][m]) for m in PIXEL_METRICS},
                               "F1 95% CI": f"{percent(t['ci']['F1'][0])}-{percent(t['ci']['F1'][1])}",
@@ -310,6 +310,11 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
         write_csv(out / "compare_test.csv", test_rows)
     fig = _compare_figure(runs, summaries, out, data)
     return {"markdown": text, "figure": str(fig) if fig else None}
+
+
+def _mean(values: list) -> float:
+    """The mean of scores read back from JSON, where an undefined score (NaN) was written as null."""
+    return float(np.mean([np.nan if v is None else v for v in values]))
 
 
 def _compare_figure(runs, summaries, out: Path, data) -> Path | None:

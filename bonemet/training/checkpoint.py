@@ -28,15 +28,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise BonemetError("checkpoint not found", path)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's own text runs to 6-8 lines and suggests weights_only=False
-        raise BonemetError("refused: the checkpoint holds objects other than tensors and plain data (bonemet loads "
-                           "checkpoints as data, never as code)", path) from None
+    except pickle.UnpicklingError as exc:  # torch's own text runs to 6-8 lines and suggests weights_only=False
+        detail = _unpickler_detail(exc)
+        if "GLOBAL" in detail:  # a reference to a function or class: what a pickle runs code with
+            raise BonemetError(f"refused: the checkpoint calls or builds Python objects ({detail}); bonemet loads "
+                               "checkpoints as data, never as code", path) from None
+        raise BonemetError(f"not a bonemet checkpoint or damaged (the safe loader stops at: {detail})", path) from None
     except Exception as exc:  # truncated or foreign files fail in many ways
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BonemetError(f"not a bonemet checkpoint or damaged ({type(exc).__name__}: {first})", path) from None
+        raise BonemetError(f"not a bonemet checkpoint or damaged ({type(exc).__name__}: {_first_line(exc)})",
+                           path) from None
     if not isinstance(ck, dict):
         raise BonemetError("not a bonemet checkpoint (it holds no dictionary of weights)", path)
     return ck
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The one line of torch's weights-only refusal that says what it met (an opcode, a global)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "Unsupported" in line or "unsupported GLOBAL" in line:
+            return line.split(" whose module")[0][:200]
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:200]
+    return _first_line(exc)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def load_weights(model: torch.nn.Module, ck: dict[str, Any], path: str | Path) -> torch.nn.Module:
