@@ -191,3 +191,33 @@ def test_an_unwritable_parent_is_refused_before_work(phantom, seg_run, tmp_path)
         assert_clean_failure(r, "permission denied")
     finally:
         locked.chmod(0o755)
+
+
+def test_demo_and_synth_overwrite_only_their_own_folders(tmp_path):
+    from bonemet.fileio import DEMO_ENTRIES, write_marker
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("two years of work")
+    for args in (("demo", "--quick", "--out", mine, "--overwrite"),
+                 ("data", "synth", mine, "--patients", "1", "--size", "64", "--slices", "8", "--overwrite")):
+        r = invoke(*args)
+        assert_clean_failure(r, "not written by bonemet")
+        assert (mine / "thesis.tex").read_text() == "two years of work"
+    demo = tmp_path / "demo"  # a demo folder of an earlier version, without a marker
+    for name in DEMO_ENTRIES:
+        (demo / name).mkdir(parents=True)
+    (demo / "phantom" / "phantom.json").write_text("{}")
+    assert owned_output(demo, "demo") == (True, "")
+    (demo / "notes.md").write_text("mine")
+    assert owned_output(demo, "demo")[0] is False
+    (demo / "notes.md").unlink()
+    write_marker(demo, "demo", DEMO_ENTRIES)
+    assert owned_output(demo, "demo") == (True, "") and owned_output(demo, "predict")[0] is False
+    synth = tmp_path / "synth"
+    assert invoke("data", "synth", synth, "--patients", "1", "--size", "64", "--slices", "8",
+                  "--formats", "volumes").returncode == 0
+    r = invoke("data", "synth", synth, "--patients", "1", "--size", "64", "--slices", "8", "--formats", "bmseg",
+               "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (synth / "bmseg").is_dir() and not (synth / "volumes").exists()
