@@ -15,10 +15,13 @@ import csv
 import dataclasses
 import errno
 import json
+import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -98,9 +101,7 @@ def read_config(cls: type, path: str | Path, what: str) -> Any:
         raise BonemetError(f"not a {what}: required field(s) missing ({', '.join(missing)})", path)
     try:
         return cls(**data)
-    except BonemetError as exc:
-        raise BonemetError(f"invalid {what}: {exc}", path) from None
-    except (TypeError, ValueError) as exc:
+    except (BonemetError, TypeError, ValueError) as exc:  # the values the configuration refuses
         raise BonemetError(f"invalid {what}: {exc}", path) from None
 
 
@@ -115,7 +116,7 @@ def finite(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -223,7 +224,8 @@ def _contains(outer: Path, inner: Path) -> bool:
     return outer == inner or outer in inner.parents
 
 
-def check_output(path: str | Path, kind: str, overwrite: bool = False, protect: Iterable[str | Path | None] = ()) -> Path:
+def check_output(path: str | Path, kind: str, overwrite: bool = False,
+                 protect: Iterable[str | Path | None] = ()) -> Path:
     """Refuse an output folder before any work: one clear error, nothing touched.
 
     ``protect``: the inputs of the command (scan, run folders, masks); the output may not be one of them or
@@ -272,7 +274,7 @@ def clear_stale_parts(path: str | Path) -> list[Path]:
     removed = []
     if not path.parent.is_dir():
         return removed
-    for p in path.parent.glob(f".{glob_escape(path.name)}.*{PART_SUFFIX}"):
+    for p in path.parent.glob(f".{_glob_escape(path.name)}.*{PART_SUFFIX}"):
         marker = _read_marker(p) if p.is_dir() and not p.is_symlink() else None
         if marker is None or _alive(marker.get("writer") or {}):
             continue
@@ -281,7 +283,8 @@ def clear_stale_parts(path: str | Path) -> list[Path]:
     return removed
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
+    """``name`` as a glob pattern that matches only itself."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
@@ -306,20 +309,36 @@ def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "output",
     path = Path(path)
     check_output(path, kind, overwrite, protect)
     clear_stale_parts(path)
+    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent))
-    except OSError as exc:
-        raise BonemetError(f"cannot write in {path.parent} ({exc.strerror or exc})", path) from None
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the output unlike the user's other folders
-    try:
-        write_marker(tmp, kind, [])  # names this folder's writer while it is being filled
+        with _signals_held():  # a Ctrl-C or SIGTERM now would leave a folder nobody knows of
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent))
+            except OSError as exc:
+                raise BonemetError(f"cannot write in {path.parent} ({exc.strerror or exc})", path) from None
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the output unlike the user's folders
+            write_marker(tmp, kind, [])  # names this folder's writer while it is being filled
         yield tmp
         write_marker(tmp, kind, sorted(p.name for p in tmp.iterdir() if p.name != MARKER))
-        _publish(tmp, path, kind, overwrite)
+        with _signals_held():  # the swap with an earlier output is not interrupted half-way
+            _publish(tmp, path, kind, overwrite)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (and then act) until the block is over; only the main thread handles signals."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _publish(tmp: Path, path: Path, kind: str, overwrite: bool) -> None:
@@ -328,8 +347,9 @@ def _publish(tmp: Path, path: Path, kind: str, overwrite: bool) -> None:
         os.rename(tmp, path)  # atomic; onto an existing folder only when that folder is empty
         return
     except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
-            raise BonemetError(f"cannot move the finished output into place ({exc.strerror})", path) from None
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise BonemetError(f"cannot move the finished output into place ({exc.strerror}); nothing was "
+                               "written", path) from None
     if not overwrite:
         raise BonemetError("another process wrote this output folder while this one ran: its output was kept and "
                            "this run's was not written", path)
@@ -342,7 +362,11 @@ def _publish(tmp: Path, path: Path, kind: str, overwrite: bool) -> None:
     old = aside / "old"
     ok, why = owned_output(old, kind)
     if not ok:  # it changed since the check at the start: put it back untouched
-        os.rename(old, path)
+        try:
+            os.rename(old, path)
+        except OSError:
+            raise BonemetError(f"--overwrite refused: {why}; the folder could not be put back (another process "
+                               f"wrote the place meanwhile) and is kept as {old}", path) from None
         shutil.rmtree(aside, ignore_errors=True)
         raise BonemetError(f"--overwrite refused: {why}", path)
     try:

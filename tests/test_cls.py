@@ -68,7 +68,7 @@ def test_body_crop_is_a_padded_square_around_the_body() -> None:
 
 def test_fusion_concatenates_pooled_branch_features() -> None:
     model = FusionClassifier()
-    assert model.fc.in_features == 2048 + 192  # ResNeXt-50 pooled + ViT-Tiny class token (SPEC 3)
+    assert model.fc.in_features == 2048 + 192  # ResNeXt-50 pooled + ViT-Tiny class token (the thesis' fusion)
 
 
 def test_focal_loss_matches_hand_value_and_torchvision() -> None:

@@ -1,4 +1,4 @@
-"""The segmentation model family: parameter counts of SPEC 2.1, shapes, every parameter used."""
+"""The segmentation model family: the thesis' parameter counts, shapes, every parameter used."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def infer(
     say(f"training: {train['train img/s']} img/s (--bf16: {train['train img/s --bf16']}), "
         f"peak RSS {train['peak RSS MB']} MB")
     checked = check_paths(check_run, slices=check_slices, log=say) if check_run is not None else None
-    path_reps = 1 if quick else 5  # interleaved rounds: medians of 5 ride out this kind of VM's slow spells
+    path_reps = 1 if quick else 5  # interleaved rounds: medians of 5 ride out a shared machine's slow spells
     rows, facts = bench_paths(model, size, width, slices, batch_size, path_reps, compile, log=say)
     paths = default_paths()
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:

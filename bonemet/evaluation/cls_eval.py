@@ -1,4 +1,4 @@
-"""Classification evaluation (SPEC 3): slice scores in the thesis' Table 5.1 layout, ROC-AUC, bootstrap CIs
+"""Classification evaluation: slice scores in the thesis' Table 5.1 layout, ROC-AUC, bootstrap CIs
 over patients, a patient-level decision, confusion-matrix and ROC figures, and multi-run comparison.
 
 Scored slices are those of the held-out test patients (no model of the run trained on them); a run without

@@ -1,1 +1,1 @@
-"""The CAD pipeline (SPEC 4): read a scan, run the models, measure lesions, write masks and reports."""
+"""The CAD pipeline: read a scan, run the models, measure lesions, write masks and reports."""

@@ -1,4 +1,4 @@
-"""Building blocks of the U-Net family (SPEC 2.1): conv blocks, attention gate, up-sampling."""
+"""Building blocks of the U-Net family (the thesis' chapter 4): conv blocks, attention gate, up-sampling."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Slice classifiers (SPEC 3): timm backbones and the ResNeXt-50 + ViT-Tiny fusion.
+"""Slice classifiers (the thesis' chapter 5): timm backbones and the ResNeXt-50 + ViT-Tiny fusion.
 
 Every classifier takes 3-channel images (3 per slice with stacked neighbours) in [0, 1] at its own
 input size and normalises them itself with its timm configuration (mean / std), so the preprocessing
@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import BonemetError
 from .small_cnn import SMALL_CNNS  # importing it registers them with timm
+from .weights import weight_mismatch
 
 THESIS_BACKBONES = ("resnext50_32x4d", "densenet201", "efficientnet_b0", "inception_v3",
                     "vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224")
@@ -103,7 +104,7 @@ class SliceClassifier(nn.Module):
 
 
 class FusionClassifier(nn.Module):
-    """ResNeXt-50 pooled features (2048) + ViT-Tiny class token (192) -> one linear layer (SPEC 3).
+    """ResNeXt-50 pooled features (2048) + ViT-Tiny class token (192) -> one linear layer (the thesis' fusion).
 
     The thesis' equations concatenate feature maps before pooling, which cannot work for a 7x7 grid and
     197 tokens, so each branch is pooled first. ``cnn`` / ``vit`` swap the branches (tests use tiny ones).
@@ -207,21 +208,10 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> str:
     dropped = [k for k in sd if is_head(k) and (k not in own or sd[k].shape != own[k].shape)]
     for k in dropped:
         del sd[k]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    missing = [k for k in own if k not in sd and not (is_head(k) and dropped)]
-    if unexpected or mismatched or missing:
-        what = []
-        if mismatched:
-            k = mismatched[0]
-            what.append(f"{len(mismatched)} tensor(s) of another shape (e.g. {k}: {tuple(sd[k].shape)} in the file, "
-                        f"{tuple(own[k].shape)} in the model)")
-        if missing:
-            what.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            what.append(f"{len(unexpected)} unknown (e.g. {unexpected[0]})")
+    what = weight_mismatch(sd, own, optional=lambda k: is_head(k) and bool(dropped))
+    if what:
         name = backbone.pretrained_cfg.get("architecture", type(backbone).__name__)
-        raise BonemetError(f"weights do not fit {name}: " + "; ".join(what), path)
+        raise BonemetError(f"weights do not fit {name}: {what}", path)
     backbone.load_state_dict(sd, strict=False)
     note = f"loaded {path.name}"
     if adapted:

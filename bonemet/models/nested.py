@@ -1,4 +1,4 @@
-"""UNet++, AttUnet++ and Hybrid-AttUnet++: one nested network with switches (SPEC 2.1).
+"""UNet++, AttUnet++ and Hybrid-AttUnet++: one nested network with switches (the thesis' chapter 4).
 
 Node X(i, j), j > 0, is H([AG(Up X(i+1, n), X(i, n)) for n < j] + [Up X(i+1, j-1)]); ``unet++``
 has no gates. A gated skip AG(Up X(i+1, n), X(i, n)) does not depend on j, so it is computed once

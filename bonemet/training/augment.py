@@ -1,4 +1,4 @@
-"""Geometric augmentation applied identically to an image and its masks (SPEC 2.2).
+"""Geometric augmentation applied identically to an image and its masks (the thesis' segmentation augmentation).
 
 The reference code passed its masks under names its augmentation library ignored, so its masks
 were never rotated with their images; here image, lesion and bone move together.

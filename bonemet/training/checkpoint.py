@@ -11,6 +11,7 @@ import torch
 
 from ..errors import BonemetError
 from ..fileio import atomic_path, read_json
+from ..models.weights import weight_mismatch
 
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
@@ -63,22 +64,9 @@ def load_weights(model: torch.nn.Module, ck: dict[str, Any], path: str | Path) -
     state = ck.get("model")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BonemetError("not a bonemet checkpoint (no 'model' weights in it)", path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} tensor(s) of another shape (e.g. {k}: {list(state[k].shape)} in the file, "
-                         f"{list(own[k].shape)} in the model)")
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} the model does not have (e.g. {unexpected[0]})")
-        raise BonemetError(f"the checkpoint does not fit the model its run's config.json describes: "
-                           f"{'; '.join(parts)}", path)
+    what = weight_mismatch(state, model.state_dict())
+    if what:
+        raise BonemetError(f"the checkpoint does not fit the model its run's config.json describes: {what}", path)
     model.load_state_dict(state)
     return model
 

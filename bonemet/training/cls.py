@@ -1,4 +1,4 @@
-"""Slice classification training (SPEC 3): timm backbones or the fusion, focal loss, patient-level splits.
+"""Slice classification training (the thesis' chapter 5): timm backbones or the fusion, focal loss, patient-level splits.
 
 Run folder::
 
@@ -136,7 +136,7 @@ def lesion_map_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def cls_augment(vflip: float = 0.5) -> SegAugment:
-    """Rotation up to 35 degrees, horizontal and vertical flips (SPEC 3 gives no flip probabilities; 0.1
+    """Rotation up to 35 degrees, horizontal and vertical flips (the thesis gives no flip probabilities; 0.1
     for the vertical one, the thesis' segmentation value, scored no better on the phantom)."""
     return SegAugment(degrees=35.0, p_rotate=1.0, p_hflip=0.5, p_vflip=vflip)
 

@@ -1,4 +1,4 @@
-"""Segmentation training (SPEC 2.2): K fold models on patient-level folds, resumable, seeded.
+"""Segmentation training (the thesis' protocol): K fold models on patient-level folds, resumable, seeded.
 
 Run folder::
 
