@@ -66,3 +66,44 @@ def test_cat_for_conv_joins_at_the_autocast_dtype_only_under_autocast():
         out = cat_for_conv([a, b])
     assert out.dtype == torch.bfloat16 and out.shape[1] == 5
     assert torch.equal(out[:, :2], a.bfloat16()) and torch.equal(out[:, 2:], b)
+
+
+def _reference_gate(gate, g, x):
+    """The reference attention gate (Oktay et al., the authors' AttUnet++): g up-sampled to x's size first, then
+    W_g, W_x, psi, each a 1x1 convolution with BN; written here from the formula, not taken from bonemet."""
+    import torch.nn.functional as F
+
+    if gate.upsample_g:
+        g = F.interpolate(g, scale_factor=2, mode="bilinear", align_corners=True)
+    h = torch.relu(gate.w_g(g) + gate.w_x(x))
+    return x * gate.psi(h)
+
+
+@pytest.mark.parametrize("name", ["attunet++", "hybrid-attunet++"])
+@pytest.mark.parametrize("training", [True, False])
+def test_models_compute_the_reference_gate_order_in_training_and_evaluation(name, training, monkeypatch):
+    """Identical weights and BN statistics; one forward pass with bonemet's gates and one with the reference gate.
+    In training BN normalises with batch statistics, so the order of W_g and up-sampling matters there."""
+    import copy
+
+    from bonemet.models.blocks import AttentionGate
+
+    torch.manual_seed(0)
+    model = create_model(name, width=4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    reference = copy.deepcopy(model)
+    model.train(training)
+    reference.train(training)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ours = model(x)
+        monkeypatch.setattr(AttentionGate, "forward", _reference_gate)
+        theirs = reference(x)
+    for a, b in zip(ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)):
+        assert float((a - b).abs().max()) < 1e-5
+    for (k, a), b in zip(model.state_dict().items(), reference.state_dict().values()):  # running statistics too
+        if a.is_floating_point():
+            assert float((a - b).abs().max()) < 1e-5, k

@@ -48,9 +48,11 @@ class UpConv(nn.Sequential):
 class AttentionGate(nn.Module):
     """AG(g, x) = x * sigmoid(BN(psi(ReLU(BN(W_g g) + BN(W_x x))))) (Oktay et al.).
 
-    ``upsample_g``: ``g`` comes at half resolution and AG(up2(g), x) is computed as W_g g first, then up-sampled:
-    the same value (a 1x1 convolution and BN commute with bilinear interpolation, whose weights sum to 1), with a
-    quarter of W_g's work and memory traffic."""
+    ``upsample_g``: ``g`` comes at half resolution. With BN on its running statistics (evaluation), AG(up2(g), x) is
+    computed as W_g g first, then up-sampled: the same value (a 1x1 convolution and a fixed affine BN commute with
+    bilinear interpolation, whose weights sum to 1), with a quarter of W_g's work and memory traffic. With BN on
+    batch statistics (training), the order is the reference's, up-sampling first: the statistics of the
+    low-resolution map differ from those of the up-sampled one, so the fast order would train another function."""
 
     def __init__(self, g_ch: int, x_ch: int, f_int: int, upsample_g: bool = False) -> None:
         super().__init__()
@@ -60,10 +62,20 @@ class AttentionGate(nn.Module):
         self.psi = nn.Sequential(nn.Conv2d(f_int, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        wg = up2(self.w_g(g)) if self.upsample_g else self.w_g(g)
+        if self.upsample_g and batch_statistics(self.w_g[1]):
+            g = up2(g)  # the reference order: BN's batch statistics over the map at full resolution
+            wg = self.w_g(g)
+        else:
+            wg = up2(self.w_g(g)) if self.upsample_g else self.w_g(g)
         h = self.w_x(x)
         h += wg  # in place: at full resolution each fresh tensor is another pass over memory
         return x * self.psi(h.relu_())
+
+
+def batch_statistics(bn: nn.Module) -> bool:
+    """Whether ``bn`` normalises with the batch's own statistics (a BN in training, or one that keeps no running
+    statistics); a BN folded into its convolution (an identity) does not."""
+    return isinstance(bn, nn.modules.batchnorm._BatchNorm) and (bn.training or bn.running_mean is None)
 
 
 def cat_for_conv(parts: list[torch.Tensor]) -> torch.Tensor:
