@@ -420,3 +420,22 @@ def test_training_with_lesion_masks(phantom, tmp_path) -> None:
     r = invoke("cls", "train", "--data", data, "--model", "vit_tiny_patch16_224", "--size", "64", "--epochs", "1",
                "--masks", phantom / "bmseg", "--out", tmp_path / "bad3")
     assert r.returncode != 0 and "--masks needs a CNN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_default_epochs_are_the_schedule_s_own_length() -> None:
+    import inspect
+
+    from bonemet.cli.cls import train
+    from bonemet.training.cls import ClsConfig
+    from bonemet.training.schedule import PiecewiseLR
+
+    assert inspect.signature(train).parameters["epochs"].default is None  # the CLI leaves it to the schedule
+    vit = ClsConfig(data="x", model="vit_tiny_patch16_224")
+    assert vit.schedule_name() == "transformer" and vit.epochs == 80
+    schedule = PiecewiseLR(vit.schedule_name(), vit.epochs)
+    assert [e for e, _ in schedule.steps] == [0, 10, 20, 30, 70]
+    assert [schedule(e) for e in (0, 9, 10, 19, 20, 30, 69, 70, 79)] == [1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-4, 1e-4,
+                                                                          1e-5, 1e-5]
+    cnn = ClsConfig(data="x", model="resnet18")
+    assert cnn.epochs == 60 and [e for e, _ in PiecewiseLR(cnn.schedule_name(), 60).steps] == [0, 20, 40]
+    assert ClsConfig(data="x", model="vit_tiny_patch16_224", epochs=8).epochs == 8  # asked for: kept

@@ -46,7 +46,9 @@ def train(
         = None,
     freeze_backbone: Annotated[bool, typer.Option(help="Train the head only (thesis Fig. 5.2).")] = False,
     schedule: Annotated[str | None, typer.Option(help="cnn or transformer (default: by model).")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 60,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the schedule's own length, 60 for "
+                                                          "CNNs and 80 for transformers, whose learning rate "
+                                                          "switches at epochs 10, 20, 30 and 70).")] = None,
     size: Annotated[int | None, typer.Option(min=32, help="Input size (default: the model's own, 224 / 299).")]
         = None,
     global_pool: Annotated[str | None, typer.Option(help="CNNs: avg (default) or max pooling of the last feature map.")]

@@ -34,7 +34,7 @@ from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config, set_lr,
                    train_epoch, train_input, training_precision)
 from .losses import focal_loss
-from .schedule import PiecewiseLR
+from .schedule import PRESETS, PiecewiseLR
 from .seg import data_preprocessing
 
 
@@ -47,7 +47,7 @@ class ClsConfig:
     pretrained: list[str] = field(default_factory=list)
     freeze_backbone: bool = False
     schedule: str | None = None  # cnn | transformer; None = by model family
-    epochs: int = 60
+    epochs: int | None = None  # None = the schedule's own length (60 for CNNs, 80 for transformers)
     size: int | None = None  # None = the model's own input size
     global_pool: str | None = None  # CNNs: avg (timm default) or max
     crop: str = "none"  # none | body (each slice cropped to the body's bounding square)
@@ -77,7 +77,10 @@ class ClsConfig:
     preprocessing: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
+        """Refuse values no run can have, when the configuration is built (from options or a config.json); an
+        unset epoch count becomes the schedule's own length, so that its switch points stay the thesis' epochs."""
+        if self.epochs is None and self.schedule in (None, "cnn", "transformer"):
+            self.epochs = PRESETS[self.schedule_name()][0]
         checks = [
             (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
             (self.crop in CROPS, f"unknown crop '{self.crop}' (choose from {', '.join(CROPS)})"),
