@@ -293,3 +293,19 @@ def test_checkpoint_loading_is_device_free(seg_run):
 
     ck = load_checkpoint(seg_run / "fold0" / "last.pt")
     assert all(v.device == torch.device("cpu") for v in ck["model"].values())
+
+
+def test_models_that_learn_bone_refuse_data_without_bone_masks(tmp_path):
+    from test_readers import make_bmseg
+
+    root = tmp_path / "nobone"
+    make_bmseg(root, {"A": 3, "B": 3, "C": 3, "D": 3}, grouped=False)
+    shutil.rmtree(root / "bone mask")
+    for model in ("hybrid-attunet++", "sequential"):
+        r = invoke("seg", "train", "--data", root, "--model", model, "--out", tmp_path / model, "--folds", "2",
+                   "--epochs", "1", "--size", "32", "--width", "2")
+        one_line_failure(r, "12 of 12 slices have no bone mask", f"{model} learns bone too", "lesion-only model")
+        assert not (tmp_path / model).exists()
+    r = invoke("seg", "train", "--data", root, "--model", "attunet++", "--out", tmp_path / "lesion-only", "--folds",
+               "2", "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2")
+    assert r.returncode == 0, r.stderr

@@ -111,6 +111,19 @@ def data_preprocessing(root: Path) -> dict:
     return {"window": "unknown (images used as given)", "source": None}
 
 
+BONE_MODELS = ("hybrid-attunet++", "sequential")  # learn bone too: a bone head, or bone first
+
+
+def refuse_missing_bone(cfg: SegConfig, slices: list[SegSlice], root: Path) -> None:
+    """A model that learns bone cannot train on slices without a bone mask (all-zero targets would teach it that
+    there is no bone, and the sequential model would multiply its input by zero): one clear line instead."""
+    lacking = [s for s in slices if s.bone is None]
+    if cfg.model in BONE_MODELS and lacking:
+        raise BonemetError(f"{len(lacking)} of {len(slices)} slices have no bone mask (e.g. {lacking[0].image.name}): "
+                           f"{cfg.model} learns bone too, so it needs every slice's bone mask; add them, or train a "
+                           "lesion-only model (unet, attunet, unet++ or attunet++)", root)
+
+
 def build_model(cfg: SegConfig) -> torch.nn.Module:
     return create_model(cfg.model, **cfg.model_opts())
 
@@ -284,6 +297,7 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
         cfg = resumed_config(saved, cfg, given, run)  # the run goes on exactly as it started
     index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
     slices = index.slices
+    refuse_missing_bone(cfg, slices, index.root)
     flags = lesion_slice_flags(slices, cfg.threshold)  # read every mask once
     flag_of = {s.name: bool(f) for s, f in zip(slices, flags)}
     if resume and (run / "splits.json").exists():
