@@ -99,7 +99,7 @@ def test_two_fold_run_gives_tables_figures_and_no_leakage(phantom, tmp_path):
                  "bone.md", "metrics.json", "curves.png", "members_vs_ensemble.png"):
         assert (ev / name).exists() and (ev / name).stat().st_size > 0, name
     table = (ev / "test_table.md").read_text()
-    assert "EH-Hybrid-AttUnet++ (2 members)" in table and "fold 2" in table
+    assert "EH-AttUnet++ (2 members)" in table and "fold 2" in table
     assert "| F1 | Dice | IoU | Acc | Spec | Sens | Prec |" in (ev / "cv_table.md").read_text()
     assert s["test_patients"] == sorted(test)
     res = compare_runs([run], tmp_path / "cmp")

@@ -46,14 +46,26 @@ class Scored:
 
 
 def model_label(cfg: SegConfig) -> str:
+    """The row name of a run, naming the one thesis row it maps to: the nested nets' block is part of it (the
+    thesis' "AttUnet++" row is the plain block, its "AttUnet++ + MB" row the modified one; its "Unet++" row, like
+    the reference code, uses MB)."""
     name = DISPLAY.get(cfg.model, cfg.model)
     if cfg.model == "sequential":
         name += f" (Unet, {DISPLAY.get(cfg.lesion_model, cfg.lesion_model)})"
     if cfg.model in ("unet++", "attunet++", "hybrid-attunet++") and cfg.block == "plain":
         name += " (plain block)"
+    elif cfg.model == "attunet++":
+        name += " + MB"
     if cfg.model == "hybrid-attunet++" and cfg.dual_decoder is False:
         name += " (single decoder)"
     return name
+
+
+def ensemble_label(cfg: SegConfig) -> str:
+    """EH-AttUnet++ for the thesis' configuration (hybrid-attunet++: MB and two decoders), otherwise what it is."""
+    if cfg.model == "hybrid-attunet++" and cfg.block == "mb" and cfg.dual_decoder is not False:
+        return "EH-AttUnet++"
+    return f"ensemble of {model_label(cfg)}"
 
 
 def load_run(run: Path) -> tuple[SegConfig, dict]:
@@ -160,7 +172,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         ens_b = None if member_probs[0][1] is None else np.mean([p[1] for p in member_probs], axis=0)
         rows, det_rows, bone_rows = [], [], []
         test_summary = {}
-        ens_name = "EH-" + label if cfg.model == "hybrid-attunet++" else f"{label} ensemble"
+        ens_name = ensemble_label(cfg)
         for name, (lp, bp) in [*[(f"{label} fold {k + 1}", p) for k, p in enumerate(member_probs)],
                                (f"{ens_name} ({len(members)} members)", (ens_l, ens_b))]:
             s = score(lp, bp, ds)

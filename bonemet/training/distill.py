@@ -1,4 +1,4 @@
-"""Knowledge distillation of an ensemble run (EH-AttUnet++) into one student model (issue 6).
+"""Knowledge distillation of an ensemble run (EH-AttUnet++) into one student model.
 
 The student learns the ensemble's soft probabilities (lesion and, for two-headed students, bone) on
 the slices of the run's non-test patients, and optionally on the slices of an unlabelled root

@@ -1,4 +1,4 @@
-"""Exploratory probe for issue 4 (slice classification on the phantom), NOT part of bonemet.
+"""Exploratory probe of slice classification on the phantom, NOT part of bonemet.
 
 It asks whether a slice classifier can learn the phantom's metastatic slices at a CPU budget when
 the input and the model are shaped for small findings: every slice cropped to the body's bounding
