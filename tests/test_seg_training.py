@@ -336,3 +336,20 @@ def test_heldout_member_is_picked_on_each_folds_own_held_out_f1(tmp_path):
                                                    "0,0.003,0.1,1.0,,\n")
     with pytest.raises(BonemetError, match="member 0 has no held-out lesion F1 at its kept epoch"):
         heldout_member(tmp_path, 2)
+
+
+def test_every_member_trains_even_when_its_fold_has_no_lesion(phantom, seg_run):
+    """The shared tiny run's fold 0 trains on healthy patients only: --neg-ratio keeps every lesion slice and a
+    share of the others per epoch, so it would keep nothing; the fold trains on all its slices instead."""
+    import csv
+
+    split = json.loads((seg_run / "splits.json").read_text())
+    with open(phantom / "patients.csv", newline="") as fh:
+        status = {r["patient"]: r["status"] for r in csv.DictReader(fh)}
+    healthy_only = [k for k, f in enumerate(split["folds"])
+                    if all(status[p] == "healthy" for p in f["train_patients"])]
+    assert healthy_only, "the fixture no longer has a fold without lesions: this test checks nothing"
+    for k in range(len(split["folds"])):
+        with open(seg_run / f"fold{k}" / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and all(float(r["train_loss"]) > 0 for r in rows), f"fold {k} did not train"

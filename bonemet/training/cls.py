@@ -31,8 +31,8 @@ from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
 from .augment import SegAugment, seed_augment
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config, set_lr,
-                   train_epoch, train_input, training_precision)
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config,
+                   sampling_flags, set_lr, train_epoch, train_input, training_precision)
 from .losses import focal_loss
 from .schedule import PRESETS, PiecewiseLR
 from .seg import data_preprocessing
@@ -224,7 +224,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
                                      masks=masks)
     sel_ds, held_ds = (ClassificationDataset(sel, size, 3, **cfg.input_options()),
                        ClassificationDataset(held, size, 3, **cfg.input_options()))
-    flags = [s.label == 1 for s in fit]  # --neg-ratio: every metastatic slice, a share of normal ones
+    flags = sampling_flags([s.label == 1 for s in fit], cfg.neg_ratio, f"model {k}",  # --neg-ratio: every
+                           "metastatic")  # metastatic slice and a share of the normal ones
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = schedule(epoch)

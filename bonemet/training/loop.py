@@ -134,6 +134,16 @@ def end_epoch(fold_dir: Path, rows: list[dict], row: dict, model: torch.nn.Modul
     return best
 
 
+def sampling_flags(flags: Sequence[bool] | None, neg_ratio: float | None, who: str, positive: str):
+    """The flags that ``epoch_loader`` samples with, or None when ``--neg-ratio`` cannot apply: a training set
+    without a single ``positive`` slice would keep no item at all, so it trains on every slice instead (said)."""
+    if flags is None or neg_ratio is None or any(flags):
+        return flags
+    console.print(f"[yellow]warning:[/] {who}: no {positive} slice among its {len(flags)} training slices, so "
+                  "--neg-ratio has nothing to balance; it trains on all of them")
+    return None
+
+
 def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] | None = None,
                  neg_ratio: float | None = None) -> DataLoader:
     """One epoch's batches in a seeded random order. With ``flags`` and ``neg_ratio``: every flagged (positive)

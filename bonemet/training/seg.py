@@ -32,8 +32,8 @@ from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import read_config, read_json, write_json
 from ..models import create_model, model_options, split_outputs
 from .augment import SegAugment, seed_augment
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config, set_lr,
-                   train_epoch, train_input, training_precision)
+from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config,
+                   sampling_flags, set_lr, train_epoch, train_input, training_precision)
 from .schedule import PiecewiseLR
 
 
@@ -248,6 +248,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         flags = None
     elif flags is None:
         flags = lesion_slice_flags(fit, cfg.threshold)
+    flags = sampling_flags(flags, cfg.neg_ratio, f"fold {k}", "lesion")
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = schedule(epoch)
