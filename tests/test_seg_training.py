@@ -106,26 +106,41 @@ def test_two_fold_run_gives_tables_figures_and_no_leakage(phantom, tmp_path):
     assert "Held-out test patients" in res["markdown"] and (tmp_path / "cmp" / "visual_comparison.png").exists()
 
 
-def test_resume_after_interruption_matches_uninterrupted(phantom, tmp_path, monkeypatch):
+def test_resume_after_interruption_matches_uninterrupted(phantom, tmp_path, monkeypatch, capsys):
+    """Interrupted after fold 0 saved its second epoch, a resumed run trains only what was left (fold 0's third
+    epoch, then fold 1) and ends with the weights of an uninterrupted run."""
     cfg = dict(data=str(phantom / "bmseg"), model="unet", folds=2, test_patients=0.25, epochs=3, size=32, width=2,
                neg_ratio=0.5)
     train_segmentation(SegConfig(**cfg), tmp_path / "full")
 
-    calls = {"n": 0}
-    real_loss = seg_mod.seg_loss
+    saved = {"n": 0}
+    real_end = seg_mod.end_epoch
 
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in the middle of an epoch of fold 0
+    def stop_after_two(*a, **k):
+        best = real_end(*a, **k)  # the epoch's last.pt is written
+        saved["n"] += 1
+        if saved["n"] == 2:
             raise KeyboardInterrupt
-        return real_loss(*a, **k)
+        return best
 
-    monkeypatch.setattr(seg_mod, "seg_loss", flaky)
+    monkeypatch.setattr(seg_mod, "end_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(SegConfig(**cfg), tmp_path / "cut")
-    monkeypatch.setattr(seg_mod, "seg_loss", real_loss)
+    monkeypatch.setattr(seg_mod, "end_epoch", real_end)
     assert not (tmp_path / "cut" / "fold0" / "done.json").exists()
+    assert torch.load(tmp_path / "cut" / "fold0" / "last.pt", weights_only=True)["epoch"] == 1
+    ran = []
+    real_train_epoch = seg_mod.train_epoch
+
+    def counted(model, opt, loader, label, step):
+        ran.append(label)
+        return real_train_epoch(model, opt, loader, label, step)
+
+    monkeypatch.setattr(seg_mod, "train_epoch", counted)
+    capsys.readouterr()
     train_segmentation(SegConfig(**cfg), tmp_path / "cut", resume=True)
+    assert ran == ["fold 0 epoch 3/3", "fold 1 epoch 1/3", "fold 1 epoch 2/3", "fold 1 epoch 3/3"]
+    assert "fold 0: resuming after epoch 1" in capsys.readouterr().err
     for k in range(2):
         a = torch.load(tmp_path / "full" / f"fold{k}" / "last.pt", weights_only=True)
         b = torch.load(tmp_path / "cut" / f"fold{k}" / "last.pt", weights_only=True)
