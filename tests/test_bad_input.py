@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import shutil
 import stat
 import tracemalloc
@@ -268,7 +269,14 @@ def test_library_warnings_stay_behind_verbose(phantom, seg_run, tmp_path, monkey
 
 
 def test_outputs_share_one_mode_and_leave_phi_out_unless_asked(phantom, seg_run, tmp_path):
-    series = phantom / "dicom" / _metastatic_patient(phantom)
+    series = tmp_path / "Doe_Jane_4711"  # folder names carry identifiers too
+    shutil.copytree(phantom / "dicom" / _metastatic_patient(phantom), series)
+    phi = {"PatientName": "Doe^Jane", "PatientID": "MRN4711", "PatientBirthDate": "19580317"}
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        for key, value in phi.items():
+            setattr(ds, key, value)
+        ds.save_as(f)
     out = tmp_path / "o"
     assert invoke("predict", series, "--seg", seg_run, "--out", out).returncode == 0
     umask = os.umask(0)
@@ -278,12 +286,19 @@ def test_outputs_share_one_mode_and_leave_phi_out_unless_asked(phantom, seg_run,
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     s = json.loads((out / "summary.json").read_text())
     assert str(series) not in json.dumps(s) and "left out" in s["input"]["path"]
+    shown = {f: re.sub(r"base64,[A-Za-z0-9+/=]+", "", (out / f).read_text())  # not inside embedded images
+             for f in ("report.html", "summary.json", "slices.csv", "lesions.csv")}
+    for f, text in shown.items():
+        for value in (*phi.values(), "Doe", "4711"):
+            assert value not in text, (f, value)
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in series.iterdir()}
     with open(out / "slices.csv", newline="") as fh:
         assert not {r["name"] for r in csv.DictReader(fh)} & uids
     r = invoke("predict", series, "--seg", seg_run, "--out", tmp_path / "phi", "--include-phi")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "phi" / "summary.json").read_text())["input"]["path"] == str(series)
+    report = (tmp_path / "phi" / "report.html").read_text()
+    assert "Doe^Jane" in report and "MRN4711" in report and "19580317" in report
     with open(tmp_path / "phi" / "slices.csv", newline="") as fh:
         assert {r["name"] for r in csv.DictReader(fh)} == uids
 

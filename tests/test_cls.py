@@ -170,10 +170,13 @@ def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     for f in ("table.md", "table.csv", "patients.csv", "predictions.csv", "confusion.png", "roc.png", "metrics.json"):
         assert (ev / f).stat().st_size > 0, f
     m = json.loads((ev / "metrics.json").read_text())
-    assert 0 <= m["slice"]["ROC-AUC"] <= 1 and m["patients"] == 2
     with open(ev / "predictions.csv", newline="") as fh:
         preds = list(csv.DictReader(fh))
-    assert {p["patient"] for p in preds} == test
+    assert {p["patient"] for p in preds} == test and m["patients"] == 2
+    from sklearn.metrics import roc_auc_score  # the slice ROC-AUC of the written predictions, recomputed
+
+    auc = roc_auc_score([int(p["label"]) for p in preds], [float(p["probability"]) for p in preds])
+    assert m["slice"]["ROC-AUC"] == pytest.approx(auc, abs=1e-6)
     assert "Table 5.1" in (ev / "table.md").read_text()
 
     r = invoke("cls", "compare", run, run, "--out", tmp_path / "cmp")

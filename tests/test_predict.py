@@ -32,8 +32,30 @@ def test_predict_dicom_writes_every_output(phantom, seg_run, cls_run, tmp_path):
               "slices.csv", "summary.json", "report.html"):
         assert (out / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
-    assert s["truth"]["true_lesions"] > 0 and 0 <= s["truth"]["lesion_recall"] <= 1
-    assert s["verdict"] in ("metastatic", "no metastasis found") and 0 <= s["probability"] <= 1
+    # lesion-level recall, recomputed from the written mask and the truth on the input's grid
+    from scipy import ndimage
+
+    from bonemet.data.dicom import read_dicom_series as read_series
+    from bonemet.data.volume import read_mask_like
+
+    truth_on_grid = read_mask_like(truth, read_series(phantom / "dicom" / pid, canonical=False), allow_empty=True)
+    written = np.asarray(nib.load(out / "lesion_mask.nii.gz").dataobj) > 0
+    components, n_true = ndimage.label(truth_on_grid, np.ones((3, 3, 3), bool))
+    found = len(set(np.unique(components[written & (components > 0)]).tolist()))
+    assert n_true > 0 and s["truth"]["true_lesions"] == n_true and s["truth"]["found"] == found
+    assert s["truth"]["lesion_recall"] == pytest.approx(found / n_true)
+    # the verdict rule, recomputed from lesions.json and slices.csv
+    with open(out / "slices.csv", newline="") as fh:
+        cls_probs = sorted(float(r["classifier probability"]) for r in csv.DictReader(fh))
+    kept = json.loads((out / "lesions.json").read_text())
+    assert s["evidence"]["classification"] == pytest.approx(np.mean(cls_probs[-3:]), abs=1e-4)
+    if kept:
+        assert s["evidence"]["segmentation"] == pytest.approx(max(les["max_probability"] for les in kept), abs=1e-4)
+    else:
+        assert s["evidence"]["segmentation"] < 0.3
+    expected = np.mean([s["evidence"]["segmentation"], s["evidence"]["classification"]])
+    assert s["probability"] == pytest.approx(expected, abs=1e-4)
+    assert s["verdict"] == ("metastatic" if s["probability"] >= 0.3 else "no metastasis found")
     assert s["models"]["segmentation"]["members"] == 2 and s["models"]["classification"]["members"] == 1
     assert set(s["evidence"]) == {"segmentation", "classification"}
     # masks on the input's grid: the DICOM series read without reorientation has the same shape and affine
@@ -194,7 +216,15 @@ def test_predict_on_real_ct_reports_bone_dice(real_ct, seg_run, tmp_path):
                "--bone-truth", real_ct / "chest_abdomen_dicom_bone_mask.nii.gz")
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
-    assert 0 <= s["bone_truth"]["dice"] <= 1 and s["bone_truth"]["truth_voxels"] > 0
+    from bonemet.data.dicom import read_dicom_series
+    from bonemet.data.volume import read_mask_like
+
+    ref = read_mask_like(real_ct / "chest_abdomen_dicom_bone_mask.nii.gz",
+                         read_dicom_series(real_ct / "chest_abdomen_dicom", canonical=False))
+    written = np.asarray(nib.load(out / "bone_mask.nii.gz").dataobj) > 0  # the same grid: the input's own
+    dice = 2 * (ref & written).sum() / (ref.sum() + written.sum())
+    assert s["bone_truth"]["dice"] == pytest.approx(dice, abs=1e-4)
+    assert s["bone_truth"]["truth_voxels"] == int(ref.sum()) > 0
     assert s["input"]["kind"] == "dicom" and s["input"]["slices"] == 20
     assert "bone Dice" in r.stdout
     # this anonymised series has empty Study / Series Instance UIDs: no SEG, and the summary says why

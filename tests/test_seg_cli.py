@@ -26,7 +26,7 @@ def test_seg_train_and_evaluate_cli(phantom, tmp_path):
     assert json.loads((run / "config.json").read_text())["bf16"] is True
     res = invoke("seg", "evaluate", run)
     assert res.returncode == 0, res.stderr
-    assert "AttUnet ensemble (2 members)" in res.stdout
+    assert "ensemble of AttUnet (2 members)" in res.stdout
     assert json.loads((run / "eval" / "metrics.json").read_text())["test_patients"]
 
 
