@@ -3,6 +3,7 @@ CT and folders that hold several series."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -123,8 +124,11 @@ def test_enhanced_multiframe_ct_reads_and_gets_a_seg(series, seg_run, tmp_path):
     assert np.array_equal(single.array, multi.array) and np.allclose(single.affine, multi.affine)
 
     for name, src in (("single", series), ("multi", tmp_path / "mf")):
-        r = invoke("predict", src, "--seg", seg_run, "--out", tmp_path / name, "--threshold", "0.05")
+        r = invoke("predict", src, "--seg", seg_run, "--out", tmp_path / name, "--threshold", "0.05", "--include-phi")
         assert r.returncode == 0, r.stderr
+    with open(tmp_path / "multi" / "slices.csv", newline="") as fh:  # one SOP instance: its frames name the slices
+        names = [row["name"] for row in csv.DictReader(fh)]
+    assert len(set(names)) == len(sources) and all(n.startswith(f"{enhanced.SOPInstanceUID} frame ") for n in names)
     a = nib.load(tmp_path / "single" / "lesion_mask.nii.gz")
     b = nib.load(tmp_path / "multi" / "lesion_mask.nii.gz")
     assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)

@@ -220,6 +220,9 @@ def _slice_rows(scan: Scan, lesion_p: np.ndarray, kept: np.ndarray, cls_p: np.nd
     back to the patient's study)."""
     rows = []
     uids = scan.volume.meta.get("slice_uids") if scan.volume is not None and include_phi else None
+    frames = scan.volume.meta.get("slice_frames") if scan.volume is not None else None
+    if uids and frames:  # an enhanced CT: one SOP instance, a frame per slice
+        uids = [f"{u} frame {f}" for u, f in zip(uids, frames)]
     for k in range(scan.n_slices):
         ids = np.unique(kept[:, :, k])
         row = {"slice": k + 1, "name": scan.images[k].name if scan.kind == "images" else (uids[k] if uids else ""),
