@@ -98,3 +98,26 @@ def test_bootstrap_ci_brackets_the_estimate():
     lo, hi = bootstrap_ci(groups, f1, n=300)
     point = f1(list(groups.values()))
     assert lo <= point <= hi and hi - lo < 0.2
+
+
+def test_native_size_scores_resize_predictions_back_to_each_slice(tmp_path):
+    """A 64 px slice whose 32x32 lesion square the model saw at 32 px: a perfect model-size prediction, resized
+    back (bilinear), is the stored mask exactly; an empty one finds nothing."""
+    from bonemet.data.bmseg import SegSlice
+    from bonemet.data.images import write_image
+    from bonemet.evaluation.seg_eval import score_native
+
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    write_image(tmp_path / "image.png", np.full((64, 64), 100, np.uint8))
+    write_image(tmp_path / "lesion.png", mask)
+    write_image(tmp_path / "healthy.png", np.zeros((80, 80), bool))
+    write_image(tmp_path / "image80.png", np.full((80, 80), 100, np.uint8))
+    slices = [SegSlice("a", tmp_path / "image.png", tmp_path / "lesion.png", None, "P"),
+              SegSlice("b", tmp_path / "image80.png", tmp_path / "healthy.png", None, "P")]
+    model_size = np.zeros((2, 32, 32), np.float32)
+    model_size[0, 8:24, 8:24] = 1.0
+    s = score_native(model_size, slices)
+    assert s["F1"] == 1.0 and s["Dice"] == 1.0  # the 80 px healthy slice: empty and empty, Dice 1
+    s = score_native(np.zeros((2, 32, 32), np.float32), slices)
+    assert s["F1"] == 0.0 and s["Sens"] == 0.0 and s["Dice"] == 0.5

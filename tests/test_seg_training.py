@@ -368,3 +368,21 @@ def test_every_member_trains_even_when_its_fold_has_no_lesion(phantom, seg_run):
         with open(seg_run / f"fold{k}" / "metrics.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert rows and all(float(r["train_loss"]) > 0 for r in rows), f"fold {k} did not train"
+
+
+def test_evaluate_native_size_adds_rows_beside_the_model_size_ones(seg_run, tmp_path):
+    import shutil
+
+    from conftest import invoke
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    r = invoke("seg", "evaluate", run, "--native-size")
+    assert r.returncode == 0, r.stderr
+    cv = (run / "eval" / "cv_table.md").read_text()
+    test = (run / "eval" / "test_table.md").read_text()
+    assert "| Hybrid-AttUnet++ (native size) |" in cv and "stored size" in cv
+    assert "| EH-AttUnet++ (2 members) (native size) |" in test and "| Hybrid-AttUnet++ fold 1 (native size) |" in test
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert len(m["cv"]["native size"]["per_fold"]) == 2
+    assert set(m["test"]["EH-AttUnet++ (2 members)"]["native size"]) >= {"F1", "Dice", "IoU"}

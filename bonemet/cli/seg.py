@@ -104,11 +104,13 @@ def train(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder of 'seg train'.")],
     data: Annotated[Path | None, typer.Option(help="Data root (default: the run's).")] = None,
+    native_size: Annotated[bool, typer.Option(help="Also score at each slice's stored size (predictions resized "
+                                                   "back), in rows beside the model-size ones.")] = False,
 ) -> None:
     """Thesis-style tables (Markdown, CSV) and figures (PNG) in RUN/eval."""
     from ..evaluation.seg_eval import evaluate_run
 
-    s = evaluate_run(run, data)
+    s = evaluate_run(run, data, native_size=native_size)
     typer.echo((run / "eval" / "cv_table.md").read_text())
     typer.echo((run / "eval" / "test_table.md").read_text())
     typer.echo(f"tables and figures in {run / 'eval'}: " + ", ".join(Path(f).name for f in s["figures"]))

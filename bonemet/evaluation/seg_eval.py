@@ -112,14 +112,38 @@ def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationData
     return Scored(scores, det.summary(), bone, dict(per_patient), dict(per_patient_dice))
 
 
+def score_native(probs: np.ndarray, slices: list[SegSlice], threshold: int = 0) -> dict[str, float]:
+    """Lesion pixel metrics at each slice's own size: every probability map (model size) resized back to its
+    slice's stored size (bilinear) and thresholded at 0.5, against the mask as stored (``threshold``: its
+    binarisation). Pooled over all pixels like :func:`score`; Dice is the mean per-slice Dice."""
+    import torch.nn.functional as F
+
+    from ..data.images import read_image, read_mask
+
+    total, dices = Counts(), []
+    for p, s in zip(probs, slices):
+        truth = read_mask(s.lesion, threshold) if s.lesion else np.zeros(read_image(s.image).shape[:2], bool)
+        up = F.interpolate(torch.from_numpy(np.asarray(p, np.float32))[None, None], size=truth.shape,
+                           mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
+        total = total + confusion(up, truth)
+        dices.append(dice_image(up, truth))
+    scores = pixel_scores(total)
+    scores["Dice"] = float(np.mean(dices)) if dices else float("nan")
+    return scores
+
+
 def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
     f1 = bootstrap_ci(s.per_patient, pooled_f1, seed=seed)
     dice = bootstrap_ci(s.per_patient_dice, lambda ls: float(np.mean(sum(ls, []))), seed=seed)
     return {"F1": f1, "Dice": dice}
 
 
-def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_slices: int = 4) -> dict:
-    """Score a run folder; writes ``RUN/eval/`` (Markdown, CSV, JSON, PNG) and returns the summary."""
+def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_slices: int = 4,
+                 native_size: bool = False) -> dict:
+    """Score a run folder; writes ``RUN/eval/`` (Markdown, CSV, JSON, PNG) and returns the summary.
+
+    ``native_size`` also scores every model at each slice's own stored size (predictions resized back), in rows
+    beside the model-size ones (the thesis scores at the model's 224 px)."""
     run = Path(run)
     cfg, split = load_run(run)
     root = Path(data or cfg.data)
@@ -134,7 +158,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
 
     # cross-validation: fold k's model on fold k's held-out patients only
-    fold_scores = []
+    fold_scores, native_scores = [], []
     for k, fold in enumerate(split["folds"]):
         if split["protocol"] == "paper":
             held = [by_name[n] for n in fold["val"] if n in by_name]
@@ -144,18 +168,24 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         ds = dataset(held)
         lp, bp = predict_probs([members[k]], ds, cfg.batch_size)
         fold_scores.append(score(lp, bp, ds))
-    cv_row = {"model": label}
-    for m in PIXEL_METRICS:
-        vals = [100 * f.scores[m] for f in fold_scores]
-        cv_row[m] = f"{np.nanmean(vals):.2f} ± {np.nanstd(vals):.2f}"
+        if native_size:
+            native_scores.append(score_native(lp, held, cfg.threshold))
+    cv_rows = [_cv_row(label, [f.scores for f in fold_scores])]
+    if native_size:
+        cv_rows.append(_cv_row(f"{label} (native size)", native_scores))
     per_fold = {"model": label, **{f"fold {k + 1}": percent(f.scores["F1"]) for k, f in enumerate(fold_scores)}}
     summary: dict = {"run": str(run), "model": cfg.model, "label": label, "protocol": protocol,
                      "selection": read_json(run / "fold0" / "done.json", "done.json").get("selection", "unknown"),
                      "cv": {"per_fold": [f.scores for f in fold_scores], "mean": {m: float(np.nanmean(
                          [f.scores[m] for f in fold_scores])) for m in PIXEL_METRICS}}}
+    if native_size:
+        summary["cv"]["native size"] = {"per_fold": native_scores, "mean": {m: float(np.nanmean(
+            [f[m] for f in native_scores])) for m in PIXEL_METRICS}}
     note = f"Protocol: {protocol}. Model selection: {summary['selection']}.\n\n"
-    write_text(out / "cv_table.md", note + markdown_table([cv_row], ["model", *PIXEL_METRICS]))
-    write_csv(out / "cv_table.csv", [cv_row])
+    if native_size:
+        note += NATIVE_NOTE
+    write_text(out / "cv_table.md", note + markdown_table(cv_rows, ["model", *PIXEL_METRICS]))
+    write_csv(out / "cv_table.csv", cv_rows)
     write_text(out / "per_fold_f1.md", note + markdown_table([per_fold]))
     write_csv(out / "per_fold_f1.csv", [per_fold])
 
@@ -186,10 +216,15 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
             if s.bone:
                 bone_rows.append({"model": name, **{m: percent(s.bone[m]) for m in PIXEL_METRICS}})
             test_summary[name] = {"scores": s.scores, "ci": ci, "detection": s.detection, "bone": s.bone}
+            if native_size:
+                native = score_native(lp, test_slices, cfg.threshold)
+                rows.append({"model": f"{name} (native size)", **{m: percent(native[m]) for m in PIXEL_METRICS},
+                             "F1 95% CI": "", "Dice 95% CI": ""})
+                test_summary[name]["native size"] = native
         tnote = (f"Held-out test patients ({len(test_p)}: {', '.join(sorted(test_p))}), never in any member's "
                  f"training set; {len(test_slices)} slices. CIs: bootstrap over patients. Pixel metrics pool all "
                  "slices; Dice is the mean per-slice Dice, where a lesion-free slice with an empty prediction "
-                 "scores 1.\n\n")
+                 "scores 1.\n\n" + (NATIVE_NOTE if native_size else ""))
         write_text(out / "test_table.md", tnote + markdown_table(rows))
         write_csv(out / "test_table.csv", rows)
         write_text(out / "detection.md", tnote + "Lesions are 2D connected components at the model's "
@@ -209,6 +244,19 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
     summary["figures"] = figures
     write_json(out / "metrics.json", summary)
     return summary
+
+
+NATIVE_NOTE = ("Rows marked (native size): the same predictions resized back to each slice's stored size (bilinear, "
+               "0.5) and scored against the masks as stored; the other rows score at the model's input size.\n\n")
+
+
+def _cv_row(label: str, per_fold: list[dict[str, float]]) -> dict[str, str]:
+    """A cross-validation row: each metric's mean ± std over folds, in percent."""
+    row = {"model": label}
+    for m in PIXEL_METRICS:
+        vals = [100 * f[m] for f in per_fold]
+        row[m] = f"{np.nanmean(vals):.2f} ± {np.nanstd(vals):.2f}"
+    return row
 
 
 def _curves(run: Path, out: Path, n_folds: int) -> list[Path]:
