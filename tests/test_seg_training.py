@@ -104,6 +104,15 @@ def test_two_fold_run_gives_tables_figures_and_no_leakage(phantom, tmp_path):
     assert s["test_patients"] == sorted(test)
     res = compare_runs([run], tmp_path / "cmp")
     assert "Held-out test patients" in res["markdown"] and (tmp_path / "cmp" / "visual_comparison.png").exists()
+    lines = res["markdown"].splitlines()
+    # Table 4.4's columns: the hybrid's fold models have MB and DD, the ensemble all three
+    assert any(line.startswith("| Hybrid-AttUnet++ | ✓ | ✓ |  | patient") for line in lines), res["markdown"]
+    assert any(line.startswith("| EH-AttUnet++ (2 members) | ✓ | ✓ | ✓ |") for line in lines)
+    # Table 4.3 with its mean column: the mean of the two folds' F1 as written in metrics.json
+    f1s = [f["F1"] for f in s["cv"]["per_fold"]]
+    fold_line = next(line for line in lines if line.startswith("| Hybrid-AttUnet++ | ") and "fold" not in line
+                     and line.count("|") == 5)
+    assert fold_line.rstrip(" |").endswith(f"{100 * np.nanmean(f1s):.2f}"), fold_line
 
 
 def test_resume_after_interruption_matches_uninterrupted(phantom, tmp_path, monkeypatch, capsys):

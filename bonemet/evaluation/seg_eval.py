@@ -340,27 +340,36 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
             raise BonemetError("run not evaluated yet (run 'bonemet seg evaluate' first)", r)
         summaries.append(read_json(path, "evaluation summary"))
     cv_rows, fold_rows, test_rows = [], [], []
-    for s in summaries:
-        cv_rows.append({"model": s["label"], "protocol": s["protocol"].split(" (")[0],
+    for r, s in zip(runs, summaries):
+        cfg = load_run(Path(r))[0]
+        cv_rows.append({"model": s["label"], **ablation_marks(cfg, ensemble=False),
+                        "protocol": s["protocol"].split(" (")[0],
                         **{m: percent(s["cv"]["mean"][m]) for m in PIXEL_METRICS}})
-        fold_rows.append({"model": s["label"], **{f"fold {k + 1}": percent(f["F1"]) for k, f in
-                                                  enumerate(s["cv"]["per_fold"])}})
+        f1s = [f["F1"] for f in s["cv"]["per_fold"]]
+        fold_rows.append({"model": s["label"], **{f"fold {k + 1}": percent(v) for k, v in enumerate(f1s)},
+                          "Mean": percent(_mean(f1s))})
         if s.get("test"):
             entries = list(s["test"].items())
             singles = [v for _, v in entries[:-1]]
             k = len(singles)
             test_rows.append({"model": f"{s['label']} (single model, mean of {k} fold models)",
+                              **ablation_marks(cfg, ensemble=False),
                               **{m: percent(_mean([v["scores"][m] for v in singles])) for m in PIXEL_METRICS},
                               "F1 95% CI": "", "lesion sensitivity": percent(_mean(
                                   [v["detection"]["lesion sensitivity"] for v in singles])),
                               "FP per slice": f"{_mean([v['detection']['FP per slice'] for v in singles]):.3f}"})
             name, t = entries[-1]  # the ensemble
-            test_rows.append({"model": name, **{m: percent(t["scores"][m]) for m in PIXEL_METRICS},
+            test_rows.append({"model": name, **ablation_marks(cfg, ensemble=True),
+                              **{m: percent(t["scores"][m]) for m in PIXEL_METRICS},
                               "F1 95% CI": f"{percent(t['ci']['F1'][0])}-{percent(t['ci']['F1'][1])}",
                               "lesion sensitivity": percent(t["detection"]["lesion sensitivity"]),
                               "FP per slice": f"{t['detection']['FP per slice']:.3f}"})
-    text = ("## Cross-validation (each fold model on its own held-out patients), mean over folds\n\n"
-            + markdown_table(cv_rows) + "\n## Per-fold lesion F1\n\n" + markdown_table(fold_rows))
+    text = ("MB: the modified block; DD: dual decoders (lesion and bone); EN: the ensemble of the fold models "
+            "(the thesis' Table 4.4 columns).\n\n"
+            "## Cross-validation (each fold model on its own held-out patients), mean over folds\n\n"
+            + markdown_table(cv_rows) + "\n## Per-fold lesion F1 (Table 4.3)\n\n" + markdown_table(fold_rows)
+            + "\nAn ensemble has no per-fold row: each fold's held-out patients were training data of the other "
+            "members, so the ensemble is scored on the held-out test patients only (below).\n")
     if test_rows:
         text += ("\n## Held-out test patients (no member trained on them): single models and ensembles\n\n"
                  + markdown_table(test_rows))
@@ -370,6 +379,13 @@ def compare_runs(runs: list[str | Path], out: str | Path, data: str | Path | Non
         write_csv(out / "compare_test.csv", test_rows)
     fig = _compare_figure(runs, summaries, out, data)
     return {"markdown": text, "figure": str(fig) if fig else None}
+
+
+def ablation_marks(cfg: SegConfig, ensemble: bool) -> dict[str, str]:
+    """The thesis' ablation columns (Table 4.4) for a row: modified block, dual decoders, ensemble."""
+    nested = cfg.model in ("unet++", "attunet++", "hybrid-attunet++")
+    return {"MB": "✓" if nested and cfg.block == "mb" else "", "DD": "✓" if cfg.model == "hybrid-attunet++"
+            and cfg.dual_decoder is not False else "", "EN": "✓" if ensemble else ""}
 
 
 def _mean(values: list) -> float:
