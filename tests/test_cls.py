@@ -182,7 +182,8 @@ def test_cls_train_evaluate_compare_explain(phantom, tmp_path) -> None:
     r = invoke("cls", "compare", run, run, "--out", tmp_path / "cmp")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cmp" / "compare.md").read_text().count("| resnet18 |") == 2
-    assert (tmp_path / "cmp" / "roc.png").exists()
+    assert (tmp_path / "cmp" / "roc.png").exists() and (tmp_path / "cmp" / "recall.png").exists()
+    assert "recall.png" in r.stdout
 
     r = invoke("cls", "explain", run, "--n", "3")
     assert r.returncode == 0, r.stderr

@@ -129,12 +129,13 @@ def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (evaluated first when needed).")],
     out: Annotated[Path, typer.Option(help="Folder for compare.md / CSV / roc.png.")] = Path("compare-cls"),
 ) -> None:
-    """Several classification runs in one table (thesis Table 5.2 layout) and one ROC figure."""
+    """Several classification runs in one table (thesis Table 5.2 layout), one ROC figure and the per-model recall
+    chart (thesis Fig. 5.5)."""
     from ..evaluation.cls_eval import compare_cls_runs
 
     res = compare_cls_runs(runs, out)
     typer.echo(res["markdown"])
-    typer.echo(f"figure: {res['figure']}")
+    typer.echo("figures: " + ", ".join(res["figures"]))
 
 
 @app.command()

@@ -9,7 +9,6 @@ see its patient.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from ..data.classification import load_classification
 from ..data.datasets import ClassificationDataset
 from ..data.stats import markdown_table
 from ..errors import BonemetError
-from ..fileio import write_csv, write_json, write_text
+from ..fileio import read_json, write_csv, write_json, write_text
 from ..training.cls import ClsConfig, item_name, load_cls_run, predict_cls
 from .figures import plt, save_figure
 from .metrics import CLS_METRICS, bootstrap_ci, classification_scores, percent
@@ -195,14 +194,16 @@ def _roc_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path) ->
 def compare_cls_runs(runs: list[str | Path], out: str | Path, patient_rule: str = "fraction:0.1") -> dict:
     """One table (thesis Table 5.2 layout plus ROC-AUC and the patient level) and one ROC figure for several runs."""
     out = Path(out)
-    rows, curves = [], []
+    rows, curves, recalls = [], [], []
     for run in map(Path, runs):
         metrics = run / "eval" / "metrics.json"
-        summary = json.loads(metrics.read_text()) if metrics.exists() else evaluate_cls_run(run, patient_rule=patient_rule)
+        summary = (read_json(metrics, "evaluation summary") if metrics.exists()
+                   else evaluate_cls_run(run, patient_rule=patient_rule))
         rows.append({"Model": summary["label"], **{m: percent(summary["slice"][m]) for m in CLS_METRICS},
                      "AUC 95% CI": _ci_text(tuple(summary["slice_ci95"]["ROC-AUC"])),
                      "patient Acc": percent(summary["patient"]["Accuracy"]), "test slices": summary["slices"],
                      "run": str(run)})
+        recalls.append((summary["label"], summary["slice"]["Recall"]))
         with open(run / "eval" / "predictions.csv", newline="") as fh:
             pr = list(csv.DictReader(fh))
         curves.append((summary["label"], np.array([int(r["label"]) for r in pr]),
@@ -211,4 +212,24 @@ def compare_cls_runs(runs: list[str | Path], out: str | Path, patient_rule: str 
     write_text(out / "compare.md", "# Slice classification, compared (%; positive = metastatic)\n\n" + md + "\n")
     write_csv(out / "compare.csv", rows)
     fig = _roc_figure(curves, out / "roc.png")
-    return {"markdown": md, "figure": str(fig)}
+    recall = _recall_figure(recalls, out / "recall.png")
+    return {"markdown": md, "figure": str(fig), "figures": [str(fig), str(recall)]}
+
+
+def _recall_figure(recalls: list[tuple[str, float]], path: Path) -> Path:
+    """The thesis' Fig. 5.5: each model's slice recall (sensitivity to metastatic slices) as a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(recalls) + 1), 3.5))
+    names = [f"{name} ({k + 1})" if [n for n, _ in recalls].count(name) > 1 else name
+             for k, (name, _) in enumerate(recalls)]
+    values = [100 * (v if v is not None and v == v else 0.0) for _, v in recalls]
+    bars = ax.bar(range(len(values)), values, color="tab:red")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(values)), names, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="recall (%)", ylim=(0, 105), title="Slice recall per model (thesis Fig. 5.5)")
+    fig.tight_layout()
+    return save_figure(fig, path)
