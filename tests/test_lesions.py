@@ -67,3 +67,39 @@ def test_chunks_give_the_whole_lesion_answers(phantom, monkeypatch):
     assert len(answers[0][0]) >= 2
     for rows, kept in answers[1:]:
         assert rows == answers[0][0] and np.array_equal(kept, answers[0][1])
+
+
+def test_match_truth_counts_found_missed_and_false_lesions():
+    from bonemet.inference.lesions import match_truth
+
+    truth = np.zeros((20, 20, 10), bool)
+    truth[2:5, 2:5, 2:5] = True  # true lesion A
+    truth[12:15, 12:15, 2:5] = True  # true lesion B, missed
+    mask = np.zeros(truth.shape, bool)
+    mask[3:7, 3:7, 3:6] = True  # overlaps A
+    mask[2:6, 14:18, 6:9] = True  # overlaps nothing
+    prob = mask.astype(np.float16)
+    found, kept = find_lesions(mask, prob, None, None, None, min_voxels=1)
+    m = match_truth(found, kept, truth)
+    assert m == {"true_lesions": 2, "found": 1, "lesion_recall": 0.5, "false_positive_lesions": 1,
+                 "predicted_lesions": 2}
+
+
+def test_rough_site_on_a_drawn_body():
+    """A round body (40 HU) in air, a vertebra behind its centre on every slice, a wide bony ring (the pelvis)
+    on the lower slices: each place gets its site."""
+    from bonemet.inference.lesions import rough_site
+
+    n = 20
+    i, j = np.meshgrid(np.arange(100), np.arange(100), indexing="ij")
+    body = (i - 50) ** 2 + (j - 50) ** 2 <= 40 ** 2
+    hu = np.where(body[:, :, None], 40, -1000).repeat(n, axis=2).astype(np.int16)
+    bone = np.zeros(hu.shape, bool)
+    bone[46:55, 70:79, :] = True  # a vertebral body, midline and posterior (LPS: j runs to posterior)
+    bone[15:86, 60:64, :7] = True  # the pelvic ring's width on the lower slices
+    hu[bone] = 400
+    assert rough_site((50.0, 74.0, 15.0), bone, hu) == "spine"
+    assert rough_site((13.0, 50.0, 15.0), bone, hu) == "rib"  # at the body's edge
+    assert rough_site((50.0, 30.0, 15.0), bone, hu) == "other"  # anterior, deep inside
+    assert rough_site((50.0, 62.0, 3.0), bone, hu) == "pelvis"
+    assert rough_site((50.0, 74.0, 15.0), None, hu) == "spine"  # bone from HU > 150 when no mask is given
