@@ -57,6 +57,20 @@ def test_bench_seg_quick(tmp_path):
     assert "train img/s --bf16" in text and "bf16 speed-up" in text
 
 
+def test_bench_memory_harness(tmp_path):
+    """The harness runs end to end on a short scan (its figures mean something at 1,000 slices, not here)."""
+    res = invoke("bench", "memory", "--slices", "8", "--size", "64", "--formats", "nifti", "--threshold", "0.45",
+                 "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "bench_memory.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| nifti | 8 | 64 |"))
+    peak = float(row.split("|")[4])
+    assert 100 < peak < 4000  # a fresh Python process with torch, measured on its own
+    assert "fresh process" in text and "random-weight" in text
+    r = invoke("bench", "memory", "--formats", "png")
+    assert r.returncode == 2 and "--formats wants nifti and / or dicom" in r.stderr
+
+
 def test_bench_infer_quick(tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size)."""
     res = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
