@@ -395,3 +395,68 @@ def test_evaluate_native_size_adds_rows_beside_the_model_size_ones(seg_run, tmp_
     m = json.loads((run / "eval" / "metrics.json").read_text())
     assert len(m["cv"]["native size"]["per_fold"]) == 2
     assert set(m["test"]["EH-AttUnet++ (2 members)"]["native size"]) >= {"F1", "Dice", "IoU"}
+
+
+@pytest.mark.parametrize("masks_follow", [True, False])
+def test_augmentation_moves_masks_with_their_image_except_in_the_reference_run(masks_follow):
+    from bonemet.training.augment import SegAugment
+
+    image = torch.zeros(1, 32, 32)
+    image[0, 4:10, 6:14] = 1.0  # an off-centre block: every flip and turn moves it
+    mask = (image > 0).float()
+
+    def centre(t: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(t[0] > 0.5).float().mean(0)
+
+    for degrees, p_h, p_v in ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (35.0, 0.0, 0.0)):
+        aug = SegAugment(degrees=degrees, p_rotate=1.0, p_hflip=p_h, p_vflip=p_v,
+                         generator=torch.Generator().manual_seed(3), masks_follow=masks_follow)
+        out = aug({"image": image, "lesion": mask, "bone": mask})
+        assert float((centre(out["image"]) - centre(image)).abs().max()) > 2
+        for key in ("lesion", "bone"):
+            if masks_follow:  # the mask follows its image: the same place (flips exactly, a turn to half a pixel)
+                assert float((centre(out[key]) - centre(out["image"])).abs().max()) < 0.5, (degrees, p_h, p_v)
+            else:  # the reference code's masks never moved
+                assert torch.equal(out[key], mask)
+
+
+def test_paper_protocol_reproduces_the_reference_run(phantom, tmp_path, monkeypatch):
+    """Slice-level folds, a new Adam every epoch, the checkpoint with the best F1 on the scored fold, masks left
+    unrotated, empty-empty Dice 0, and the per-fold ensemble row, each labelled leaky."""
+    from bonemet.evaluation import seg_eval
+    from bonemet.training import augment
+
+    made = []
+    real_make = seg_mod.make_optimizer
+    monkeypatch.setattr(seg_mod, "make_optimizer", lambda *a, **k: made.append(1) or real_make(*a, **k))
+    follow = []
+    real_init = augment.SegAugment.__init__
+
+    def init(self, *a, **k):
+        follow.append(k.get("masks_follow", True))
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(augment.SegAugment, "__init__", init)
+    cfg = SegConfig(data=str(phantom / "bmseg"), model="unet", protocol="paper", epochs=2, size=32, width=2,
+                    neg_ratio=0.2, mask_resize="paper")
+    run = train_segmentation(cfg, tmp_path / "paper")
+    folds = json.loads((run / "splits.json").read_text())["folds"]
+    assert len(folds) == 5 and len(made) == 5 * (1 + 2)  # one per fold, then one more every epoch
+    assert follow == [False] * 5
+    for k in range(5):
+        done = json.loads((run / f"fold{k}" / "done.json").read_text())
+        assert done["checkpoint"] == "best.pt" and "leaky" in done["selection"] and "scored fold" in done["selection"]
+    s = seg_eval.evaluate_run(run)
+    assert "leaky ensemble" in s["cv"] and len(s["cv"]["leaky ensemble"]["per_fold"]) == 5
+    cv = (run / "eval" / "cv_table.md").read_text()
+    assert "patients leak" in cv and "ensemble of Unet (leaky: 4 of its 5 members trained on each fold)" in cv
+    assert "| Mean |" in (run / "eval" / "per_fold_f1.md").read_text()
+    # the reference's Dice: a slice with no lesion and no prediction scores 0 (1 under bonemet's own protocol)
+    from bonemet.data.datasets import SegmentationDataset
+
+    idx = seg_mod.load_bmseg(phantom / "bmseg")
+    healthy = [sl for sl in idx.slices if sl.patient == "P001"][:2]
+    ds = SegmentationDataset(healthy, 32, 3)
+    empty = np.zeros((2, 32, 32), np.float32)
+    assert seg_eval.score(empty, None, ds).scores["Dice"] == 1.0
+    assert seg_eval.score(empty, None, ds, empty_dice=0.0).scores["Dice"] == 0.0

@@ -81,7 +81,10 @@ def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
     return load_weights(build_model(cfg), load_checkpoint(path), path).eval()
 
 
-def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationDataset) -> Scored:
+def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationDataset,
+          empty_dice: float = 1.0) -> Scored:
+    """Lesion (and bone) metrics of ``probs`` on ``ds``; ``empty_dice``: the Dice of a slice whose truth and
+    prediction are both empty (1; the reference code's epsilon makes it 0, which ``--protocol paper`` keeps)."""
     total, det = Counts(), Detection()
     bone_total, bone_dices = Counts(), []
     dices: list[float] = []
@@ -92,7 +95,7 @@ def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationData
         truth = sample["lesion"][0].numpy() > 0.5
         pred = probs[i] > 0.5
         c = confusion(pred, truth)
-        d = dice_image(pred, truth)
+        d = dice_image(pred, truth, empty_dice)
         total = total + c
         dices.append(d)
         det = det + detect(pred, truth)
@@ -102,7 +105,7 @@ def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationData
             bt = sample["bone"][0].numpy() > 0.5
             bp = bone_probs[i] > 0.5
             bone_total = bone_total + confusion(bp, bt)
-            bone_dices.append(dice_image(bp, bt))
+            bone_dices.append(dice_image(bp, bt, empty_dice))
     scores = pixel_scores(total)
     scores["Dice"] = float(np.mean(dices)) if dices else float("nan")
     bone = None
@@ -112,7 +115,8 @@ def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationData
     return Scored(scores, det.summary(), bone, dict(per_patient), dict(per_patient_dice))
 
 
-def score_native(probs: np.ndarray, slices: list[SegSlice], threshold: int = 0) -> dict[str, float]:
+def score_native(probs: np.ndarray, slices: list[SegSlice], threshold: int = 0,
+                 empty_dice: float = 1.0) -> dict[str, float]:
     """Lesion pixel metrics at each slice's own size: every probability map (model size) resized back to its
     slice's stored size (bilinear) and thresholded at 0.5, against the mask as stored (``threshold``: its
     binarisation). Pooled over all pixels like :func:`score`; Dice is the mean per-slice Dice."""
@@ -126,7 +130,7 @@ def score_native(probs: np.ndarray, slices: list[SegSlice], threshold: int = 0) 
         up = F.interpolate(torch.from_numpy(np.asarray(p, np.float32))[None, None], size=truth.shape,
                            mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
         total = total + confusion(up, truth)
-        dices.append(dice_image(up, truth))
+        dices.append(dice_image(up, truth, empty_dice))
     scores = pixel_scores(total)
     scores["Dice"] = float(np.mean(dices)) if dices else float("nan")
     return scores
@@ -158,7 +162,9 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
 
     # cross-validation: fold k's model on fold k's held-out patients only
-    fold_scores, native_scores = [], []
+    fold_scores, native_scores, leaky_scores = [], [], []
+    empty_dice = 0.0 if split["protocol"] == "paper" else 1.0  # the reference code's Dice under its protocol
+    leaky_ensemble = split["protocol"] == "paper" and len(members) > 1
     for k, fold in enumerate(split["folds"]):
         if split["protocol"] == "paper":
             held = [by_name[n] for n in fold["val"] if n in by_name]
@@ -167,13 +173,23 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
             held = [s for s in index.slices if s.patient in pats]
         ds = dataset(held)
         lp, bp = predict_probs([members[k]], ds, cfg.batch_size)
-        fold_scores.append(score(lp, bp, ds))
+        fold_scores.append(score(lp, bp, ds, empty_dice))
         if native_size:
-            native_scores.append(score_native(lp, held, cfg.threshold))
+            native_scores.append(score_native(lp, held, cfg.threshold, empty_dice))
+        if leaky_ensemble:  # the thesis' per-fold ensemble: all members, K-1 of which trained on these slices
+            el, eb = predict_probs(members, ds, cfg.batch_size)
+            leaky_scores.append(score(el, eb, ds, empty_dice))
     cv_rows = [_cv_row(label, [f.scores for f in fold_scores])]
     if native_size:
         cv_rows.append(_cv_row(f"{label} (native size)", native_scores))
-    per_fold = {"model": label, **{f"fold {k + 1}": percent(f.scores["F1"]) for k, f in enumerate(fold_scores)}}
+    per_fold_rows = [{"model": label, **{f"fold {k + 1}": percent(f.scores["F1"]) for k, f in enumerate(fold_scores)},
+                      "Mean": percent(_mean([f.scores["F1"] for f in fold_scores]))}]
+    if leaky_ensemble:
+        leaky = f"{ensemble_label(cfg)} (leaky: {len(members) - 1} of its {len(members)} members trained on each fold)"
+        cv_rows.append(_cv_row(leaky, [f.scores for f in leaky_scores]))
+        per_fold_rows.append({"model": leaky, **{f"fold {k + 1}": percent(f.scores["F1"])
+                                                 for k, f in enumerate(leaky_scores)},
+                              "Mean": percent(_mean([f.scores["F1"] for f in leaky_scores]))})
     summary: dict = {"run": str(run), "model": cfg.model, "label": label, "protocol": protocol,
                      "selection": read_json(run / "fold0" / "done.json", "done.json").get("selection", "unknown"),
                      "cv": {"per_fold": [f.scores for f in fold_scores], "mean": {m: float(np.nanmean(
@@ -181,13 +197,16 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
     if native_size:
         summary["cv"]["native size"] = {"per_fold": native_scores, "mean": {m: float(np.nanmean(
             [f[m] for f in native_scores])) for m in PIXEL_METRICS}}
+    if leaky_ensemble:
+        summary["cv"]["leaky ensemble"] = {"per_fold": [f.scores for f in leaky_scores], "mean": {
+            m: float(np.nanmean([f.scores[m] for f in leaky_scores])) for m in PIXEL_METRICS}}
     note = f"Protocol: {protocol}. Model selection: {summary['selection']}.\n\n"
     if native_size:
         note += NATIVE_NOTE
     write_text(out / "cv_table.md", note + markdown_table(cv_rows, ["model", *PIXEL_METRICS]))
     write_csv(out / "cv_table.csv", cv_rows)
-    write_text(out / "per_fold_f1.md", note + markdown_table([per_fold]))
-    write_csv(out / "per_fold_f1.csv", [per_fold])
+    write_text(out / "per_fold_f1.md", note + markdown_table(per_fold_rows))
+    write_csv(out / "per_fold_f1.csv", per_fold_rows)
 
     test_p = set(split.get("test_patients", []))
     figures = [str(p) for p in _curves(run, out, len(members))]
@@ -205,7 +224,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         ens_name = ensemble_label(cfg)
         for name, (lp, bp) in [*[(f"{label} fold {k + 1}", p) for k, p in enumerate(member_probs)],
                                (f"{ens_name} ({len(members)} members)", (ens_l, ens_b))]:
-            s = score(lp, bp, ds)
+            s = score(lp, bp, ds, empty_dice)
             ci = _ci(s)
             rows.append({"model": name, **{m: percent(s.scores[m]) for m in PIXEL_METRICS},
                          "F1 95% CI": f"{percent(ci['F1'][0])}-{percent(ci['F1'][1])}",

@@ -240,8 +240,11 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         start, best, rows = resume_state(fold_dir, model, opt)
         console.print(f"fold {k}: resuming after epoch {start - 1}")
     precision = training_precision(model, cfg.bf16)
-    aug = SegAugment() if cfg.augment else None
+    paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
+    aug = SegAugment(masks_follow=not paper) if cfg.augment else None
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
+    if paper:
+        sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
     sel_ds = SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     held_ds = SegmentationDataset(held, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     if cfg.neg_ratio is None:
@@ -252,6 +255,8 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = schedule(epoch)
+        if paper:  # the reference code creates a new Adam every epoch: its moments start from zero each time
+            opt = make_optimizer(cfg.optimizer, model.parameters())
         set_lr(opt, lr)
         seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
         loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio)
@@ -276,8 +281,9 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score)
         console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
                       f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
-    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
-              "selection": "best lesion F1 on inner-validation patients" if sel else "last epoch"}
+    selection = ("best lesion F1 on the scored fold itself (the reference code's choice: selection on the test "
+                 "fold, leaky)" if paper else "best lesion F1 on inner-validation patients" if sel else "last epoch")
+    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt", "selection": selection}
     write_json(done, result)
     return result
 
