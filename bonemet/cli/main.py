@@ -17,6 +17,7 @@ from .cls import app as cls_app
 from .data import app as data_app
 from .demo import demo as demo_command
 from .predict import predict as predict_command
+from .reproduce import reproduce as reproduce_command
 from .seg import app as seg_app
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app.add_typer(cls_app, name="cls")
 app.add_typer(bench_app, name="bench")
 app.command(name="predict")(predict_command)
 app.command(name="demo")(demo_command)
+app.command(name="reproduce")(reproduce_command)
 
 
 @app.callback()
