@@ -20,7 +20,7 @@ import numpy as np
 from .errors import BonemetError
 from .evaluation import thesis
 from .evaluation.metrics import percent
-from .fileio import read_json, write_json, write_text
+from .fileio import read_config, read_json, write_json, write_text
 
 PROTOCOLS = ("paper", "patient")
 PROTOCOL_NAMES = {"paper": "paper protocol (slice-level CV, leaky, as the thesis)",
@@ -147,7 +147,9 @@ def run_reproduction(data: Path, out: Path, budget_name: str = "quick", classifi
     from .evaluation.cls_eval import evaluate_cls_run
     from .evaluation.seg_eval import evaluate_run
     from .training.cls import train_classification
-    from .training.seg import train_segmentation
+    from .training.cls import ClsConfig
+    from .training.loop import resumed_config
+    from .training.seg import SegConfig, train_segmentation
 
     if budget_name not in BUDGETS:
         raise BonemetError(f"unknown budget '{budget_name}' (choose from {', '.join(BUDGETS)})")
@@ -168,8 +170,11 @@ def run_reproduction(data: Path, out: Path, budget_name: str = "quick", classifi
     for protocol in PROTOCOLS:
         for name in names:
             run = out / "seg" / protocol / name
-            if not _finished(run):
-                cfg = seg_config(Path(data), name, protocol, budget, seed)
+            cfg = seg_config(Path(data), name, protocol, budget, seed)
+            if _finished(run):  # reused only when it is this very experiment (not another budget's or data's)
+                resumed_config(read_config(SegConfig, run / "config.json", "segmentation run configuration"), cfg,
+                               None, run)
+            else:
                 say(f"== {name}, {PROTOCOL_NAMES[protocol]}")
                 train_segmentation(cfg, run, resume=(run / "config.json").exists())
                 evaluate_run(run)
@@ -178,10 +183,13 @@ def run_reproduction(data: Path, out: Path, budget_name: str = "quick", classifi
     if classification is not None:
         for model in budget.cls_models:
             run = out / "cls" / model
-            if not _finished(run):
+            cfg = cls_config(Path(classification), model, budget, seed)
+            if _finished(run):
+                resumed_config(read_config(ClsConfig, run / "config.json", "classification run configuration"), cfg,
+                               None, run)
+            else:
                 say(f"== classifier {model}")
-                train_classification(cls_config(Path(classification), model, budget, seed), run,
-                                     resume=(run / "config.json").exists())
+                train_classification(cfg, run, resume=(run / "config.json").exists())
                 evaluate_cls_run(run)
             cls[model] = read_json(run / "eval" / "metrics.json", "evaluation summary")
     report = build_report(seg, cls, budget_name, Path(data), classification, machine_line(),

@@ -36,3 +36,7 @@ def test_reproduce_quick_writes_every_table_and_resumes(phantom, tmp_path):
     r = invoke(*args)  # everything finished: nothing is trained again
     assert r.returncode == 0, r.stderr
     assert "==" not in r.stderr and "nothing left to train" in r.stderr
+    # runs of another budget are never taken for this one's
+    r = invoke(*args, "--budget", "full")
+    assert r.returncode == 2 and "these options differ" in r.stderr and "epochs 1 in the run, 60 now" in r.stderr
+    assert "Traceback" not in r.stderr
