@@ -17,3 +17,10 @@ class BonemetError(Exception):
 
 class DataError(BonemetError):
     """A data file or folder that cannot be used as it is."""
+
+
+def refuse_first(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first check that failed: a configuration's validation, one clear line."""
+    for ok, message in checks:
+        if not ok:
+            raise BonemetError(message)

@@ -80,6 +80,7 @@ def cls_config(data: Path, model: str, budget: Budget, seed: int = 0):
 
 
 def _finished(run: Path) -> bool:
+    """Whether the experiment in ``run`` has been trained and evaluated."""
     return (run / "eval" / "metrics.json").exists()
 
 
@@ -147,9 +148,7 @@ def run_reproduction(data: Path, out: Path, budget_name: str = "quick", classifi
     from .evaluation.cls_eval import evaluate_cls_run
     from .evaluation.seg_eval import evaluate_run
     from .training.cls import train_classification
-    from .training.cls import ClsConfig
-    from .training.loop import resumed_config
-    from .training.seg import SegConfig, train_segmentation
+    from .training.seg import train_segmentation
 
     if budget_name not in BUDGETS:
         raise BonemetError(f"unknown budget '{budget_name}' (choose from {', '.join(BUDGETS)})")
@@ -169,34 +168,33 @@ def run_reproduction(data: Path, out: Path, budget_name: str = "quick", classifi
     seg: dict[str, dict[str, dict]] = {p: {} for p in PROTOCOLS}
     for protocol in PROTOCOLS:
         for name in names:
-            run = out / "seg" / protocol / name
             cfg = seg_config(Path(data), name, protocol, budget, seed)
-            if _finished(run):  # reused only when it is this very experiment (not another budget's or data's)
-                resumed_config(read_config(SegConfig, run / "config.json", "segmentation run configuration"), cfg,
-                               None, run)
-            else:
-                say(f"== {name}, {PROTOCOL_NAMES[protocol]}")
-                train_segmentation(cfg, run, resume=(run / "config.json").exists())
-                evaluate_run(run)
-            seg[protocol][name] = read_json(run / "eval" / "metrics.json", "evaluation summary")
+            seg[protocol][name] = _experiment(out / "seg" / protocol / name, cfg, train_segmentation, evaluate_run,
+                                              f"{name}, {PROTOCOL_NAMES[protocol]}", say)
     cls: dict[str, dict] = {}
     if classification is not None:
         for model in budget.cls_models:
-            run = out / "cls" / model
-            cfg = cls_config(Path(classification), model, budget, seed)
-            if _finished(run):
-                resumed_config(read_config(ClsConfig, run / "config.json", "classification run configuration"), cfg,
-                               None, run)
-            else:
-                say(f"== classifier {model}")
-                train_classification(cfg, run, resume=(run / "config.json").exists())
-                evaluate_cls_run(run)
-            cls[model] = read_json(run / "eval" / "metrics.json", "evaluation summary")
+            cls[model] = _experiment(out / "cls" / model, cls_config(Path(classification), model, budget, seed),
+                                     train_classification, evaluate_cls_run, f"classifier {model}", say)
     report = build_report(seg, cls, budget_name, Path(data), classification, machine_line(),
                           time.perf_counter() - t0)
     write_text(out / "report.md", report["markdown"])
     write_json(out / "report.json", {k: v for k, v in report.items() if k != "markdown"})
     return report
+
+
+def _experiment(run: Path, cfg, train: Callable, evaluate: Callable, title: str, say: Callable[[str], None]) -> dict:
+    """One experiment's evaluation summary: a finished run is reused only when it is this very experiment (not
+    another budget's or data's; one line listing the differences otherwise), an interrupted one resumed."""
+    from .training.loop import resumed_config
+
+    if _finished(run):
+        resumed_config(read_config(type(cfg), run / "config.json", "run configuration"), cfg, None, run)
+    else:
+        say(f"== {title}")
+        train(cfg, run, resume=(run / "config.json").exists())
+        evaluate(run)
+    return read_json(run / "eval" / "metrics.json", "evaluation summary")
 
 
 def _duration(seconds: float) -> str:

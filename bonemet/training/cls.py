@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..data.classification import ClsSlice, lesion_mask_paths, load_classification
 from ..data.datasets import CROPS, ClassificationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits, save_splits
-from ..errors import BonemetError
+from ..errors import BonemetError, refuse_first
 from ..fileio import read_config, read_json, write_json
 from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
@@ -96,9 +96,7 @@ class ClsConfig:
              f"batch size must be 1 or more, got {self.batch_size}"),
             (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise BonemetError(message)
+        refuse_first(checks)
 
     def schedule_name(self) -> str:
         return self.schedule or ("transformer" if family(self.model) == "transformer" else "cnn")

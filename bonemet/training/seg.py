@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, paper_splits, patient_splits, save_splits
-from ..errors import BonemetError
+from ..errors import BonemetError, refuse_first
 from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import read_config, read_json, write_json
 from ..models import create_model, model_options, split_outputs
@@ -93,9 +93,7 @@ class SegConfig:
              f"eval_every must be 1 or more, got {self.eval_every}"),
             (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise BonemetError(message)
+        refuse_first(checks)
 
     def model_opts(self) -> dict:
         return {"in_channels": self.channels, "width": self.width,
