@@ -132,3 +132,18 @@ def test_ablation_switches_run_forward_and_backward(options):
     assert (bone is None) == (options.get("dual_decoder") is False)  # one decoder: the lesion head alone
     (lesion.mean() + (bone.mean() if bone is not None else 0)).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_demo_quick_runs_every_stage(tmp_path):
+    out = tmp_path / "demo"
+    r = invoke("demo", "--quick", "--out", out)
+    assert r.returncode == 0, r.stderr
+    for stage in ("== phantom", "== train Hybrid-AttUnet++", "== evaluate EH-AttUnet++", "== train a small_cnn16",
+                  "== evaluate the classifier", "== predict on held-out patient"):
+        assert stage in r.stderr, stage
+    summary = next((out / "predict").iterdir()) / "summary.json"
+    s = json.loads(summary.read_text())
+    assert s["truth"] is not None and s["models"]["classification"] is not None
+    assert (out / "seg" / "eval" / "test_table.md").exists() and (out / "cls" / "eval" / "table.md").exists()
+    assert f"held-out patient {summary.parent.name}: {s['verdict']}" in r.stdout
+    assert invoke("demo", "--quick", "--out", out).returncode == 2  # an existing demo needs --overwrite
