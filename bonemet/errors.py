@@ -19,6 +19,12 @@ class DataError(BonemetError):
     """A data file or folder that cannot be used as it is."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of a library's exception message (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def refuse_first(checks: list[tuple[bool, str]]) -> None:
     """Raise the message of the first check that failed: a configuration's validation, one clear line."""
     for ok, message in checks:

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -57,7 +58,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask, read once (reading it means setting it, which other threads could race)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -171,11 +174,16 @@ def _alive(writer: dict) -> bool:
     return start is None or writer.get("start") is None or start == writer["start"]
 
 
-def _read_marker(folder: Path) -> dict | None:
+def _json_or_none(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or damaged (for files that only may be bonemet's)."""
     try:
-        marker = json.loads((folder / MARKER).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _read_marker(folder: Path) -> dict | None:
+    marker = _json_or_none(folder / MARKER)
     return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
 
 
@@ -192,10 +200,7 @@ def _legacy_marker(folder: Path, kind: str) -> dict | None:
         return None
     if kind != "predict":
         return None
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+    summary = _json_or_none(folder / "summary.json")
     if not isinstance(summary, dict) or "bonemet" not in (summary.get("versions") or {}):
         return None
     files = summary.get("files")
@@ -234,8 +239,9 @@ def check_output(path: str | Path, kind: str, overwrite: bool = False,
     path = Path(path)
     real = path.resolve()
     for p in protect:
-        if p is not None and _contains(real, Path(p).resolve()):
-            what = "is" if real == Path(p).resolve() else "contains"
+        inner = Path(p).resolve() if p is not None else None
+        if inner is not None and _contains(real, inner):
+            what = "is" if real == inner else "contains"
             raise BonemetError(f"the output folder {what} an input of this command ({p}): nothing was written", path)
     if path.is_symlink() and not path.exists():
         raise BonemetError("the output folder is a broken symbolic link", path)

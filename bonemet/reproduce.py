@@ -64,10 +64,15 @@ SEG_EXPERIMENTS: dict[str, dict] = {
 }
 
 
+def _folds(protocol: str, budget: Budget) -> int:
+    """The reference code's 5 slice-level folds, or the budget's patient-level ones."""
+    return 5 if protocol == "paper" else budget.folds
+
+
 def seg_config(data: Path, name: str, protocol: str, budget: Budget, seed: int = 0):
     from .training.seg import SegConfig
 
-    return SegConfig(data=str(data), folds=5 if protocol == "paper" else budget.folds,
+    return SegConfig(data=str(data), folds=_folds(protocol, budget),
                      test_patients=budget.test_patients, protocol=protocol, epochs=budget.epochs, size=budget.size,
                      batch_size=budget.batch_size, width=budget.width, neg_ratio=budget.neg_ratio, seed=seed,
                      mask_resize="paper" if protocol == "paper" else "nearest", **SEG_EXPERIMENTS[name])
@@ -89,21 +94,21 @@ def train_speed(model: str, size: int, width: int, batch: int = 4) -> float:
     import torch
     import torch.nn.functional as F
 
+    from .bench.seg import median_seconds
     from .models import create_model, split_outputs
 
     torch.manual_seed(0)
     net = create_model(model, width=width, in_channels=3).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = torch.rand(batch, 3, size, size), (torch.rand(batch, 1, size, size) > 0.97).float()
-    elapsed = 0.0
-    for step in range(2):
-        t = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         lesion, _ = split_outputs(net(x))
         F.binary_cross_entropy_with_logits(lesion, y).backward()
         opt.step()
-        elapsed = time.perf_counter() - t
-    return batch / elapsed
+
+    return batch / median_seconds(step, reps=1)
 
 
 def estimate_seconds(data: Path, budget: Budget, out: Path, names: list[str], log: Callable[[str], None]) -> float:
@@ -129,7 +134,7 @@ def estimate_seconds(data: Path, budget: Budget, out: Path, names: list[str], lo
     total = 0.0
     for name, protocol in todo:
         opts = SEG_EXPERIMENTS[name]
-        folds = 5 if protocol == "paper" else budget.folds
+        folds = _folds(protocol, budget)
         share = (folds - 1) / folds * (1.0 if protocol == "paper" else 1 - budget.test_patients)
         images = folds * budget.epochs * n * share
         if opts["model"] == "sequential":  # a bone U-Net and a lesion model, one after the other
@@ -202,62 +207,81 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
-def _diff(ours: float | None, theirs: float | None) -> str:
-    if ours is None or theirs is None or ours != ours:
-        return "n/a"
-    return f"{ours - theirs:+.2f}"
-
-
 def _pct(v: float | None) -> float | None:
+    """A score (a fraction, possibly NaN or None) as a percentage, None when undefined."""
     return None if v is None or v != v else 100 * v
+
+
+def _ours(scores: dict, metrics: tuple[str, ...]) -> dict[str, str]:
+    """Our scores (fractions) as table cells in %."""
+    return {m: percent(scores[m]) for m in metrics}
+
+
+def _published(values: tuple[float | None, ...], metrics: tuple[str, ...]) -> dict[str, str]:
+    """The thesis' values (%) as table cells."""
+    return {m: "n/a" if v is None else f"{v:.2f}" for m, v in zip(metrics, values)}
+
+
+def _differences(scores: dict, values: tuple[float | None, ...], metrics: tuple[str, ...]) -> dict[str, str]:
+    """Ours minus the thesis', in percentage points, as table cells."""
+    cells = {}
+    for m, theirs in zip(metrics, values):
+        ours = _pct(scores[m])
+        cells[m] = "n/a" if ours is None or theirs is None else f"{ours - theirs:+.2f}"
+    return cells
+
+
+def _folds_cells(f1s: list[float | None]) -> dict[str, str]:
+    """Per-fold F1 (fractions) and their mean, as Table 4.3 cells in %."""
+    values = [np.nan if v is None else v for v in f1s]
+    mean = float(np.nanmean(values)) if values and not all(v != v for v in values) else None
+    return {**{f"fold {k + 1}": percent(v) for k, v in enumerate(f1s)}, "Mean": percent(mean)}
+
+
+def _published_folds(values: tuple[float, ...]) -> dict[str, str]:
+    return {**{f"fold {k + 1}": f"{v:.2f}" for k, v in enumerate(values)}, "Mean": f"{np.mean(values):.2f}"}
 
 
 def _seg_rows(seg: dict, names: list[str]) -> tuple[list[dict], list[dict]]:
     """Tables 4.1 / 4.2: for each model, ours under each protocol (cross-validation means), the thesis, and the
     difference of the paper-protocol number (the thesis' own protocol) from the thesis'."""
+    metrics = thesis.SEG_METRICS
     rows, data = [], []
     for name in names:
         label = seg["paper"].get(name, seg["patient"].get(name, {})).get("label", name)
         published = thesis.SEG_TABLE.get(label)
-        block, paper_ours = [], None
         for protocol in PROTOCOLS:
             s = seg[protocol].get(name)
-            if s is None:
-                continue
-            ours = [_pct(s["cv"]["mean"][m]) for m in thesis.SEG_METRICS]
-            block.append({"model": label, "source": f"ours, {PROTOCOL_NAMES[protocol]}",
-                          **{m: percent(None if v is None else v / 100) for m, v in zip(thesis.SEG_METRICS, ours)}})
-            data.append({"model": label, "protocol": protocol, **dict(zip(thesis.SEG_METRICS, ours))})
-            if protocol == "paper" and published:
-                paper_ours = ours
+            if s is not None:
+                rows.append({"model": label, "source": f"ours, {PROTOCOL_NAMES[protocol]}",
+                             **_ours(s["cv"]["mean"], metrics)})
+                data.append({"model": label, "protocol": protocol,
+                             **{m: _pct(s["cv"]["mean"][m]) for m in metrics}})
         if published:
-            block.append({"model": label, "source": "thesis", **{m: "n/a" if v is None else f"{v:.2f}"
-                                                                 for m, v in zip(thesis.SEG_METRICS, published)}})
-            if paper_ours is not None:
-                block.append({"model": label, "source": "ours (paper) - thesis",
-                              **{m: _diff(o, t) for m, o, t in zip(thesis.SEG_METRICS, paper_ours, published)}})
-        rows += block
+            rows.append({"model": label, "source": "thesis", **_published(published, metrics)})
+            if name in seg["paper"]:
+                rows.append({"model": label, "source": "ours (paper) - thesis",
+                             **_differences(seg["paper"][name]["cv"]["mean"], published, metrics)})
     return rows, data
 
 
 def _ensemble_rows(seg: dict) -> list[dict]:
     """EH-AttUnet++: the leaky per-fold ensemble under the paper protocol (the thesis' row) and the honest one on
     held-out test patients."""
-    rows = []
+    metrics, rows = thesis.SEG_METRICS, []
     hybrid_paper, hybrid_patient = seg["paper"].get("hybrid-attunet++"), seg["patient"].get("hybrid-attunet++")
     published = thesis.SEG_TABLE["EH-AttUnet++"]
     if hybrid_paper and hybrid_paper["cv"].get("leaky ensemble"):
-        ours = [_pct(hybrid_paper["cv"]["leaky ensemble"]["mean"][m]) for m in thesis.SEG_METRICS]
+        leaky = hybrid_paper["cv"]["leaky ensemble"]["mean"]
         rows.append({"model": "EH-AttUnet++", "source": "ours, paper protocol: every member on every fold (leaky)",
-                     **{m: percent(None if v is None else v / 100) for m, v in zip(thesis.SEG_METRICS, ours)}})
-        rows.append({"model": "EH-AttUnet++", "source": "thesis",
-                     **{m: f"{v:.2f}" for m, v in zip(thesis.SEG_METRICS, published)}})
+                     **_ours(leaky, metrics)})
+        rows.append({"model": "EH-AttUnet++", "source": "thesis", **_published(published, metrics)})
         rows.append({"model": "EH-AttUnet++", "source": "ours (paper) - thesis",
-                     **{m: _diff(o, t) for m, o, t in zip(thesis.SEG_METRICS, ours, published)}})
+                     **_differences(leaky, published, metrics)})
     if hybrid_patient and hybrid_patient.get("test"):
         name, ens = list(hybrid_patient["test"].items())[-1]
         rows.append({"model": "EH-AttUnet++", "source": f"ours, held-out test patients ({name}; no leak)",
-                     **{m: percent(ens["scores"][m]) for m in thesis.SEG_METRICS}})
+                     **_ours(ens["scores"], metrics)})
     return rows
 
 
@@ -269,24 +293,16 @@ def _per_fold_rows(seg: dict, names: list[str]) -> list[dict]:
         if s is None:
             continue
         label = s["label"]
-        f1s = [_pct(f["F1"]) for f in s["cv"]["per_fold"]]
         rows.append({"model": label, "source": "ours, paper protocol",
-                     **{f"fold {k + 1}": percent(None if v is None else v / 100) for k, v in enumerate(f1s)},
-                     "Mean": percent(None if not f1s else float(np.nanmean([np.nan if v is None else v
-                                                                            for v in f1s])) / 100)})
+                     **_folds_cells([f["F1"] for f in s["cv"]["per_fold"]])})
         if label in thesis.PER_FOLD_F1:
-            t = thesis.PER_FOLD_F1[label]
-            rows.append({"model": label, "source": "thesis", **{f"fold {k + 1}": f"{v:.2f}" for k, v in enumerate(t)},
-                         "Mean": f"{np.mean(t):.2f}"})
+            rows.append({"model": label, "source": "thesis", **_published_folds(thesis.PER_FOLD_F1[label])})
         leaky = s["cv"].get("leaky ensemble")
         if name == "hybrid-attunet++" and leaky:  # the thesis' EH-AttUnet++ row: all members on each fold
-            f1s = [_pct(f["F1"]) for f in leaky["per_fold"]]
             rows.append({"model": "EH-AttUnet++", "source": "ours, paper protocol (leaky)",
-                         **{f"fold {k + 1}": percent(None if v is None else v / 100) for k, v in enumerate(f1s)},
-                         "Mean": percent(leaky["mean"]["F1"])})
-            t = thesis.PER_FOLD_F1["EH-AttUnet++"]
+                         **_folds_cells([f["F1"] for f in leaky["per_fold"]])})
             rows.append({"model": "EH-AttUnet++", "source": "thesis",
-                         **{f"fold {k + 1}": f"{v:.2f}" for k, v in enumerate(t)}, "Mean": f"{np.mean(t):.2f}"})
+                         **_published_folds(thesis.PER_FOLD_F1["EH-AttUnet++"])})
     return rows
 
 
@@ -319,18 +335,15 @@ def _ablation_rows(seg: dict) -> list[dict]:
 
 
 def _cls_rows(cls: dict) -> list[dict]:
-    rows = []
+    metrics, rows = thesis.CLS_METRICS, []
     for model, s in cls.items():
-        ours = [_pct(s["slice"][m]) for m in thesis.CLS_METRICS]
-        rows.append({"model": model, "source": "ours", **{m: percent(None if v is None else v / 100)
-                                                          for m, v in zip(thesis.CLS_METRICS, ours)}})
+        rows.append({"model": model, "source": "ours", **_ours(s["slice"], metrics)})
         if model in thesis.CLS_TABLE:
-            t = thesis.CLS_TABLE[model]
-            rows.append({"model": model, "source": "thesis", **{m: f"{v:.2f}" for m, v in zip(thesis.CLS_METRICS, t)}})
+            rows.append({"model": model, "source": "thesis", **_published(thesis.CLS_TABLE[model], metrics)})
             rows.append({"model": model, "source": "ours - thesis",
-                         **{m: _diff(o, v) for m, o, v in zip(thesis.CLS_METRICS, ours, t)}})
+                         **_differences(s["slice"], thesis.CLS_TABLE[model], metrics)})
         else:
-            rows.append({"model": model, "source": "thesis", **{m: "not in the thesis" for m in thesis.CLS_METRICS}})
+            rows.append({"model": model, "source": "thesis", **{m: "not in the thesis" for m in metrics}})
     return rows
 
 
@@ -358,10 +371,11 @@ def build_report(seg: dict, cls: dict, budget: str, data: Path, classification: 
         md += [f"**The protocols differ by {100 * float(np.mean(gaps)):+.2f} F1 points on average** (paper minus "
                f"patient-level, over {len(gaps)} model(s); from {100 * min(gaps):+.2f} to {100 * max(gaps):+.2f}).",
                ""]
+    ensemble_rows, fold_rows = _ensemble_rows(seg), _per_fold_rows(seg, names)
     md += ["## Tables 4.1 and 4.2: the models", "", markdown_table(seg_rows), "",
-           "## EH-AttUnet++", "", markdown_table(_ensemble_rows(seg)) if _ensemble_rows(seg) else "not run", "",
+           "## EH-AttUnet++", "", markdown_table(ensemble_rows) if ensemble_rows else "not run", "",
            "## Table 4.3: lesion F1 per fold (paper protocol)", "",
-           markdown_table(_per_fold_rows(seg, names)) if _per_fold_rows(seg, names) else "not run", "",
+           markdown_table(fold_rows) if fold_rows else "not run", "",
            "## Table 4.4: the ablation (MB: modified block, DD: dual decoders, EN: ensemble)", "",
            markdown_table(_ablation_rows(seg)), ""]
     if cls:

@@ -38,7 +38,8 @@ def test_known_answers():
     assert cube.surrounding_bone_hu == 300 and cube.type == "blastic"
     assert bar.type == "lytic" and bar.mean_hu == -50 and bar.surrounding_bone_hu == 300
     assert (cube.slice_start, cube.slice_end, bar.slice_start, bar.slice_end) == (6, 11, 9, 18)
-    assert cube.centroid_voxel == (12, 12, 8)  # centre (12.5, 12.5, 7.5), rounded half to even and cube.mean_probability == pytest.approx(0.8, abs=1e-3)
+    assert cube.centroid_voxel == (12, 12, 8)  # centre (12.5, 12.5, 7.5), rounded half to even
+    assert cube.mean_probability == pytest.approx(0.8, abs=1e-3)
     assert cube.diameter_mm == round(np.hypot(2.5, 2.5) + 0.5, 1)  # the corner-to-corner diagonal
     assert set(np.unique(kept)) == {0, 1, 2} and (kept == 1).sum() == 216 and not kept[30, 30, 20]
     # a sheared grid: the volume comes from the true voxel volume

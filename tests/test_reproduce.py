@@ -23,7 +23,8 @@ def test_reproduce_quick_writes_every_table_and_resumes(phantom, tmp_path):
                 "| EH-AttUnet++ | ours, paper protocol: every member on every fold (leaky) |",
                 "| EH-AttUnet++ | ours, held-out test patients", "| Unet | thesis | 80.41 | 77.52 | 79.27 |",
                 "|  |  |  | cross-validation, each fold model on its own fold | 68.78 | 58.74 |",
-                "| ✓ | ✓ | ✓ | paper: every member on every fold (leaky); patient: held-out test patients | 83.67 | 77.05 |",
+                "| ✓ | ✓ | ✓ | paper: every member on every fold (leaky); patient: held-out test patients "
+                "| 83.67 | 77.05 |",
                 "| EH-AttUnet++ | ours, paper protocol (leaky) |", "| EH-AttUnet++ | thesis | 84.19 | 83.49 |",
                 "| small_cnn16 | ours |"):
         assert row in report, row

@@ -16,13 +16,13 @@ from ..inference.fast import (BF16_FP32_MODULES, FastModel, bf16_supported, defa
                               ort_available)
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
-from .seg import _timeit
+from .seg import median_seconds
 
 
 def peak_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, reps: int = 3) -> float:
     """The machine's measured matmul throughput (GFLOP/s): the compute floor for convolutions."""
     a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
-    t = _timeit(lambda: a @ b, reps)
+    t = median_seconds(lambda: a @ b, reps)
     return 2 * n ** 3 / t / 1e9
 
 

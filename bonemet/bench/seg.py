@@ -14,7 +14,7 @@ from ..models import count_parameters, create_model, split_outputs
 from ..models.cost import gmacs_per_slice
 
 
-def _timeit(fn: Callable[[], None], reps: int, warmup: int = 1) -> float:
+def median_seconds(fn: Callable[[], None], reps: int, warmup: int = 1) -> float:
     """Median seconds of ``fn`` over ``reps`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
@@ -58,12 +58,12 @@ def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_s
             with torch.inference_mode():
                 model(x)
 
-        t_train = _timeit(train_step, reps)
-        t_inf = _timeit(infer, reps)
+        t_train = median_seconds(train_step, reps)
+        t_inf = median_seconds(infer, reps)
         t_bf16 = None
         if bf16_supported():  # emulated bf16 runs about 5x slower than fp32: minutes spent to show nothing
             bf16 = training_precision(model, True)
-            t_bf16 = _timeit(lambda: train_step(bf16, True), reps)
+            t_bf16 = median_seconds(lambda: train_step(bf16, True), reps)
         na = "n/a (no native bf16)"
         row = {"model": name, "params (M)": round(count_parameters(model) / 1e6, 2), "GMAC/slice": round(gmac, 1),
                "train img/s": round(batch_size / t_train, 2),

@@ -86,12 +86,6 @@ def train(
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
                     select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest")
-    try:
-        from ..models import create_model
-
-        create_model(model, **cfg.model_opts())
-    except ValueError as exc:
-        raise BonemetError(str(exc)) from None
     given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})
     run = train_segmentation(cfg, out, resume=resume, given=given)
     from ..data.splits import load_splits

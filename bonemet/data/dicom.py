@@ -13,9 +13,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..log import logger
-from .volume import Volume
+from .volume import Volume, hu_dtype
 
 CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1",  # CT, Enhanced CT
                   "1.2.840.10008.5.1.4.1.1.2.2"}  # Legacy Converted Enhanced CT
@@ -146,24 +146,20 @@ def _frames(path: Path, header: pydicom.Dataset):
 
 
 def _hu_volume(slices: list[tuple]) -> np.ndarray:
-    """The series in HU, (columns, rows, slices), filled slice by slice from the stored pixels: int16 when every
-    slice rescales by a slope of 1 and a whole intercept into int16's range (nearly every CT; half the memory of
-    float32), float32 otherwise."""
+    """The series in HU, (columns, rows, slices), filled slice by slice from the stored pixels, in the dtype of
+    :func:`~bonemet.data.volume.hu_dtype` (int16 when every slice rescales by a slope of 1 and a whole intercept)."""
     integral = all(np.issubdtype(sl[1].dtype, np.integer) and sl[5] == 1.0 and float(sl[6]).is_integer()
                    for sl in slices)
+    lo = hi = 0
     if integral:
         lo = min(int(sl[1].min()) + int(sl[6]) for sl in slices)
         hi = max(int(sl[1].max()) + int(sl[6]) for sl in slices)
-        integral = -32768 <= lo and hi <= 32767
-    array = np.empty((*slices[0][1].T.shape, len(slices)), np.int16 if integral else np.float32)
+    dtype = hu_dtype(integral, lo, hi)
+    integral = dtype is np.int16
+    array = np.empty((*slices[0][1].T.shape, len(slices)), dtype)
     for k, sl in enumerate(slices):
         array[:, :, k] = (sl[1].astype(np.int32) + int(sl[6])).T if integral else (sl[1] * sl[5] + sl[6]).T
     return array
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _slice_name(sl: tuple) -> str:
@@ -212,10 +208,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, canonic
             unreadable.append(f"{path.name} ({exc})")
             continue
         except (NotImplementedError, RuntimeError) as exc:  # no decoder for its transfer syntax
-            unreadable.append(f"{path.name} ({type(exc).__name__}: {_first_line(exc)})")
+            unreadable.append(f"{path.name} ({type(exc).__name__}: {first_line(exc)})")
             continue
         except Exception as exc:  # truncated or damaged pixel data raise from deep inside pydicom / numpy
-            unreadable.append(f"{path.name} (damaged DICOM pixel data: {type(exc).__name__}: {_first_line(exc)})")
+            unreadable.append(f"{path.name} (damaged DICOM pixel data: {type(exc).__name__}: {first_line(exc)})")
             continue
         for pos, frame_iop, frame_ps, pixels, slope, intercept, uid, frame in frames:
             if iop is None:

@@ -98,7 +98,8 @@ class Volume:
         if "native_affine" not in self.meta:
             return array, self.affine
         native = np.asarray(self.meta["native_affine"])
-        back = Volume(array, self.affine).reoriented(tuple(nib.aff2axcodes(native)), copy=False)  # type: ignore[arg-type]
+        axcodes = tuple(nib.aff2axcodes(native))
+        back = Volume(array, self.affine).reoriented(axcodes, copy=False)  # type: ignore[arg-type]
         return back.array, native
 
 
@@ -211,16 +212,22 @@ def read_nifti(path: str | Path, canonical: bool = True, dtype: Any = np.float32
     return vol
 
 
+def hu_dtype(integral: bool, lo: int = 0, hi: int = 0) -> type:
+    """The dtype a CT is held in: int16 when its values are whole numbers within int16's range (every CT stored
+    as integers with a whole intercept: half the memory of float32), float32 otherwise."""
+    return np.int16 if integral and -32768 <= lo and hi <= 32767 else np.float32
+
+
 def stored_values(raw: np.ndarray, slope: float = 1.0, inter: float = 0.0, dtype: Any = None) -> np.ndarray:
     """``raw * slope + inter`` as one new C-ordered array of ``dtype``; ``dtype=None`` keeps a CT compact: int16
     when the values are whole numbers that fit it (every CT stored as integers with an integer intercept, half
     the memory of float32), float32 otherwise."""
     integral = np.issubdtype(raw.dtype, np.integer) and slope == 1.0 and float(inter).is_integer()
     if dtype is None:
-        dtype = np.float32
+        lo = hi = 0
         if integral and raw.size:
             lo, hi = int(raw.min()) + int(inter), int(raw.max()) + int(inter)
-            dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.float32
+        dtype = hu_dtype(integral, lo, hi)
     out = np.empty(raw.shape, dtype)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN in a mask: counted by the caller that needs it
         for k in range(raw.shape[2]):  # slice by slice: no full-size temporary beside the result

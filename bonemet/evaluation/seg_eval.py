@@ -136,6 +136,13 @@ def score_native(probs: np.ndarray, slices: list[SegSlice], threshold: int = 0,
     return scores
 
 
+def _average(member_probs: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ensemble's lesion and bone probabilities: the mean of its members' (EH-AttUnet++'s rule)."""
+    lesion = np.mean([p[0] for p in member_probs], axis=0)
+    bone = None if member_probs[0][1] is None else np.mean([p[1] for p in member_probs], axis=0)
+    return lesion, bone
+
+
 def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
     f1 = bootstrap_ci(s.per_patient, pooled_f1, seed=seed)
     dice = bootstrap_ci(s.per_patient_dice, lambda ls: float(np.mean(sum(ls, []))), seed=seed)
@@ -177,8 +184,8 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         if native_size:
             native_scores.append(score_native(lp, held, cfg.threshold, empty_dice))
         if leaky_ensemble:  # the thesis' per-fold ensemble: all members, K-1 of which trained on these slices
-            el, eb = predict_probs(members, ds, cfg.batch_size)
-            leaky_scores.append(score(el, eb, ds, empty_dice))
+            probs = [(lp, bp) if j == k else predict_probs([m], ds, cfg.batch_size) for j, m in enumerate(members)]
+            leaky_scores.append(score(*_average(probs), ds, empty_dice))
     cv_rows = [_cv_row(label, [f.scores for f in fold_scores])]
     if native_size:
         cv_rows.append(_cv_row(f"{label} (native size)", native_scores))
@@ -217,8 +224,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         test_slices = [s for s in index.slices if s.patient in test_p]
         ds = dataset(test_slices)
         member_probs = [predict_probs([m], ds, cfg.batch_size) for m in members]
-        ens_l = np.mean([p[0] for p in member_probs], axis=0)
-        ens_b = None if member_probs[0][1] is None else np.mean([p[1] for p in member_probs], axis=0)
+        ens_l, ens_b = _average(member_probs)
         rows, det_rows, bone_rows = [], [], []
         test_summary = {}
         ens_name = ensemble_label(cfg)

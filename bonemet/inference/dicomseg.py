@@ -18,7 +18,7 @@ import pydicom
 from .. import __version__
 from ..data.dicom import LPS_TO_RAS, functional
 from ..data.volume import Volume
-from ..errors import BonemetError
+from ..errors import BonemetError, first_line
 from ..fileio import atomic_path
 
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
@@ -119,9 +119,8 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
             series_description="bonemet segmentation",
             omit_empty_frames=bool(pixels.any()))  # highdicom refuses a SEG with no frame at all
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # source headers the standard does not allow
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BonemetError(f"the source headers do not make a valid DICOM-SEG ({first[:200]}); the NIfTI masks are "
-                           "aligned", Path(files[0]).parent) from None
+        raise BonemetError(f"the source headers do not make a valid DICOM-SEG ({first_line(exc)}); the NIfTI "
+                           "masks are aligned", Path(files[0]).parent) from None
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)

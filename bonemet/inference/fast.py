@@ -160,15 +160,15 @@ class FastModel(nn.Module):
             m = torch.compile(m)
         self.model = m
         self.needs_bone_input = getattr(model, "needs_bone_input", False)
-        self.session = None
+        self.ort_model = None
         if "onnx" in self.paths:
-            self.session = ort_session(export_onnx(m))
+            self.ort_model = load_ort(export_onnx(m))
         elif "int8" in self.paths:
-            self.session = ort_session(int8_onnx or quantize_int8(m, calibration))
+            self.ort_model = load_ort(int8_onnx or quantize_int8(m, calibration))
 
     def forward(self, x: torch.Tensor, *args):
-        if self.session is not None:
-            outs = [torch.from_numpy(o) for o in self.session.run(None, {"image": x.contiguous().numpy()})]
+        if self.ort_model is not None:
+            outs = [torch.from_numpy(o) for o in self.ort_model.run(None, {"image": x.contiguous().numpy()})]
             return tuple(outs) if len(outs) > 1 else outs[0]
         if "channels_last" in self.paths:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -236,8 +236,8 @@ def _output_names(out) -> list[str]:
     return ["lesion", "bone"] if isinstance(out, tuple) else ["lesion"]
 
 
-def ort_session(onnx_model: bytes):
-    """An ONNX Runtime CPU session for ``onnx_model`` with torch's thread count."""
+def load_ort(onnx_model: bytes):
+    """``onnx_model`` loaded into ONNX Runtime on the CPU, with torch's thread count."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()

@@ -128,14 +128,14 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
         m = _measure(labels, idx, origin, box, prob, hu if measure else None, bone, spacing)
         centroid = tuple(int(round(v)) for v in m["center"])
         sur = m["surrounding"]
+        ks = m["k0"] + np.flatnonzero(m["areas"])  # the slices it touches
         out.append((Lesion(
             id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
             diameter_mm=round(m["diameter"], 1) if spacing else None, area_px_max=int(m["areas"].max()),
             mean_hu=None if not measure else round(m["hu_sum"] / count, 1),
             max_hu=None if not measure else round(float(m["hu_max"]), 1),
             surrounding_bone_hu=sur, type=m["type"], site=rough_site(m["center"], bone, hu) if measure else NA,
-            slice_start=m["k0"] + int(np.flatnonzero(m["areas"])[0]) + 1,
-            slice_end=m["k0"] + int(np.flatnonzero(m["areas"])[-1]) + 1,
+            slice_start=int(ks[0]) + 1, slice_end=int(ks[-1]) + 1,
             key_slice=m["k0"] + int(np.argmax(m["areas"])), mean_probability=round(m["p_sum"] / count, 4),
             max_probability=round(float(m["p_max"]), 4), centroid_voxel=centroid), idx))  # type: ignore[arg-type]
     out.sort(key=lambda t: t[0].voxels, reverse=True)

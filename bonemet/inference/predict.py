@@ -176,8 +176,9 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
     }
     t = time.perf_counter()
     files = _write_masks(tmp, scan, kept > 0, bone_mask, lesion_vol, bone_vol, opts, seg.label, warnings)
-    write_csv(tmp / "lesions.csv", [les.as_row() for les in lesions] or [], _lesion_fields())
-    write_json(tmp / "lesions.json", [les.as_row() for les in lesions])
+    lesion_rows = [les.as_row() for les in lesions]
+    write_csv(tmp / "lesions.csv", lesion_rows, _lesion_fields())
+    write_json(tmp / "lesions.json", lesion_rows)
     write_csv(tmp / "slices.csv", slice_rows)
     summary["files"] = sorted(files + ["lesions.csv", "lesions.json", "slices.csv", "summary.json", "report.html"])
     times["write s"] = round(time.perf_counter() - t, 2)

@@ -63,8 +63,7 @@ class AttentionGate(nn.Module):
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.upsample_g and batch_statistics(self.w_g[1]):
-            g = up2(g)  # the reference order: BN's batch statistics over the map at full resolution
-            wg = self.w_g(g)
+            wg = self.w_g(up2(g))  # the reference order: BN's batch statistics over the map at full resolution
         else:
             wg = up2(self.w_g(g)) if self.upsample_g else self.w_g(g)
         h = self.w_x(x)

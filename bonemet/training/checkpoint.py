@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import BonemetError
+from ..errors import BonemetError, first_line
 from ..fileio import atomic_path, read_json
 from ..models.weights import weight_mismatch
 
@@ -36,7 +36,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                                "checkpoints as data, never as code", path) from None
         raise BonemetError(f"not a bonemet checkpoint or damaged (the safe loader stops at: {detail})", path) from None
     except Exception as exc:  # truncated or foreign files fail in many ways
-        raise BonemetError(f"not a bonemet checkpoint or damaged ({type(exc).__name__}: {_first_line(exc)})",
+        raise BonemetError(f"not a bonemet checkpoint or damaged ({type(exc).__name__}: {first_line(exc)})",
                            path) from None
     if not isinstance(ck, dict):
         raise BonemetError("not a bonemet checkpoint (it holds no dictionary of weights)", path)
@@ -51,12 +51,7 @@ def _unpickler_detail(exc: Exception) -> str:
             return line.split(" whose module")[0][:200]
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return lines[i + 1][:200]
-    return _first_line(exc)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def load_weights(model: torch.nn.Module, ck: dict[str, Any], path: str | Path) -> torch.nn.Module:

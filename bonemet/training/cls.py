@@ -1,4 +1,5 @@
-"""Slice classification training (the thesis' chapter 5): timm backbones or the fusion, focal loss, patient-level splits.
+"""Slice classification training (the thesis' chapter 5): timm backbones or the fusion, focal loss,
+patient-level splits.
 
 Run folder::
 

@@ -241,10 +241,10 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
     aug = SegAugment(masks_follow=not paper) if cfg.augment else None
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
+    held_ds = SegmentationDataset(held, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     if paper:
         sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
-    sel_ds = SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-    held_ds = SegmentationDataset(held, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    sel_ds = held_ds if paper else SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
     if cfg.neg_ratio is None:
         flags = None
     elif flags is None:
@@ -272,7 +272,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         row.update({f"heldout_{k2}": v for k2, v in heldout.items()})
         score = None
         if sel:
-            selection = quick_scores(model, sel_ds, cfg)
+            selection = heldout if paper and heldout else quick_scores(model, sel_ds, cfg)  # scored once
             row.update({f"select_{k2}": v for k2, v in selection.items()})
             score = selection["lesion_f1"]
         row["seconds"] = time.perf_counter() - t0
