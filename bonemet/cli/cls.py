@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import BonemetError
-from .options import given_options
+from .options import Device, Fold, SyncBN, Workers, given_options
 
 app = typer.Typer(help="Classification: CNN / Transformer slice classifiers and their fusion.", no_args_is_help=True)
 
@@ -88,9 +88,17 @@ def train(
     fusion_vit: Annotated[str, typer.Option(help="fusion: the transformer branch.")] = "vit_tiny_patch16_224",
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    fold: Fold = None,
+    device: Device = "auto",
+    workers: Workers = 0,
+    sync_bn: SyncBN = False,
 ) -> None:
-    """Train a slice classifier on patient-level splits (focal loss, thesis schedules)."""
+    """Train a slice classifier on patient-level splits (focal loss, thesis schedules).
+
+    On several GPUs or CPU processes: torchrun --nproc_per_node N -m bonemet cls train ... (--batch-size is then
+    the global batch)."""
     from ..training.cls import ClsConfig, train_classification
+    from ..training.loop import runtime
 
     if schedule not in (None, "cnn", "transformer"):
         raise BonemetError(f"unknown schedule '{schedule}' (cnn or transformer)")
@@ -104,8 +112,12 @@ def train(
                     augment=not no_augment, vflip=vflip, neg_ratio=neg_ratio, bf16=bf16,
                     eval_every=eval_every, fusion_cnn=fusion_cnn, fusion_vit=fusion_vit,
                     seed=seed)
-    run = train_classification(cfg, out, resume=resume, given=given_options(ctx, {"no_augment": "augment"}))
-    typer.echo(f"trained in {run}; next: bonemet cls evaluate {run}")
+    rt = runtime(device, workers, sync_bn)
+    run = train_classification(cfg, out, resume=resume, given=given_options(ctx, {"no_augment": "augment"}),
+                               fold=fold, rt=rt)
+    if rt.world.main:
+        which = f"model {fold}" if fold is not None else "the model(s)"
+        typer.echo(f"trained {which} in {run}; next: bonemet cls evaluate {run}")
 
 
 @app.command()
@@ -115,11 +127,12 @@ def evaluate(
     patient_rule: Annotated[str, typer.Option(help="fraction:F or count:N positive slices make a positive patient.")]
         = "fraction:0.1",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Slice probability threshold.")] = 0.5,
+    device: Device = "auto",
 ) -> None:
     """Table 5.1 layout, ROC-AUC, CIs, patient-level decision, confusion and ROC PNG in RUN/eval."""
     from ..evaluation.cls_eval import evaluate_cls_run
 
-    s = evaluate_cls_run(run, data, patient_rule, threshold)
+    s = evaluate_cls_run(run, data, patient_rule, threshold, device=device)
     typer.echo((run / "eval" / "table.md").read_text())
     typer.echo(f"tables and figures in {run / 'eval'}: " + ", ".join(Path(f).name for f in s["figures"]))
 

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-NOT_CONFIG = ("out", "resume")
+from ..devices import DEVICE_HELP
+
+NOT_CONFIG = ("out", "resume", "device", "workers", "fold", "sync_bn")  # how a run trains, not what it is
+
+Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
+Workers = Annotated[int, typer.Option(min=0, help="DataLoader worker processes reading and augmenting slices "
+                                                  "(0: in the training process; results are the same for any "
+                                                  "number).")]
+Fold = Annotated[int | None, typer.Option(min=0, help="Train this fold only, into a run folder that other "
+                                                      "processes or machines may be filling with its other folds at "
+                                                      "the same time (give every call the same options).")]
+SyncBN = Annotated[bool, typer.Option(help="Under torchrun: batch normalisation over the global batch of all "
+                                           "processes (as one process would see it).")]
 
 
 def given_options(ctx: typer.Context, rename: dict[str, str] | None = None) -> set[str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import BonemetError
-from .options import given_options
+from .options import Device, Fold, SyncBN, Workers, given_options
 
 app = typer.Typer(help="Segmentation: models, training, the EH-AttUnet++ ensemble, evaluation.", no_args_is_help=True)
 
@@ -76,8 +76,16 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    fold: Fold = None,
+    device: Device = "auto",
+    workers: Workers = 0,
+    sync_bn: SyncBN = False,
 ) -> None:
-    """Train the fold models of a run (patient-level folds, held-out test patients)."""
+    """Train the fold models of a run (patient-level folds, held-out test patients).
+
+    On several GPUs or CPU processes: torchrun --nproc_per_node N -m bonemet seg train ... (--batch-size is then
+    the global batch)."""
+    from ..training.loop import runtime
     from ..training.seg import SegConfig, train_segmentation
 
     cfg = SegConfig(data=str(data), model=model, folds=folds, test_patients=test_patients, protocol=protocol,
@@ -87,11 +95,15 @@ def train(
                     select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest")
     given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})
-    run = train_segmentation(cfg, out, resume=resume, given=given)
+    rt = runtime(device, workers, sync_bn)
+    run = train_segmentation(cfg, out, resume=resume, given=given, fold=fold, rt=rt)
+    if not rt.world.main:
+        return
     from ..data.splits import load_splits
 
     n = len(load_splits(run / "splits.json")["folds"])
-    typer.echo(f"trained {n} fold models in {run}; next: bonemet seg evaluate {run}")
+    trained = f"trained fold {fold} of {n}" if fold is not None else f"trained {n} fold models"
+    typer.echo(f"{trained} in {run}; next: bonemet seg evaluate {run}")
 
 
 @app.command()
@@ -100,11 +112,12 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="Data root (default: the run's).")] = None,
     native_size: Annotated[bool, typer.Option(help="Also score at each slice's stored size (predictions resized "
                                                    "back), in rows beside the model-size ones.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Thesis-style tables (Markdown, CSV) and figures (PNG) in RUN/eval."""
     from ..evaluation.seg_eval import evaluate_run
 
-    s = evaluate_run(run, data, native_size=native_size)
+    s = evaluate_run(run, data, native_size=native_size, device=device)
     typer.echo((run / "eval" / "cv_table.md").read_text())
     typer.echo((run / "eval" / "test_table.md").read_text())
     typer.echo(f"tables and figures in {run / 'eval'}: " + ", ".join(Path(f).name for f in s["figures"]))
@@ -174,6 +187,7 @@ def distill(
     hard_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="On the teacher's labelled training slices, "
                                                "this share of the lesion loss is BCE against the true masks "
                                                "(0 = the ensemble's soft outputs only).")] = 0.0,
+    device: Device = "auto",
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
     from ..models import model_names
@@ -193,7 +207,7 @@ def distill(
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data,
                            calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=member,
-                           hard_weight=hard_weight)
+                           hard_weight=hard_weight, device=device)
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

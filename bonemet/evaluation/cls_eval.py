@@ -16,6 +16,7 @@ import numpy as np
 from ..data.classification import load_classification
 from ..data.datasets import ClassificationDataset
 from ..data.stats import markdown_table
+from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text
 from ..training.cls import ClsConfig, item_name, load_cls_run, predict_cls
@@ -74,11 +75,13 @@ def _ci_text(ci: tuple[float, float]) -> str:
 
 
 def evaluate_cls_run(run: str | Path, data: str | Path | None = None, patient_rule: str = "fraction:0.1",
-                     threshold: float = 0.5) -> dict:
+                     threshold: float = 0.5, device: str | None = "cpu") -> dict:
     """Score a classification run; writes ``RUN/eval/`` (Markdown, CSV, JSON, PNG) and returns the summary."""
     run = Path(run)
     parse_patient_rule(patient_rule)
     cfg, split, models = load_cls_run(run)
+    dev = resolve_device(device)
+    models = [m.to(dev) for m in models]
     root = Path(data or cfg.data)
     index = load_classification(root)
     by_name = {item_name(root, s): s for s in index.slices}

@@ -21,6 +21,7 @@ import torch
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
 from ..data.stats import markdown_table
+from ..devices import resolve_device
 from ..errors import BonemetError
 from ..data.splits import load_splits
 from ..fileio import read_config, read_json, write_csv, write_json, write_text
@@ -149,21 +150,33 @@ def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
     return {"F1": f1, "Dice": dice}
 
 
+def unfinished_folds(run: Path, n_folds: int) -> list[int]:
+    """The folds of a run that have not finished training (no ``done.json``)."""
+    return [k for k in range(n_folds) if not (run / f"fold{k}" / "done.json").exists()]
+
+
 def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_slices: int = 4,
-                 native_size: bool = False) -> dict:
+                 native_size: bool = False, device: str | None = "cpu") -> dict:
     """Score a run folder; writes ``RUN/eval/`` (Markdown, CSV, JSON, PNG) and returns the summary.
 
     ``native_size`` also scores every model at each slice's own stored size (predictions resized back), in rows
-    beside the model-size ones (the thesis scores at the model's 224 px)."""
+    beside the model-size ones (the thesis scores at the model's 224 px). A run whose folds have not all finished
+    (trained in parallel with ``seg train --fold K``) is refused with the list of those missing."""
     run = Path(run)
     cfg, split = load_run(run)
+    missing = unfinished_folds(run, len(split["folds"]))
+    if missing:
+        raise BonemetError(f"{len(missing)} of the run's {len(split['folds'])} folds have not finished training: "
+                           f"fold {', '.join(map(str, missing))} (train each with 'bonemet seg train ... --fold K', "
+                           "or continue them with --resume)", run)
     root = Path(data or cfg.data)
     index = load_bmseg(root, require_patients=split["protocol"] == "patient")
     by_name = {s.name: s for s in index.slices}
     out = run / "eval"
     label = model_label(cfg)
     protocol = split["label"]
-    members = [load_member(cfg, run, k) for k in range(len(split["folds"]))]
+    dev = resolve_device(device)
+    members = [load_member(cfg, run, k).to(dev) for k in range(len(split["folds"]))]
 
     def dataset(slices: list[SegSlice]) -> SegmentationDataset:
         return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..devices import cpu_bf16_supported
+
 PATHS = ("fold_bn", "channels_last", "bf16", "onnx", "int8", "compile")
 DEFAULT_PATH = ("fold_bn", "channels_last")
 ORT_PATHS = ("onnx", "int8")  # run by ONNX Runtime instead of torch
@@ -88,12 +90,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 natively (otherwise autocast would emulate it slowly)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+bf16_supported = cpu_bf16_supported  # whether this CPU runs bfloat16 natively
 
 
 class _FP32(nn.Module):

@@ -15,7 +15,9 @@ MASK_KEYS = ("lesion", "bone", "truth")  # truth: a distilled student's true les
 
 
 class SegAugment:
-    """Rotation up to ``degrees`` (every sample, zero border), horizontal flip p=0.5, vertical flip p=0.1."""
+    """Rotation up to ``degrees`` (every sample, zero border), horizontal flip p=0.5, vertical flip p=0.1.
+
+    Its draws come from ``generator``, which the training loader seeds for every item (``loop.SeededItems``)."""
 
     def __init__(self, degrees: float = 35.0, p_rotate: float = 1.0, p_hflip: float = 0.5, p_vflip: float = 0.1,
                  generator: torch.Generator | None = None, masks_follow: bool = True) -> None:
@@ -41,8 +43,3 @@ class SegAugment:
                         out[k] = flip(out[k])
         return out
 
-
-def seed_augment(aug: SegAugment | None, seed: int) -> None:
-    """Re-seed an augmenter (per epoch), so that a resumed run draws what the uninterrupted one would."""
-    if aug is not None:
-        aug.generator = torch.Generator().manual_seed(seed)

@@ -17,9 +17,21 @@ CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 
 def save_checkpoint(path: str | Path, **content: Any) -> None:
-    """Write ``content`` (state dicts, numbers, strings, lists) atomically."""
+    """Write ``content`` (state dicts, numbers, strings, lists) atomically, every tensor as a CPU copy: a
+    checkpoint saved on a GPU loads on a machine without one."""
     with atomic_path(path) as tmp:
-        torch.save(content, tmp)
+        torch.save(on_cpu(content), tmp)
+
+
+def on_cpu(obj: Any) -> Any:
+    """``obj`` with its tensors (at any depth of dicts, lists and tuples) on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -25,15 +25,17 @@ from torch.utils.data import DataLoader
 
 from ..data.classification import ClsSlice, lesion_mask_paths, load_classification
 from ..data.datasets import CROPS, ClassificationDataset
-from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits, save_splits
+from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits
+from ..devices import mixed_dtype, training_precision
 from ..errors import BonemetError, refuse_first
 from ..fileio import read_config, read_json, write_json
 from ..log import logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
-from .augment import SegAugment, seed_augment
+from .augment import SegAugment
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config,
-                   sampling_flags, set_lr, train_epoch, train_input, training_precision)
+from .distributed import barrier, data_parallel, unwrap
+from .loop import (Runtime, announce_distributed, console, end_epoch, epoch_loader, folds_to_train, make_optimizer,
+                   resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .losses import focal_loss
 from .schedule import PRESETS, PiecewiseLR
 from .seg import data_preprocessing
@@ -69,7 +71,8 @@ class ClsConfig:
     augment: bool = True
     vflip: float = 0.5
     neg_ratio: float | None = None
-    bf16: bool = False  # bfloat16 autocast + channels_last for training (evaluation stays fp32)
+    bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
+    distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
     eval_every: int = 1
     seed: int = 0
     fusion_cnn: str = FUSION_BRANCHES[0]
@@ -143,6 +146,16 @@ def cls_augment(vflip: float = 0.5) -> SegAugment:
     return SegAugment(degrees=35.0, p_rotate=1.0, p_hflip=0.5, p_vflip=vflip)
 
 
+class ImageAugment:
+    """A ``SegAugment`` applied to an image tensor alone (the classifiers' datasets hand over tensors)."""
+
+    def __init__(self, augment: SegAugment) -> None:
+        self.augment = augment
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return self.augment({"image": t})["image"]
+
+
 def item_name(root: Path, s: ClsSlice) -> str:
     return s.path.relative_to(root).as_posix()
 
@@ -160,11 +173,13 @@ def make_cls_split(cfg: ClsConfig, root: Path, slices: list[ClsSlice]) -> dict:
 
 @torch.no_grad()
 def predict_cls(models: list[torch.nn.Module], ds: ClassificationDataset, batch_size: int = 16) -> np.ndarray:
-    """Metastasis probability per slice, (n_models, N): softmax of each model."""
+    """Metastasis probability per slice, (n_models, N): softmax of each model (on the device of its weights)."""
     out = []
     for m in models:
         m.eval()
-        probs = [torch.softmax(m(x).float(), 1)[:, 1] for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
+        device = next(m.parameters()).device
+        probs = [torch.softmax(m(x.to(device)).float(), 1)[:, 1].cpu()
+                 for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
         out.append(torch.cat(probs).numpy() if probs else np.zeros(0, np.float32))
     return np.stack(out) if out else np.zeros((0, len(ds)), np.float32)
 
@@ -178,8 +193,10 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 def _quick(model: torch.nn.Module, ds: ClassificationDataset, cfg: ClsConfig) -> dict[str, float]:
     if len(ds) == 0:
         return {}
-    # the curves of a bf16 run are scored in bf16 too (fast); 'cls evaluate' scores the checkpoint in fp32
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    # the curves of a mixed-precision run are scored in it too (fast); 'cls evaluate' scores the checkpoint in fp32
+    model = unwrap(model)
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=mixed_dtype(device), enabled=cfg.bf16):
         p = predict_cls([model], ds, cfg.batch_size)[0]
     y = np.array([s.label for s in ds.slices])
     return {"auc": _auc(y, p), "acc": float(((p >= 0.5) == y).mean())}
@@ -193,12 +210,15 @@ def _freeze(model: torch.nn.Module) -> None:
 
 
 def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: list[ClsSlice],
-                   held: list[ClsSlice], resume: bool, masks: list[Path] | None = None) -> dict:
+                   held: list[ClsSlice], resume: bool, masks: list[Path] | None = None, rt: Runtime = Runtime()) -> dict:
     """Train model ``k`` of a run on ``fit``; ``sel`` chooses best.pt; ``held`` only feeds the curves.
 
-    ``masks``: one lesion-mask file per ``fit`` slice (``--masks``), for the lesion-map loss."""
+    ``masks``: one lesion-mask file per ``fit`` slice (``--masks``), for the lesion-map loss. ``rt``: the device,
+    loader workers and torchrun process group."""
     fold_dir = run / f"fold{k}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    world = rt.world
+    if world.main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
     if resume and done.exists():
         console.print(f"model {k}: already finished, skipped")
@@ -208,16 +228,17 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     apply_pretrained(model, cfg.pretrained)
     if cfg.freeze_backbone:
         _freeze(model)
+    precision = training_precision(model, cfg.bf16, rt.device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
     opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad],
                          weight_decay=cfg.weight_decay)
     schedule = PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale)
-    precision = training_precision(model, cfg.bf16)
     start, best, rows = 0, -1.0, []
     if resume and (fold_dir / "last.pt").exists():
         start, best, rows = resume_state(fold_dir, model, opt)
         console.print(f"model {k}: resuming after epoch {start - 1}")
+    model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=bool(masks) or cfg.freeze_backbone)
     aug = cls_augment(cfg.vflip) if cfg.augment else None
-    transform = (lambda t: aug({"image": t})["image"]) if aug else None
+    transform = ImageAugment(aug) if aug else None
     size = model.input_size
     train_ds = ClassificationDataset(fit, size, 3, transform=transform, **cfg.input_options(),
                                      masks=masks)
@@ -229,27 +250,28 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
         t0 = time.perf_counter()
         lr = schedule(epoch)
         set_lr(opt, lr)
-        seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
-        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio)
+        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio,
+                              aug, cfg.seed * 7919 + k * 31 + epoch, rt.workers, rt.pin_memory, world)
         model.train()
         if cfg.freeze_backbone:
-            _freeze(model)
+            _freeze(unwrap(model))
 
         def step(batch: tuple) -> tuple[torch.Tensor, int]:
-            x, y = batch[:2]
-            x = train_input(x, cfg.bf16)
-            with precision:
-                if masks:
-                    features = model.feature_map(x)
-                    logits, lesion_map = model.head(features), model.lesion_head(features)
+            x, y = precision.to_input(batch[0]), batch[1].to(rt.device)
+            with precision.autocast():
+                if masks:  # the lesion map needs the features: the wrapped model's forward alone would not give them
+                    plain = unwrap(model)
+                    features = plain.feature_map(x)
+                    logits, lesion_map = plain.head(features), plain.lesion_head(features)
                 else:
                     logits = model(x)
             loss = focal_loss(logits.float(), y, cfg.alpha, cfg.gamma)
             if masks:
-                loss = loss + cfg.mask_weight * lesion_map_loss(lesion_map.float(), batch[2])
+                loss = loss + cfg.mask_weight * lesion_map_loss(lesion_map.float(), batch[2].to(rt.device))
             return loss, len(y)
 
-        train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}", step)
+        train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}", step, precision,
+                                 world)
         row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
             row.update({f"heldout_{a}": v for a, v in _quick(model, held_ds, cfg).items()})
@@ -259,12 +281,15 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
             row.update({f"select_{a}": v for a, v in scores.items()})
             score = scores["auc"] if not np.isnan(scores["auc"]) else scores["acc"]
         row["seconds"] = time.perf_counter() - t0
-        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score)
-        console.print(f"model {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
-                      f"held-out AUC {row.get('heldout_auc', float('nan')):.3f}, {row['seconds']:.1f} s")
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score, world)
+        if world.main:
+            console.print(f"model {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+                          f"held-out AUC {row.get('heldout_auc', float('nan')):.3f}, {row['seconds']:.1f} s")
     result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
               "selection": "best ROC-AUC on inner-validation patients" if sel else "last epoch"}
-    write_json(done, result)
+    if world.main:
+        write_json(done, result)
+    barrier(world)
     return result
 
 
@@ -279,16 +304,17 @@ def fold_slices(split: dict, fold: dict, slices: list[ClsSlice]) -> tuple[list, 
 
 
 def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
-                         given: Collection[str] | None = None) -> Path:
+                         given: Collection[str] | None = None, fold: int | None = None,
+                         rt: Runtime = Runtime()) -> Path:
     """Train the model(s) of a classification run; returns the run folder. ``resume`` goes on with the run's own
-    configuration; ``given`` names the fields the caller set on purpose (None: all), which must equal the run's."""
+    configuration; ``given`` names the fields the caller set on purpose (None: all), which must equal the run's.
+    ``fold`` and ``rt``: as ``train_segmentation``'s."""
     run = Path(run)
-    cfg_path = run / "config.json"
-    if cfg_path.exists() and not resume:
-        raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
-    if resume and cfg_path.exists():
-        saved = read_config(ClsConfig, cfg_path, "classification run configuration")
-        cfg = resumed_config(saved, cfg, given, run)
+    world = rt.world
+    cfg = start_run(run, cfg, "classification run configuration", resume, given, fold, world)
+    if cfg.masks and world.distributed:
+        raise BonemetError("--masks trains through the model's feature map, outside what DistributedDataParallel "
+                           "synchronises: train it in one process per fold (--fold K) instead of under torchrun")
     root = Path(cfg.data)
     index = load_classification(root)
     # every slice's mask, found and checked once, before any training
@@ -300,12 +326,9 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
     cfg.weights = apply_pretrained(probe, cfg.pretrained)
     for note in cfg.weights:
         logger.info(note)
-    if resume and (run / "splits.json").exists():
-        split = load_splits(run / "splits.json")
-    else:
-        split = make_cls_split(cfg, root, index.slices)
-        split["root"] = cfg.data
-        save_splits(split, run / "splits.json")
+    split = make_cls_split(cfg, root, index.slices)
+    split["root"] = cfg.data
+    split = run_split(run, split, resume, fold, world)
     norms = [(getattr(probe, a).mean.flatten().tolist(), getattr(probe, a).std.flatten().tolist())
              for a in ("norm", "cnn_norm", "vit_norm") if hasattr(probe, a)]
     cfg.preprocessing = {**data_preprocessing(root), "input_size": probe.input_size, "channels": cfg.in_chans,
@@ -320,12 +343,15 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
                          "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
                          "normalisation": [{"mean": m, "std": s} for m, s in norms],
                          "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"}
-    write_json(cfg_path, asdict(cfg))
-    for k, fold in enumerate(split["folds"]):
-        fit, sel, held = fold_slices(split, fold, index.slices)
+    if world.main:
+        write_json(run / "config.json", asdict(cfg))
+    announce_distributed(cfg, world)
+    barrier(world)
+    for k in folds_to_train(run, len(split["folds"]), fold, resume):
+        fit, sel, held = fold_slices(split, split["folds"][k], index.slices)
         if not fit:
             raise BonemetError(f"model {k} has no training slices")
-        train_cls_fold(cfg, run, k, fit, sel, held, resume, [mask_of[s.path] for s in fit] if mask_of else None)
+        train_cls_fold(cfg, run, k, fit, sel, held, resume, [mask_of[s.path] for s in fit] if mask_of else None, rt)
     return run
 
 

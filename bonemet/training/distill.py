@@ -28,12 +28,12 @@ from ..evaluation.metrics import PIXEL_METRICS, confusion, f1_ratio_ci, pooled_f
 from ..fileio import read_json, write_csv, write_json, write_text
 from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
-from .augment import SegAugment, seed_augment
+from ..devices import resolve_device, training_precision
+from .augment import SegAugment
 from .checkpoint import finished_checkpoint, save_checkpoint
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch,
-                   train_input, training_precision)
+from .loop import console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
-from .seg import SegConfig, build_model, forward, lesion_slice_flags, predict_probs, seg_loss
+from .seg import SegConfig, build_model, forward, lesion_slice_flags, on_device, predict_probs, seg_loss
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
@@ -67,7 +67,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
             seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
             calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | str | None = None,
-            hard_weight: float = 0.0) -> Path:
+            hard_weight: float = 0.0, device: str | None = "cpu") -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
@@ -149,8 +149,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     fold_dir = out / "fold0"
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    best = (_fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir, hard_weight, tcfg.pos_weight)
-            if epochs else -1.0)
+    best = (_fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir, hard_weight, tcfg.pos_weight,
+                         resolve_device(device)) if epochs else -1.0)
     calibrated = None
     if calib_ds is not None:
         calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate, calib_teacher)
@@ -181,7 +181,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
 
 def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.Module], fit: list[SegSlice],
                  n_labelled: int, flags: np.ndarray, fold_dir: Path, hard_weight: float = 0.0,
-                 truth_pos_weight: float = 1.0) -> float:
+                 truth_pos_weight: float = 1.0, device: torch.device = torch.device("cpu")) -> float:
     """Label ``fit`` with the ensemble (soft targets; the flags of its unlabelled slices from the teacher's
     masks) and train ``model`` on them for ``cfg.epochs`` (``hard_weight``: see ``distill``); writes ``last.pt``
     and the epoch log."""
@@ -192,8 +192,8 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
     aug = SegAugment() if cfg.augment else None
     ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug,
                       n_labelled if hard_weight else 0)
+    precision = training_precision(model, cfg.bf16, device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
     opt = make_optimizer(cfg.optimizer, model.parameters())
-    precision = training_precision(model, cfg.bf16)
     schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
     rows: list[dict] = []
     best = -1.0
@@ -201,25 +201,27 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
         te = time.perf_counter()
         lr = schedule(epoch)
         set_lr(opt, lr)
-        seed_augment(aug, cfg.seed * 7919 + epoch)
-        loader = epoch_loader(ds, cfg.batch_size, cfg.seed * 100_003 + epoch, flags, cfg.neg_ratio)
+        loader = epoch_loader(ds, cfg.batch_size, cfg.seed * 100_003 + epoch, flags, cfg.neg_ratio, aug,
+                              cfg.seed * 7919 + epoch, pin_memory=device.type == "cuda")
         if epoch == 0:
             console.print(f"{int(flags.sum())} lesion slices (ground truth, or the teacher's on unlabelled slices); "
                           f"{len(loader.dataset)} slices per epoch")
         model.train()
 
         def step(batch: dict) -> tuple[torch.Tensor, int]:
-            with precision:
-                lo, bo = forward(model, train_input(batch["image"], cfg.bf16))
+            batch = on_device(batch, device)
+            with precision.autocast():
+                lo, bo = forward(model, precision.to_input(batch["image"]))
                 loss = seg_loss(lo, bo if t_bone is not None else None, batch, cfg)
                 if hard_weight:
                     loss = loss + hard_weight * _truth_term(lo, batch, truth_pos_weight, cfg, t_bone is not None)
                 return loss, len(batch["image"])
 
-        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}", step)
+        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}", step, precision)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
         console.print(f"student epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+    model.to("cpu")  # calibrated and scored beside the teacher's members, on the CPU
     return best
 
 
@@ -230,8 +232,8 @@ def _truth_term(lesion_logits: torch.Tensor, batch: dict, pos_weight: float, cfg
     import torch.nn.functional as F
 
     logits = lesion_logits.float()
-    pw = None if pos_weight == 1.0 else torch.tensor(pos_weight)
-    spw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight)
+    pw = None if pos_weight == 1.0 else torch.tensor(pos_weight, device=logits.device)
+    spw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight, device=logits.device)
     hard = F.binary_cross_entropy_with_logits(logits, batch["truth"], pos_weight=pw, reduction="none")
     soft = F.binary_cross_entropy_with_logits(logits, batch["lesion"], pos_weight=spw, reduction="none")
     per_sample = (hard - soft).flatten(1).mean(1) * batch["labelled"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
+from dataclasses import dataclass, field
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,20 +12,47 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..devices import Precision, World, init_distributed
 from ..errors import BonemetError
 from ..fileio import write_csv
+from .distributed import plain_state, reduce_sum
 
 console = Console(stderr=True)
 
 
-NOT_COMPARED = ("preprocessing", "weights")  # what training itself writes into a run's configuration
+@dataclass(frozen=True)
+class Runtime:
+    """How, not what, a run trains: the device, DataLoader workers and this process's place in a torchrun job.
+    None of it changes the numbers (beyond float summation order), so none of it is part of a run's configuration."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 0
+    world: World = World()
+    sync_bn: bool = False
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.type == "cuda"
 
 
-def resumed_config(saved: Any, asked: Any, given: Collection[str] | None, run: Path) -> Any:
-    """The configuration a resumed run goes on with: the one it started with (``saved``). Options given now
-    (``given``: field names, None = every field of ``asked``) that differ from it are refused, listed."""
+def runtime(device: str | None = "auto", workers: int = 0, sync_bn: bool = False) -> Runtime:
+    """The runtime of this process: joins the torchrun job when launched by torchrun."""
+    world, dev = init_distributed(device)
+    if workers < 0:
+        raise BonemetError(f"--workers must be 0 or more, got {workers}")
+    return Runtime(dev, workers, world, sync_bn)
+
+
+NOT_COMPARED = ("preprocessing", "weights", "distributed")  # what training itself writes into a run's configuration
+
+
+def resumed_config(saved: Any, asked: Any, given: Collection[str] | None, run: Path,
+                   why: str = "--resume continues the run as it started") -> Any:
+    """The configuration a resumed run (or another fold of it) goes on with: the one it started with (``saved``).
+    Options given now (``given``: field names, None = every field of ``asked``) that differ from it are refused,
+    listed, after ``why``."""
     names = [f.name for f in dataclasses.fields(saved) if f.name not in NOT_COMPARED]
     if given is not None:
         names = [n for n in names if n in given]
@@ -39,9 +66,85 @@ def resumed_config(saved: Any, asked: Any, given: Collection[str] | None, run: P
         if not same:
             diffs.append(f"{name.replace('_', '-')} {old} in the run, {new} now")
     if diffs:
-        raise BonemetError(f"--resume continues the run as it started; these options differ: {'; '.join(diffs)} "
-                           "(drop them, or train into another --out)", run / "config.json")
+        hint = "drop them, or train into another --out" if given is not None else \
+            "give every call the options the run started with, or train into another --out"
+        raise BonemetError(f"{why}; these options differ: {'; '.join(diffs)} ({hint})", run / "config.json")
     return saved
+
+
+def start_run(run: Path, cfg: Any, what: str, resume: bool, given: Collection[str] | None, fold: int | None,
+              world: World) -> Any:
+    """The configuration a training call goes on with. A new run: ``cfg``. ``resume``: the run's own (options
+    given now must equal it). ``fold``: one fold of a run that other calls may be training at the same time; when
+    the run folder already holds its configuration, every option must equal it."""
+    from ..fileio import read_config
+
+    cfg_path = run / "config.json"
+    if fold is not None and not 0 <= fold < cfg.folds:
+        raise BonemetError(f"--fold {fold}: the run has {cfg.folds} folds, numbered 0 to {cfg.folds - 1}")
+    if cfg_path.exists() and not resume and fold is None:
+        raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
+    if cfg_path.exists() and (resume or fold is not None):
+        saved = read_config(type(cfg), cfg_path, what)
+        cfg = resumed_config(saved, cfg, given if resume else None, run,
+                             "--resume continues the run as it started" if resume else
+                             f"--fold {fold} trains one fold of the run in {run}")
+    cfg.distributed = distributed_batch(cfg.batch_size, world)
+    return cfg
+
+
+def run_split(run: Path, split: dict, resume: bool, fold: int | None, world: World) -> dict:
+    """The run's split: the one in ``splits.json`` when resuming or adding a fold (which must assign the patients
+    as ``split``, the one these data and options give, does), else ``split``, written once by the main process."""
+    from ..data.splits import load_splits, save_splits
+
+    path = run / "splits.json"
+    if path.exists() and (resume or fold is not None):
+        saved = load_splits(path)
+        if fold is not None and _assignment(saved) != _assignment(split):
+            raise BonemetError(f"--fold {fold}: the run's splits.json assigns patients differently from the split "
+                               "these data and options give (another data root, or a changed patient list?)", path)
+        return saved
+    if world.main:
+        save_splits(split, path)
+    return split
+
+
+def _assignment(split: dict) -> list:
+    """What a split assigns (test patients, each fold's patients or items), without its labels and paths."""
+    keep = ("train_patients", "val_patients", "fit_patients", "inner_val_patients", "train", "val")
+    return [sorted(split.get("test_patients", [])),
+            [{k: sorted(f[k]) for k in keep if k in f} for f in split["folds"]]]
+
+
+def folds_to_train(run: Path, n_folds: int, fold: int | None, resume: bool) -> list[int]:
+    """All folds, or ``fold`` alone (refused when an earlier call already started it and this is no resume)."""
+    if fold is None:
+        return list(range(n_folds))
+    if not resume and (run / f"fold{fold}" / "last.pt").exists():
+        raise BonemetError(f"fold {fold} of this run has already started (add --resume to continue it)",
+                           run / f"fold{fold}")
+    return [fold]
+
+
+def distributed_batch(batch_size: int, world: World) -> dict:
+    """What a torchrun job does with ``--batch-size``: it is the global batch, split over the processes, and the
+    learning rate is the schedule's, not scaled (so N processes take the steps one process would)."""
+    if not world.distributed:
+        return {}
+    import torch.distributed as dist
+
+    return {"processes": world.size, "backend": dist.get_backend(), "global_batch": batch_size,
+            "batch_per_process": batch_size // world.size,
+            "learning_rate": "the schedule x lr_scale for the global batch (not scaled by the process count)"}
+
+
+def announce_distributed(cfg: Any, world: World) -> None:
+    """Say, once, how a torchrun job splits its batches."""
+    d = cfg.distributed
+    if world.main and d:
+        console.print(f"{d['processes']} processes ({d['backend']}): {d['batch_per_process']} items each, a global "
+                      f"batch of {d['global_batch']}; learning rate: {d['learning_rate']}")
 
 
 def make_optimizer(name: str, params, lr: float = 0.01, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -54,28 +157,6 @@ def make_optimizer(name: str, params, lr: float = 0.01, weight_decay: float = 0.
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise BonemetError(f"unknown optimizer '{name}' (adam, adamw or sgd)")
-
-
-def training_precision(model: torch.nn.Module, bf16: bool) -> contextlib.AbstractContextManager:
-    """Prepare ``model`` for training in bfloat16 and return the autocast context for its forward passes.
-
-    With ``bf16``: channels_last memory format and CPU bfloat16 autocast (weights, gradients and optimiser
-    state stay fp32); about 3x the training images/s of fp32 for small_cnn16 on a CPU with native bf16.
-    Without: fp32, unchanged (a null context).
-    """
-    if not bf16:
-        return contextlib.nullcontext()
-    from ..inference.fast import bf16_supported
-
-    if not bf16_supported():
-        console.print("[yellow]--bf16: this CPU has no native bfloat16; autocast will emulate it (slower)[/]")
-    model.to(memory_format=torch.channels_last)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
-
-
-def train_input(image: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """The training batch in the memory format of a ``training_precision`` model."""
-    return image.contiguous(memory_format=torch.channels_last) if bf16 else image
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -106,7 +187,8 @@ def read_rows(path: Path, before_epoch: int) -> list[dict]:
 
 
 def resume_state(fold_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, list[dict]]:
-    """Load ``last.pt`` of an interrupted fold: (first epoch to run, best selection score, kept metric rows)."""
+    """Load ``last.pt`` of an interrupted fold into ``model`` (before it is wrapped for data-parallel training) and
+    ``opt``: (first epoch to run, best selection score, kept metric rows)."""
     from .checkpoint import load_checkpoint, load_weights
 
     path = fold_dir / "last.pt"
@@ -121,16 +203,21 @@ def resume_state(fold_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimi
 
 
 def end_epoch(fold_dir: Path, rows: list[dict], row: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
-              epoch: int, best: float, score: float | None) -> float:
-    """Keep ``best.pt`` when the selection ``score`` improves, log the row, save ``last.pt``; returns the best score."""
+              epoch: int, best: float, score: float | None, world: World = World()) -> float:
+    """Keep ``best.pt`` when the selection ``score`` improves, log the row, save ``last.pt``; returns the best score.
+    Only the main process of a torchrun job writes (the others hold the same weights)."""
     from .checkpoint import save_checkpoint
 
-    if score is not None and score > best:
-        best = score
-        save_checkpoint(fold_dir / "best.pt", model=model.state_dict(), epoch=epoch, score=best)
+    improved = score is not None and score > best
+    best = score if improved else best
     rows.append(row)
+    if not world.main:
+        return best
+    state = plain_state(model)
+    if improved:
+        save_checkpoint(fold_dir / "best.pt", model=state, epoch=epoch, score=best)
     write_rows(fold_dir / "metrics.csv", rows)
-    save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch, best=best)
+    save_checkpoint(fold_dir / "last.pt", model=state, optimizer=opt.state_dict(), epoch=epoch, best=best)
     return best
 
 
@@ -144,10 +231,33 @@ def sampling_flags(flags: Sequence[bool] | None, neg_ratio: float | None, who: s
     return None
 
 
+class SeededItems(Dataset):
+    """``ds`` with its augmentation drawn from a generator seeded by (epoch seed, item index) for every item: what
+    an item becomes does not depend on the order, the loader worker or the process that reads it."""
+
+    def __init__(self, ds: Dataset, augment, seed: int) -> None:
+        self.ds, self.augment, self.seed = ds, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        if self.augment is not None:
+            self.augment.generator = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % (2**63 - 1))
+        return self.ds[i]
+
+
 def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] | None = None,
-                 neg_ratio: float | None = None) -> DataLoader:
+                 neg_ratio: float | None = None, augment=None, augment_seed: int = 0, workers: int = 0,
+                 pin_memory: bool = False, world: World = World()) -> DataLoader:
     """One epoch's batches in a seeded random order. With ``flags`` and ``neg_ratio``: every flagged (positive)
-    item, and at most ``neg_ratio`` unflagged items per flagged one, drawn afresh each epoch (CPU budgets)."""
+    item, and at most ``neg_ratio`` unflagged items per flagged one, drawn afresh each epoch (CPU budgets).
+
+    ``augment`` (which ``ds`` applies) draws each item's transform from (``augment_seed``, item index), so the
+    batches are the same with any number of ``workers`` (DataLoader processes). In a torchrun job of N processes
+    ``batch_size`` is the global batch: a DistributedSampler gives each process ``batch_size / N`` items of every
+    global batch, the very items one process would have trained on in that step.
+    """
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(ds), generator=gen).tolist()
     if flags is not None and neg_ratio is not None:
@@ -156,21 +266,52 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] 
         # shuffle again: the kept negatives come from the front of ``order``, so filtering it in place
         # would give negative-heavy batches first and all-positive batches at the end of every epoch
         order = [kept[j] for j in torch.randperm(len(kept), generator=gen).tolist()]
-    return DataLoader(Subset(ds, order), batch_size=batch_size, shuffle=False, drop_last=len(order) > batch_size)
+    drop_last = len(order) > batch_size
+    items = Subset(SeededItems(ds, augment, augment_seed), order)
+    common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": False}
+    if not world.distributed:
+        return DataLoader(items, batch_size=batch_size, shuffle=False, drop_last=drop_last, **common)
+    if batch_size % world.size:
+        raise BonemetError(f"--batch-size {batch_size} is the global batch of the {world.size} processes: it must "
+                           f"be a multiple of {world.size}")
+    whole = len(order) - len(order) % (batch_size if drop_last else world.size)
+    sampler = DistributedSampler(Subset(items, range(whole)), num_replicas=world.size, rank=world.rank,
+                                 shuffle=False, drop_last=True)
+    return DataLoader(Subset(items, range(whole)), batch_size=batch_size // world.size, sampler=sampler,
+                      drop_last=False, **common)
 
 
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, label: str,
-                step: Callable[[object], tuple[torch.Tensor, int]]) -> float:
-    """One optimisation pass with a progress bar; ``step(batch)`` returns (loss, items); returns the mean loss."""
+                step: Callable[[object], tuple[torch.Tensor, int]], precision: Precision | None = None,
+                world: World = World()) -> float:
+    """One optimisation pass with a progress bar; ``step(batch)`` returns (loss, items); returns the mean loss
+    (over the items of every process of a torchrun job)."""
     loss_sum, n = 0.0, 0
-    with epoch_bar(label) as bar:
+    precision = precision or Precision(torch.device("cpu"))
+    with epoch_bar(label) if world.main else _no_bar() as bar:
         task = bar.add_task("train", total=len(loader), loss=float("nan"))
         for batch in loader:
             opt.zero_grad(set_to_none=True)
             loss, items = step(batch)
-            loss.backward()
-            opt.step()
+            precision.step(loss, opt)
             loss_sum += float(loss.detach()) * items
             n += items
             bar.update(task, advance=1, loss=loss_sum / n)
-    return loss_sum / max(1, n)
+    loss_sum, n = reduce_sum([loss_sum, float(n)], world)
+    return loss_sum / max(1.0, n)
+
+
+class _no_bar:
+    """The progress bar of processes that do not report (all but the main one of a torchrun job)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        return None

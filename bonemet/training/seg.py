@@ -26,14 +26,16 @@ from torch.utils.data import DataLoader
 
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
-from ..data.splits import add_inner_validation, check_no_leakage, load_splits, paper_splits, patient_splits, save_splits
+from ..data.splits import add_inner_validation, check_no_leakage, paper_splits, patient_splits
 from ..errors import BonemetError, refuse_first
 from ..evaluation.metrics import Counts, confusion, pixel_scores
-from ..fileio import read_config, read_json, write_json
+from ..fileio import read_json, write_json
 from ..models import create_model, model_options, split_outputs
-from .augment import SegAugment, seed_augment
-from .loop import (console, end_epoch, epoch_loader, make_optimizer, resume_state, resumed_config,
-                   sampling_flags, set_lr, train_epoch, train_input, training_precision)
+from ..devices import training_precision
+from .augment import SegAugment
+from .distributed import barrier, data_parallel, unwrap
+from .loop import (Runtime, announce_distributed, console, end_epoch, epoch_loader, folds_to_train, make_optimizer,
+                   resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .schedule import PiecewiseLR
 
 
@@ -67,8 +69,9 @@ class SegConfig:
     neg_ratio: float | None = None
     eval_every: int = 1
     seed: int = 0
-    bf16: bool = False  # bfloat16 autocast + channels_last for training (evaluation stays fp32)
+    bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
     preprocessing: dict = field(default_factory=dict)
+    distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
 
     def __post_init__(self) -> None:
         """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
@@ -128,7 +131,7 @@ def build_model(cfg: SegConfig) -> torch.nn.Module:
 
 def forward(model: torch.nn.Module, image: torch.Tensor, bone: torch.Tensor | None = None):
     """Run any family member; the sequential model gets the true bone only when one is passed."""
-    if getattr(model, "needs_bone_input", False):
+    if getattr(unwrap(model), "needs_bone_input", False):
         return split_outputs(model(image, bone))
     return split_outputs(model(image))
 
@@ -139,7 +142,7 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
     ``pos_weight`` > 1 up-weights lesion pixels (an option for data far more imbalanced than BM-Seg,
     whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE).
     """
-    pw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight)
+    pw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight, device=lesion_logits.device)
     lesion_loss = F.binary_cross_entropy_with_logits(lesion_logits, batch["lesion"], pos_weight=pw)
     if bone_logits is None:
         return lesion_loss
@@ -185,51 +188,70 @@ def lesion_slice_flags(slices: list[SegSlice], threshold: int) -> np.ndarray:
 @torch.no_grad()
 def predict_probs(models: list[torch.nn.Module], ds: SegmentationDataset, batch_size: int = 8,
                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean sigmoid probabilities of ``models`` over ``ds``: lesion (N, S, S) and bone (or None)."""
+    """Mean sigmoid probabilities of ``models`` over ``ds``: lesion (N, S, S) and bone (or None); on the device
+    of the first model's weights."""
     for m in models:
         m.eval()
+    device = model_device(models[0]) if models else torch.device("cpu")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     les, bone = [], []
     for batch in loader:
         lp, bp = [], []
         for m in models:
-            lo, bo = forward(m, batch["image"])
+            lo, bo = forward(m, batch["image"].to(device))
             lp.append(torch.sigmoid(lo))
             if bo is not None:
                 bp.append(torch.sigmoid(bo))
-        les.append(torch.stack(lp).mean(0)[:, 0].numpy())
+        les.append(torch.stack(lp).mean(0)[:, 0].cpu().numpy())
         if bp:
-            bone.append(torch.stack(bp).mean(0)[:, 0].numpy())
+            bone.append(torch.stack(bp).mean(0)[:, 0].cpu().numpy())
     lesion = np.concatenate(les) if les else np.zeros((0, ds.size, ds.size), np.float32)
     return lesion, (np.concatenate(bone) if bone else None)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are."""
+    return next(model.parameters()).device
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """The tensors of a batch on ``device`` (names and flags stay as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig) -> dict[str, float]:
-    """Validation loss and pooled lesion F1 / Dice-like score for the epoch log."""
+    """Validation loss and pooled lesion F1 / Dice-like score for the epoch log (every process of a torchrun job
+    scores the same weights on the same slices, alone)."""
     if len(ds) == 0:
         return {}
+    model = unwrap(model)
     model.eval()
+    device = model_device(model)
     total, loss_sum, n = Counts(), 0.0, 0
     with torch.no_grad():
         for batch in DataLoader(ds, batch_size=cfg.batch_size, shuffle=False):
+            batch = on_device(batch, device)
             lo, bo = forward(model, batch["image"])
             loss_sum += float(seg_loss(lo, bo, batch, cfg)) * len(batch["image"])
             n += len(batch["image"])
-            total = total + confusion((lo > 0).numpy(), batch["lesion"].numpy() > 0.5)
+            total = total + confusion((lo > 0).cpu().numpy(), batch["lesion"].cpu().numpy() > 0.5)
     return {"loss": loss_sum / n, "lesion_f1": pixel_scores(total)["F1"]}
 
 
 def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list[SegSlice], held: list[SegSlice],
-               resume: bool, flags: np.ndarray | None = None) -> dict:
+               resume: bool, flags: np.ndarray | None = None, rt: Runtime = Runtime()) -> dict:
     """Train fold ``k`` on ``fit``; ``flags`` (lesion slice or not, per ``fit`` slice) serves --neg-ratio."""
     fold_dir = run / f"fold{k}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    world = rt.world
+    if world.main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
     if resume and done.exists():
         console.print(f"fold {k}: already finished, skipped")
         return read_json(done, "done.json")
     torch.manual_seed(cfg.seed * 1000 + k)
     model = build_model(cfg)
+    precision = training_precision(model, cfg.bf16, rt.device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
     opt = make_optimizer(cfg.optimizer, model.parameters())
     schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
     start, best = 0, -1.0
@@ -237,7 +259,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     if resume and (fold_dir / "last.pt").exists():
         start, best, rows = resume_state(fold_dir, model, opt)
         console.print(f"fold {k}: resuming after epoch {start - 1}")
-    precision = training_precision(model, cfg.bf16)
+    model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=cfg.model == "sequential")
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
     aug = SegAugment(masks_follow=not paper) if cfg.augment else None
     train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
@@ -256,16 +278,18 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         if paper:  # the reference code creates a new Adam every epoch: its moments start from zero each time
             opt = make_optimizer(cfg.optimizer, model.parameters())
         set_lr(opt, lr)
-        seed_augment(aug, cfg.seed * 7919 + k * 31 + epoch)
-        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio)
+        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio,
+                              aug, cfg.seed * 7919 + k * 31 + epoch, rt.workers, rt.pin_memory, world)
         model.train()
 
         def step(batch: dict) -> tuple[torch.Tensor, int]:
-            with precision:  # autocast runs the BCE in fp32
-                lo, bo = forward(model, train_input(batch["image"], cfg.bf16), batch["bone"])
+            batch = on_device(batch, rt.device)
+            with precision.autocast():  # autocast runs the BCE in fp32
+                lo, bo = forward(model, precision.to_input(batch["image"]), batch["bone"])
                 return seg_loss(lo, bo, batch, cfg), len(batch["image"])
 
-        train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}", step)
+        train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}", step, precision,
+                                 world)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         last_epoch = epoch == cfg.epochs - 1
         heldout = quick_scores(model, held_ds, cfg) if last_epoch or (epoch + 1) % cfg.eval_every == 0 else {}
@@ -276,52 +300,55 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
             row.update({f"select_{k2}": v for k2, v in selection.items()})
             score = selection["lesion_f1"]
         row["seconds"] = time.perf_counter() - t0
-        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score)
-        console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
-                      f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score, world)
+        if world.main:
+            console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+                          f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
     selection = ("best lesion F1 on the scored fold itself (the reference code's choice: selection on the test "
                  "fold, leaky)" if paper else "best lesion F1 on inner-validation patients" if sel else "last epoch")
     result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt", "selection": selection}
-    write_json(done, result)
+    if world.main:
+        write_json(done, result)
+    barrier(world)
     return result
 
 
 def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
-                       given: Collection[str] | None = None) -> Path:
+                       given: Collection[str] | None = None, fold: int | None = None,
+                       rt: Runtime = Runtime()) -> Path:
     """Train the fold models of a run (see the module docstring); returns the run folder.
 
     ``resume`` goes on with the run's own configuration; ``given`` names the fields the caller set on purpose
-    (None: all of ``cfg``), which must then equal the run's.
+    (None: all of ``cfg``), which must then equal the run's. ``fold``: train that fold only, into a run folder that
+    other processes may be filling with its other folds at the same time (the configuration and the split are
+    written by the first, and every later call checks that they are the same). ``rt``: the device, loader workers
+    and torchrun process group (none of which changes what the run is).
     """
     run = Path(run)
-    cfg_path = run / "config.json"
-    if cfg_path.exists() and not resume:
-        raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
-    if resume and cfg_path.exists():
-        saved = read_config(SegConfig, cfg_path, "segmentation run configuration")
-        cfg = resumed_config(saved, cfg, given, run)  # the run goes on exactly as it started
+    world = rt.world
+    cfg = start_run(run, cfg, "segmentation run configuration", resume, given, fold, world)
     index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
     slices = index.slices
     refuse_missing_bone(cfg, slices, index.root)
     flags = lesion_slice_flags(slices, cfg.threshold)  # read every mask once
     flag_of = {s.name: bool(f) for s, f in zip(slices, flags)}
-    if resume and (run / "splits.json").exists():
-        split = load_splits(run / "splits.json")
-    else:
-        split = make_split(cfg, slices, flags)
-        split["root"] = cfg.data
-        if split["protocol"] == "patient":
-            check_no_leakage(split)
-        save_splits(split, run / "splits.json")
+    split = make_split(cfg, slices, flags)
+    split["root"] = cfg.data
+    if split["protocol"] == "patient":
+        check_no_leakage(split)
+    split = run_split(run, split, resume, fold, world)
     cfg.preprocessing = {**data_preprocessing(Path(cfg.data)), "size": cfg.size, "channels": cfg.channels,
                          "intensity": "pixel / 255", "mask_threshold": cfg.threshold, "mask_resize": cfg.mask_resize,
                          "schedule": PiecewiseLR("seg", cfg.epochs, cfg.lr_scale).describe()}
-    write_json(cfg_path, asdict(cfg))
-    if split["protocol"] == "paper":
-        console.print(f"[yellow]warning:[/] {split['label']}")
-    for k, fold in enumerate(split["folds"]):
-        fit, sel, held = _fold_items(split, fold, slices)
+    if world.main:
+        write_json(run / "config.json", asdict(cfg))
+        if split["protocol"] == "paper":
+            console.print(f"[yellow]warning:[/] {split['label']}")
+    announce_distributed(cfg, world)
+    barrier(world)
+    for k in folds_to_train(run, len(split["folds"]), fold, resume):
+        fit, sel, held = _fold_items(split, split["folds"][k], slices)
         if not fit:
             raise BonemetError(f"fold {k} has no training slices")
-        train_fold(cfg, run, k, fit, sel, held, resume, np.array([flag_of[s.name] for s in fit]))
+        train_fold(cfg, run, k, fit, sel, held, resume, np.array([flag_of[s.name] for s in fit]), rt)
     return run
