@@ -1,4 +1,4 @@
-"""``bonemet predict``: the CAD pipeline on one scan."""
+"""``bonemet predict``: the CAD pipeline on one scan, or on every case of a folder or a CSV manifest."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ from typing import Annotated
 
 import typer
 
+from ..errors import BonemetError
+from .options import Device
+
 
 def predict(
     input: Annotated[Path, typer.Argument(help="A DICOM series folder (or its DICOMDIR), a NIfTI volume or a folder "
-                                               "of PNG / JPEG slices.")],
+                                               "of PNG / JPEG slices; with --batch a folder of such cases; or a CSV "
+                                               "manifest (columns case,input).")],
     seg: Annotated[Path, typer.Option(help="Segmentation run folder (all its fold models are averaged).")],
     out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
     cls: Annotated[Path | None, typer.Option(help="Classification run folder (adds per-slice probabilities).")] = None,
@@ -37,17 +41,52 @@ def predict(
                                                         "holds several series (default: the CT series with the "
                                                         "most slices).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of 'bonemet predict' (never a folder "
-                                                 "it did not write).")] = False,
+                                                 "it did not write); with a batch, predict the finished cases again.")]
+        = False,
+    device: Device = "auto",
+    batch: Annotated[bool, typer.Option(help="INPUT is a folder of cases: each sub-folder (DICOM series or image "
+                                             "slices) or NIfTI file is one case, written to OUT/<case>/.")] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="Batch: cases at once in local processes (torch threads per "
+                                                  "process: cores / jobs).")] = 1,
+    num_parts: Annotated[int, typer.Option(min=1, help="Batch: split the cases into this many parts (a scheduler's "
+                                                       "job array: Slurm and the like)...")] = 1,
+    part_id: Annotated[int, typer.Option(min=0, help="... and predict this part (0-based; e.g. "
+                                                     "$SLURM_ARRAY_TASK_ID).")] = 0,
+    dask: Annotated[str | None, typer.Option(help="Batch: spread the cases over the workers of the Dask cluster whose "
+                                                  "scheduler is at this address (tcp://host:8786).")] = None,
 ) -> None:
-    """Masks (NIfTI, DICOM-SEG), lesions.csv/json, slices.csv, summary.json and report.html for one scan."""
+    """Masks (NIfTI, DICOM-SEG), lesions.csv/json, slices.csv, summary.json and report.html for one scan, or for
+    every case of a batch (OUT/<case>/, OUT/cohort.csv, OUT/failures.csv; finished cases are skipped)."""
+    from ..inference.batch import is_manifest, predict_batch
     from ..inference.fast import parse_paths
     from ..inference.predict import PredictOptions
     from ..inference.predict import predict as run_predict
 
     opts = PredictOptions(seg=seg, cls=cls, threshold=threshold, batch_size=batch_size, window=window,
-                          probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth, min_volume_ml=min_volume,
-                          dicom_seg=not no_dicom_seg, overwrite=overwrite, series_uid=series_uid,
-                          paths=None if fast is None else parse_paths(fast))
+                          probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth,
+                          min_volume_ml=min_volume, dicom_seg=not no_dicom_seg, overwrite=overwrite,
+                          series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device)
+    many = batch or is_manifest(input)
+    if not many and (jobs > 1 or num_parts > 1 or dask):
+        raise BonemetError("--jobs, --num-parts and --dask spread the cases of a batch: add --batch (a folder of "
+                           "cases) or give a CSV manifest")
+    if many:
+        if truth is not None or bone_truth is not None:
+            raise BonemetError("--truth and --bone-truth belong to one scan, not to a batch")
+
+        def said(r: dict) -> None:
+            typer.echo(f"{r['case']}: " + (f"{r['verdict']} ({r['seconds']:.1f} s)" if r["ok"] else
+                                           f"failed: {r['reason']}"), err=True)
+
+        res = predict_batch(input, out, opts, jobs, num_parts, part_id, dask, progress=said)
+        rate = f", {res['cases per minute']} cases per minute" if res["cases per minute"] else ""
+        typer.echo(f"{res['cases']} case(s): {res['done']} predicted, {res['skipped']} already done, "
+                   f"{res['failed']} failed{rate}; cohort: {out / 'cohort.csv'}")
+        if res["failed"]:
+            typer.echo(f"error: {res['failed']} case(s) failed (see {out / 'failures.csv'}); run the same command "
+                       "again to retry them", err=True)
+            raise typer.Exit(1)
+        return
     s = run_predict(input, out, opts)
     typer.echo(f"{s['verdict']} (probability {s['probability']:.2f}); {s['lesions']} lesion(s), "
                f"{s['lesion_slices']} slice(s) with lesion")

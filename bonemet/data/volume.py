@@ -258,6 +258,25 @@ def finite_ct(vol: Volume) -> Volume:
     return vol
 
 
+def volume_from_array(array: np.ndarray, affine: np.ndarray, source: str = "<array>") -> Volume:
+    """A CT volume from a 3D array of HU and its 4x4 voxel-to-RAS affine (checked as a NIfTI header would be),
+    in canonical order, non-finite voxels set to air."""
+    array = np.asanyarray(array)
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise DataError(f"expected a 3D volume, found shape {array.shape}", source)
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError("the affine must be a finite 4x4 matrix with a non-singular 3x3 part", source)
+    dtype = array.dtype if array.dtype in (np.int16, np.float32) else np.float32
+    vol = Volume(array=array, affine=affine, source=Path(source), meta={"format": "array",
+                                                                        "shear_deg": shear_degrees(affine)})
+    vol = vol.reoriented(copy=False)
+    vol.array = np.ascontiguousarray(vol.array, dtype=dtype)
+    return finite_ct(vol)
+
+
 def read_volume(path: str | Path, canonical: bool = True, series_uid: str | None = None) -> Volume:
     """Read a CT volume in HU from a DICOM series folder (or its DICOMDIR; ``series_uid`` picks a series) or a
     NIfTI file."""

@@ -18,7 +18,7 @@ from .. import __version__
 from ..data.images import write_image
 from ..data.volume import NON_FINITE_FILL, read_mask_like, save_nifti
 from ..errors import BonemetError
-from ..fileio import atomic_dir, write_csv, write_json
+from ..fileio import atomic_dir, check_output, write_csv, write_json
 from ..log import logger
 from ..reporting.report import write_report
 from ..training.loop import console
@@ -48,6 +48,74 @@ class PredictOptions:
     overwrite: bool = False
     paths: tuple[str, ...] | None = None  # None = the default fast path
     series_uid: str | None = None  # the series to read from a folder that holds several
+    device: str = "auto"
+
+
+@dataclass
+class Prediction:
+    """What the pipeline found in one scan, in memory: the summary (``summary.json``), the lesions, and the
+    masks on the scan's canonical (i, j, k) grid (``axial(k) = mask[:, :, k].T``; ``native_masks`` gives them
+    in the input's own axis order with its affine)."""
+
+    summary: dict
+    lesions: list
+    lesion_mask: np.ndarray  # bool
+    bone_mask: np.ndarray | None
+    scan: Scan
+    lesion_probability: np.ndarray | None = None  # float16, with ``probabilities``
+    bone_probability: np.ndarray | None = None
+    slice_rows: list[dict] | None = None
+    labels: np.ndarray | None = None  # lesion ids per voxel (0 = none)
+
+    @property
+    def verdict(self) -> str:
+        return self.summary["verdict"]
+
+    @property
+    def probability(self) -> float:
+        return self.summary["probability"]
+
+    def native_masks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The masks as (array, affine) in the input's own axis order (what ``lesion_mask.nii.gz`` holds)."""
+        if self.scan.volume is None:
+            raise BonemetError("image slices have no affine: use lesion_mask (one 2D mask per slice)")
+        out = {"lesion": self.scan.volume.to_native(self.lesion_mask)}
+        if self.bone_mask is not None:
+            out["bone"] = self.scan.volume.to_native(self.bone_mask)
+        return out
+
+
+class Predictor:
+    """The models of ``opts`` loaded once, on their device, ready for any number of scans (in the manner of
+    nnU-Net's predictor that owns a trained model folder)."""
+
+    def __init__(self, opts: PredictOptions) -> None:
+        from ..devices import resolve_device
+
+        self.opts = opts
+        self.device = resolve_device(opts.device)
+        t = time.perf_counter()
+        self.seg = SegRunner(opts.seg, paths=opts.paths, device=self.device)
+        self.clf = ClsRunner(opts.cls, device=self.device) if opts.cls else None
+        self.load_seconds = time.perf_counter() - t
+
+    def predict(self, input_path: str | Path, out: str | Path, overwrite: bool | None = None) -> Prediction:
+        """One scan into OUT (checked before any work, filled through a temporary folder beside it)."""
+        opts = self.opts
+        protect = [input_path, opts.seg, opts.cls, opts.truth, opts.bone_truth]
+        with atomic_dir(out, overwrite=opts.overwrite if overwrite is None else overwrite, kind="predict",
+                        protect=protect) as tmp:
+            t = time.perf_counter()
+            scan = read_scan(Path(input_path), opts.series_uid)
+            read_s = round(time.perf_counter() - t, 2)
+            pred = self.analyse(scan)
+            pred.summary["timings"] = {"read s": read_s, **pred.summary["timings"]}
+            write_prediction(tmp, pred, opts)
+            return pred
+
+    def analyse(self, scan: Scan, keep_probabilities: bool | None = None) -> Prediction:
+        """The pipeline on a scan already read, in memory (nothing written)."""
+        return analyse(scan, self.opts, self.seg, self.clf, keep_probabilities)
 
 
 def _to_volume(per_slice: np.ndarray) -> np.ndarray:
@@ -88,18 +156,14 @@ def predict(input_path: str | Path, out: str | Path, opts: PredictOptions) -> di
     OUT is checked before any work (never the input or a folder holding it, never a run folder, and with
     ``overwrite`` only an earlier ``predict`` output), and filled through a temporary folder beside it.
     """
-    protect = [input_path, opts.seg, opts.cls, opts.truth, opts.bone_truth]
-    with atomic_dir(out, overwrite=opts.overwrite, kind="predict", protect=protect) as tmp:
-        return _predict_into(tmp, Path(input_path), opts)
+    check_output(out, "predict", opts.overwrite, [input_path, opts.seg, opts.cls, opts.truth, opts.bone_truth])
+    return Predictor(opts).predict(input_path, out).summary
 
 
-def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
+def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | None,
+            keep_probabilities: bool | None = None) -> Prediction:
+    """Segment, classify and measure ``scan``: everything ``predict`` writes, in memory."""
     times: dict[str, float] = {}
-    t = time.perf_counter()
-    scan = read_scan(input_path, opts.series_uid)
-    seg = SegRunner(opts.seg, paths=opts.paths)
-    clf = ClsRunner(opts.cls) if opts.cls else None
-    times["read s"] = round(time.perf_counter() - t, 2)
     warnings = []
     if scan.volume is not None:
         skipped = scan.volume.meta.get("skipped_files") or []
@@ -151,10 +215,12 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
 
     slice_rows = _slice_rows(scan, lesion_p, kept, cls_p, opts.threshold, opts.include_phi)
     decision = verdict(lesions, float(lesion_p.max()) if lesion_p.size else 0.0, cls_p, opts.threshold)
-    if not opts.probabilities:  # the maps are not written: free them before the masks and the DICOM-SEG are made
-        lesion_p = bone_p = lesion_vol = bone_vol = None
+    keep = opts.probabilities if keep_probabilities is None else keep_probabilities
+    if not keep:  # the maps are not kept: free them before the masks and the DICOM-SEG are made
+        lesion_vol = bone_vol = None
+    del lesion_p, bone_p
     summary = {
-        "input": {"path": str(Path(input_path)) if opts.include_phi else "(left out: folder names often carry "
+        "input": {"path": str(scan.source) if opts.include_phi else "(left out: folder names often carry "
                           "patient identifiers; --include-phi keeps it)",
                   "kind": scan.kind,
                   "non_finite_voxels": scan.volume.meta.get("non_finite_voxels", 0) if scan.volume is not None else 0,
@@ -174,19 +240,25 @@ def _predict_into(tmp: Path, input_path: Path, opts: PredictOptions) -> dict:
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
                     "window": opts.window or "as trained"},
     }
+    return Prediction(summary, lesions, kept > 0, bone_mask, scan, lesion_vol, bone_vol, slice_rows, kept)
+
+
+def write_prediction(tmp: Path, pred: Prediction, opts: PredictOptions) -> None:
+    """Every file of a ``predict`` output folder for ``pred``, into ``tmp``."""
+    summary, scan, times = pred.summary, pred.scan, pred.summary["timings"]
     t = time.perf_counter()
-    files = _write_masks(tmp, scan, kept > 0, bone_mask, lesion_vol, bone_vol, opts, seg.label, warnings)
-    lesion_rows = [les.as_row() for les in lesions]
+    files = _write_masks(tmp, scan, pred.lesion_mask, pred.bone_mask, pred.lesion_probability,
+                         pred.bone_probability, opts, summary["models"]["segmentation"]["model"], summary["warnings"])
+    lesion_rows = [les.as_row() for les in pred.lesions]
     write_csv(tmp / "lesions.csv", lesion_rows, _lesion_fields())
     write_json(tmp / "lesions.json", lesion_rows)
-    write_csv(tmp / "slices.csv", slice_rows)
+    write_csv(tmp / "slices.csv", pred.slice_rows)
     summary["files"] = sorted(files + ["lesions.csv", "lesions.json", "slices.csv", "summary.json", "report.html"])
     times["write s"] = round(time.perf_counter() - t, 2)
-    summary["timings"]["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
-    write_report(tmp / "report.html", scan, summary, lesions, kept, bone_mask, slice_rows,
+    times["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
+    write_report(tmp / "report.html", scan, summary, pred.lesions, pred.labels, pred.bone_mask, pred.slice_rows,
                  _phi(scan) if opts.include_phi else None)
     write_json(tmp / "summary.json", summary)
-    return summary
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:

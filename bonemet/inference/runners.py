@@ -60,7 +60,8 @@ def _batches(scan: Scan, window: str | None, channels: int, size: int, batch_siz
 class SegRunner:
     """The fold models of a segmentation run (EH-AttUnet++ for a hybrid run), averaged."""
 
-    def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None) -> None:
+    def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None,
+                 device: torch.device | None = None) -> None:
         from ..evaluation.seg_eval import load_member, load_run, model_label
         from .fast import FastModel, default_paths, needs_calibration
         from .quantize import stored_int8
@@ -70,8 +71,14 @@ class SegRunner:
             raise BonemetError("not a segmentation run folder (no config.json / splits.json)", self.run)
         self.cfg, split = load_run(self.run)
         ks = members if members is not None else list(range(len(split["folds"])))
+        self.device = device or torch.device("cpu")
         self.paths = default_paths() if paths is None else tuple(paths)
-        self.models = [load_member(self.cfg, self.run, k) for k in ks]
+        if self.device.type != "cpu":  # the fast paths are the CPU's (oneDNN bf16, ONNX Runtime): eager on a GPU
+            if paths:
+                logger.warning("%s: --fast %s runs on the CPU only; on %s the models run eagerly in fp32",
+                               self.run, ",".join(paths), self.device)
+            self.paths = ()
+        self.models = [load_member(self.cfg, self.run, k).to(self.device) for k in ks]
         self.calibrated_on_scan: list[int] = []  # int8 members without a stored graph (calibrated per scan)
         if needs_calibration(self.paths):
             graphs = [stored_int8(self.run, k) for k in ks]
@@ -84,7 +91,7 @@ class SegRunner:
         self.test_patients = list(split.get("test_patients", []))
 
     def describe(self) -> dict:
-        info = {"run": str(self.run), "model": self.label, "members": len(self.models),
+        info = {"run": str(self.run), "model": self.label, "members": len(self.models), "device": str(self.device),
                 "inference path": "+".join(self.paths) or "eager fp32", "preprocessing": self.cfg.preprocessing}
         if self.calibrated_on_scan:
             info["int8 calibration"] = (f"members {self.calibrated_on_scan} on {CALIBRATION_SLICES} slices of "
@@ -119,6 +126,7 @@ class SegRunner:
         lesion = np.zeros((scan.n_slices, rows, cols), np.float16)
         bone = None
         for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch_size):
+            x = x.to(self.device)
             lp, bp = [], []
             for m in models:
                 lo, bo = forward(m, x)
@@ -126,7 +134,7 @@ class SegRunner:
                 if bo is not None:
                     bp.append(torch.sigmoid(bo))
             up = lambda t: F.interpolate(torch.stack(t).mean(0), size=(rows, cols), mode="bilinear",  # noqa: E731
-                                         align_corners=False)[:, 0].numpy()
+                                         align_corners=False)[:, 0].cpu().numpy()
             lesion[ks] = up(lp)
             if bp:
                 if bone is None:
@@ -140,12 +148,14 @@ class SegRunner:
 class ClsRunner:
     """The model(s) of a classification run, averaged: a metastasis probability per slice."""
 
-    def __init__(self, run: str | Path) -> None:
+    def __init__(self, run: str | Path, device: torch.device | None = None) -> None:
         from ..evaluation.cls_eval import cls_label
         from ..training.cls import load_cls_run
 
         self.run = Path(run)
-        self.cfg, _, self.models = load_cls_run(self.run)
+        self.device = device or torch.device("cpu")
+        self.cfg, _, models = load_cls_run(self.run)
+        self.models = [m.to(self.device) for m in models]
         self.label = cls_label(self.cfg)
         self.size = self.models[0].input_size
 
@@ -159,7 +169,8 @@ class ClsRunner:
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         out = np.zeros(scan.n_slices, np.float32)
         for ks, x in _batches(scan, win, 3, self.size, batch_size, **self.cfg.input_options()):
-            out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).numpy()
+            x = x.to(self.device)
+            out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).cpu().numpy()
             if progress:
                 progress(len(ks))
         return out
