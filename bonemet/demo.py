@@ -40,16 +40,19 @@ BUDGETS = {
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: bool = False,
-             say: Callable[[str], None] = print) -> dict:
-    """Run every stage into ``out``; returns the paths of the main outputs and the stage timings."""
+             say: Callable[[str], None] = print, device: str = "auto") -> dict:
+    """Run every stage into ``out`` (the models on ``device``); returns the paths of the main outputs and the stage
+    timings."""
     from .evaluation.cls_eval import evaluate_cls_run
     from .evaluation.seg_eval import evaluate_run
     from .inference.predict import PredictOptions, predict
     from .phantom.synth import synthesize
     from .training.cls import ClsConfig, train_classification
+    from .training.loop import runtime
     from .training.seg import SegConfig, train_segmentation
 
     b = BUDGETS["quick" if quick else "default"]
+    rt = runtime(device)
     out = Path(out)
     check_output(out, "demo", overwrite)  # --overwrite replaces only an earlier demo folder
     if out.exists():
@@ -74,16 +77,16 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
                         lr_scale=0.3, eval_every=max(1, b.seg_epochs // 4), seed=seed)
     seg_run = out / "seg"
     stage(f"train Hybrid-AttUnet++ x {b.folds} folds (width {b.width}, {b.seg_epochs} epochs)",
-          lambda: train_segmentation(seg_cfg, seg_run))
-    seg_eval = stage("evaluate EH-AttUnet++ on held-out patients", lambda: evaluate_run(seg_run))
+          lambda: train_segmentation(seg_cfg, seg_run, rt=rt))
+    seg_eval = stage("evaluate EH-AttUnet++ on held-out patients", lambda: evaluate_run(seg_run, device=device))
     # the settings that learned the phantom's slices on CPU (docs/classification-phantom.md)
     cls_cfg = ClsConfig(data=str(data / "classification"), model=b.cls_model, size=b.cls_size, epochs=b.cls_epochs,
                         crop="body", batch_size=16, test_patients=0.25, neg_ratio=1.0, optimizer="adamw",
                         lr_scale=0.1, weight_decay=1e-4, alpha=0.5, gamma=0.0, eval_every=b.cls_epochs, seed=seed)
     cls_run = out / "cls"
     stage(f"train a {b.cls_model} slice classifier ({b.cls_size} px, {b.cls_epochs} epochs, random weights)",
-          lambda: train_classification(cls_cfg, cls_run))
-    cls_eval = stage("evaluate the classifier on held-out patients", lambda: evaluate_cls_run(cls_run))
+          lambda: train_classification(cls_cfg, cls_run, rt=rt))
+    cls_eval = stage("evaluate the classifier on held-out patients", lambda: evaluate_cls_run(cls_run, device=device))
     import json
 
     test = json.loads((seg_run / "splits.json").read_text())["test_patients"]
@@ -91,7 +94,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
         status = {r["patient"]: r["status"] for r in csv.DictReader(fh)}
     patient = next((p for p in test if status.get(p) == "metastatic"), test[0])
     pred = out / "predict" / patient
-    opts = PredictOptions(seg=seg_run, cls=cls_run, truth=data / "volumes" / patient / "lesion_mask.nii.gz")
+    opts = PredictOptions(seg=seg_run, cls=cls_run, truth=data / "volumes" / patient / "lesion_mask.nii.gz",
+                          device=device)
     summary = stage(f"predict on held-out patient {patient} (DICOM series)",
                     lambda: predict(data / "dicom" / patient, pred, opts))
     return {"seg_tables": [str(seg_run / "eval" / "test_table.md"), str(seg_run / "eval" / "cv_table.md")],

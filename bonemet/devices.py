@@ -107,6 +107,15 @@ class Precision:
         self.scaler.step(opt)
         self.scaler.update()
 
+    def __enter__(self) -> Precision:
+        """``with precision:`` runs the block in its autocast region."""
+        self._region = self.autocast()
+        self._region.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._region.__exit__(*exc)
+
     def describe(self) -> str:
         if self.dtype is None:
             return "fp32"
@@ -114,7 +123,8 @@ class Precision:
         return f"{name} autocast on {self.device.type}" + (" with a gradient scaler" if self.scaler else "")
 
 
-def training_precision(model: torch.nn.Module, mixed: bool, device: torch.device, warn=None) -> Precision:
+def training_precision(model: torch.nn.Module, mixed: bool, device: torch.device = torch.device("cpu"),
+                       warn=None) -> Precision:
     """Put ``model`` on ``device`` and prepare it for (mixed-precision) training; returns how its steps run.
 
     Without ``mixed``: fp32, as today. With it on the CPU: bfloat16 autocast and channels_last (about 3x the

@@ -187,6 +187,12 @@ def _read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
 
 
+def output_kind(folder: str | Path) -> str | None:
+    """The bonemet command whose marker ``folder`` carries (None: no marker)."""
+    marker = _read_marker(Path(folder))
+    return marker["kind"] if marker else None
+
+
 DEMO_ENTRIES = ["cls", "phantom", "predict", "seg"]
 
 

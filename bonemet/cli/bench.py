@@ -179,3 +179,63 @@ def memory(
     typer.echo(text)
     if out is not None:
         write_text(out / "bench_memory.md", text)
+
+
+@app.command()
+def batch(
+    jobs: Annotated[str, typer.Option(help="Comma-separated numbers of local jobs to compare.")] = "1,2",
+    cases: Annotated[int, typer.Option(min=1, help="Phantom scans in the batch.")] = 6,
+    slices: Annotated[int, typer.Option(min=8, help="Slices per scan.")] = 48,
+    size: Annotated[int, typer.Option(min=32, help="Slice size in pixels.")] = 128,
+    seg: Annotated[Path | None, typer.Option(help="A trained segmentation run (default: one random-weight member, "
+                                                  "width 4, 64 px).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to save bench_batch.md in.")] = None,
+) -> None:
+    """Cases per minute of 'predict --batch' with 1, 2 ... local jobs, in one run."""
+    import tempfile
+
+    from ..bench.scale import bench_batch
+    from ..bench.seg import machine_line
+    from ..data.stats import markdown_table
+    from ..errors import BonemetError
+    from ..fileio import write_text
+
+    try:
+        counts = [int(v) for v in jobs.split(",") if v.strip()]
+    except ValueError:
+        raise BonemetError(f"--jobs wants comma-separated numbers, got '{jobs}'") from None
+    if not counts or min(counts) < 1:
+        raise BonemetError(f"--jobs wants numbers of 1 or more, got '{jobs}'")
+    with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as work:
+        rows = bench_batch(Path(work), counts, cases, slices, size, seg, log=lambda m: typer.echo(m, err=True))
+    model = f"the run {seg}" if seg else "one random-weight hybrid-attunet++ member (width 4, 64 px)"
+    text = (f"`bonemet predict --batch` on {cases} phantom scans of {slices} x {size} px, {model}, on "
+            f"{machine_line()}:\n\n" + markdown_table(rows))
+    typer.echo(text)
+    if out is not None:
+        write_text(out / "bench_batch.md", text)
+
+
+@app.command()
+def device(
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    model: Annotated[str, typer.Option(help="Segmentation model.")] = "hybrid-attunet++",
+    size: Annotated[int, typer.Option(min=32)] = 224,
+    width: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    reps: Annotated[int, typer.Option(min=1, help="Timed repetitions (the median is kept).")] = 5,
+    out: Annotated[Path | None, typer.Option(help="Folder to save bench_device.md in.")] = None,
+) -> None:
+    """Training images/s and inference slices/s on a device, fp32 and mixed precision, and the time the thesis'
+    5-fold recipe (5 x 60 epochs x 1,200 slices) would take there."""
+    from ..bench.scale import bench_device
+    from ..bench.seg import machine_line
+    from ..data.stats import markdown_table
+    from ..fileio import write_text
+
+    rows = bench_device(device, size, width, batch_size, reps, model, log=lambda m: typer.echo(m, err=True))
+    text = (f"{model}, width {width}, {size} px, batch {batch_size}, median of {reps}; host {machine_line()}:\n\n"
+            + markdown_table(rows))
+    typer.echo(text)
+    if out is not None:
+        write_text(out / "bench_device.md", text)

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from .options import Device
+
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("runs/demo"),
@@ -14,11 +16,12 @@ def demo(
         = False,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Generate phantom data, train and evaluate EH-AttUnet++ and a classifier, predict on a held-out scan."""
     from ..demo import run_demo
 
-    r = run_demo(out, quick=quick, seed=seed, overwrite=overwrite, say=lambda m: typer.echo(m, err=True))
+    r = run_demo(out, quick=quick, seed=seed, overwrite=overwrite, say=lambda m: typer.echo(m, err=True), device=device)
     s, t = r["summary"], r["summary"].get("truth") or {}
     test = r["seg_eval"].get("test") or {}
     if test:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BonemetError, DataError, first_line
-from ..fileio import MARKER, _read_marker, check_output, owned_output, write_csv, write_json, write_marker
+from ..fileio import MARKER, check_output, output_kind, owned_output, write_csv, write_json, write_marker
 from ..log import logger
 from .predict import PredictOptions, Predictor
 
@@ -114,8 +114,7 @@ def is_done(out: Path, case: str) -> bool:
 def prepare_out(out: Path, source: Path, opts: PredictOptions) -> None:
     """Create OUT, or check that it is an earlier batch output of bonemet (which this call continues)."""
     if out.is_dir() and any(out.iterdir()):
-        marker = _read_marker(out)
-        if marker is None or marker.get("kind") != KIND:
+        if output_kind(out) != KIND:
             raise BonemetError("output folder exists and is not an earlier 'bonemet predict' batch output (nothing "
                                "written; choose another --out)", out)
         return

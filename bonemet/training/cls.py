@@ -34,8 +34,8 @@ from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_mod
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .distributed import barrier, data_parallel, unwrap
-from .loop import (Runtime, announce_distributed, console, end_epoch, epoch_loader, folds_to_train, make_optimizer,
-                   resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
+from .loop import (Runtime, TrainStep, announce_distributed, console, end_epoch, epoch_loader, folds_to_train,
+                   make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .losses import focal_loss
 from .schedule import PRESETS, PiecewiseLR
 from .seg import data_preprocessing
@@ -270,8 +270,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
                 loss = loss + cfg.mask_weight * lesion_map_loss(lesion_map.float(), batch[2].to(rt.device))
             return loss, len(y)
 
-        train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}", step, precision,
-                                 world)
+        train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}",
+                                 TrainStep(step, precision, world))
         row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
             row.update({f"heldout_{a}": v for a, v in _quick(model, held_ds, cfg).items()})
@@ -286,7 +286,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
             console.print(f"model {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
                           f"held-out AUC {row.get('heldout_auc', float('nan')):.3f}, {row['seconds']:.1f} s")
     result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
-              "selection": "best ROC-AUC on inner-validation patients" if sel else "last epoch"}
+              "selection": "best ROC-AUC on inner-validation patients" if sel else "last epoch",
+              "processes": world.size, "device": rt.device.type}
     if world.main:
         write_json(done, result)
     barrier(world)

@@ -31,7 +31,7 @@ from ..models.cost import gmacs_per_slice
 from ..devices import resolve_device, training_precision
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, save_checkpoint
-from .loop import console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
+from .loop import TrainStep, console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from .seg import SegConfig, build_model, forward, lesion_slice_flags, on_device, predict_probs, seg_loss
 
@@ -217,7 +217,8 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
                     loss = loss + hard_weight * _truth_term(lo, batch, truth_pos_weight, cfg, t_bone is not None)
                 return loss, len(batch["image"])
 
-        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}", step, precision)
+        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}",
+                                 TrainStep(step, precision))
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
         best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
         console.print(f"student epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")

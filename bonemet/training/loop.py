@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..devices import Precision, World, init_distributed
+from ..devices import training_precision  # noqa: F401  (the loops' precision, beside the rest of the loop)
 from ..errors import BonemetError
 from ..fileio import write_csv
 from .distributed import plain_state, reduce_sum
@@ -89,7 +90,8 @@ def start_run(run: Path, cfg: Any, what: str, resume: bool, given: Collection[st
         cfg = resumed_config(saved, cfg, given if resume else None, run,
                              "--resume continues the run as it started" if resume else
                              f"--fold {fold} trains one fold of the run in {run}")
-    cfg.distributed = distributed_batch(cfg.batch_size, world)
+    # how the batches were split, as the run started (each fold's done.json says how many processes trained it)
+    cfg.distributed = distributed_batch(cfg.batch_size, world) or cfg.distributed
     return cfg
 
 
@@ -157,6 +159,11 @@ def make_optimizer(name: str, params, lr: float = 0.01, weight_decay: float = 0.
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise BonemetError(f"unknown optimizer '{name}' (adam, adamw or sgd)")
+
+
+def train_input(image: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The training batch in the memory format of a CPU ``training_precision`` model."""
+    return image.contiguous(memory_format=torch.channels_last) if bf16 else image
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -281,13 +288,26 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] 
                       drop_last=False, **common)
 
 
+@dataclass
+class TrainStep:
+    """One training step of a loop: ``fn(batch)`` returns (loss, items); ``precision`` runs its backward pass and
+    optimiser step (a gradient scaler for float16), ``world`` is the process group its loss is averaged over."""
+
+    fn: Callable[[object], tuple[torch.Tensor, int]]
+    precision: Precision = field(default_factory=lambda: Precision(torch.device("cpu")))
+    world: World = World()
+
+    def __call__(self, batch: object) -> tuple[torch.Tensor, int]:
+        return self.fn(batch)
+
+
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, label: str,
-                step: Callable[[object], tuple[torch.Tensor, int]], precision: Precision | None = None,
-                world: World = World()) -> float:
-    """One optimisation pass with a progress bar; ``step(batch)`` returns (loss, items); returns the mean loss
-    (over the items of every process of a torchrun job)."""
+                step: Callable[[object], tuple[torch.Tensor, int]]) -> float:
+    """One optimisation pass with a progress bar; ``step(batch)`` returns (loss, items) (a :class:`TrainStep` also
+    says how its backward pass runs and over which processes); returns the mean loss over every process's items."""
+    precision = getattr(step, "precision", None) or Precision(torch.device("cpu"))
+    world = getattr(step, "world", None) or World()
     loss_sum, n = 0.0, 0
-    precision = precision or Precision(torch.device("cpu"))
     with epoch_bar(label) if world.main else _no_bar() as bar:
         task = bar.add_task("train", total=len(loader), loss=float("nan"))
         for batch in loader:

@@ -34,8 +34,8 @@ from ..models import create_model, model_options, split_outputs
 from ..devices import training_precision
 from .augment import SegAugment
 from .distributed import barrier, data_parallel, unwrap
-from .loop import (Runtime, announce_distributed, console, end_epoch, epoch_loader, folds_to_train, make_optimizer,
-                   resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
+from .loop import (Runtime, TrainStep, announce_distributed, console, end_epoch, epoch_loader, folds_to_train,
+                   make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .schedule import PiecewiseLR
 
 
@@ -288,8 +288,8 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
                 lo, bo = forward(model, precision.to_input(batch["image"]), batch["bone"])
                 return seg_loss(lo, bo, batch, cfg), len(batch["image"])
 
-        train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}", step, precision,
-                                 world)
+        train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}",
+                                 TrainStep(step, precision, world))
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         last_epoch = epoch == cfg.epochs - 1
         heldout = quick_scores(model, held_ds, cfg) if last_epoch or (epoch + 1) % cfg.eval_every == 0 else {}
@@ -306,7 +306,8 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
                           f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
     selection = ("best lesion F1 on the scored fold itself (the reference code's choice: selection on the test "
                  "fold, leaky)" if paper else "best lesion F1 on inner-validation patients" if sel else "last epoch")
-    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt", "selection": selection}
+    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt", "selection": selection,
+              "processes": world.size, "device": rt.device.type}
     if world.main:
         write_json(done, result)
     barrier(world)
