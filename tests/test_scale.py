@@ -201,6 +201,20 @@ def test_torchrun_two_processes_train_the_weights_of_one(small: Path, tmp_path: 
     assert json.loads((tmp_path / "pred" / "summary.json").read_text())["models"]["segmentation"]["members"] == 2
 
 
+def test_classifier_trains_under_torchrun(small: Path, tmp_path: Path) -> None:
+    """cls train under torchrun: a run that cls evaluate reads like any other (small_cnn16 has dropout, whose masks
+    each process draws for itself, so its weights are not compared with one process's)."""
+    run = tmp_path / "cls"
+    code, out, err = finish(bonemet_process("cls", "train", "--data", small / "classification", "--model",
+                                            "small_cnn16", "--size", "64", "--epochs", "1", "--batch-size", "8",
+                                            "--test-patients", "0.25", "--device", "cpu", "--sync-bn", "--out", run,
+                                            torchrun=2))
+    assert code == 0, err[-2000:]
+    assert json.loads((run / "fold0" / "done.json").read_text())["processes"] == 2
+    r = invoke("cls", "evaluate", run, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+
+
 def test_cpu_sync_batchnorm_is_batchnorm_when_alone() -> None:
     from bonemet.training.distributed import convert_sync_batchnorm
 

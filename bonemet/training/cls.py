@@ -239,7 +239,7 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=bool(masks) or cfg.freeze_backbone)
     aug = cls_augment(cfg.vflip) if cfg.augment else None
     transform = ImageAugment(aug) if aug else None
-    size = model.input_size
+    size = unwrap(model).input_size
     train_ds = ClassificationDataset(fit, size, 3, transform=transform, **cfg.input_options(),
                                      masks=masks)
     sel_ds, held_ds = (ClassificationDataset(sel, size, 3, **cfg.input_options()),

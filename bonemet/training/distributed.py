@@ -70,16 +70,30 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` with every BatchNorm synchronised over the process group (torch's on GPUs, ours on CPUs)."""
+    """``model`` with every BatchNorm synchronised over the process group: on GPUs torch's, through timm's converter
+    (which also keeps the activation of timm's fused BatchNormAct layers); on CPUs ours, for plain BatchNorm layers
+    (the models of the family and small_cnn use nothing else)."""
     if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from timm.layers import convert_sync_batchnorm as timm_convert
+
+        return timm_convert(model)
+    other = {type(m).__name__ for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in PLAIN_BATCHNORMS}
+    if other:
+        from ..log import logger
+
+        logger.warning("--sync-bn on CPUs synchronises plain BatchNorm layers only; %s stay per process",
+                       ", ".join(sorted(other)))
     return _convert_cpu(model)
 
 
 def _convert_cpu(module: nn.Module) -> nn.Module:
     out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+    if type(module) in PLAIN_BATCHNORMS:  # a subclass may add behaviour (timm's BatchNormAct2d): left alone
         out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                module.track_running_stats)
         with torch.no_grad():  # the very parameters and buffers, so that an optimiser made before keeps them
