@@ -60,6 +60,16 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are."""
+    return next(model.parameters()).device
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """The tensors of a batch (a dict) on ``device``; names and flags stay as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def cpu_bf16_supported() -> bool:
     """Whether this CPU runs bfloat16 natively (otherwise autocast would emulate it slowly)."""
     try:

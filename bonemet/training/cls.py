@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..data.classification import ClsSlice, lesion_mask_paths, load_classification
 from ..data.datasets import CROPS, ClassificationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, load_splits, patient_splits
-from ..devices import mixed_dtype, training_precision
+from ..devices import mixed_dtype, model_device, training_precision
 from ..errors import BonemetError, refuse_first
 from ..fileio import read_config, read_json, write_json
 from ..log import logger
@@ -177,7 +177,7 @@ def predict_cls(models: list[torch.nn.Module], ds: ClassificationDataset, batch_
     out = []
     for m in models:
         m.eval()
-        device = next(m.parameters()).device
+        device = model_device(m)
         probs = [torch.softmax(m(x.to(device)).float(), 1)[:, 1].cpu()
                  for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
         out.append(torch.cat(probs).numpy() if probs else np.zeros(0, np.float32))
@@ -195,7 +195,7 @@ def _quick(model: torch.nn.Module, ds: ClassificationDataset, cfg: ClsConfig) ->
         return {}
     # the curves of a mixed-precision run are scored in it too (fast); 'cls evaluate' scores the checkpoint in fp32
     model = unwrap(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.autocast(device.type, dtype=mixed_dtype(device), enabled=cfg.bf16):
         p = predict_cls([model], ds, cfg.batch_size)[0]
     y = np.array([s.label for s in ds.slices])

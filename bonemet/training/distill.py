@@ -28,12 +28,12 @@ from ..evaluation.metrics import PIXEL_METRICS, confusion, f1_ratio_ci, pooled_f
 from ..fileio import read_json, write_csv, write_json, write_text
 from ..inference.fast import FastModel, default_paths
 from ..models.cost import gmacs_per_slice
-from ..devices import resolve_device, training_precision
+from ..devices import on_device, resolve_device, training_precision
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, save_checkpoint
 from .loop import TrainStep, console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
-from .seg import SegConfig, build_model, forward, lesion_slice_flags, on_device, predict_probs, seg_loss
+from .seg import SegConfig, build_model, forward, lesion_slice_flags, predict_probs, seg_loss
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member

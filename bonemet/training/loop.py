@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ def start_run(run: Path, cfg: Any, what: str, resume: bool, given: Collection[st
     from ..fileio import read_config
 
     cfg_path = run / "config.json"
+    if world.distributed and cfg.batch_size % world.size:
+        raise BonemetError(f"--batch-size {cfg.batch_size} is the global batch of the {world.size} processes: it "
+                           f"must be a multiple of {world.size}")
     if fold is not None and not 0 <= fold < cfg.folds:
         raise BonemetError(f"--fold {fold}: the run has {cfg.folds} folds, numbered 0 to {cfg.folds - 1}")
     if cfg_path.exists() and not resume and fold is None:

@@ -31,7 +31,7 @@ from ..errors import BonemetError, refuse_first
 from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import read_json, write_json
 from ..models import create_model, model_options, split_outputs
-from ..devices import training_precision
+from ..devices import model_device, on_device, training_precision
 from .augment import SegAugment
 from .distributed import barrier, data_parallel, unwrap
 from .loop import (Runtime, TrainStep, announce_distributed, console, end_epoch, epoch_loader, folds_to_train,
@@ -207,16 +207,6 @@ def predict_probs(models: list[torch.nn.Module], ds: SegmentationDataset, batch_
             bone.append(torch.stack(bp).mean(0)[:, 0].cpu().numpy())
     lesion = np.concatenate(les) if les else np.zeros((0, ds.size, ds.size), np.float32)
     return lesion, (np.concatenate(bone) if bone else None)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where ``model``'s weights are."""
-    return next(model.parameters()).device
-
-
-def on_device(batch: dict, device: torch.device) -> dict:
-    """The tensors of a batch on ``device`` (names and flags stay as they are)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig) -> dict[str, float]:
