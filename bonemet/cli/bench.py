@@ -157,12 +157,7 @@ def memory(
     from ..errors import BonemetError
     from ..fileio import write_text
 
-    try:
-        lengths = [int(v) for v in slices.split(",") if v.strip()]
-    except ValueError:
-        raise BonemetError(f"--slices wants comma-separated numbers, got '{slices}'") from None
-    if not lengths or min(lengths) < 8:
-        raise BonemetError(f"--slices wants lengths of 8 or more, got '{slices}'")
+    lengths = number_list(slices, "--slices", 8)
     t0 = time.perf_counter()
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     if not fmts or set(fmts) - {"nifti", "dicom"}:
@@ -197,15 +192,9 @@ def batch(
     from ..bench.scale import bench_batch
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
-    from ..errors import BonemetError
     from ..fileio import write_text
 
-    try:
-        counts = [int(v) for v in jobs.split(",") if v.strip()]
-    except ValueError:
-        raise BonemetError(f"--jobs wants comma-separated numbers, got '{jobs}'") from None
-    if not counts or min(counts) < 1:
-        raise BonemetError(f"--jobs wants numbers of 1 or more, got '{jobs}'")
+    counts = number_list(jobs, "--jobs", 1)
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as work:
         rows = bench_batch(Path(work), counts, cases, slices, size, seg, log=lambda m: typer.echo(m, err=True))
     model = f"the run {seg}" if seg else "one random-weight hybrid-attunet++ member (width 4, 64 px)"
@@ -239,3 +228,16 @@ def device(
     typer.echo(text)
     if out is not None:
         write_text(out / "bench_device.md", text)
+
+
+def number_list(text: str, option: str, minimum: int) -> list[int]:
+    """Comma-separated whole numbers of at least ``minimum`` (an option's value), or one clear error."""
+    from ..errors import BonemetError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BonemetError(f"{option} wants comma-separated numbers, got '{text}'") from None
+    if not values or min(values) < minimum:
+        raise BonemetError(f"{option} wants numbers of {minimum} or more, got '{text}'")
+    return values
