@@ -221,7 +221,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
         fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
     if resume and done.exists():
-        console.print(f"model {k}: already finished, skipped")
+        if world.main:
+            console.print(f"model {k}: already finished, skipped")
         return read_json(done, "done.json")
     torch.manual_seed(cfg.seed * 1000 + k)
     model = build_classifier(cfg)
@@ -235,7 +236,8 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
     start, best, rows = 0, -1.0, []
     if resume and (fold_dir / "last.pt").exists():
         start, best, rows = resume_state(fold_dir, model, opt)
-        console.print(f"model {k}: resuming after epoch {start - 1}")
+        if world.main:
+            console.print(f"model {k}: resuming after epoch {start - 1}")
     model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=bool(masks) or cfg.freeze_backbone)
     aug = cls_augment(cfg.vflip) if cfg.augment else None
     transform = ImageAugment(aug) if aug else None

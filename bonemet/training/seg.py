@@ -237,7 +237,8 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
         fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
     if resume and done.exists():
-        console.print(f"fold {k}: already finished, skipped")
+        if world.main:
+            console.print(f"fold {k}: already finished, skipped")
         return read_json(done, "done.json")
     torch.manual_seed(cfg.seed * 1000 + k)
     model = build_model(cfg)
@@ -248,7 +249,8 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     rows: list[dict] = []
     if resume and (fold_dir / "last.pt").exists():
         start, best, rows = resume_state(fold_dir, model, opt)
-        console.print(f"fold {k}: resuming after epoch {start - 1}")
+        if world.main:
+            console.print(f"fold {k}: resuming after epoch {start - 1}")
     model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=cfg.model == "sequential")
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
     aug = SegAugment(masks_follow=not paper) if cfg.augment else None
