@@ -104,3 +104,27 @@ def test_rough_site_on_a_drawn_body():
     assert rough_site((50.0, 30.0, 15.0), bone, hu) == "other"  # anterior, deep inside
     assert rough_site((50.0, 62.0, 3.0), bone, hu) == "pelvis"
     assert rough_site((50.0, 74.0, 15.0), None, hu) == "spine"  # bone from HU > 150 when no mask is given
+
+
+def test_bone_gate_keeps_lesions_within_the_margin_of_bone_only() -> None:
+    """Three cubes: in the bone, 4 mm from it, 10 mm from it (1 x 1 x 2 mm voxels): a 3 mm margin keeps the first,
+    a 5 mm margin the first two, no gate all three."""
+    bone = np.zeros((60, 30, 10), bool)
+    bone[:20, :, :] = True  # bone up to i = 19
+    mask = np.zeros(bone.shape, bool)
+    mask[10:14, 10:14, 3:6] = True  # inside
+    mask[23:27, 10:14, 3:6] = True  # nearest voxel i = 23: 4 mm from bone at i = 19
+    mask[29:33, 20:24, 3:6] = True  # i = 29: 10 mm away
+    prob = mask.astype(np.float16)
+    counts = {}
+    for margin in (None, 3.0, 5.0, 0.0):
+        stats: dict = {}
+        found, kept = find_lesions(mask, prob, None, bone, (1.0, 1.0, 2.0), min_voxels=1, min_volume_ml=0,
+                                   bone_margin_mm=margin, stats=stats)
+        counts[margin] = (len(found), stats.get("off_bone"))
+        if margin == 5.0:
+            assert kept[24, 11, 4] > 0 and kept[30, 21, 4] == 0
+    assert counts == {None: (3, 0), 3.0: (1, 2), 5.0: (2, 1), 0.0: (1, 2)}
+    # the margin is in mm: with 2 mm pixels the cube 4 voxels away is 8 mm away
+    found, _ = find_lesions(mask, prob, None, bone, (2.0, 2.0, 2.0), min_voxels=1, min_volume_ml=0, bone_margin_mm=5)
+    assert len(found) == 1

@@ -43,6 +43,12 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of 'bonemet predict' (never a folder "
                                                  "it did not write); with a batch, predict the finished cases again.")]
         = False,
+    bone_margin: Annotated[float, typer.Option(min=0.0, help="A lesion must come within this distance (mm; pixels "
+                                                              "for image slices) of the predicted bone, else it is "
+                                                              "dropped (models with a bone output).")] = 3.0,
+    no_bone_gate: Annotated[bool, typer.Option(help="Keep lesions wherever they are, in bone or not.")] = False,
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation: also run every model on the left-right "
+                                           "mirrored slices and average (twice the model time).")] = False,
     device: Device = "auto",
     batch: Annotated[bool, typer.Option(help="INPUT is a folder of cases: each sub-folder (DICOM series or image "
                                              "slices) or NIfTI file is one case, written to OUT/<case>/.")] = False,
@@ -65,7 +71,8 @@ def predict(
     opts = PredictOptions(seg=seg, cls=cls, threshold=threshold, batch_size=batch_size, window=window,
                           probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth,
                           min_volume_ml=min_volume, dicom_seg=not no_dicom_seg, overwrite=overwrite,
-                          series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device)
+                          series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device,
+                          bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta)
     many = batch or is_manifest(input)
     if not many and (jobs > 1 or num_parts > 1 or dask):
         raise BonemetError("--jobs, --num-parts and --dask spread the cases of a batch: add --batch (a folder of "

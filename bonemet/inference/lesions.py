@@ -99,13 +99,16 @@ def rough_site(center: tuple[float, float, float], bone: np.ndarray | None, hu: 
 
 def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | None, bone: np.ndarray | None,
                  spacing: tuple[float, float, float] | None, min_voxels: int = 10,
-                 min_volume_ml: float = 0.05, voxel_mm3: float | None = None) -> tuple[list[Lesion], np.ndarray]:
+                 min_volume_ml: float = 0.05, voxel_mm3: float | None = None, bone_margin_mm: float | None = None,
+                 stats: dict | None = None) -> tuple[list[Lesion], np.ndarray]:
     """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
     volume of the kept ones numbered by lesion id.
 
     Components under ``min_voxels`` (or ``min_volume_ml`` when the spacing is known) are dropped as noise.
     ``voxel_mm3``: the true voxel volume (|det| of the affine; default the product of the spacings, which is
-    the same for an orthogonal grid and too large for a sheared one).
+    the same for an orthogonal grid and too large for a sheared one). ``bone_margin_mm`` (with ``bone``): a
+    component that comes no closer than this to the bone mask is dropped too (a bone metastasis lies in bone; in
+    pixels when the spacing is unknown); ``stats["off_bone"]`` then counts them.
     """
     kept = np.zeros(lesion_mask.shape, np.int16)
     box0 = _bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
@@ -121,9 +124,14 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # bincount works in int64: slice by slice, not a whole-volume copy
         counts += np.bincount(labels[:, :, k].ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
+    off_bone = 0
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         count = int(counts[idx])
         if box is None or count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
+            continue
+        if bone_margin_mm is not None and bone is not None and \
+                not touches_bone(labels, idx, origin, box, bone, bone_margin_mm, spacing):
+            off_bone += 1
             continue
         m = _measure(labels, idx, origin, box, prob, hu if measure else None, bone, spacing)
         centroid = tuple(int(round(v)) for v in m["center"])
@@ -146,7 +154,29 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     region = kept[box0]
     for k in range(labels.shape[2]):  # slice by slice: no second full-size label array
         region[:, :, k] = relabel[labels[:, :, k]]
+    if stats is not None:
+        stats["off_bone"] = off_bone
     return [les for les, _ in out], kept
+
+
+def touches_bone(labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[slice, ...], bone: np.ndarray,
+                 margin_mm: float, spacing: tuple[float, float, float] | None) -> bool:
+    """Whether component ``idx`` of ``labels`` (placed at ``origin``; ``box`` its box there) comes within
+    ``margin_mm`` of ``bone``: the Euclidean distance in mm, computed in the component's box grown by the margin."""
+    sp = tuple(spacing) if spacing else (1.0, 1.0, 1.0)
+    g = [slice(b.start + o, b.stop + o) for b, o in zip(box, origin)]
+    pad = [int(np.ceil(max(0.0, margin_mm) / s)) for s in sp]
+    region = tuple(slice(max(0, s.start - p), min(dim, s.stop + p)) for s, p, dim in zip(g, pad, bone.shape))
+    near = np.asarray(bone[region], bool)
+    if not near.any():
+        return False
+    comp = np.zeros(near.shape, bool)
+    comp[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(g, region))] = labels[box] == idx
+    if (comp & near).any():
+        return True
+    if margin_mm <= 0:
+        return False
+    return bool((ndimage.distance_transform_edt(~near, sampling=sp)[comp] <= margin_mm).any())
 
 
 def _measure(labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[slice, ...], prob: np.ndarray,

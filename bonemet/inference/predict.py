@@ -49,6 +49,8 @@ class PredictOptions:
     paths: tuple[str, ...] | None = None  # None = the default fast path
     series_uid: str | None = None  # the series to read from a folder that holds several
     device: str = "auto"
+    bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
+    tta: bool = False  # also run every model on the left-right mirrored slices and average
 
 
 @dataclass
@@ -182,7 +184,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
                   console=console, transient=True) as bar:
         task = bar.add_task(f"segmentation ({seg.label})", total=n)
         t = time.perf_counter()
-        lesion_p, bone_p = seg.predict(scan, opts.window, opts.batch_size, lambda k: bar.advance(task, k))
+        lesion_p, bone_p = seg.predict(scan, opts.window, opts.batch_size, lambda k: bar.advance(task, k), opts.tta)
         times["segmentation s"] = round(time.perf_counter() - t, 2)
         cls_p = None
         if clf is not None:
@@ -195,9 +197,11 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
     bone_mask = bone_vol >= opts.threshold if bone_vol is not None else None
     hu = scan.volume.array if scan.volume is not None else None
     spacing = scan.volume.spacing if scan.volume is not None else None
+    gate: dict = {}
     lesions, kept = find_lesions(lesion_vol >= opts.threshold, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
                                  opts.min_volume_ml,
-                                 voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None)
+                                 voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None,
+                                 bone_margin_mm=opts.bone_margin_mm, stats=gate)
     truth = None
     if opts.truth is not None:
         if scan.volume is None:
@@ -238,7 +242,8 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
         "models": {"segmentation": seg.describe(), "classification": clf.describe() if clf else None},
         "versions": _versions(), "timings": times, "warnings": warnings,
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
-                    "window": opts.window or "as trained"},
+                    "window": opts.window or "as trained", "test-time augmentation": "flip" if opts.tta else "none",
+                    "bone gate": _bone_gate(opts, bone_mask, scan, gate)},
     }
     return Prediction(summary, lesions, kept > 0, bone_mask, scan, lesion_vol, bone_vol, slice_rows, kept)
 
@@ -259,6 +264,17 @@ def write_prediction(tmp: Path, pred: Prediction, opts: PredictOptions) -> None:
     write_report(tmp / "report.html", scan, summary, pred.lesions, pred.labels, pred.bone_mask, pred.slice_rows,
                  _phi(scan) if opts.include_phi else None)
     write_json(tmp / "summary.json", summary)
+
+
+def _bone_gate(opts: PredictOptions, bone_mask: np.ndarray | None, scan: Scan, gate: dict) -> str:
+    """What the bone rule did, in words, for the summary."""
+    if opts.bone_margin_mm is None:
+        return "off"
+    if bone_mask is None:
+        return "not applied: the segmentation model has no bone output"
+    unit = "mm" if scan.volume is not None else "pixels"
+    return (f"a lesion must come within {opts.bone_margin_mm:g} {unit} of the predicted bone; "
+            f"{gate.get('off_bone', 0)} component(s) dropped")
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:

@@ -115,9 +115,12 @@ class SegRunner:
 
     @torch.no_grad()
     def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,
-                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                progress: Callable[[int], None] | None = None,
+                flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Lesion and bone probabilities per slice at the scan's slice size: (N, rows, cols) float16 (a
-        probability needs no more: 0.0005 apart near 1, finer below; half the memory of float32 on long scans)."""
+        probability needs no more: 0.0005 apart near 1, finer below; half the memory of float32 on long scans).
+        ``flip``: test-time augmentation, each model also on the left-right mirrored slices (mirrored back),
+        averaged with the plain pass."""
         from ..training.seg import forward
 
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
@@ -129,10 +132,12 @@ class SegRunner:
             x = x.to(self.device)
             lp, bp = [], []
             for m in models:
-                lo, bo = forward(m, x)
-                lp.append(torch.sigmoid(lo))
-                if bo is not None:
-                    bp.append(torch.sigmoid(bo))
+                for mirrored in ((False, True) if flip else (False,)):
+                    lo, bo = forward(m, x.flip(-1) if mirrored else x)
+                    back = (lambda t: t.flip(-1)) if mirrored else (lambda t: t)  # noqa: E731
+                    lp.append(back(torch.sigmoid(lo)))
+                    if bo is not None:
+                        bp.append(back(torch.sigmoid(bo)))
             up = lambda t: F.interpolate(torch.stack(t).mean(0), size=(rows, cols), mode="bilinear",  # noqa: E731
                                          align_corners=False)[:, 0].cpu().numpy()
             lesion[ks] = up(lp)
