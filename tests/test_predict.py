@@ -449,7 +449,7 @@ def test_flip_tta_averages_the_plain_and_the_mirrored_pass(phantom, seg_run):
     x = torch.stack([torch.from_numpy(np.ascontiguousarray(scan.model_slice(k, runner.cfg.preprocessing["window"])))
                      for k in range(scan.n_slices)]).float() / 255
     ramp = torch.linspace(-3, 3, runner.cfg.size)
-    small = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2),
+    small = torch.nn.functional.interpolate(x[:, None],
                                             size=(runner.cfg.size, runner.cfg.size), mode="area")[:, :1]
     mean = (torch.sigmoid(4 * small + ramp) + torch.sigmoid(4 * small - ramp)) / 2
     expected = torch.nn.functional.interpolate(mean, size=plain.shape[1:], mode="bilinear",
