@@ -159,9 +159,10 @@ def explain(
         = None,
     n: Annotated[int, typer.Option(min=1, help="How many test slices to pick when --slices is not given.")] = 4,
     out: Annotated[Path | None, typer.Option(help="PNG path (default RUN/eval/explain.png).")] = None,
+    device: Device = "auto",
 ) -> None:
     """Grad-CAM (CNNs) and attention rollout (ViT / DeiT) overlays as PNG."""
     from ..evaluation.explain import explain_run
 
-    path = explain_run(run, slices or [], n, out)
+    path = explain_run(run, slices or [], n, out, device=device)
     typer.echo(f"explanations: {path}")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import model_device, resolve_device
 from ..errors import BonemetError
 
 from ..models.classifiers import FusionClassifier, SliceClassifier
@@ -20,6 +21,7 @@ from .figures import plt, save_figure
 
 
 def _normalise(cam: torch.Tensor, size: int) -> np.ndarray:
+    cam = cam.float().cpu()
     cam = F.interpolate(cam[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     cam = cam - cam.min()
     return (cam / cam.max()).numpy() if float(cam.max()) > 0 else cam.numpy()
@@ -56,9 +58,9 @@ def attention_rollout(vit: torch.nn.Module, x_normalised: torch.Tensor) -> np.nd
         for blk, f in zip(vit.blocks, fused):
             blk.attn.fused_attn = f
     n = attns[0].shape[-1]
-    rollout = torch.eye(n)
+    rollout = torch.eye(n, device=x_normalised.device)
     for a in attns:
-        a = a[0].mean(0) + torch.eye(n)  # heads averaged; the residual path as identity
+        a = a[0].mean(0) + torch.eye(n, device=a.device)  # heads averaged; the residual path as identity
         rollout = (a / a.sum(-1, keepdim=True)) @ rollout
     prefix = getattr(vit, "num_prefix_tokens", 1)
     gh, gw = vit.patch_embed.grid_size
@@ -67,7 +69,8 @@ def attention_rollout(vit: torch.nn.Module, x_normalised: torch.Tensor) -> np.nd
 
 
 def explain(model: SliceClassifier | FusionClassifier, x: torch.Tensor) -> tuple[float, list[tuple[str, np.ndarray]]]:
-    """Metastasis probability and the maps for one image (1, 3, S, S) in [0, 1]."""
+    """Metastasis probability and the maps for one image (1, 3, S, S) in [0, 1] (on the model's device)."""
+    x = x.to(model_device(model))
     with torch.no_grad():
         prob = float(torch.softmax(model.eval()(x), 1)[0, 1])
     if isinstance(model, FusionClassifier):
@@ -126,8 +129,9 @@ def _pick_test_slices(run: Path, root: Path, n: int) -> list[tuple[Path, int]]:
     return out[:n]
 
 
-def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path | None = None) -> Path:
-    """Explanation overlays for ``slices`` (or picked test slices) with the run's first model."""
+def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path | None = None,
+                device: str | None = "cpu") -> Path:
+    """Explanation overlays for ``slices`` (or picked test slices) with the run's first model (on ``device``)."""
     from ..data.classification import context_paths, load_classification
     from ..data.datasets import prepare_image, stack_slices
     from ..data.images import read_image
@@ -136,7 +140,7 @@ def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path
 
     run = Path(run)
     cfg, _, models = load_cls_run(run)
-    model = models[0]
+    model = models[0].to(resolve_device(device))
     items = [(Path(p), None) for p in slices] if slices else _pick_test_slices(run, Path(cfg.data), n)
     neighbours: dict[Path, list[Path]] = {}
     if cfg.context:  # the stacked neighbours come from the patient's slices in the run's data root
