@@ -143,7 +143,7 @@ def run_case(case: Case, out: Path, opts: PredictOptions) -> dict:
     t = time.perf_counter()
     failed = out / FAILED / f"{case.name}.json"
     try:
-        pred = cached_predictor(opts).predict(case.input, out / case.name, overwrite=opts.overwrite)
+        pred = cached_predictor(opts).predict(case.input, out / case.name)
     except Exception as exc:  # noqa: BLE001 - one bad case of thousands must not stop the batch
         reason = str(exc) if isinstance(exc, BonemetError) else f"{type(exc).__name__}: {first_line(exc)}"
         reason = " ".join(reason.split())

@@ -96,17 +96,14 @@ class Predictor:
 
         self.opts = opts
         self.device = resolve_device(opts.device)
-        t = time.perf_counter()
         self.seg = SegRunner(opts.seg, paths=opts.paths, device=self.device)
         self.clf = ClsRunner(opts.cls, device=self.device) if opts.cls else None
-        self.load_seconds = time.perf_counter() - t
 
-    def predict(self, input_path: str | Path, out: str | Path, overwrite: bool | None = None) -> Prediction:
+    def predict(self, input_path: str | Path, out: str | Path) -> Prediction:
         """One scan into OUT (checked before any work, filled through a temporary folder beside it)."""
         opts = self.opts
         protect = [input_path, opts.seg, opts.cls, opts.truth, opts.bone_truth]
-        with atomic_dir(out, overwrite=opts.overwrite if overwrite is None else overwrite, kind="predict",
-                        protect=protect) as tmp:
+        with atomic_dir(out, overwrite=opts.overwrite, kind="predict", protect=protect) as tmp:
             t = time.perf_counter()
             scan = read_scan(Path(input_path), opts.series_uid)
             read_s = round(time.perf_counter() - t, 2)
