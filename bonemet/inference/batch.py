@@ -125,13 +125,14 @@ def prepare_out(out: Path, source: Path, opts: PredictOptions) -> None:
 
 # --- one process's cases ---------------------------------------------------------------------------------------
 
-_PREDICTORS: dict[tuple, Predictor] = {}
+_PREDICTORS: dict[str, Predictor] = {}
 _LOCK = threading.Lock()
 
 
 def cached_predictor(opts: PredictOptions) -> Predictor:
-    """This process's predictor for ``opts``: the models are loaded by the first case and kept for the rest."""
-    key = (str(opts.seg), str(opts.cls), opts.paths, opts.device)
+    """This process's predictor for ``opts``: the models are loaded by the first case and kept for the rest (keyed
+    by every option, so that a Dask worker serving another batch with other options never answers with these)."""
+    key = repr(opts)
     with _LOCK:
         if key not in _PREDICTORS:
             _PREDICTORS[key] = Predictor(opts)
