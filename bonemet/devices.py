@@ -133,6 +133,17 @@ class Precision:
         return f"{name} autocast on {self.device.type}" + (" with a gradient scaler" if self.scaler else "")
 
 
+def precision_for(device: torch.device, mixed: bool) -> Precision:
+    """How training steps run on ``device``: fp32, or its mixed precision (see the module docstring)."""
+    if not mixed:
+        return Precision(device)
+    if device.type == "cpu":
+        return Precision(device, torch.bfloat16, channels_last=True)
+    dtype = mixed_dtype(device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return Precision(device, dtype, channels_last=True, scaler=scaler)
+
+
 def training_precision(model: torch.nn.Module, mixed: bool, device: torch.device = torch.device("cpu"),
                        warn=None) -> Precision:
     """Put ``model`` on ``device`` and prepare it for (mixed-precision) training; returns how its steps run.
@@ -141,17 +152,12 @@ def training_precision(model: torch.nn.Module, mixed: bool, device: torch.device
     training images/s of fp32 for small_cnn16 on a CPU with native bf16; ``warn`` says so when it is emulated).
     """
     model.to(device)
-    if not mixed:
-        return Precision(device)
-    if device.type == "cpu":
-        if not cpu_bf16_supported() and warn:
-            warn("--bf16: this CPU has no native bfloat16; autocast will emulate it (slower)")
+    precision = precision_for(device, mixed)
+    if mixed and device.type == "cpu" and not cpu_bf16_supported() and warn:
+        warn("--bf16: this CPU has no native bfloat16; autocast will emulate it (slower)")
+    if precision.channels_last:
         model.to(memory_format=torch.channels_last)
-        return Precision(device, torch.bfloat16, channels_last=True)
-    dtype = mixed_dtype(device)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    model.to(memory_format=torch.channels_last)
-    return Precision(device, dtype, channels_last=True, scaler=scaler)
+    return precision
 
 
 # --- processes ------------------------------------------------------------------------------------------------

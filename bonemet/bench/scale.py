@@ -11,10 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..devices import describe_device, resolve_device, threads_per_process
-from ..models import create_model, split_outputs
 
 # the thesis recipe: 5 folds x 60 epochs over the training slices of BM-Seg (about 1,200 per fold at 224 px)
 THESIS_FOLDS, THESIS_EPOCHS, THESIS_TRAIN_SLICES = 5, 60, 1200
@@ -53,56 +51,21 @@ def bench_batch(work: Path, jobs: Sequence[int], cases: int = 6, slices: int = 4
 def bench_device(device: str = "auto", size: int = 224, width: int = 32, batch_size: int = 8, reps: int = 5,
                  model_name: str = "hybrid-attunet++", log: Callable[[str], None] = print) -> list[dict]:
     """Training images/s (Adam step) and inference slices/s of ``model_name`` on ``device`` in fp32 and in the
-    device's mixed precision, with the estimated time of the thesis' 5-fold recipe at each training speed."""
-    from ..devices import training_precision
+    device's mixed precision (``bench seg``'s measurement), with the estimated time of the thesis' 5-fold recipe
+    at each training speed."""
+    from ..devices import precision_for
+    from .seg import bench_models
 
     dev = resolve_device(device)
-    torch.manual_seed(0)
-    x = torch.rand(batch_size, 3, size, size, device=dev)
-    y = (torch.rand(batch_size, 1, size, size, device=dev) > 0.97).float()
+    row = bench_models([model_name], size, width, batch_size, reps, log=log, device=dev, mixed_inference=True)[0]
     rows = []
-    for mixed in (False, True):
-        model = create_model(model_name, width=width, in_channels=3)
-        precision = training_precision(model, mixed, dev)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def train_step() -> None:
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            with precision.autocast():
-                lo, bo = split_outputs(model(precision.to_input(x)))
-                loss = 0.7 * F.binary_cross_entropy_with_logits(lo.float(), y)
-                if bo is not None:
-                    loss = loss + 0.3 * F.binary_cross_entropy_with_logits(bo.float(), y)
-            precision.step(loss, opt)
-
-        def infer() -> None:
-            model.eval()
-            with torch.inference_mode(), precision.autocast():
-                model(precision.to_input(x))
-
-        t_train, t_infer = _seconds(train_step, reps, dev), _seconds(infer, reps, dev)
-        images_s = batch_size / t_train
-        recipe_h = THESIS_FOLDS * THESIS_EPOCHS * THESIS_TRAIN_SLICES / images_s / 3600
-        rows.append({"device": describe_device(dev), "precision": precision.describe(),
-                     "train img/s": round(images_s, 1), "infer slices/s": round(batch_size / t_infer, 1),
-                     "thesis 5-fold recipe (h)": round(recipe_h, 2)})
-        log(f"{rows[-1]['precision']}: {rows[-1]['train img/s']} train img/s, {rows[-1]['infer slices/s']} slices/s")
+    for mixed, train, infer in ((False, row["train img/s"], row["infer slices/s"]),
+                                (True, row["train img/s --bf16"], row["infer slices/s --bf16"])):
+        if isinstance(train, str):  # not measured: a CPU without native bf16
+            continue
+        precision = precision_for(dev, mixed)
+        rows.append({"device": describe_device(dev), "precision": precision.describe(), "train img/s": train,
+                     "infer slices/s": infer,
+                     "thesis 5-fold recipe (h)": round(THESIS_FOLDS * THESIS_EPOCHS * THESIS_TRAIN_SLICES
+                                                       / train / 3600, 1)})
     return rows
-
-
-def _seconds(fn: Callable[[], None], reps: int, device: torch.device) -> float:
-    """Median seconds of ``fn`` after one warm-up, waiting for a GPU to finish its queue."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -14,62 +13,75 @@ from ..models import count_parameters, create_model, split_outputs
 from ..models.cost import gmacs_per_slice
 
 
-def median_seconds(fn: Callable[[], None], reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn`` over ``reps`` runs after ``warmup`` runs."""
+def median_seconds(fn: Callable[[], None], reps: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median seconds of ``fn`` over ``reps`` runs after ``warmup`` runs (waiting for a GPU's queue to empty)."""
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
 
 def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_size: int = 8, reps: int = 3,
-                 channels: int = 3, log: Callable[[str], None] = print) -> list[dict]:
+                 channels: int = 3, log: Callable[[str], None] = print, device: str | torch.device = "cpu",
+                 mixed_inference: bool = False) -> list[dict]:
     """One row per model: params, GMAC/slice, training images/s (Adam step) in fp32 and with ``seg train --bf16``'s
-    bfloat16 autocast + channels_last (measured last: it changes the model's memory format), inference slices/s."""
-    from ..inference.fast import bf16_supported
-    from ..training.loop import train_input, training_precision
+    mixed precision on ``device`` (on a CPU: bfloat16 autocast + channels_last, measured only where the CPU has
+    native bf16, last, since it changes the model's memory format), inference slices/s (``mixed_inference``: also
+    under the mixed-precision autocast)."""
+    from ..devices import Precision, cpu_bf16_supported, resolve_device, training_precision
 
+    dev = resolve_device(device)
     rows = []
     torch.manual_seed(0)
-    x = torch.rand(batch_size, channels, size, size)
-    y = (torch.rand(batch_size, 1, size, size) > 0.97).float()
+    x = torch.rand(batch_size, channels, size, size, device=dev)
+    y = (torch.rand(batch_size, 1, size, size, device=dev) > 0.97).float()
     for name in names:
         model = create_model(name, width=width, in_channels=channels)
         gmac = gmacs_per_slice(model, channels, size)
+        fp32 = training_precision(model, False, dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def train_step(precision=contextlib.nullcontext(), bf16: bool = False) -> None:
+        def train_step(precision: Precision) -> None:
             model.train()
             opt.zero_grad(set_to_none=True)
-            with precision:
-                lo, bo = split_outputs(model(train_input(x, bf16)))
-                loss = F.binary_cross_entropy_with_logits(lo, y)
+            with precision.autocast():
+                lo, bo = split_outputs(model(precision.to_input(x)))
+                loss = F.binary_cross_entropy_with_logits(lo.float(), y)
                 if bo is not None:
-                    loss = 0.7 * loss + 0.3 * F.binary_cross_entropy_with_logits(bo, y)
-            loss.backward()
-            opt.step()
+                    loss = 0.7 * loss + 0.3 * F.binary_cross_entropy_with_logits(bo.float(), y)
+            precision.step(loss, opt)
 
-        def infer() -> None:
+        def infer(precision: Precision) -> None:
             model.eval()
-            with torch.inference_mode():
-                model(x)
+            with torch.inference_mode(), precision.autocast():
+                model(precision.to_input(x))
 
-        t_train = median_seconds(train_step, reps)
-        t_inf = median_seconds(infer, reps)
-        t_bf16 = None
-        if bf16_supported():  # emulated bf16 runs about 5x slower than fp32: minutes spent to show nothing
-            bf16 = training_precision(model, True)
-            t_bf16 = median_seconds(lambda: train_step(bf16, True), reps)
+        t_train = median_seconds(lambda: train_step(fp32), reps, device=dev)
+        t_inf = median_seconds(lambda: infer(fp32), reps, device=dev)
+        t_mixed = t_inf_mixed = None
+        if dev.type != "cpu" or cpu_bf16_supported():  # emulated bf16 runs about 5x slower than fp32: minutes
+            mixed = training_precision(model, True, dev)  # spent to show nothing
+            t_mixed = median_seconds(lambda: train_step(mixed), reps, device=dev)
+            if mixed_inference:
+                t_inf_mixed = median_seconds(lambda: infer(mixed), reps, device=dev)
         na = "n/a (no native bf16)"
         row = {"model": name, "params (M)": round(count_parameters(model) / 1e6, 2), "GMAC/slice": round(gmac, 1),
                "train img/s": round(batch_size / t_train, 2),
-               "train img/s --bf16": round(batch_size / t_bf16, 2) if t_bf16 else na,
-               "bf16 speed-up": f"{t_train / t_bf16:.1f}x" if t_bf16 else na,
+               "train img/s --bf16": round(batch_size / t_mixed, 2) if t_mixed else na,
+               "bf16 speed-up": f"{t_train / t_mixed:.1f}x" if t_mixed else na,
                "infer slices/s": round(batch_size / t_inf, 2), "infer GMAC/s": round(gmac * batch_size / t_inf, 1)}
+        if mixed_inference:
+            row["infer slices/s --bf16"] = round(batch_size / t_inf_mixed, 2) if t_inf_mixed else na
         log(f"{name}: {row['train img/s']} train img/s ({row['train img/s --bf16']} with --bf16), "
             f"{row['infer slices/s']} slices/s")
         rows.append(row)

@@ -19,6 +19,7 @@ def seg(
         "unet,attunet,unet++,attunet++,hybrid-attunet++",
     quick: Annotated[bool, typer.Option(help="One timed repetition instead of three.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_seg.md in.")] = None,
+    device: Annotated[str, typer.Option(help="cpu (default), cuda, cuda:N, mps or auto.")] = "cpu",
 ) -> None:
     """Training images/s and inference slices/s of each segmentation model, in one run."""
     import time
@@ -34,11 +35,13 @@ def seg(
     if bad:
         raise BonemetError(f"unknown model(s) {bad}")
     t0 = time.perf_counter()
+    from ..devices import describe_device, resolve_device
+
+    dev = resolve_device(device)
     rows = bench_models(names, size, width, batch_size, reps=1 if quick else 3,
-                        log=lambda m: typer.echo(m, err=True))
+                        log=lambda m: typer.echo(m, err=True), device=dev)
     text = (f"Segmentation speed, {size} px, width {width}, batch {batch_size}, eager fp32 (training also with "
-            f"--bf16) on CPU "
-            f"({machine_line()}); median of {1 if quick else 3} timed repetitions after one warm-up; "
+            f"--bf16) on {describe_device(dev)} (host {machine_line()}); median of {1 if quick else 3} timed repetitions after one warm-up; "
             f"bench took {time.perf_counter() - t0:.0f} s.\n\n" + markdown_table(rows))
     typer.echo(text)
     if out is not None:
