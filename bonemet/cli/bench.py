@@ -27,7 +27,6 @@ def seg(
     from ..bench.seg import bench_models, machine_line
     from ..data.stats import markdown_table
     from ..errors import BonemetError
-    from ..fileio import write_text
     from ..models import model_names
 
     names = [m.strip() for m in models.split(",") if m.strip()]
@@ -43,9 +42,7 @@ def seg(
     text = (f"Segmentation speed, {size} px, width {width}, batch {batch_size}, eager fp32 (training also with "
             f"--bf16) on {describe_device(dev)} (host {machine_line()}); median of {1 if quick else 3} timed repetitions after one warm-up; "
             f"bench took {time.perf_counter() - t0:.0f} s.\n\n" + markdown_table(rows))
-    typer.echo(text)
-    if out is not None:
-        write_text(out / "bench_seg.md", text)
+    report(text, out, "bench_seg.md")
 
 
 @app.command()
@@ -75,7 +72,6 @@ def infer(
                                write_random_run)
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
-    from ..fileio import write_text
     from ..inference.fast import default_paths, ort_available
     from ..inference.quantize import store_int8
 
@@ -132,9 +128,7 @@ def infer(
         text += (f"\nAnswers of trained models against eager fp32: {checked[1]}.\n\n" + markdown_table(checked[0])
                  + "\n")
     text += f"\nBench took {time.perf_counter() - t0:.0f} s."
-    typer.echo(text)
-    if out is not None:
-        write_text(out / "bench_infer.md", text)
+    report(text, out, "bench_infer.md")
 
 
 @app.command()
@@ -158,7 +152,6 @@ def memory(
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
     from ..errors import BonemetError
-    from ..fileio import write_text
 
     lengths = number_list(slices, "--slices", 8)
     t0 = time.perf_counter()
@@ -174,9 +167,7 @@ def memory(
     text = (f"Peak resident memory of `bonemet predict --threshold {threshold}` in a fresh process, {model}, on "
             f"{machine_line()}; bench took {time.perf_counter() - t0:.0f} s.\n\n"
             + markdown_table(rows))
-    typer.echo(text)
-    if out is not None:
-        write_text(out / "bench_memory.md", text)
+    report(text, out, "bench_memory.md")
 
 
 @app.command()
@@ -195,7 +186,6 @@ def batch(
     from ..bench.scale import bench_batch
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
-    from ..fileio import write_text
 
     counts = number_list(jobs, "--jobs", 1)
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as work:
@@ -203,9 +193,7 @@ def batch(
     model = f"the run {seg}" if seg else "one random-weight hybrid-attunet++ member (width 4, 64 px)"
     text = (f"`bonemet predict --batch` on {cases} phantom scans of {slices} x {size} px, {model}, on "
             f"{machine_line()}:\n\n" + markdown_table(rows))
-    typer.echo(text)
-    if out is not None:
-        write_text(out / "bench_batch.md", text)
+    report(text, out, "bench_batch.md")
 
 
 @app.command()
@@ -223,14 +211,11 @@ def device(
     from ..bench.scale import bench_device
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
-    from ..fileio import write_text
 
     rows = bench_device(device, size, width, batch_size, reps, model, log=lambda m: typer.echo(m, err=True))
     text = (f"{model}, width {width}, {size} px, batch {batch_size}, median of {reps}; host {machine_line()}:\n\n"
             + markdown_table(rows))
-    typer.echo(text)
-    if out is not None:
-        write_text(out / "bench_device.md", text)
+    report(text, out, "bench_device.md")
 
 
 def number_list(text: str, option: str, minimum: int) -> list[int]:
@@ -244,3 +229,12 @@ def number_list(text: str, option: str, minimum: int) -> list[int]:
     if not values or min(values) < minimum:
         raise BonemetError(f"{option} wants numbers of {minimum} or more, got '{text}'")
     return values
+
+
+def report(text: str, out: Path | None, name: str) -> None:
+    """A bench's Markdown on stdout, and saved as ``out/name`` when ``out`` is given."""
+    typer.echo(text)
+    if out is not None:
+        from ..fileio import write_text
+
+        write_text(out / name, text)

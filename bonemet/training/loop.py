@@ -284,11 +284,9 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, flags: Sequence[bool] 
     if batch_size % world.size:
         raise BonemetError(f"--batch-size {batch_size} is the global batch of the {world.size} processes: it must "
                            f"be a multiple of {world.size}")
-    whole = len(order) - len(order) % (batch_size if drop_last else world.size)
-    sampler = DistributedSampler(Subset(items, range(whole)), num_replicas=world.size, rank=world.rank,
-                                 shuffle=False, drop_last=True)
-    return DataLoader(Subset(items, range(whole)), batch_size=batch_size // world.size, sampler=sampler,
-                      drop_last=False, **common)
+    whole = Subset(items, range(len(order) - len(order) % (batch_size if drop_last else world.size)))
+    sampler = DistributedSampler(whole, num_replicas=world.size, rank=world.rank, shuffle=False, drop_last=True)
+    return DataLoader(whole, batch_size=batch_size // world.size, sampler=sampler, drop_last=False, **common)
 
 
 @dataclass
