@@ -29,7 +29,8 @@ def _probs(model, x):
 
 
 @pytest.mark.parametrize("name", ["unet", "attunet", "unet++", "hybrid-attunet++"])
-@pytest.mark.parametrize("paths", [("fold_bn",), ("channels_last",), ("fold_bn", "channels_last")])
+@pytest.mark.parametrize("paths", [("fold_bn",), ("channels_last",), ("fold_bn", "channels_last"), ("fold_bn", "fuse"),
+                                   ("fold_bn", "fuse", "channels_last")])
 def test_fp32_paths_match_eager(name, paths):
     model = _trained_like(name)
     x = torch.rand(3, 3, 64, 64)
@@ -38,6 +39,44 @@ def test_fp32_paths_match_eager(name, paths):
     for a, b in zip(ref, fast):
         assert float((a - b).abs().max()) < 1e-4
         assert torch.equal(a > 0.5, b > 0.5)
+
+
+# (modified blocks summed in place, gates, fused convolutions): attunet has 5 encoder + 4 decoder classic blocks of
+# two conv-ReLU, 4 up-convolutions and 4 gates (w_x with ReLU, psi with sigmoid): 22 + 8 convolutions;
+# hybrid-attunet++ has 5 encoder + 10 nested + 4 second-decoder modified blocks (two 3x3 and one 1x1 conv-ReLU)
+# and 10 + 4 gates: 57 + 28
+FUSED = {"attunet": (0, 4, 30), "hybrid-attunet++": (19, 14, 85)}
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+def test_fuse_replaces_every_block_gate_and_activation(name):
+    from bonemet.inference.fusion import FusedConv, _FusedGate, _SummedBlock
+
+    fast = FastModel(_trained_like(name), ("fold_bn", "fuse")).model
+    blocks = sum(isinstance(m, _SummedBlock) for m in fast.modules())
+    gates = sum(isinstance(m, _FusedGate) for m in fast.modules())
+    convs = [m for m in fast.modules() if isinstance(m, FusedConv)]
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.Sigmoid)) for m in fast.modules())
+    assert (blocks, gates, len(convs)) == FUSED[name]
+    assert sum(c.activation == "sigmoid" for c in convs) == gates
+
+
+def test_cat_for_conv_without_autograd_equals_torch_cat():
+    from bonemet.models.blocks import cat_for_conv
+
+    parts = [torch.rand(2, c, 8, 8).contiguous(memory_format=torch.channels_last) for c in (3, 4, 6)]
+    ref = torch.cat(parts, 1)
+    with torch.no_grad():
+        out = cat_for_conv(parts)
+        assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, ref)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = cat_for_conv([parts[0], parts[1].bfloat16(), parts[2]])
+        assert half.dtype == torch.bfloat16 and torch.equal(half, ref.bfloat16())
+        mixed = cat_for_conv([parts[0].bfloat16(), parts[1]])  # no autocast: promoted as torch.cat does
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, torch.cat([parts[0].bfloat16(), parts[1]], 1))
+    grad = [p.clone().requires_grad_() for p in parts]
+    cat_for_conv(grad).sum().backward()  # with autograd: torch.cat, gradients flow
+    assert all(torch.equal(g.grad, torch.ones_like(g)) for g in grad)
 
 
 def test_fold_removes_every_batchnorm_after_a_conv():
@@ -152,8 +191,8 @@ def test_default_path_is_bf16_where_native_else_fp32(monkeypatch):
     from bonemet.inference import fast
 
     monkeypatch.setattr(fast, "bf16_supported", lambda: True)
-    assert fast.default_paths() == ("fold_bn", "channels_last", "bf16")
+    assert fast.default_paths() == ("fold_bn", "fuse", "channels_last", "bf16")
     monkeypatch.setattr(fast, "bf16_supported", lambda: False)
-    assert fast.default_paths() == ("fold_bn", "channels_last")  # int8 is faster but not within 0.02: an option
+    assert fast.default_paths() == ("fold_bn", "fuse", "channels_last")  # int8 is faster but not within 0.02: an option
     assert fast.calibration_indices(100, 8) == [0, 14, 28, 42, 57, 71, 85, 99]
     assert fast.calibration_indices(3, 8) == [0, 1, 2]

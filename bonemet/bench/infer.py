@@ -16,14 +16,7 @@ from ..inference.fast import (BF16_FP32_MODULES, FastModel, bf16_supported, defa
                               ort_available)
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
-from .seg import median_seconds
-
-
-def peak_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, reps: int = 3) -> float:
-    """The machine's measured matmul throughput (GFLOP/s): the compute floor for convolutions."""
-    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
-    t = median_seconds(lambda: a @ b, reps)
-    return 2 * n ** 3 / t / 1e9
+from .peak import compute_floor, op_profile, path_precision
 
 
 def _probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -64,11 +57,12 @@ def _answers(p: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: int = 32, slices: int = 8,
-                batch: int = 8, reps: int = 2, compile_: bool = True,
+                batch: int = 8, reps: int = 2, compile_: bool = True, profile: int = 0,
                 log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """Rows: path, slices/s, ratio to the baseline, answers against the baseline's (random weights: see
-    ``check_paths`` for a trained model), first-pass seconds (export, quantization, compilation included);
-    plus machine facts."""
+    """Rows: path, slices/s, ratio to the baseline, GFLOP/s and its share of the compute floor of the path's
+    precision (``peak.compute_floor``), answers against the baseline's (random weights: see ``check_paths`` for a
+    trained model), first-pass seconds (export, quantization, compilation included); plus machine facts, with
+    ``facts["profiles"]``: the top ``profile`` operators of each path (``peak.op_profile``) when ``profile`` > 0."""
     torch.manual_seed(0)
     model = create_model(model_name, width=width, in_channels=3).eval()
     for m in model.modules():  # trained-like BN statistics, so that folding has something to fold
@@ -84,27 +78,31 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
         m = (FastModel(model, paths, calibration=x if needs_calibration(paths) else None, fp32_modules=kept)
              if paths else model)
         p = _probs(m, x, b)  # also the warm-up: export, compilation, oneDNN kernel choice
-        ready.append((name, m, b, p, time.perf_counter() - t0))
+        ready.append((name, paths, m, b, p, time.perf_counter() - t0))
     # passes interleaved (one of each path per round): a slow spell of a shared machine then slows every path
     # of that round instead of one path's every pass, and the ratios hold better than the absolute figures
     times: list[list[float]] = [[] for _ in ready]
     for _ in range(reps):
-        for i, (_, m, b, _, _) in enumerate(ready):
+        for i, (_, _, m, b, _, _) in enumerate(ready):
             t0 = time.perf_counter()
             _probs(m, x, b)
             times[i].append(time.perf_counter() - t0)
+    floor = compute_floor(log=log)
+    profiles = {name: op_profile(lambda: _probs(m, x, b), profile) for name, paths, m, b, _, _ in ready
+                if profile and not {"onnx", "int8"} & set(paths)}
     rows, base_t = [], None
-    for (name, _, _, p, setup), ts in zip(ready, times):
+    for (name, paths, _, _, p, setup), ts in zip(ready, times):
         t = sorted(ts)[len(ts) // 2]
         base_t = base_t or t
         sps = slices / t
+        peak = floor.get(path_precision(paths), {}).get("GFLOP/s")
         rows.append({"path": name, "slices/s": round(sps, 2), "speed-up": f"{base_t / t:.1f}x",
-                     "GFLOP/s": round(2 * gmac * sps, 1), **_answers(p, base_p), "first pass s": round(setup, 1)})
+                     "GFLOP/s": round(2 * gmac * sps, 1),
+                     "share of peak %": round(100 * 2 * gmac * sps / peak, 1) if peak else "n/a",
+                     **_answers(p, base_p), "first pass s": round(setup, 1)})
         log(f"{name}: {sps:.2f} slices/s (first pass {setup:.1f} s)")
-    facts = {"model": model_name, "width": width, "size": size, "GMAC/slice": round(gmac, 1),
-             "peak fp32 GFLOP/s (matmul)": round(peak_gflops(), 1),
-             "peak bf16 GFLOP/s (matmul)": round(peak_gflops(dtype=torch.bfloat16), 1) if bf16_supported() else None,
-             "peak RSS MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    facts = {"model": model_name, "width": width, "size": size, "GMAC/slice": round(gmac, 1), "floor": floor,
+             "profiles": profiles, "peak RSS MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     return rows, facts
 
 

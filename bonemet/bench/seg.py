@@ -88,6 +88,23 @@ def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_s
     return rows
 
 
+def cpu_name() -> str:
+    """The CPU's model name as ``lscpu`` gives it, with its matrix or bf16 units named (AMX, AVX-512 BF16)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    units = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else ""
+    return f"{name} ({units})" if units else name
+
+
 def machine_line() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}")
+    return f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"

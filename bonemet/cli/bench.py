@@ -60,6 +60,9 @@ def infer(
                                                         "(each member and their average, on slices of its test patients).")] = None,
     check_slices: Annotated[int, typer.Option(min=1, help="Slices of the test patients that --check-run compares "
                                                           "(spread evenly; all of them when fewer).")] = 16,
+    profile: Annotated[bool, typer.Option(help="Also profile one pass of each torch path (torch.profiler) and "
+                                               "list its top operators by time.")] = False,
+    top: Annotated[int, typer.Option(min=1, help="Operators listed per path by --profile.")] = 8,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_infer.md in.")] = None,
 ) -> None:
     """Inference paths against eager fp32 at batch 1, training speed and memory, and predict end to end."""
@@ -70,6 +73,7 @@ def infer(
 
     from ..bench.infer import (bench_paths, check_paths, time_predict, train_speed, write_phantom_scan,
                                write_random_run)
+    from ..bench.peak import CONV_SHAPES, MATMUL_SIZES
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
     from ..inference.fast import default_paths, ort_available
@@ -84,7 +88,8 @@ def infer(
         f"peak RSS {train['peak RSS MB']} MB")
     checked = check_paths(check_run, slices=check_slices, log=say) if check_run is not None else None
     path_reps = 1 if quick else 5  # interleaved rounds: medians of 5 ride out a shared machine's slow spells
-    rows, facts = bench_paths(model, size, width, slices, batch_size, path_reps, compile, log=say)
+    rows, facts = bench_paths(model, size, width, slices, batch_size, path_reps, compile, top if profile else 0,
+                              log=say)
     paths = default_paths()
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:
         run = write_random_run(Path(tmp) / "run", members, model, size, width)
@@ -111,9 +116,11 @@ def infer(
             f"export, quantization and compilation); answers compared with the baseline on the same slices "
             f"(random weights and inputs; `--check-run RUN` checks them on a trained model).\n\n"
             + markdown_table(rows) + "\n\n"
-            f"Compute floor: matmul peak {facts['peak fp32 GFLOP/s (matmul)']} GFLOP/s fp32"
-            + (f", {facts['peak bf16 GFLOP/s (matmul)']} GFLOP/s bf16" if facts["peak bf16 GFLOP/s (matmul)"] else "")
-            + f" (a slice is {2 * gmac:.0f} GFLOP). Peak resident memory of inference {facts['peak RSS MB']} MB.\n\n"
+            f"Compute floor (best of {len(MATMUL_SIZES)} matmul and {len(CONV_SHAPES)} 3x3 convolution shapes; "
+            f"int8: matmuls): "
+            + "; ".join(f"{p} {f['GFLOP/s']} GFLOP/s ({f['shape']})" for p, f in facts["floor"].items())
+            + f". A slice is {2 * gmac:.0f} GFLOP; \"share of peak\" is a path's GFLOP/s over the floor of the "
+            f"precision it computes in. Peak resident memory of inference {facts['peak RSS MB']} MB.\n\n"
             f"Training (Adam step, batch 8, in a fresh process): {train['train img/s']} images/s eager fp32, "
             + (f"{train['train img/s --bf16']} with --bf16 ({train['bf16 speed-up']})"
                if isinstance(train["train img/s --bf16"], float) else "--bf16 not measured (no native bf16)")
@@ -124,6 +131,8 @@ def infer(
             f"{t_base:.0f} s eager fp32 batch 1 ({t_base / t_fast:.1f}x)"
             + (f"; {t_int8:.0f} s with `--fast fold_bn,int8` ({t_base / t_int8:.1f}x; its graphs stored by "
                f"`bonemet seg quantize`, {t_quant:.0f} s a member, once per run)" if t_int8 else "") + ".\n")
+    for name, ops in facts["profiles"].items():
+        text += f"\nTop operators of one pass ({slices} slices), {name}:\n\n" + markdown_table(ops) + "\n"
     if checked:
         text += (f"\nAnswers of trained models against eager fp32: {checked[1]}.\n\n" + markdown_table(checked[0])
                  + "\n")

@@ -2,6 +2,8 @@
 
 * ``fold_bn``: every Conv2d followed by BatchNorm2d becomes one Conv2d (eval-mode BN is an affine map);
   exact up to float rounding.
+* ``fuse``: each convolution runs with the ReLU, sigmoid or sum after it as oneDNN post-ops, in one pass over
+  memory (``inference.fusion``); needs ``fold_bn``; the same arithmetic.
 * ``channels_last``: NHWC memory layout, which oneDNN convolutions prefer on CPU; exact.
 * ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX), with the modules of
   ``BF16_FP32_MODULES`` kept in fp32: the encoder, the attention gates and the output heads, about 11 % of the
@@ -40,10 +42,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..devices import cpu_bf16_supported
+from .fusion import fuse_for_inference, fusion_available
 
-PATHS = ("fold_bn", "channels_last", "bf16", "onnx", "int8", "compile")
-DEFAULT_PATH = ("fold_bn", "channels_last")
-ORT_PATHS = ("onnx", "int8")  # run by ONNX Runtime instead of torch
+PATHS = ("fold_bn", "fuse", "channels_last", "bf16", "onnx", "int8", "compile")
+DEFAULT_PATH = ("fold_bn", "fuse", "channels_last") if fusion_available() else ("fold_bn", "channels_last")
 CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
 # modules the bf16 path keeps in fp32 (names as in ``model.named_modules()``, glob patterns matched against the name
 # or its tail, so both networks of the sequential model are covered), and those whose output stays fp32
@@ -147,6 +149,8 @@ class FastModel(nn.Module):
         if needs_calibration(self.paths) and calibration is None and int8_onnx is None:
             raise ValueError("the int8 path needs calibration slices (calibration=...) or a quantized model")
         m = fold_batchnorm(model) if "fold_bn" in self.paths else copy.deepcopy(model).eval()
+        if "fuse" in self.paths:
+            fuse_for_inference(m)
         if "bf16" in self.paths:
             keep_fp32(m, fp32_modules)
         if "channels_last" in self.paths:
@@ -182,6 +186,10 @@ def paths_problem(paths: tuple[str, ...]) -> str | None:
     bad = set(paths) - set(PATHS)
     if bad:
         return f"unknown inference path(s) {sorted(bad)} (choose from eager, {', '.join(PATHS)})"
+    if "fuse" in paths and ("fold_bn" not in paths or {"onnx", "int8", "compile"} & set(paths)):
+        return "the fuse path needs fold_bn and runs in torch's eager mode: not with onnx, int8 or compile"
+    if "fuse" in paths and not fusion_available():
+        return "the fuse path needs torch built with oneDNN (torch.backends.mkldnn)"
     if "onnx" in paths and {"channels_last", "bf16", "int8", "compile"} & set(paths):
         return "the onnx path runs fp32 in ONNX Runtime: it does not combine with channels_last, bf16, int8 or compile"
     if "int8" in paths and {"channels_last", "bf16", "compile"} & set(paths):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -81,9 +83,26 @@ def cat_for_conv(parts: list[torch.Tensor]) -> torch.Tensor:
     """Channel concatenation of a block's inputs. Under CPU autocast the parts are cast to the autocast dtype first:
     the block's convolutions round their input to it anyway, so the result is the same, while ``torch.cat`` would
     promote a mix of fp32 and bf16 parts to fp32 and double the memory traffic (the bf16 inference path hands some
-    tensors on in fp32)."""
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
+    tensors on in fp32).
+
+    Without autograd, channels-last parts on the CPU are copied into one preallocated channels-last tensor, slice by
+    slice (the cast done by the same copy): the same values, while ``torch.cat`` along the channels of
+    channels-last tensors takes a generic strided path that was 4-5x slower than these copies (measured on
+    2 x 224 x 224 maps of 192 channels), and was the costliest operation of a nested network's forward pass."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    first = parts[0]
+    if (not torch.is_grad_enabled() and first.device.type == "cpu" and first.dim() == 4
+            and all(p.is_contiguous(memory_format=torch.channels_last) and p.shape[1] > 1 for p in parts)):
+        n, _, h, w = first.shape
+        if dtype is None:
+            dtype = functools.reduce(torch.promote_types, (p.dtype for p in parts))
+        out = torch.empty(n, sum(p.shape[1] for p in parts), h, w, dtype=dtype, memory_format=torch.channels_last)
+        c = 0
+        for p in parts:
+            out[:, c:c + p.shape[1]].copy_(p)
+            c += p.shape[1]
+        return out
+    if dtype is not None:
         parts = [p.to(dtype) for p in parts]
     return torch.cat(parts, 1)
 
