@@ -196,3 +196,27 @@ def test_default_path_is_bf16_where_native_else_fp32(monkeypatch):
     assert fast.default_paths() == ("fold_bn", "fuse", "channels_last")  # int8 is faster but not within 0.02: an option
     assert fast.calibration_indices(100, 8) == [0, 14, 28, 42, 57, 71, 85, 99]
     assert fast.calibration_indices(3, 8) == [0, 1, 2]
+
+
+def test_up2_hands_its_backward_a_channels_last_gradient_and_the_same_values():
+    import torch.nn.functional as F
+
+    from bonemet.models.blocks import _channels_last, up2
+
+    x = torch.rand(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = up2(x)
+    assert _channels_last in y._backward_hooks.values()
+    w = torch.rand(2, 6, 16, 16).contiguous(memory_format=torch.channels_last)
+    (torch.cat([y, y[:, :2]], 1) * w).sum().backward()  # a concatenation's gradient: strided slices
+    ref = x.detach().clone().requires_grad_()
+    r = F.interpolate(ref, scale_factor=2, mode="bilinear", align_corners=True)
+    (torch.cat([r, r[:, :2]], 1) * w).sum().backward()
+    assert torch.allclose(x.grad, ref.grad, atol=1e-5)
+    assert not up2(torch.rand(2, 4, 8, 8, requires_grad=True))._backward_hooks  # NCHW: nothing to change
+
+
+def test_auto_batch_keeps_about_two_224_px_slices_a_pass():
+    from bonemet.inference.fast import auto_batch
+
+    assert [auto_batch(s) for s in (224, 128, 512, 64)] == [2, 6, 1, 24]
+    assert auto_batch(224, "cuda") == 32

@@ -15,26 +15,38 @@ from ..models.cost import gmacs_per_slice
 
 def median_seconds(fn: Callable[[], None], reps: int, warmup: int = 1, device: torch.device | None = None) -> float:
     """Median seconds of ``fn`` over ``reps`` runs after ``warmup`` runs (waiting for a GPU's queue to empty)."""
-    def sync() -> None:
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    dev = device or torch.device("cpu")
     for _ in range(warmup):
         fn()
-    sync()
+    sync(dev)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        sync()
+        sync(dev)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for a GPU's queue to empty (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_phases(step: Callable[[], tuple[float, ...]], reps: int, warmup: int = 1) -> tuple[float, ...]:
+    """Per-phase medians of ``step``'s own timings (seconds of each phase) over ``reps`` calls after ``warmup``."""
+    for _ in range(warmup):
+        step()
+    runs = [step() for _ in range(reps)]
+    return tuple(sorted(r[k] for r in runs)[len(runs) // 2] for k in range(len(runs[0])))
 
 
 def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_size: int = 8, reps: int = 3,
                  channels: int = 3, log: Callable[[str], None] = print, device: str | torch.device = "cpu",
                  mixed_inference: bool = False) -> list[dict]:
-    """One row per model: params, GMAC/slice, training images/s (Adam step) in fp32 and with ``seg train --bf16``'s
+    """One row per model: params, GMAC/slice, training images/s (Adam step) and the milliseconds of its forward,
+    backward and optimiser phases (medians of each) in fp32 and with ``seg train --bf16``'s
     mixed precision on ``device`` (on a CPU: bfloat16 autocast + channels_last, measured only where the CPU has
     native bf16, last, since it changes the model's memory format), inference slices/s (``mixed_inference``: also
     under the mixed-precision autocast)."""
@@ -51,27 +63,44 @@ def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_s
         fp32 = training_precision(model, False, dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def train_step(precision: Precision) -> None:
+        def train_step(precision: Precision) -> tuple[float, float, float]:
+            """One Adam step; seconds of its forward pass (with the loss), backward pass and optimiser step."""
             model.train()
             opt.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
             with precision.autocast():
                 lo, bo = split_outputs(model(precision.to_input(x)))
                 loss = F.binary_cross_entropy_with_logits(lo.float(), y)
                 if bo is not None:
                     loss = 0.7 * loss + 0.3 * F.binary_cross_entropy_with_logits(bo.float(), y)
-            precision.step(loss, opt)
+            t1 = time.perf_counter()
+            if precision.scaler is None:
+                loss.backward()
+                sync(dev)
+                t2 = time.perf_counter()
+                opt.step()
+            else:
+                precision.scaler.scale(loss).backward()
+                sync(dev)
+                t2 = time.perf_counter()
+                precision.scaler.step(opt)
+                precision.scaler.update()
+            sync(dev)
+            return t1 - t0, t2 - t1, time.perf_counter() - t2
 
         def infer(precision: Precision) -> None:
             model.eval()
             with torch.inference_mode(), precision.autocast():
                 model(precision.to_input(x))
 
-        t_train = median_seconds(lambda: train_step(fp32), reps, device=dev)
+        phases = step_phases(lambda: train_step(fp32), reps)
+        t_train = sum(phases)
         t_inf = median_seconds(lambda: infer(fp32), reps, device=dev)
-        t_mixed = t_inf_mixed = None
+        t_mixed = t_inf_mixed = mixed_phases = None
         if dev.type != "cpu" or cpu_bf16_supported():  # emulated bf16 runs about 5x slower than fp32: minutes
             mixed = training_precision(model, True, dev)  # spent to show nothing
-            t_mixed = median_seconds(lambda: train_step(mixed), reps, device=dev)
+            mixed_phases = step_phases(lambda: train_step(mixed), reps)
+            t_mixed = sum(mixed_phases)
             if mixed_inference:
                 t_inf_mixed = median_seconds(lambda: infer(mixed), reps, device=dev)
         na = "n/a (no native bf16)"
@@ -79,6 +108,9 @@ def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_s
                "train img/s": round(batch_size / t_train, 2),
                "train img/s --bf16": round(batch_size / t_mixed, 2) if t_mixed else na,
                "bf16 speed-up": f"{t_train / t_mixed:.1f}x" if t_mixed else na,
+               "step ms fwd / bwd / opt": " / ".join(f"{1e3 * t:.0f}" for t in phases),
+               "step ms fwd / bwd / opt --bf16": " / ".join(f"{1e3 * t:.0f}" for t in mixed_phases)
+               if mixed_phases else na,
                "infer slices/s": round(batch_size / t_inf, 2), "infer GMAC/s": round(gmac * batch_size / t_inf, 1)}
         if mixed_inference:
             row["infer slices/s --bf16"] = round(batch_size / t_inf_mixed, 2) if t_inf_mixed else na

@@ -50,7 +50,8 @@ def infer(
     model: Annotated[str, typer.Option(help="Segmentation model.")] = "hybrid-attunet++",
     size: Annotated[int, typer.Option(min=32)] = 224,
     width: Annotated[int, typer.Option(min=1)] = 32,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch of the batched paths.")] = 4,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch of the batched paths (default: predict's, "
+                                                               "2 at 224 px).")] = None,
     slices: Annotated[int, typer.Option(min=1, help="Slices per timed pass.")] = 8,
     scan_slices: Annotated[int, typer.Option(min=8, help="Slices of the phantom scan given to predict.")] = 48,
     members: Annotated[int, typer.Option(min=1, help="Ensemble members for the predict timing.")] = 5,
@@ -76,12 +77,13 @@ def infer(
     from ..bench.peak import CONV_SHAPES, MATMUL_SIZES
     from ..bench.seg import machine_line
     from ..data.stats import markdown_table
-    from ..inference.fast import default_paths, ort_available
+    from ..inference.fast import auto_batch, default_paths, ort_available
     from ..inference.quantize import store_int8
 
     t0 = time.perf_counter()
     reps = 1 if quick else 3
     scan_slices = min(16, scan_slices) if quick else scan_slices
+    batch_size = batch_size or auto_batch(size)
     say = lambda m: typer.echo(m, err=True)  # noqa: E731
     train = train_speed(model, size, width, 8, reps)
     say(f"training: {train['train img/s']} img/s (--bf16: {train['train img/s --bf16']}), "
@@ -94,9 +96,15 @@ def infer(
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as tmp:
         run = write_random_run(Path(tmp) / "run", members, model, size, width)
         scan = write_phantom_scan(Path(tmp) / "ct.nii.gz", scan_slices, size)
-        t_fast = time_predict(run, scan, Path(tmp) / "out-default", scan_slices, paths, batch_size)
-        say(f"predict, default path: {t_fast:.0f} s per 100 slices")
-        t_int8 = t_quant = None
+        timed = [(f"default ({'+'.join(paths)}, batch {batch_size})", paths, batch_size)]
+        unfused = tuple(p for p in paths if p != "fuse")
+        if unfused != paths or batch_size != 8:
+            timed.append((f"{'+'.join(unfused)}, batch 8 (no fusion)", unfused, 8))
+        predict_rows = []
+        for name, p, b in timed:
+            t = time_predict(run, scan, Path(tmp) / f"out-{len(predict_rows)}", scan_slices, p, b)
+            predict_rows.append({"path": name, "s per 100 slices": round(t)})
+            say(f"predict, {name}: {t:.0f} s per 100 slices")
         if ort_available():
             from ..evaluation.seg_eval import load_member, load_run
 
@@ -105,10 +113,15 @@ def infer(
             for k in range(members):
                 store_int8(run, k, load_member(cfg, run, k), calib, ["random"])
             t_quant = (time.perf_counter() - tq) / members
-            t_int8 = time_predict(run, scan, Path(tmp) / "out-int8", scan_slices, ("fold_bn", "int8"), batch_size)
-            say(f"predict, int8 (stored graphs): {t_int8:.0f} s per 100 slices; quantization {t_quant:.0f} s a member")
+            t = time_predict(run, scan, Path(tmp) / "out-int8", scan_slices, ("fold_bn", "int8"), batch_size)
+            predict_rows.append({"path": f"--fast fold_bn,int8, batch {batch_size} (graphs stored by `bonemet seg "
+                                         f"quantize`, {t_quant:.0f} s a member, once per run)", "s per 100 slices": round(t)})
+            say(f"predict, int8 (stored graphs): {t:.0f} s per 100 slices; quantization {t_quant:.0f} s a member")
         t_base = time_predict(run, scan, Path(tmp) / "out-eager", scan_slices, (), 1)
+        predict_rows.append({"path": "eager fp32, batch 1 (baseline)", "s per 100 slices": round(t_base)})
         say(f"predict, eager fp32 batch 1: {t_base:.0f} s per 100 slices")
+    for row in predict_rows:
+        row["speed-up"] = f"{t_base / max(row['s per 100 slices'], 1e-9):.1f}x"
     gmac = facts["GMAC/slice"]
     text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
             f"median of {path_reps} timed pass(es) over {slices} slices, the paths taking turns (one pass of "
@@ -124,13 +137,13 @@ def infer(
             f"Training (Adam step, batch 8, in a fresh process): {train['train img/s']} images/s eager fp32, "
             + (f"{train['train img/s --bf16']} with --bf16 ({train['bf16 speed-up']})"
                if isinstance(train["train img/s --bf16"], float) else "--bf16 not measured (no native bf16)")
+            + f"; forward / backward / optimiser ms per step: {train['step ms fwd / bwd / opt']} fp32"
+            + (f", {train['step ms fwd / bwd / opt --bf16']} --bf16" if isinstance(train["train img/s --bf16"], float)
+               else "")
             + f"; peak resident memory {train['peak RSS MB']} MB.\n\n"
             f"`bonemet predict` end to end (read NIfTI, {members}-member ensemble of random-weight {model} models, "
-            f"lesion list, NIfTI masks, report) on a {scan_slices}-slice phantom scan at {size} px: "
-            f"{t_fast:.0f} s per 100 slices with the default path ({'+'.join(paths)}, batch {batch_size}) vs "
-            f"{t_base:.0f} s eager fp32 batch 1 ({t_base / t_fast:.1f}x)"
-            + (f"; {t_int8:.0f} s with `--fast fold_bn,int8` ({t_base / t_int8:.1f}x; its graphs stored by "
-               f"`bonemet seg quantize`, {t_quant:.0f} s a member, once per run)" if t_int8 else "") + ".\n")
+            f"lesion list, NIfTI masks, report) on a {scan_slices}-slice phantom scan at {size} px, in one run:\n\n"
+            + markdown_table(predict_rows) + "\n")
     for name, ops in facts["profiles"].items():
         text += f"\nTop operators of one pass ({slices} slices), {name}:\n\n" + markdown_table(ops) + "\n"
     if checked:

@@ -53,6 +53,18 @@ BF16_FP32_MODULES = ("enc.*", "gates.*", "heads.*", "head")
 BF16_FP32_OUTPUTS = ("enc.*",)
 
 
+BATCH_PIXELS = 2 * 224 * 224  # pixels per forward pass on a CPU (measured by ``bonemet bench infer --batch-size``)
+
+
+def auto_batch(size: int, device: torch.device | str = "cpu") -> int:
+    """Slices per forward pass for a model of ``size`` px: on a CPU about ``BATCH_PIXELS`` (2 slices at 224 px,
+    6 at 128, 1 at 512). On a CPU with matrix units larger batches were slower, not faster: at 224 px, width 32, the
+    default path ran 8.5 slices/s at batch 2 and 4.7 at batch 8, as the full-resolution maps of a batch outgrow
+    the caches and every memory-bound operation waits on memory. On a GPU, 16 times as many pixels."""
+    per_pass = BATCH_PIXELS * (16 if torch.device(device).type != "cpu" else 1)
+    return max(1, round(per_pass / (size * size)))
+
+
 def default_paths() -> tuple[str, ...]:
     """The fastest sound path measured by ``bonemet bench infer``: bf16 where the CPU has it natively, else fp32
     with folded BN in channels_last (ONNX Runtime's fp32 was no faster on an AVX2 CPU and costs an export per
@@ -150,7 +162,7 @@ class FastModel(nn.Module):
             raise ValueError("the int8 path needs calibration slices (calibration=...) or a quantized model")
         m = fold_batchnorm(model) if "fold_bn" in self.paths else copy.deepcopy(model).eval()
         if "fuse" in self.paths:
-            fuse_for_inference(m)
+            m = fuse_for_inference(m)
         if "bf16" in self.paths:
             keep_fp32(m, fp32_modules)
         if "channels_last" in self.paths:

@@ -36,7 +36,7 @@ class PredictOptions:
     seg: Path
     cls: Path | None = None
     threshold: float = 0.5
-    batch_size: int = 8
+    batch_size: int | None = None  # None: fast.auto_batch
     window: str | None = None
     probabilities: bool = False
     include_phi: bool = False

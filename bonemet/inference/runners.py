@@ -14,7 +14,7 @@ from ..data.datasets import prepare_image, stack_slices
 from ..data.windows import WINDOW_NAMES
 from ..errors import BonemetError
 from ..log import logger
-from .fast import CALIBRATION_SLICES
+from .fast import CALIBRATION_SLICES, auto_batch
 from .scan import Scan
 
 
@@ -114,11 +114,12 @@ class SegRunner:
         return [FastModel(m, self.paths, calibration=x) if i in pending else m for i, m in enumerate(self.models)]
 
     @torch.no_grad()
-    def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,
+    def predict(self, scan: Scan, window: str | None = None, batch_size: int | None = None,
                 progress: Callable[[int], None] | None = None,
                 flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Lesion and bone probabilities per slice at the scan's slice size: (N, rows, cols) float16 (a
         probability needs no more: 0.0005 apart near 1, finer below; half the memory of float32 on long scans).
+        ``batch_size``: slices per forward pass (None: ``fast.auto_batch`` for the model's size and the device).
         ``flip``: test-time augmentation, each model also on the left-right mirrored slices (mirrored back),
         averaged with the plain pass."""
         from ..training.seg import forward
@@ -128,7 +129,8 @@ class SegRunner:
         rows, cols = scan.slice_shape
         lesion = np.zeros((scan.n_slices, rows, cols), np.float16)
         bone = None
-        for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch_size):
+        batch = batch_size or auto_batch(self.cfg.size, self.device)
+        for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch):
             x = x.to(self.device)
             lp, bp = [], []
             for m in models:
@@ -169,11 +171,12 @@ class ClsRunner:
                 "weights": self.cfg.weights, "preprocessing": self.cfg.preprocessing}
 
     @torch.no_grad()
-    def predict(self, scan: Scan, window: str | None = None, batch_size: int = 8,
+    def predict(self, scan: Scan, window: str | None = None, batch_size: int | None = None,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         out = np.zeros(scan.n_slices, np.float32)
-        for ks, x in _batches(scan, win, 3, self.size, batch_size, **self.cfg.input_options()):
+        batch = batch_size or auto_batch(self.size, self.device)
+        for ks, x in _batches(scan, win, 3, self.size, batch, **self.cfg.input_options()):
             x = x.to(self.device)
             out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).cpu().numpy()
             if progress:
