@@ -14,6 +14,7 @@ import torch
 
 from ..inference.fast import (BF16_FP32_MODULES, FastModel, bf16_supported, default_paths, needs_calibration,
                               ort_available)
+from ..inference.fusion import fusion_available
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
 from .peak import compute_floor, op_profile, path_precision
@@ -26,10 +27,15 @@ def _probs(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] = print
                   ) -> list[tuple[str, tuple[str, ...], int, tuple[str, ...]]]:
     """(row name, paths, batch, modules kept fp32 by bf16) of every path this machine can run, the eager fp32
-    batch-1 baseline first; bf16 also as plain autocast (nothing kept), to show what keeping them buys."""
+    batch-1 baseline first; the default bf16 path also as plain autocast (nothing kept), to show what keeping them
+    costs and buys."""
     chosen = [(), ("channels_last",), ("fold_bn",), ("fold_bn", "channels_last")]
+    if fusion_available():
+        chosen.append(("fold_bn", "fuse", "channels_last"))
     if bf16_supported():
         chosen.append(("fold_bn", "channels_last", "bf16"))
+        if fusion_available():
+            chosen.append(("fold_bn", "fuse", "channels_last", "bf16"))
     if ort_available():
         chosen += [("fold_bn", "onnx"), ("fold_bn", "int8")]
     else:
@@ -44,7 +50,7 @@ def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] 
         if paths == default_paths():
             name += " (default)"
         variants.append((name, paths, batch, BF16_FP32_MODULES))
-        if paths == ("fold_bn", "channels_last", "bf16"):
+        if "bf16" in paths and paths == default_paths():
             variants.append((" + ".join(paths) + f", plain autocast, batch {batch}", paths, batch, ()))
     return variants
 

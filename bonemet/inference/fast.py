@@ -59,8 +59,9 @@ BATCH_PIXELS = 2 * 224 * 224  # pixels per forward pass on a CPU (measured by ``
 def auto_batch(size: int, device: torch.device | str = "cpu") -> int:
     """Slices per forward pass for a model of ``size`` px: on a CPU about ``BATCH_PIXELS`` (2 slices at 224 px,
     6 at 128, 1 at 512). On a CPU with matrix units larger batches were slower, not faster: at 224 px, width 32, the
-    default path ran 8.5 slices/s at batch 2 and 4.7 at batch 8, as the full-resolution maps of a batch outgrow
-    the caches and every memory-bound operation waits on memory. On a GPU, 16 times as many pixels."""
+    default path ran 9.1 slices/s at batch 2 and 7.3 at batch 8 (``docs/experiments/batch_sweep.py``), as the
+    full-resolution maps of a batch outgrow the caches and every memory-bound operation waits on memory. On a GPU,
+    16 times as many pixels (not measured: no GPU was at hand)."""
     per_pass = BATCH_PIXELS * (16 if torch.device(device).type != "cpu" else 1)
     return max(1, round(per_pass / (size * size)))
 
