@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from conftest import invoke, run_cli
 
@@ -74,10 +75,28 @@ def test_bench_memory_harness(tmp_path):
 def test_bench_infer_quick(tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size)."""
     res = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
-                 "--scan-slices", "8", "--members", "2", "--out", tmp_path)
+                 "--scan-slices", "8", "--members", "2", "--batch-size", "4", "--profile", "--top", "3",
+                 "--out", tmp_path)
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_infer.md").read_text()
     assert "| eager fp32, batch 1 (baseline) |" in text and "| 1.0x |" in text and "first pass s" in text
     assert "images/s" in text and ("with --bf16" in text or "--bf16 not measured (no native bf16)" in text)
-    assert "s per 100 slices with the default path" in text
-    assert "| fold_bn + int8, batch 4 |" in text and "with `--fast fold_bn,int8`" in text
+    assert "forward / backward / optimiser ms per step" in text
+    assert "| fold_bn + int8, batch 4 |" in text and "| --fast fold_bn,int8, batch 4" in text
+    assert "| default (fold_bn+fuse+channels_last" in text and "| eager fp32, batch 1 (baseline) | " in text
+    # each path's share of the floor is its GFLOP/s over the floor of its own precision
+    floor = {p: float(v) for p, v in re.findall(r"(fp32|bf16|int8) ([\d.]+) GFLOP/s \(", text)}
+    assert "fp32" in floor and "int8" in floor
+    header, _, *rows = [r for r in text.split("\n\n")[1].splitlines()]
+    cols = [c.strip() for c in header.split("|")]
+    for row in rows:
+        cells = dict(zip(cols, (c.strip() for c in row.split("|"))))
+        prec = "int8" if "int8" in cells["path"] else "bf16" if "bf16" in cells["path"] else "fp32"
+        if prec in floor:
+            assert abs(float(cells["share of peak %"]) - 100 * float(cells["GFLOP/s"]) / floor[prec]) < 0.2
+    # --profile: the top operators of every torch path, none for ONNX Runtime's
+    assert text.count("Top operators of one pass") == len(rows) - 2
+    assert "Top operators of one pass (2 slices), fold_bn + onnx" not in text
+    ops = text.split("Top operators of one pass (2 slices), eager fp32, batch 1 (baseline):")[1].split("\n\n")[1]
+    assert ops.splitlines()[0].startswith("| operator | ms | share % | calls |") and len(ops.splitlines()) == 5
+    assert "aten::" in ops
