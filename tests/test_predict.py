@@ -419,10 +419,11 @@ def test_bench_checks_every_path_on_a_trained_run(seg_run, tmp_path):
     assert "lesion max diff, worst member" in trained and "lesion max diff, ensemble" in trained
     for row in ("| fold_bn, batch 4 |", "| fold_bn + onnx, batch 4", "| fold_bn + int8, batch 4 |"):
         assert row in trained
-    fp32 = next(line for line in trained.splitlines() if line.startswith("| fold_bn + onnx"))
-    cells = [c.strip() for c in fp32.split("|")]
-    assert float(cells[2]) < 1e-4 and float(cells[3]) < 1e-4  # worst member, ensemble
-    assert cells[4] == "100.0"  # all pixels within 0.02 of eager fp32
+    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4 |"):
+        fp32 = next(line for line in trained.splitlines() if line.startswith(path))
+        cells = [c.strip() for c in fp32.split("|")]
+        assert float(cells[2]) < 1e-4 and float(cells[3]) < 1e-4  # worst member, ensemble
+        assert cells[4] == "100.0"  # all pixels within 0.02 of eager fp32
 
 
 def test_flip_tta_averages_the_plain_and_the_mirrored_pass(phantom, seg_run):
