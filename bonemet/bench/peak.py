@@ -9,6 +9,9 @@ the floor of the precision it computes in.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -73,12 +76,27 @@ def path_precision(paths: tuple[str, ...]) -> str:
     return "int8" if "int8" in paths else "bf16" if "bf16" in paths else "fp32"
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 sent to /dev/null for the block: the profiler's C++ library writes start / stop lines and
+    a GPU-count error on a machine without a GPU straight to it, past Python's logging."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def op_profile(fn: Callable[[], object], top: int = 8) -> list[dict]:
     """The ``top`` operators of one call of ``fn`` by their own CPU time (``torch.profiler``): name, ms, share of
     the pass, calls. Work done outside torch (ONNX Runtime) does not show."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
