@@ -112,3 +112,65 @@ def test_truncated_dicom_slice_is_named(phantom: Path, tmp_path):
     victim.write_bytes(victim.read_bytes()[:2000])
     res = invoke("data", "convert", series, tmp_path / "out")
     assert_clean_failure(res, victim.name)
+
+
+def _field_default(f):
+    import dataclasses
+
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def test_every_cli_default_is_its_config_fields_default():
+    """An option that sets a config field has that field's default (through the option's own spelling where it
+    differs), so that `--help` and a run built from the Python API cannot drift apart; a field no option sets is
+    named here on purpose."""
+    import dataclasses
+
+    import typer
+
+    from bonemet.cli.main import app
+    from bonemet.inference.fast import parse_paths
+    from bonemet.inference.predict import PredictOptions
+    from bonemet.training.cls import ClsConfig
+    from bonemet.training.seg import SegConfig
+
+    same = lambda v: v  # noqa: E731
+    commands = {  # command: (config, {option: (field, the field's value for the option's value)}, fields not set)
+        ("seg", "train"): (SegConfig, {"single_decoder": ("dual_decoder", lambda v: False if v else None),
+                                       "no_augment": ("augment", lambda v: not v)},
+                           {"mask_resize", "inner_val", "preprocessing", "distributed"}),
+        ("cls", "train"): (ClsConfig, {"no_augment": ("augment", lambda v: not v),
+                                       "pretrained": ("pretrained", lambda v: list(v or []))},
+                           {"inner_val", "preprocessing", "distributed", "weights"}),
+        ("predict",): (PredictOptions, {"min_volume": ("min_volume_ml", same),
+                                        "no_dicom_seg": ("dicom_seg", lambda v: not v),
+                                        "fast": ("paths", lambda v: None if v is None else parse_paths(v)),
+                                        "bone_margin": ("bone_margin_mm", same)}, {"min_voxels"}),
+    }
+    root = typer.main.get_command(app)
+    for path, (config, renamed, unset) in commands.items():
+        command = root
+        for name in path:
+            command = command.commands[name]
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        covered = set()
+        for param in command.params:
+            field, value = renamed.get(param.name, (param.name, same))
+            if field not in fields:
+                continue
+            covered.add(field)
+            default = _field_default(fields[field])
+            if default is dataclasses.MISSING:
+                assert param.required, (path, param.name)
+                continue
+            assert value(param.default) == default, (path, param.name, param.default, default)
+        assert set(fields) - covered == unset, (path, set(fields) - covered)
+    # the help of --fast names the default paths and every path there is
+    from bonemet.inference import fast
+
+    help_text = " ".join(next(p for p in root.commands["predict"].params if p.name == "fast").help.split())
+    assert f"default: {','.join((*fast.DEFAULT_PATH, 'bf16'))} where the CPU has native bf16" in help_text
+    assert f"else {','.join(fast.DEFAULT_PATH)})" in help_text
+    assert all(p in help_text for p in fast.PATHS)

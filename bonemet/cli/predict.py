@@ -33,11 +33,11 @@ def predict(
         = None,
     include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
     no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
-    fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, channels_last, bf16, "
-                                                  "onnx, int8, compile, or eager (default: "
-                                                  "fold_bn,channels_last,bf16 where the CPU has native bf16, else "
-                                                  "fold_bn,channels_last). int8 uses the graphs 'bonemet seg quantize' "
-                                                  "stored, else calibrates on this scan.")]
+    fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, fuse, channels_last, "
+                                                  "bf16, onnx, int8, compile, or eager (default: "
+                                                  "fold_bn,fuse,channels_last,bf16 where the CPU has native bf16, "
+                                                  "else fold_bn,fuse,channels_last). int8 uses the graphs 'bonemet "
+                                                  "seg quantize' stored, else calibrates on this scan.")]
         = None,
     series_uid: Annotated[str | None, typer.Option(help="The Series Instance UID to read when the DICOM folder "
                                                         "holds several series (default: the CT series with the "
