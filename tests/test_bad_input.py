@@ -19,7 +19,8 @@ import pydicom
 import pytest
 import torch
 
-from bonemet.data.volume import read_nifti, read_volume
+from bonemet.data.ct import read_volume
+from bonemet.data.volume import read_nifti
 from bonemet.errors import DataError
 from conftest import invoke
 from test_cli import assert_clean_failure

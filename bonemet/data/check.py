@@ -12,7 +12,8 @@ from .bmseg import check_slice_files, is_bmseg_root, scan_bmseg
 from .classification import is_classification_root, scan_classification
 from .images import read_image
 from .layout import Problem
-from .volume import read_nifti, read_volume
+from .ct import read_volume
+from .volume import read_nifti
 
 
 @dataclass

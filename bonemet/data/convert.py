@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import BonemetError
 from ..fileio import atomic_dir, write_csv, write_json
 from .export import write_bmseg_slices
-from .volume import read_mask_like, read_volume
+from .ct import read_volume
+from .volume import read_mask_like
 from .windows import WINDOW_NAMES
 
 def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | Path | None = None,

@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from .bmseg import is_bmseg_root, load_seg_slice, scan_bmseg
 from .classification import is_classification_root, scan_classification
-from .volume import read_mask_like, read_nifti, read_volume
+from .ct import read_volume
+from .volume import read_mask_like, read_nifti
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:

@@ -277,25 +277,6 @@ def volume_from_array(array: np.ndarray, affine: np.ndarray, source: str = "<arr
     return finite_ct(vol)
 
 
-def read_volume(path: str | Path, canonical: bool = True, series_uid: str | None = None) -> Volume:
-    """Read a CT volume in HU from a DICOM series folder (or its DICOMDIR; ``series_uid`` picks a series) or a
-    NIfTI file."""
-    path = Path(path)
-    from .dicom import is_dicomdir, read_dicom_series
-
-    if path.is_file() and is_dicomdir(path):
-        path = path.parent  # the files a DICOMDIR indexes sit in the folders below it
-    if path.is_dir():
-        return finite_ct(read_dicom_series(path, series_uid=series_uid, canonical=canonical))
-    if series_uid is not None:
-        raise DataError("--series-uid applies to a DICOM folder, not to this file", path)
-    if path.name.endswith((".nii", ".nii.gz")):
-        return finite_ct(read_nifti(path, canonical=canonical, dtype=None))
-    if not path.exists():
-        raise DataError("not found", path)
-    raise DataError("expected a DICOM series folder or a NIfTI file (.nii, .nii.gz)", path)
-
-
 def resample_like(moving: Volume, reference: Volume, order: int = 0) -> np.ndarray:
     """``moving``'s voxels on ``reference``'s grid, through both affines (nearest by default).
 

@@ -16,7 +16,8 @@ from ..data.classification import slice_sort_key
 from ..data.export import windowed_slice
 from ..data.images import is_image_file, read_image
 from ..data.dicom import is_dicomdir
-from ..data.volume import Volume, read_volume, volume_from_array
+from ..data.ct import read_volume
+from ..data.volume import Volume, volume_from_array
 from ..errors import DataError
 from ..log import logger
 

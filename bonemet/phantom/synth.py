@@ -158,7 +158,8 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path, out: str
                        patient: str = "CT000", overwrite: bool = False,
                        lesion_mm: tuple[float, float] = LESION_MM) -> tuple[Path, list[LesionInfo]]:
     """Semi-synthetic data: insert ``lesions`` metastases into a real CT through its bone mask."""
-    from ..data.volume import read_mask_like, read_volume
+    from ..data.ct import read_volume
+    from ..data.volume import read_mask_like
 
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite, kind="data synth", protect=[ct_path, bone_mask_path]) as tmp:
