@@ -271,6 +271,10 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     assert gmac["teacher member 0 alone"] == pytest.approx(gmac["ensemble of 2 hybrid-attunet++"] / 2, abs=0.01)
     split = json.loads((student / "splits.json").read_text())
     assert not set(split["test_patients"]) & set(split["folds"][0]["train_patients"])
+    from bonemet.inference.fast import default_paths  # the CLI has the teacher label through predict's fast path
+
+    record = json.loads((student / "distilled_from.json").read_text())
+    assert record["teacher_path"] == "+".join(default_paths())
     r = invoke("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", student, "--out", tmp_path / "p",
                "--no-dicom-seg")
     assert r.returncode == 0, r.stderr
@@ -364,7 +368,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
             "held-out patients), and was trained no further") in r.stdout
     import torch
 
-    from bonemet.evaluation.seg_eval import load_member, load_run
+    from bonemet.training.seg import load_member, load_run
 
     member = load_member(load_run(seg_run)[0], seg_run, k).eval()
     pruned = load_member(load_run(tmp_path / "s5")[0], tmp_path / "s5", 0).eval()

@@ -120,7 +120,7 @@ def check_paths(run: Path, slices: int = 16, batch: int = 4, compile_: bool = Fa
     ``predict`` would (the stored graph, else the run's training slices). Returns the rows and a line saying what
     was checked."""
     from ..data.bmseg import load_bmseg
-    from ..evaluation.seg_eval import load_member, load_run
+    from ..training.seg import load_member, load_run
     from ..inference.quantize import calibration_input, calibration_pool, stored_int8
 
     cfg, split = load_run(run)

@@ -190,9 +190,11 @@ def distill(
     device: Device = "auto",
 ) -> None:
     """Distil the run's ensemble into one student on its soft outputs; compare both on the test patients."""
+    from ..evaluation.distill_eval import compare_student
+    from ..inference.fast import FastModel, default_paths
     from ..models import model_names
-    from ..training.distill import compare_student, finished_student
     from ..training.distill import distill as run_distill
+    from ..training.distill import finished_student
 
     if student not in model_names() or student == "sequential":
         raise BonemetError(f"unknown or unsupported student '{student}'")
@@ -207,7 +209,8 @@ def distill(
     else:
         path = run_distill(run, out, student, width, epochs, batch_size, neg_ratio, lr_scale, seed, extra_data,
                            calibration, bf16=bf16, calibrate=calibrate, pos_weight=pos_weight, init_member=member,
-                           hard_weight=hard_weight, device=device)
+                           hard_weight=hard_weight, device=device,
+                           prepare_teacher=lambda m: FastModel(m, default_paths()))
     typer.echo(compare_student(run, path))
     if score_data is not None:
         typer.echo(compare_student(run, path, score_data))

@@ -23,10 +23,8 @@ from ..data.datasets import SegmentationDataset
 from ..data.stats import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
-from ..data.splits import load_splits
-from ..fileio import read_config, read_json, write_csv, write_json, write_text
-from ..training.checkpoint import finished_checkpoint, load_checkpoint, load_weights
-from ..training.seg import SegConfig, build_model, predict_probs
+from ..fileio import read_json, write_csv, write_json, write_text
+from ..training.seg import SegConfig, load_member, load_run, predict_probs
 from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
                       pixel_scores, pooled_f1)
@@ -67,19 +65,6 @@ def ensemble_label(cfg: SegConfig) -> str:
     if cfg.model == "hybrid-attunet++" and cfg.block == "mb" and cfg.dual_decoder is not False:
         return "EH-AttUnet++"
     return f"ensemble of {model_label(cfg)}"
-
-
-def load_run(run: Path) -> tuple[SegConfig, dict]:
-    if not (run / "config.json").exists():
-        raise BonemetError("not a segmentation run folder (no config.json)", run)
-    cfg = read_config(SegConfig, run / "config.json", "segmentation run configuration")
-    split = load_splits(run / "splits.json")
-    return cfg, split
-
-
-def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
-    path = finished_checkpoint(run / f"fold{k}", f"fold {k}", " (run 'bonemet seg train ... --resume')")
-    return load_weights(build_model(cfg), load_checkpoint(path), path).eval()
 
 
 def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationDataset,

@@ -62,7 +62,8 @@ class SegRunner:
 
     def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None,
                  device: torch.device | None = None) -> None:
-        from ..evaluation.seg_eval import load_member, load_run, model_label
+        from ..evaluation.seg_eval import model_label
+        from ..training.seg import load_member, load_run
         from .fast import FastModel, default_paths, needs_calibration
         from .quantize import stored_int8
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -22,18 +23,16 @@ from torch.utils.data import Dataset
 from ..data.bmseg import SegSlice, load_bmseg, scan_bmseg
 from ..data.datasets import SegmentationDataset
 from ..data.layout import raise_first_fatal
-from ..data.stats import markdown_table
 from ..errors import BonemetError
-from ..evaluation.metrics import PIXEL_METRICS, confusion, f1_ratio_ci, pooled_f1
-from ..fileio import read_json, write_csv, write_json, write_text
-from ..inference.fast import FastModel, default_paths
-from ..models.cost import gmacs_per_slice
+from ..evaluation.metrics import confusion, pooled_f1
+from ..fileio import read_json, write_json
 from ..devices import on_device, resolve_device, training_precision
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, save_checkpoint
 from .loop import TrainStep, console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
-from .seg import SegConfig, build_model, forward, lesion_slice_flags, predict_probs, seg_loss
+from .seg import (SegConfig, build_model, forward, lesion_slice_flags, load_member, load_run, predict_probs,
+                  seg_loss)
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
@@ -67,7 +66,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
             epochs: int = 40, batch_size: int = 4, neg_ratio: float | None = 0.5, lr_scale: float = 0.3,
             seed: int = 0, extra: str | Path | None = None, calibration: float = 0.2, bf16: bool = False,
             calibrate: str = "agreement", pos_weight: float = 1.0, init_member: int | str | None = None,
-            hard_weight: float = 0.0, device: str | None = "cpu") -> Path:
+            hard_weight: float = 0.0, device: str | None = "cpu",
+            prepare_teacher: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> Path:
     """Train ``student`` on the ensemble's soft outputs; returns the student run folder.
 
     ``extra``: a BM-Seg root of further scans (not the teacher's data root, whose test patients must stay
@@ -82,10 +82,10 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     ``"heldout"``: from the member with the best lesion F1 on its own fold's held-out patients (``heldout_member``).
     ``hard_weight``: on the teacher's own (labelled) training slices, this share of the lesion loss is BCE against
     the true mask (weighted as the teacher trained, ``pos_weight`` of its run), the rest the soft BCE (Hinton's
-    mixed distillation loss; 0 = soft targets only).
+    mixed distillation loss; 0 = soft targets only). ``prepare_teacher``: how each member runs while it labels
+    (``bonemet seg distill`` passes predict's default fast path, so that the labels are the answers users get, and
+    sooner); None: eagerly.
     """
-    from ..evaluation.seg_eval import load_member, load_run
-
     teacher, out = Path(teacher), Path(out)
     if calibrate not in CALIBRATIONS:  # before minutes of teacher labelling
         raise BonemetError(f"unknown calibration method '{calibrate}' ({' or '.join(CALIBRATIONS)})")
@@ -110,9 +110,9 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     if split["protocol"] != "patient" or not split.get("test_patients"):
         raise BonemetError("distillation needs a patient-level run with held-out test patients (scored after)",
                            teacher)
-    # the teacher labels through predict's default fast path: its answers as users get them, faster than eager
-    paths = default_paths()
-    members = [FastModel(load_member(tcfg, teacher, k), paths) for k in range(len(split["folds"]))]
+    members = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
+    if prepare_teacher is not None:
+        members = [prepare_teacher(m) for m in members]
     index = load_bmseg(tcfg.data, require_patients=True)
     test_p = set(split["test_patients"])
     fit = [s for s in index.slices if s.patient not in test_p]
@@ -170,7 +170,8 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     write_json(out / "config.json", asdict(cfg))
     write_json(out / "distilled_from.json", {"teacher": str(teacher), "members": len(members),
                                              "teacher_model": tcfg.model, "labelled_slices": n_labelled,
-                                             "teacher_path": "+".join(paths) or "eager fp32",
+                                             "teacher_path": "+".join(getattr(members[0], "paths", ()))
+                                             or "eager fp32",
                                              "extra_data": None if extra is None else str(extra),
                                              "extra_slices": len(fit) - n_labelled,
                                              "calibration": calibrated, "init_member": init_member,
@@ -378,14 +379,6 @@ def shift_threshold(probs: np.ndarray, applied: float, other: float) -> np.ndarr
     return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
-def _ratio_text(r: tuple[float, float, float], patients: int) -> str:
-    ratio, lo, hi = r
-    if np.isnan(ratio):
-        return "n/a (ensemble F1 is 0)"
-    ci = "" if np.isnan(lo) else f" (95 % CI {lo:.3f}-{hi:.3f}, paired bootstrap over {patients} patients)"
-    return f"{ratio:.3f}{ci}"
-
-
 def distill_record(student: str | Path) -> dict:
     """``STUDENT/distilled_from.json`` (teacher, extra data, calibration), or {} for a run not made by distill."""
     path = Path(student) / "distilled_from.json"
@@ -402,108 +395,3 @@ def finished_student(teacher: str | Path, student: str | Path) -> Path:
     if Path(source).resolve() != Path(teacher).resolve():
         raise BonemetError(f"this student was distilled from {source}, not from {teacher}", student)
     return student
-
-
-def compare_student(teacher: str | Path, student: str | Path, data: str | Path | None = None) -> str:
-    """The ensemble, its student and each member alone side by side, with cost per slice; writes
-    ``STUDENT/distill.md``, ``.csv`` and ``distill*_ratio.json`` (the F1 ratios with their paired bootstrap CI over
-    patients) and returns the Markdown.
-
-    Scored on the run's held-out test patients, or with ``data`` on every patient of another BM-Seg root
-    (e.g. a phantom made with another seed): a bigger unseen set than a small run's few test patients.
-    """
-    from ..evaluation.seg_eval import load_member, load_run, score
-
-    teacher, student = Path(teacher), Path(student)
-    tcfg, split = load_run(teacher)
-    scfg, _ = load_run(student)
-    record = distill_record(student)
-    extra = record.get("extra_data")
-    if data is None:
-        index = load_bmseg(tcfg.data, require_patients=True)
-        test = [s for s in index.slices if s.patient in set(split["test_patients"])]
-        scope = (f"Held-out test patients ({', '.join(split['test_patients'])}), seen by neither teacher nor "
-                 "student.")
-        stem = "distill"
-    else:
-        if Path(data).resolve() == Path(tcfg.data).resolve():
-            raise BonemetError("this is the data the teacher trained on: omit --score-data to score its "
-                               "held-out test patients", data)
-        if extra and Path(data).resolve() == Path(extra).resolve():
-            raise BonemetError("the student trained on this data (its --extra-data): score it on another root", data)
-        index = load_bmseg(data, require_patients=True)
-        test = index.slices
-        patients = sorted({s.patient for s in test})
-        also = f"; the student also on the teacher's labels of {extra}" if extra else ""
-        scope = (f"All {len(patients)} patients of {data} ({len(test)} slices), a data root neither teacher nor "
-                 f"student trained on (they trained on {tcfg.data}{also}).")
-        root = Path(data)
-        stem = "distill_" + (root.parent.name if root.name == "bmseg" else root.name)
-    if not test:
-        raise BonemetError("no slices to score the student on", data or tcfg.data)
-    ds = SegmentationDataset(test, tcfg.size, tcfg.channels, tcfg.threshold, tcfg.mask_resize)
-    teachers = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
-    pupil = load_member(scfg, student, 0)
-    g_t = gmacs_per_slice(teachers[0], tcfg.channels, tcfg.size) * len(teachers)
-    g_s = gmacs_per_slice(pupil, scfg.channels, scfg.size)
-    cal = record.get("calibration") or {}
-    student_probs = predict_probs([pupil], ds, tcfg.batch_size)
-    # each member alone as well (the same passes the ensemble needs): what one model of the teacher's kind scores
-    alone, ensemble = member_probs(teachers, ds, tcfg.batch_size)
-    entries = [(f"ensemble of {len(teachers)} {tcfg.model}", g_t, ensemble),
-               (f"student {scfg.model} (width {scfg.width})", g_s, student_probs)]
-    other = other_calibration(cal)
-    if other:  # the same student at the threshold the other calibration method chose: no second forward pass
-        method, t = other
-        entries.append((f"the student at the {method} threshold {t:.2f} (not applied)", g_s,
-                        (shift_threshold(student_probs[0], cal["threshold"], t), student_probs[1])))
-    first_member = len(entries)
-    entries += [(f"teacher member {k} alone", g_t / len(teachers), a) for k, a in enumerate(alone)]
-    rows, scored = [], []
-    for name, g, (lp, bp) in entries:
-        s = score(lp, bp, ds)
-        scored.append(s)
-        rows.append({"model": name, **{m: f"{100 * s.scores[m]:.2f}" for m in PIXEL_METRICS},
-                     "lesion sensitivity": f"{100 * s.detection['lesion sensitivity']:.1f}",
-                     "FP per slice": f"{s.detection['FP per slice']:.3f}", f"GMAC / {tcfg.size}px slice": f"{g:.2f}"})
-    ratios = [f1_ratio_ci(scored[0].per_patient, s.per_patient) for s in scored[1:]]
-    text = (scope + "\n\n" + markdown_table(rows) +
-            f"\n\nStudent F1 / ensemble F1 = {_ratio_text(ratios[0], len(scored[0].per_patient))}; "
-            f"cost ratio {g_s / g_t:.2f}.\n")
-    if cal:
-        how = ("as many positive pixels as the teacher's masks" if cal.get("method") == "rate"
-               else "the best agreement with the teacher's masks")
-        text += (f"Student lesion threshold {cal['threshold']:.2f} (its head bias shifted to make it 0.5), set on "
-                 f"{cal['slices']} unlabelled slices of {len(cal['patients'])} patient(s) it did not train on to "
-                 f"{how}: pixel F1 against them {cal['agreement F1 at 0.5']:.3f} at 0.5 -> "
-                 f"{cal['agreement F1']:.3f}. Test labels played no part.\n")
-    if record.get("init_member") is not None:
-        k = record["init_member"]
-        picked = record.get("closest_member") or {}
-        how = (" (the member with the best lesion F1 on its own fold's held-out patients)" if "held-out F1" in picked
-               else " (the member whose masks agree best with the ensemble's on the calibration patients)" if picked
-               else "")
-        text += f"The student started from teacher member {k}'s weights{how}"
-        if scfg.epochs == 0:
-            at = " at the threshold above" if cal else ""
-            text += f", and was trained no further: member {k}'s lesion output{at}"
-        text += ".\n"
-    if other:
-        text += (f"At the {other[0]} threshold {other[1]:.2f} instead, student F1 / ensemble F1 = "
-                 f"{_ratio_text(ratios[1], len(scored[0].per_patient))}.\n")
-    member_ratios = ratios[first_member - 1:]
-    text += ("Each teacher member alone, F1 / ensemble F1: " + "; ".join(
-        f"member {k} {_ratio_text(r, len(scored[0].per_patient))}" for k, r in enumerate(member_ratios)) + ".\n")
-    write_text(student / f"{stem}.md", text)
-    write_csv(student / f"{stem}.csv", rows)
-
-    def plain(r: tuple[float, float, float]) -> dict:
-        ratio, lo, hi = (None if np.isnan(v) else float(v) for v in r)  # JSON has no NaN
-        return {"student F1 / ensemble F1": ratio, "95 % CI": [lo, hi]}
-
-    write_json(student / f"{stem}_ratio.json", {**plain(ratios[0]), "patients": len(scored[0].per_patient),
-                                               "cost ratio": round(g_s / g_t, 4),
-                                               "other calibration": None if not other else
-                                               {"method": other[0], "threshold": other[1], **plain(ratios[1])},
-                                               "members alone": [plain(r) for r in member_ratios]})
-    return text

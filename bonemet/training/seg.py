@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader
 
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
-from ..data.splits import add_inner_validation, check_no_leakage, paper_splits, patient_splits
+from ..data.splits import add_inner_validation, check_no_leakage, load_splits, paper_splits, patient_splits
 from ..errors import BonemetError, refuse_first
 from ..evaluation.metrics import Counts, confusion, pixel_scores
-from ..fileio import read_json, write_json
+from ..fileio import read_config, read_json, write_json
 from ..models import create_model, model_options, split_outputs
 from ..devices import model_device, on_device, training_precision
 from .augment import SegAugment
+from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .distributed import barrier, data_parallel, unwrap
 from .loop import (Runtime, TrainStep, announce_distributed, console, end_epoch, epoch_loader, folds_to_train,
                    make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
@@ -345,3 +346,18 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
             raise BonemetError(f"fold {k} has no training slices")
         train_fold(cfg, run, k, fit, sel, held, resume, np.array([flag_of[s.name] for s in fit]), rt)
     return run
+
+
+def load_run(run: Path) -> tuple[SegConfig, dict]:
+    """A segmentation run's configuration and splits, each checked as it is read."""
+    if not (run / "config.json").exists():
+        raise BonemetError("not a segmentation run folder (no config.json)", run)
+    cfg = read_config(SegConfig, run / "config.json", "segmentation run configuration")
+    split = load_splits(run / "splits.json")
+    return cfg, split
+
+
+def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
+    """Fold ``k``'s finished model of ``run``, in eval mode (one clear line if it is missing or damaged)."""
+    path = finished_checkpoint(run / f"fold{k}", f"fold {k}", " (run 'bonemet seg train ... --resume')")
+    return load_weights(build_model(cfg), load_checkpoint(path), path).eval()

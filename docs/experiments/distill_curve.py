@@ -43,7 +43,7 @@ def score(teacher: Path, data: Path, students: list[Path]) -> None:
     from bonemet.data.bmseg import load_bmseg
     from bonemet.data.datasets import SegmentationDataset
     from bonemet.evaluation.metrics import confusion, pooled_f1
-    from bonemet.evaluation.seg_eval import load_member, load_run
+    from bonemet.training.seg import load_member, load_run
     from bonemet.training.checkpoint import load_checkpoint
     from bonemet.training.distill import member_probs
     from bonemet.training.seg import build_model, predict_probs
