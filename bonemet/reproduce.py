@@ -350,7 +350,7 @@ def _cls_rows(cls: dict) -> list[dict]:
 def build_report(seg: dict, cls: dict, budget: str, data: Path, classification: Path | None, machine: str,
                  seconds: float) -> dict:
     """The Markdown report and its data: every table, both protocols, the thesis' numbers and the differences."""
-    from .data.stats import markdown_table
+    from .markdown import markdown_table
 
     names = [n for n in SEG_EXPERIMENTS if n in seg["paper"] or n in seg["patient"]]
     seg_rows, seg_data = _seg_rows(seg, names)

@@ -25,7 +25,7 @@ def seg(
     import time
 
     from ..bench.seg import bench_models, machine_line
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
     from ..errors import BonemetError
     from ..models import model_names
 
@@ -76,7 +76,7 @@ def infer(
                                write_random_run)
     from ..bench.peak import CONV_SHAPES, MATMUL_SIZES
     from ..bench.seg import machine_line
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
     from ..inference.fast import auto_batch, default_paths, ort_available
     from ..inference.quantize import store_int8
 
@@ -172,7 +172,7 @@ def memory(
 
     from ..bench.memory import bench_memory
     from ..bench.seg import machine_line
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
     from ..errors import BonemetError
 
     lengths = number_list(slices, "--slices", 8)
@@ -207,7 +207,7 @@ def batch(
 
     from ..bench.scale import bench_batch
     from ..bench.seg import machine_line
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
 
     counts = number_list(jobs, "--jobs", 1)
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as work:
@@ -232,7 +232,7 @@ def device(
     5-fold recipe (5 x 60 epochs x 1,200 slices) would take there."""
     from ..bench.scale import bench_device
     from ..bench.seg import machine_line
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
 
     rows = bench_device(device, size, width, batch_size, reps, model, log=lambda m: typer.echo(m, err=True))
     text = (f"{model}, width {width}, {size} px, batch {batch_size}, median of {reps}; host {machine_line()}:\n\n"

@@ -18,7 +18,7 @@ def models(
     size: Annotated[int | None, typer.Option(help="Input size for the GMAC count (default: each model's).")] = None,
 ) -> None:
     """List the offered classifiers with parameter counts, input size and normalisation."""
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
     from ..models import count_parameters
     from ..models.classifiers import SMALL_CNNS, THESIS_BACKBONES, classifier_names, create_classifier, family
     from ..models.cost import gmacs_per_slice

@@ -20,7 +20,7 @@ def models(
     channels: Annotated[int, typer.Option(min=1, max=3, help="Input channels (1 or 3).")] = 3,
 ) -> None:
     """List the models with parameter counts (M) and GMACs per slice."""
-    from ..data.stats import markdown_table
+    from ..markdown import markdown_table
     from ..models import count_parameters, create_model, model_names
     from ..models.cost import gmacs_per_slice
 

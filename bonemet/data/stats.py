@@ -12,26 +12,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..markdown import markdown_table
 from .bmseg import is_bmseg_root, load_seg_slice, scan_bmseg
 from .classification import is_classification_root, scan_classification
 from .ct import read_volume
 from .volume import read_mask_like, read_nifti
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """Rows of dicts as a Markdown table."""
-    if not rows:
-        return "(no rows)\n"
-    cols = columns or list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1 else f"{v:.1f}"
-    return str(v)
 
 
 def hu_stats(hu: np.ndarray, bone: np.ndarray, exclude: np.ndarray | None = None) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.classification import load_classification
 from ..data.datasets import ClassificationDataset
-from ..data.stats import markdown_table
+from ..markdown import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text

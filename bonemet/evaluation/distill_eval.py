@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data.bmseg import load_bmseg
 from ..data.datasets import SegmentationDataset
-from ..data.stats import markdown_table
+from ..markdown import markdown_table
 from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..models.cost import gmacs_per_slice

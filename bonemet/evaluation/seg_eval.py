@@ -20,7 +20,7 @@ import torch
 
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
-from ..data.stats import markdown_table
+from ..markdown import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..phantom.lesions import largest_axial_diameter
+from ..data.measure import largest_axial_diameter
 
 DELTA_HU = 100.0
 RING = 3  # voxels of surrounding bone compared with a lesion

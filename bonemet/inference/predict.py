@@ -21,7 +21,7 @@ from ..errors import BonemetError
 from ..fileio import atomic_dir, check_output, write_csv, write_json
 from ..log import logger
 from ..reporting.report import write_report
-from ..training.loop import console
+from ..log import console
 from .lesions import find_lesions, match_truth
 from .runners import ClsRunner, SegRunner
 from .scan import Scan, read_scan

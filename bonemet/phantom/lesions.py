@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
+
+from ..data.measure import largest_axial_diameter
 
 LESION_TYPES = ("lytic", "blastic", "mixed")
 SITES = {1: "spine", 2: "rib", 3: "pelvis", 4: "long bone", 5: "other"}
@@ -49,25 +50,6 @@ def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: float
     field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="reflect")
     std = field.std()
     return field / std if std > 0 else field
-
-
-def largest_axial_diameter(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Largest in-plane distance (mm) between two voxels of ``mask`` on one axial slice (i, j, k order)."""
-    best = 0.0
-    for k in np.flatnonzero(mask.any(axis=(0, 1))):
-        pts = np.argwhere(mask[:, :, k]).astype(float) * np.asarray(spacing[:2])
-        if len(pts) >= 3:
-            try:
-                pts = pts[ConvexHull(pts).vertices]
-            except QhullError:  # collinear points: every point is a candidate
-                pass
-        if len(pts) >= 2:
-            d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max()
-        else:
-            d = 0.0
-        # a voxel has a width: the diameter spans centre to centre plus one voxel
-        best = max(best, d + float(min(spacing[:2])))
-    return best
 
 
 def _pick_center(candidates: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:

@@ -29,12 +29,12 @@ from ..data.splits import add_inner_validation, check_no_leakage, load_splits, p
 from ..devices import mixed_dtype, model_device, training_precision
 from ..errors import BonemetError, refuse_first
 from ..fileio import read_config, read_json, write_json
-from ..log import logger
+from ..log import console, logger
 from ..models.classifiers import FUSION_BRANCHES, apply_pretrained, backbone_modules, create_classifier, family
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .distributed import barrier, data_parallel, unwrap
-from .loop import (Runtime, TrainStep, announce_distributed, console, end_epoch, epoch_loader, folds_to_train,
+from .loop import (Runtime, TrainStep, announce_distributed, end_epoch, epoch_loader, folds_to_train,
                    make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .losses import focal_loss
 from .schedule import PRESETS, PiecewiseLR

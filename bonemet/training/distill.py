@@ -27,9 +27,10 @@ from ..errors import BonemetError
 from ..evaluation.metrics import confusion, pooled_f1
 from ..fileio import read_json, write_json
 from ..devices import on_device, resolve_device, training_precision
+from ..log import console
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, save_checkpoint
-from .loop import TrainStep, console, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
+from .loop import TrainStep, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from .seg import (SegConfig, build_model, forward, lesion_slice_flags, load_member, load_run, predict_probs,
                   seg_loss)

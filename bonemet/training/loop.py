@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -18,9 +17,9 @@ from ..devices import Precision, World, init_distributed
 from ..devices import training_precision  # noqa: F401  (the loops' precision, beside the rest of the loop)
 from ..errors import BonemetError
 from ..fileio import write_csv
+from ..log import console
 from .distributed import plain_state, reduce_sum
 
-console = Console(stderr=True)
 
 
 @dataclass(frozen=True)

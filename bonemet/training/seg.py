@@ -32,10 +32,11 @@ from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import read_config, read_json, write_json
 from ..models import create_model, model_options, split_outputs
 from ..devices import model_device, on_device, training_precision
+from ..log import console
 from .augment import SegAugment
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .distributed import barrier, data_parallel, unwrap
-from .loop import (Runtime, TrainStep, announce_distributed, console, end_epoch, epoch_loader, folds_to_train,
+from .loop import (Runtime, TrainStep, announce_distributed, end_epoch, epoch_loader, folds_to_train,
                    make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .schedule import PiecewiseLR
 
