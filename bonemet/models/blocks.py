@@ -88,7 +88,7 @@ def cat_for_conv(parts: list[torch.Tensor]) -> torch.Tensor:
     Without autograd, channels-last parts on the CPU are copied into one preallocated channels-last tensor, slice by
     slice (the cast done by the same copy): the same values, while ``torch.cat`` along the channels of
     channels-last tensors takes a generic strided path that was 4-5x slower than these copies (measured on
-    2 x 224 x 224 maps of 192 channels), and was the costliest operation of a nested network's forward pass. Under
+    2 x 224 x 224 maps of 192 channels), and was a nested network's costliest operation after its convolutions. Under
     ``torch.compile`` it stays ``torch.cat``, which Inductor plans itself."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     first = parts[0]
@@ -115,7 +115,7 @@ def up2(x: torch.Tensor) -> torch.Tensor:
     For a channels-last ``x`` that needs gradients, the gradient reaching the up-sampling is made channels-last
     first: it arrives as a channel slice of a concatenation's gradient (strided in either layout), and the
     backward kernel then takes its NCHW path, about 9x slower than the channels-last one (4 x 64 x 64 x 64, bf16
-    and fp32 alike) and the costliest operation of a bf16 training step."""
+    and fp32 alike), second only to the convolutions in a bf16 training step."""
     y = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
     if y.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
         y.register_hook(_channels_last)
