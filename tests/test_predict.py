@@ -413,23 +413,6 @@ def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom,
     assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_bench_checks_every_path_on_a_trained_run(seg_run, tmp_path):
-    r = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
-               "--scan-slices", "8", "--members", "1", "--check-run", seg_run, "--out", tmp_path)
-    assert r.returncode == 0, r.stderr
-    text = (tmp_path / "bench_infer.md").read_text()
-    trained = text.split("Answers of trained models against eager fp32:")[1]
-    assert f"member(s) of {seg_run}" in trained and "test patient(s)" in trained
-    assert "lesion max diff, worst member" in trained and "lesion max diff, ensemble" in trained
-    for row in ("| fold_bn, batch 4 |", "| fold_bn + onnx, batch 4", "| fold_bn + int8, batch 4 |"):
-        assert row in trained
-    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4 |"):
-        fp32 = next(line for line in trained.splitlines() if line.startswith(path))
-        cells = [c.strip() for c in fp32.split("|")]
-        assert float(cells[2]) < 1e-4 and float(cells[3]) < 1e-4  # worst member, ensemble
-        assert cells[4] == "100.0"  # all pixels within 0.02 of eager fp32
-
-
 def test_flip_tta_averages_the_plain_and_the_mirrored_pass(phantom, seg_run):
     """predict --tta: each member's probabilities are the mean of its pass on the slices and, mirrored back, its
     pass on the left-right mirrored slices. Known answer with a member whose logits are the image plus a

@@ -72,13 +72,25 @@ def test_bench_memory_harness(tmp_path):
     assert r.returncode == 2 and "--formats wants nifti and / or dicom" in r.stderr
 
 
-def test_bench_infer_quick(tmp_path):
-    """The harness runs end to end on a tiny model (its figures are only meaningful at full size)."""
+def test_bench_infer_quick(seg_run, tmp_path):
+    """The harness runs end to end on a tiny model (its figures are only meaningful at full size), and checks every
+    path's answers on a trained run."""
     res = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
                  "--scan-slices", "8", "--members", "2", "--batch-size", "4", "--profile", "--top", "3",
-                 "--out", tmp_path)
+                 "--check-run", seg_run, "--out", tmp_path)
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "bench_infer.md").read_text()
+    trained = text.split("Answers of trained models against eager fp32:")[1]
+    assert f"member(s) of {seg_run}" in trained and "test patient(s)" in trained
+    assert "lesion max diff, worst member" in trained and "lesion max diff, ensemble" in trained
+    for row in ("| fold_bn, batch 4 |", "| fold_bn + onnx, batch 4", "| fold_bn + int8, batch 4 |"):
+        assert row in trained
+    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4 |"):
+        fp32 = next(line for line in trained.splitlines() if line.startswith(path))
+        cells = [c.strip() for c in fp32.split("|")]
+        assert float(cells[2]) < 1e-4 and float(cells[3]) < 1e-4  # worst member, ensemble
+        assert cells[4] == "100.0"  # all pixels within 0.02 of eager fp32
+    text = text.split("Answers of trained models against eager fp32:")[0]
     assert "| eager fp32, batch 1 (baseline) |" in text and "| 1.0x |" in text and "first pass s" in text
     assert "images/s" in text and ("with --bf16" in text or "--bf16 not measured (no native bf16)" in text)
     assert "forward / backward / optimiser ms per step" in text
