@@ -47,9 +47,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
     from .evaluation.seg_eval import evaluate_run
     from .inference.predict import PredictOptions, predict
     from .phantom.synth import synthesize
-    from .training.cls import ClsConfig, train_classification
+    from .runs.cls import ClsConfig
+    from .training.cls import train_classification
     from .training.loop import runtime
-    from .training.seg import SegConfig, train_segmentation
+    from .runs.seg import SegConfig
+    from .training.seg import train_segmentation
 
     b = BUDGETS["quick" if quick else "default"]
     rt = runtime(device)

@@ -7,7 +7,7 @@ when there is one, else the CPU. Mixed precision (``--bf16`` on the command line
 * CUDA: bfloat16 autocast where the GPU supports it, else float16 with a gradient scaler;
 * MPS: float16 autocast with a gradient scaler.
 
-Checkpoints never hold device tensors (``training/checkpoint.py`` saves CPU copies and loads with
+Checkpoints never hold device tensors (``runs/checkpoint.py`` saves CPU copies and loads with
 ``map_location="cpu"``), so a run trained on a GPU predicts on a laptop and the other way round.
 """
 

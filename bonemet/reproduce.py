@@ -70,7 +70,7 @@ def _folds(protocol: str, budget: Budget) -> int:
 
 
 def seg_config(data: Path, name: str, protocol: str, budget: Budget, seed: int = 0):
-    from .training.seg import SegConfig
+    from .runs.seg import SegConfig
 
     return SegConfig(data=str(data), folds=_folds(protocol, budget),
                      test_patients=budget.test_patients, protocol=protocol, epochs=budget.epochs, size=budget.size,
@@ -79,7 +79,7 @@ def seg_config(data: Path, name: str, protocol: str, budget: Budget, seed: int =
 
 
 def cls_config(data: Path, model: str, budget: Budget, seed: int = 0):
-    from .training.cls import ClsConfig
+    from .runs.cls import ClsConfig
 
     return ClsConfig(data=str(data), model=model, size=budget.cls_size, epochs=budget.cls_epochs, seed=seed)
 

@@ -305,7 +305,7 @@ def test_outputs_share_one_mode_and_leave_phi_out_unless_asked(phantom, seg_run,
 
 
 def test_checkpoint_loading_is_device_free(seg_run):
-    from bonemet.training.checkpoint import load_checkpoint
+    from bonemet.runs.checkpoint import load_checkpoint
 
     ck = load_checkpoint(seg_run / "fold0" / "last.pt")
     assert all(v.device == torch.device("cpu") for v in ck["model"].values())

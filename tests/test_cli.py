@@ -133,8 +133,8 @@ def test_every_cli_default_is_its_config_fields_default():
     from bonemet.cli.main import app
     from bonemet.inference.fast import parse_paths
     from bonemet.inference.predict import PredictOptions
-    from bonemet.training.cls import ClsConfig
-    from bonemet.training.seg import SegConfig
+    from bonemet.runs.cls import ClsConfig
+    from bonemet.runs.seg import SegConfig
 
     same = lambda v: v  # noqa: E731
     commands = {  # command: (config, {option: (field, the field's value for the option's value)}, fields not set)

@@ -198,7 +198,7 @@ def test_body_crop_and_weight_decay_travel_with_the_run(phantom, tmp_path) -> No
     from bonemet.data.images import read_image
     from bonemet.inference.runners import ClsRunner
     from bonemet.inference.scan import read_scan
-    from bonemet.training.cls import load_cls_run
+    from bonemet.runs.cls import load_cls_run
 
     data = phantom / "classification"
     run = tmp_path / "run"
@@ -307,7 +307,7 @@ def test_context_and_mirror_runs_build_the_same_input_in_evaluate_explain_and_pr
     from bonemet.data.images import read_image
     from bonemet.inference.runners import ClsRunner
     from bonemet.inference.scan import read_scan
-    from bonemet.training.cls import load_cls_run
+    from bonemet.runs.cls import load_cls_run
 
     data = phantom / "classification"
     run = tmp_path / "run"
@@ -434,7 +434,7 @@ def test_default_epochs_are_the_schedule_s_own_length() -> None:
     import inspect
 
     from bonemet.cli.cls import train
-    from bonemet.training.cls import ClsConfig
+    from bonemet.runs.cls import ClsConfig
     from bonemet.training.schedule import PiecewiseLR
 
     assert inspect.signature(train).parameters["epochs"].default is None  # the CLI leaves it to the schedule

@@ -10,7 +10,7 @@ import bonemet
 
 ROOT = Path(bonemet.__file__).parent
 # the pipeline's stages, lowest first; a module may import its own stage and the ones below
-STAGES = {"models": 0, "data": 1, "phantom": 2, "training": 3, "evaluation": 4, "reporting": 4, "inference": 5,
+STAGES = {"models": 0, "data": 1, "phantom": 2, "runs": 2, "training": 3, "evaluation": 4, "reporting": 4, "inference": 5,
           "bench": 6, "demo": 6, "reproduce": 6, "cli": 7, "__main__": 8}
 LEAVES = {"devices", "errors", "fileio", "log", "markdown", "__init__", "evaluation.metrics"}  # any stage may use these
 
@@ -97,3 +97,19 @@ def test_the_graph_sees_a_function_level_import():
     assert "data.dicom" in graph["data.ct"] and "data.volume" in graph["data.dicom"]
     assert "data.dicom" not in graph["data.volume"]
     assert "inference.fast" in graph["cli.seg"]  # imported inside a command function
+
+
+def test_loading_a_run_for_prediction_touches_only_runs_models_and_inference():
+    """What the predictors import, at any depth: the run folder's owner, the models, inference and the data layer
+    (reading scans), never training or evaluation."""
+    graph = import_graph()
+    seen, todo = set(), ["inference.runners"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, ())
+    stages = {m.split(".")[0] for m in seen}
+    assert not stages & {"training", "evaluation", "bench", "cli"}, sorted(m for m in seen
+                                                                      if m.split(".")[0] in {"training", "evaluation"})
+    assert {"runs", "models", "inference"} <= stages

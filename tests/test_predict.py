@@ -368,7 +368,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
             "held-out patients), and was trained no further") in r.stdout
     import torch
 
-    from bonemet.training.seg import load_member, load_run
+    from bonemet.runs.seg import load_member, load_run
 
     member = load_member(load_run(seg_run)[0], seg_run, k).eval()
     pruned = load_member(load_run(tmp_path / "s5")[0], tmp_path / "s5", 0).eval()
@@ -381,7 +381,7 @@ def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom,
     from bonemet.inference.quantize import stored_int8
     from bonemet.inference.runners import SegRunner
     from bonemet.inference.scan import read_scan
-    from bonemet.training.checkpoint import load_checkpoint, save_checkpoint
+    from bonemet.runs.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)

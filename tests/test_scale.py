@@ -86,7 +86,7 @@ def test_unknown_device_is_one_line(small: Path, tmp_path: Path) -> None:
 
 
 def test_checkpoints_hold_cpu_tensors(tmp_path: Path) -> None:
-    from bonemet.training.checkpoint import on_cpu, save_checkpoint
+    from bonemet.runs.checkpoint import on_cpu, save_checkpoint
 
     t = torch.arange(3.0, requires_grad=True)  # (a GPU tensor's copy is checked by the CUDA test below)
     copied = on_cpu({"a": [t, (t,)], "b": 1})

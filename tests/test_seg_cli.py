@@ -39,7 +39,7 @@ def test_seg_train_bad_input(tmp_path, phantom):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     from bonemet.errors import BonemetError
-    from bonemet.training.checkpoint import load_checkpoint
+    from bonemet.runs.checkpoint import load_checkpoint
 
     try:
         load_checkpoint(bad)

@@ -120,7 +120,7 @@ def check_paths(run: Path, slices: int = 16, batch: int = 4, compile_: bool = Fa
     ``predict`` would (the stored graph, else the run's training slices). Returns the rows and a line saying what
     was checked."""
     from ..data.bmseg import load_bmseg
-    from ..training.seg import load_member, load_run
+    from ..runs.seg import load_member, load_run
     from ..inference.quantize import calibration_input, calibration_pool, stored_int8
 
     cfg, split = load_run(run)
@@ -180,8 +180,8 @@ def write_random_run(run: Path, members: int = 5, model_name: str = "hybrid-attu
     from dataclasses import asdict
 
     from ..fileio import write_json
-    from ..training.checkpoint import save_checkpoint
-    from ..training.seg import SegConfig
+    from ..runs.checkpoint import save_checkpoint
+    from ..runs.seg import SegConfig
 
     cfg = SegConfig(data="(random weights for bench)", model=model_name, folds=members, size=size, width=width,
                     preprocessing={"window": "bone", "size": size, "channels": 3, "intensity": "pixel / 255"})

@@ -106,7 +106,7 @@ def infer(
             predict_rows.append({"path": name, "s per 100 slices": round(t), "_t": t})
             say(f"predict, {name}: {t:.0f} s per 100 slices")
         if ort_available():
-            from ..training.seg import load_member, load_run
+            from ..runs.seg import load_member, load_run
 
             tq, cfg = time.perf_counter(), load_run(run)[0]
             calib = torch.rand(8, 3, size, size)  # random weights: what the ranges are does not change the speed

@@ -97,7 +97,8 @@ def train(
 
     On several GPUs or CPU processes: torchrun --nproc_per_node N -m bonemet cls train ... (--batch-size is then
     the global batch)."""
-    from ..training.cls import ClsConfig, train_classification
+    from ..runs.cls import ClsConfig
+    from ..training.cls import train_classification
     from ..training.loop import runtime
 
     if schedule not in (None, "cnn", "transformer"):

@@ -86,7 +86,8 @@ def train(
     On several GPUs or CPU processes: torchrun --nproc_per_node N -m bonemet seg train ... (--batch-size is then
     the global batch)."""
     from ..training.loop import runtime
-    from ..training.seg import SegConfig, train_segmentation
+    from ..runs.seg import SegConfig
+    from ..training.seg import train_segmentation
 
     cfg = SegConfig(data=str(data), model=model, folds=folds, test_patients=test_patients, protocol=protocol,
                     epochs=epochs, size=size, batch_size=batch_size, width=width, channels=channels, block=block,

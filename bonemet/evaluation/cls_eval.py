@@ -19,27 +19,10 @@ from ..markdown import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text
-from ..training.cls import ClsConfig, item_name, load_cls_run, predict_cls
+from ..runs.cls import cls_label, load_cls_run
+from ..training.cls import item_name, predict_cls
 from .figures import plt, save_figure
 from .metrics import CLS_METRICS, bootstrap_ci, classification_scores, percent
-
-DISPLAY = {"resnext50_32x4d": "ResNeXt50", "densenet201": "DenseNet201", "densenet161": "DenseNet161",
-           "efficientnet_b0": "EfficientNet-B0", "inception_v3": "Inception-v3", "vit_tiny_patch16_224": "ViT-Tiny",
-           "vit_small_patch16_224": "ViT-Small", "deit_tiny_patch16_224": "DeiT-Tiny",
-           "deit_small_patch16_224": "DeiT-Small", "deit_tiny_distilled_patch16_224": "DeiT-Tiny (distilled)",
-           "deit_small_distilled_patch16_224": "DeiT-Small (distilled)", "fusion": "ViT-Tiny + ResNeXt50"}
-
-
-def cls_label(cfg: ClsConfig) -> str:
-    name = DISPLAY.get(cfg.model, cfg.model)
-    if cfg.model == "fusion" and (cfg.fusion_cnn, cfg.fusion_vit) != ("resnext50_32x4d", "vit_tiny_patch16_224"):
-        name = f"{DISPLAY.get(cfg.fusion_vit, cfg.fusion_vit)} + {DISPLAY.get(cfg.fusion_cnn, cfg.fusion_cnn)}"
-    if cfg.context:
-        name += f" 2.5D ({2 * cfg.context + 1} slices)"
-    if cfg.mirror:
-        name += " + mirror"
-    return name + (" (frozen backbone)" if cfg.freeze_backbone else "")
-
 
 def parse_patient_rule(rule: str) -> tuple[str, float]:
     """``fraction:F`` (a patient is positive when at least F of its slices are) or ``count:N``."""

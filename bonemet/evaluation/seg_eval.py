@@ -24,13 +24,17 @@ from ..markdown import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text
-from ..training.seg import SegConfig, load_member, load_run, predict_probs
+from ..runs.seg import SegConfig, load_member, load_run, model_label
+from ..training.seg import predict_probs
 from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
                       pixel_scores, pooled_f1)
 
-DISPLAY = {"unet": "Unet", "attunet": "AttUnet", "unet++": "Unet++", "attunet++": "AttUnet++",
-           "hybrid-attunet++": "Hybrid-AttUnet++", "sequential": "Sequential"}
+def ensemble_label(cfg: SegConfig) -> str:
+    """EH-AttUnet++ for the thesis' configuration (hybrid-attunet++: MB and two decoders), otherwise what it is."""
+    if cfg.model == "hybrid-attunet++" and cfg.block == "mb" and cfg.dual_decoder is not False:
+        return "EH-AttUnet++"
+    return f"ensemble of {model_label(cfg)}"
 
 
 @dataclass
@@ -42,29 +46,6 @@ class Scored:
     bone: dict[str, float] | None
     per_patient: dict[str, Counts]
     per_patient_dice: dict[str, list[float]]
-
-
-def model_label(cfg: SegConfig) -> str:
-    """The row name of a run, naming the one thesis row it maps to: the nested nets' block is part of it (the
-    thesis' "AttUnet++" row is the plain block, its "AttUnet++ + MB" row the modified one; its "Unet++" row, like
-    the reference code, uses MB)."""
-    name = DISPLAY.get(cfg.model, cfg.model)
-    if cfg.model == "sequential":
-        name += f" (Unet, {DISPLAY.get(cfg.lesion_model, cfg.lesion_model)})"
-    if cfg.model in ("unet++", "attunet++", "hybrid-attunet++") and cfg.block == "plain":
-        name += " (plain block)"
-    elif cfg.model == "attunet++":
-        name += " + MB"
-    if cfg.model == "hybrid-attunet++" and cfg.dual_decoder is False:
-        name += " (single decoder)"
-    return name
-
-
-def ensemble_label(cfg: SegConfig) -> str:
-    """EH-AttUnet++ for the thesis' configuration (hybrid-attunet++: MB and two decoders), otherwise what it is."""
-    if cfg.model == "hybrid-attunet++" and cfg.block == "mb" and cfg.dual_decoder is not False:
-        return "EH-AttUnet++"
-    return f"ensemble of {model_label(cfg)}"
 
 
 def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationDataset,

@@ -23,7 +23,7 @@ from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
 from ..errors import BonemetError
 from ..fileio import atomic_path, read_json, write_json
-from ..training.checkpoint import finished_checkpoint
+from ..runs.checkpoint import finished_checkpoint
 from .fast import CALIBRATION_SLICES, calibration_indices, quantize_int8
 
 INT8_FILE, INT8_META = "int8.onnx", "int8.json"
@@ -60,7 +60,7 @@ def calibration_input(slices: list[SegSlice], cfg, n: int = CALIBRATION_SLICES) 
 
 def calibration_pool(run: Path, data: str | Path | None) -> list[SegSlice]:
     """The training patients' slices of ``run`` (every slice of ``data`` when given)."""
-    from ..training.seg import load_run
+    from ..runs.seg import load_run
 
     cfg, split = load_run(run)
     root = Path(data) if data is not None else Path(cfg.data)
@@ -77,7 +77,7 @@ def calibration_pool(run: Path, data: str | Path | None) -> list[SegSlice]:
 def quantize_run(run: str | Path, data: str | Path | None = None, n: int = CALIBRATION_SLICES,
                  log=print) -> list[Path]:
     """Quantize every member of ``run`` to int8 on ``n`` calibration slices; returns the written graphs."""
-    from ..training.seg import load_member, load_run
+    from ..runs.seg import load_member, load_run
 
     run = Path(run)
     cfg, split = load_run(run)

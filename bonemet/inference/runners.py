@@ -62,8 +62,8 @@ class SegRunner:
 
     def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None,
                  device: torch.device | None = None) -> None:
-        from ..evaluation.seg_eval import model_label
-        from ..training.seg import load_member, load_run
+        from ..runs.seg import model_label
+        from ..runs.seg import load_member, load_run
         from .fast import FastModel, default_paths, needs_calibration
         from .quantize import stored_int8
 
@@ -123,7 +123,7 @@ class SegRunner:
         ``batch_size``: slices per forward pass (None: ``fast.auto_batch`` for the model's size and the device).
         ``flip``: test-time augmentation, each model also on the left-right mirrored slices (mirrored back),
         averaged with the plain pass."""
-        from ..training.seg import forward
+        from ..models import forward
 
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         models = self._models_for(scan, win)
@@ -157,8 +157,8 @@ class ClsRunner:
     """The model(s) of a classification run, averaged: a metastasis probability per slice."""
 
     def __init__(self, run: str | Path, device: torch.device | None = None) -> None:
-        from ..evaluation.cls_eval import cls_label
-        from ..training.cls import load_cls_run
+        from ..runs.cls import cls_label
+        from ..runs.cls import load_cls_run
 
         self.run = Path(run)
         self.device = device or torch.device("cpu")

@@ -62,6 +62,16 @@ def model_options(name: str, block: str = "mb", dual_decoder: bool | None = None
     return opts
 
 
+def forward(model: nn.Module, image: torch.Tensor, bone: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(lesion logits, bone logits or None) of any family member, also inside DistributedDataParallel; the
+    sequential model gets the true bone only when one is passed."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if getattr(inner, "needs_bone_input", False):
+        return split_outputs(model(image, bone))
+    return split_outputs(model(image))
+
+
 def split_outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(lesion logits, bone logits or None) from any model of the family."""
     if isinstance(out, tuple):

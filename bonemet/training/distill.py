@@ -29,11 +29,12 @@ from ..fileio import read_json, write_json
 from ..devices import on_device, resolve_device, training_precision
 from ..log import console
 from .augment import SegAugment
-from .checkpoint import finished_checkpoint, save_checkpoint
+from ..runs.checkpoint import finished_checkpoint, save_checkpoint
 from .loop import TrainStep, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
-from .seg import (SegConfig, build_model, forward, lesion_slice_flags, load_member, load_run, predict_probs,
-                  seg_loss)
+from ..models import forward
+from ..runs.seg import SegConfig, build_model, load_member, load_run
+from .seg import lesion_slice_flags, predict_probs, seg_loss
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member

@@ -198,7 +198,7 @@ def read_rows(path: Path, before_epoch: int) -> list[dict]:
 def resume_state(fold_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, list[dict]]:
     """Load ``last.pt`` of an interrupted fold into ``model`` (before it is wrapped for data-parallel training) and
     ``opt``: (first epoch to run, best selection score, kept metric rows)."""
-    from .checkpoint import load_checkpoint, load_weights
+    from ..runs.checkpoint import load_checkpoint, load_weights
 
     path = fold_dir / "last.pt"
     ck = load_checkpoint(path)
@@ -215,7 +215,7 @@ def end_epoch(fold_dir: Path, rows: list[dict], row: dict, model: torch.nn.Modul
               epoch: int, best: float, score: float | None, world: World = World()) -> float:
     """Keep ``best.pt`` when the selection ``score`` improves, log the row, save ``last.pt``; returns the best score.
     Only the main process of a torchrun job writes (the others hold the same weights)."""
-    from .checkpoint import save_checkpoint
+    from ..runs.checkpoint import save_checkpoint
 
     improved = score is not None and score > best
     best = score if improved else best

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-PRESETS: dict[str, tuple[int, list[tuple[int, float]]]] = {
-    "seg": (60, [(0, 0.01), (20, 0.005), (40, 0.001)]),
-    "cnn": (60, [(0, 0.01), (20, 0.005), (40, 0.001)]),
-    "transformer": (80, [(0, 1e-3), (10, 1e-2), (20, 1e-3), (30, 1e-4), (70, 1e-5)]),
-}
+from ..runs.schedules import PRESETS
+
 
 
 class PiecewiseLR:

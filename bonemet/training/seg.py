@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,83 +26,19 @@ from torch.utils.data import DataLoader
 
 from ..data.bmseg import SegSlice, load_bmseg
 from ..data.datasets import SegmentationDataset
-from ..data.splits import add_inner_validation, check_no_leakage, load_splits, paper_splits, patient_splits
-from ..errors import BonemetError, refuse_first
+from ..data.splits import add_inner_validation, check_no_leakage, paper_splits, patient_splits
+from ..errors import BonemetError
 from ..evaluation.metrics import Counts, confusion, pixel_scores
-from ..fileio import read_config, read_json, write_json
-from ..models import create_model, model_options, split_outputs
+from ..fileio import read_json, write_json
+from ..models import forward
 from ..devices import model_device, on_device, training_precision
 from ..log import console
+from ..runs.seg import SegConfig, build_model
 from .augment import SegAugment
-from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .distributed import barrier, data_parallel, unwrap
 from .loop import (Runtime, TrainStep, announce_distributed, end_epoch, epoch_loader, folds_to_train,
                    make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
 from .schedule import PiecewiseLR
-
-
-@dataclass
-class SegConfig:
-    """Everything that defines a segmentation run (stored as RUN/config.json)."""
-
-    data: str
-    model: str = "hybrid-attunet++"
-    folds: int = 5
-    test_patients: float = 0.2
-    protocol: str = "patient"
-    epochs: int = 60
-    size: int = 224
-    batch_size: int = 8
-    width: int = 32
-    channels: int = 3
-    block: str = "mb"
-    dual_decoder: bool | None = None
-    lesion_model: str = "attunet++"
-    lesion_weight: float = 0.7
-    pos_weight: float = 1.0
-    bone_weight: float = 0.3
-    optimizer: str = "adam"
-    lr_scale: float = 1.0
-    select: str = "last"
-    inner_val: float = 0.15
-    augment: bool = True
-    threshold: int = 0
-    mask_resize: str = "nearest"
-    neg_ratio: float | None = None
-    eval_every: int = 1
-    seed: int = 0
-    bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
-    preprocessing: dict = field(default_factory=dict)
-    distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
-
-    def __post_init__(self) -> None:
-        """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
-        from ..models import SEQUENTIAL_LESION_MODELS, model_names
-
-        checks = [
-            (self.model in model_names(), f"unknown model '{self.model}' (choose from {', '.join(model_names())})"),
-            (self.model != "sequential" or self.lesion_model in SEQUENTIAL_LESION_MODELS,
-             f"unknown lesion model '{self.lesion_model}' (choose from {', '.join(SEQUENTIAL_LESION_MODELS)})"),
-            (self.block in ("mb", "plain"), f"unknown block '{self.block}' (mb or plain)"),
-            (self.protocol in ("patient", "paper"), f"unknown protocol '{self.protocol}' (patient or paper)"),
-            (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
-            (isinstance(self.size, int) and self.size >= 32 and self.size % 16 == 0,
-             f"size must be a multiple of 16 and at least 32 (the models halve it four times), got {self.size}"),
-            (isinstance(self.width, int) and self.width >= 1, f"width must be 1 or more, got {self.width}"),
-            (self.channels in (1, 2, 3), f"channels must be 1, 2 or 3, got {self.channels}"),
-            (isinstance(self.folds, int) and self.folds >= 1, f"folds must be 1 or more, got {self.folds}"),
-            (isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be 0 or more, got {self.epochs}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"batch size must be 1 or more, got {self.batch_size}"),
-            (isinstance(self.eval_every, int) and self.eval_every >= 1,
-             f"eval_every must be 1 or more, got {self.eval_every}"),
-            (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
-        ]
-        refuse_first(checks)
-
-    def model_opts(self) -> dict:
-        return {"in_channels": self.channels, "width": self.width,
-                **model_options(self.model, self.block, self.dual_decoder, self.lesion_model)}
 
 
 def data_preprocessing(root: Path) -> dict:
@@ -125,17 +61,6 @@ def refuse_missing_bone(cfg: SegConfig, slices: list[SegSlice], root: Path) -> N
         raise BonemetError(f"{len(lacking)} of {len(slices)} slices have no bone mask (e.g. {lacking[0].image.name}): "
                            f"{cfg.model} learns bone too, so it needs every slice's bone mask; add them, or train a "
                            "lesion-only model (unet, attunet, unet++ or attunet++)", root)
-
-
-def build_model(cfg: SegConfig) -> torch.nn.Module:
-    return create_model(cfg.model, **cfg.model_opts())
-
-
-def forward(model: torch.nn.Module, image: torch.Tensor, bone: torch.Tensor | None = None):
-    """Run any family member; the sequential model gets the true bone only when one is passed."""
-    if getattr(unwrap(model), "needs_bone_input", False):
-        return split_outputs(model(image, bone))
-    return split_outputs(model(image))
 
 
 def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batch: dict, cfg: SegConfig) -> torch.Tensor:
@@ -347,18 +272,3 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
             raise BonemetError(f"fold {k} has no training slices")
         train_fold(cfg, run, k, fit, sel, held, resume, np.array([flag_of[s.name] for s in fit]), rt)
     return run
-
-
-def load_run(run: Path) -> tuple[SegConfig, dict]:
-    """A segmentation run's configuration and splits, each checked as it is read."""
-    if not (run / "config.json").exists():
-        raise BonemetError("not a segmentation run folder (no config.json)", run)
-    cfg = read_config(SegConfig, run / "config.json", "segmentation run configuration")
-    split = load_splits(run / "splits.json")
-    return cfg, split
-
-
-def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
-    """Fold ``k``'s finished model of ``run``, in eval mode (one clear line if it is missing or damaged)."""
-    path = finished_checkpoint(run / f"fold{k}", f"fold {k}", " (run 'bonemet seg train ... --resume')")
-    return load_weights(build_model(cfg), load_checkpoint(path), path).eval()

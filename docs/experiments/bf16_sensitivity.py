@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bonemet.data.bmseg import load_bmseg
-from bonemet.training.seg import load_member, load_run
+from bonemet.runs.seg import load_member, load_run
 from bonemet.inference.fast import fold_batchnorm, keep_fp32
 from bonemet.inference.quantize import calibration_input
 from bonemet.models import create_model, split_outputs

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from bonemet.data.classification import load_classification
 from bonemet.data.datasets import ClassificationDataset
-from bonemet.training.cls import load_cls_run
+from bonemet.runs.cls import load_cls_run
 
 
 def main(run: str) -> None:

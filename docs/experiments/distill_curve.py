@@ -43,10 +43,11 @@ def score(teacher: Path, data: Path, students: list[Path]) -> None:
     from bonemet.data.bmseg import load_bmseg
     from bonemet.data.datasets import SegmentationDataset
     from bonemet.evaluation.metrics import confusion, pooled_f1
-    from bonemet.training.seg import load_member, load_run
-    from bonemet.training.checkpoint import load_checkpoint
+    from bonemet.runs.seg import load_member, load_run
+    from bonemet.runs.checkpoint import load_checkpoint
     from bonemet.training.distill import member_probs
-    from bonemet.training.seg import build_model, predict_probs
+    from bonemet.runs.seg import build_model
+    from bonemet.training.seg import predict_probs
 
     tcfg, split = load_run(teacher)
     ds = SegmentationDataset(load_bmseg(data, require_patients=True).slices, tcfg.size, tcfg.channels,

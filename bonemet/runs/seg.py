@@ -1,0 +1,121 @@
+"""A segmentation run folder: its configuration (``config.json``, checked when built or read), its splits and its
+members (``fold<k>/``, each with the checkpoint its ``done.json`` names), the model each member is, and the name of
+the thesis row the run maps to. Training writes runs; evaluation, prediction and the benches read them here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.splits import load_splits
+from ..errors import BonemetError, refuse_first
+from ..fileio import read_config
+from ..models import create_model, model_options
+from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
+
+__all__ = ["DISPLAY", "SegConfig", "build_model", "load_member", "load_run", "model_label"]
+
+
+@dataclass
+class SegConfig:
+    """Everything that defines a segmentation run (stored as RUN/config.json)."""
+
+    data: str
+    model: str = "hybrid-attunet++"
+    folds: int = 5
+    test_patients: float = 0.2
+    protocol: str = "patient"
+    epochs: int = 60
+    size: int = 224
+    batch_size: int = 8
+    width: int = 32
+    channels: int = 3
+    block: str = "mb"
+    dual_decoder: bool | None = None
+    lesion_model: str = "attunet++"
+    lesion_weight: float = 0.7
+    pos_weight: float = 1.0
+    bone_weight: float = 0.3
+    optimizer: str = "adam"
+    lr_scale: float = 1.0
+    select: str = "last"
+    inner_val: float = 0.15
+    augment: bool = True
+    threshold: int = 0
+    mask_resize: str = "nearest"
+    neg_ratio: float | None = None
+    eval_every: int = 1
+    seed: int = 0
+    bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
+    preprocessing: dict = field(default_factory=dict)
+    distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
+
+    def __post_init__(self) -> None:
+        """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
+        from ..models import SEQUENTIAL_LESION_MODELS, model_names
+
+        checks = [
+            (self.model in model_names(), f"unknown model '{self.model}' (choose from {', '.join(model_names())})"),
+            (self.model != "sequential" or self.lesion_model in SEQUENTIAL_LESION_MODELS,
+             f"unknown lesion model '{self.lesion_model}' (choose from {', '.join(SEQUENTIAL_LESION_MODELS)})"),
+            (self.block in ("mb", "plain"), f"unknown block '{self.block}' (mb or plain)"),
+            (self.protocol in ("patient", "paper"), f"unknown protocol '{self.protocol}' (patient or paper)"),
+            (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
+            (isinstance(self.size, int) and self.size >= 32 and self.size % 16 == 0,
+             f"size must be a multiple of 16 and at least 32 (the models halve it four times), got {self.size}"),
+            (isinstance(self.width, int) and self.width >= 1, f"width must be 1 or more, got {self.width}"),
+            (self.channels in (1, 2, 3), f"channels must be 1, 2 or 3, got {self.channels}"),
+            (isinstance(self.folds, int) and self.folds >= 1, f"folds must be 1 or more, got {self.folds}"),
+            (isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be 0 or more, got {self.epochs}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch size must be 1 or more, got {self.batch_size}"),
+            (isinstance(self.eval_every, int) and self.eval_every >= 1,
+             f"eval_every must be 1 or more, got {self.eval_every}"),
+            (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
+        ]
+        refuse_first(checks)
+
+    def model_opts(self) -> dict:
+        return {"in_channels": self.channels, "width": self.width,
+                **model_options(self.model, self.block, self.dual_decoder, self.lesion_model)}
+
+
+def build_model(cfg: SegConfig) -> torch.nn.Module:
+    return create_model(cfg.model, **cfg.model_opts())
+
+
+def load_run(run: Path) -> tuple[SegConfig, dict]:
+    """A segmentation run's configuration and splits, each checked as it is read."""
+    if not (run / "config.json").exists():
+        raise BonemetError("not a segmentation run folder (no config.json)", run)
+    cfg = read_config(SegConfig, run / "config.json", "segmentation run configuration")
+    split = load_splits(run / "splits.json")
+    return cfg, split
+
+
+def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
+    """Fold ``k``'s finished model of ``run``, in eval mode (one clear line if it is missing or damaged)."""
+    path = finished_checkpoint(run / f"fold{k}", f"fold {k}", " (run 'bonemet seg train ... --resume')")
+    return load_weights(build_model(cfg), load_checkpoint(path), path).eval()
+
+
+DISPLAY = {"unet": "Unet", "attunet": "AttUnet", "unet++": "Unet++", "attunet++": "AttUnet++",
+           "hybrid-attunet++": "Hybrid-AttUnet++", "sequential": "Sequential"}
+
+
+def model_label(cfg: SegConfig) -> str:
+    """The row name of a run, naming the one thesis row it maps to: the nested nets' block is part of it (the
+    thesis' "AttUnet++" row is the plain block, its "AttUnet++ + MB" row the modified one; its "Unet++" row, like
+    the reference code, uses MB)."""
+    name = DISPLAY.get(cfg.model, cfg.model)
+    if cfg.model == "sequential":
+        name += f" (Unet, {DISPLAY.get(cfg.lesion_model, cfg.lesion_model)})"
+    if cfg.model in ("unet++", "attunet++", "hybrid-attunet++") and cfg.block == "plain":
+        name += " (plain block)"
+    elif cfg.model == "attunet++":
+        name += " + MB"
+    if cfg.model == "hybrid-attunet++" and cfg.dual_decoder is False:
+        name += " (single decoder)"
+    return name
