@@ -83,6 +83,7 @@ class SegConfig:
 
 
 def build_model(cfg: SegConfig) -> torch.nn.Module:
+    """The run's model, untrained (a member's weights go in with ``load_member``)."""
     return create_model(cfg.model, **cfg.model_opts())
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from ..runs.schedules import PRESETS
 
 
-
 class PiecewiseLR:
     """Learning rate by epoch. With fewer (or more) epochs than the preset's, the milestones scale with
     the run length so that the shape of the schedule is kept (e.g. thirds for the segmentation preset)."""
