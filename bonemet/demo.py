@@ -48,9 +48,9 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
     from .inference.predict import PredictOptions, predict
     from .phantom.synth import synthesize
     from .runs.cls import ClsConfig
+    from .runs.seg import SegConfig
     from .training.cls import train_classification
     from .training.loop import runtime
-    from .runs.seg import SegConfig
     from .training.seg import train_segmentation
 
     b = BUDGETS["quick" if quick else "default"]

@@ -109,11 +109,18 @@ class Precision:
 
     def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
         """Backward pass and optimiser step (through the scaler for float16)."""
+        self.backward(loss)
+        self.update(opt)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The backward pass (of the scaled loss for float16)."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def update(self, opt: torch.optim.Optimizer) -> None:
+        """The optimiser step after ``backward`` (through the scaler, which then adapts its scale, for float16)."""
         if self.scaler is None:
-            loss.backward()
             opt.step()
             return
-        self.scaler.scale(loss).backward()
         self.scaler.step(opt)
         self.scaler.update()
 

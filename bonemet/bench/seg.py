@@ -74,17 +74,10 @@ def bench_models(names: Sequence[str], size: int = 224, width: int = 32, batch_s
                 if bo is not None:
                     loss = 0.7 * loss + 0.3 * F.binary_cross_entropy_with_logits(bo.float(), y)
             t1 = time.perf_counter()
-            if precision.scaler is None:
-                loss.backward()
-                sync(dev)
-                t2 = time.perf_counter()
-                opt.step()
-            else:
-                precision.scaler.scale(loss).backward()
-                sync(dev)
-                t2 = time.perf_counter()
-                precision.scaler.step(opt)
-                precision.scaler.update()
+            precision.backward(loss)
+            sync(dev)
+            t2 = time.perf_counter()
+            precision.update(opt)
             sync(dev)
             return t1 - t0, t2 - t1, time.perf_counter() - t2
 

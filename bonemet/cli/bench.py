@@ -100,10 +100,10 @@ def infer(
         unfused = tuple(p for p in paths if p != "fuse")
         if unfused != paths or batch_size != 8:
             timed.append((f"{'+'.join(unfused)}, batch 8 (no fusion)", unfused, 8))
-        predict_rows = []
+        timings: list[tuple[str, float]] = []  # (row, seconds per 100 slices)
         for name, p, b in timed:
-            t = time_predict(run, scan, Path(tmp) / f"out-{len(predict_rows)}", scan_slices, p, b)
-            predict_rows.append({"path": name, "s per 100 slices": round(t), "_t": t})
+            t = time_predict(run, scan, Path(tmp) / f"out-{len(timings)}", scan_slices, p, b)
+            timings.append((name, t))
             say(f"predict, {name}: {t:.0f} s per 100 slices")
         if ort_available():
             from ..runs.seg import load_member, load_run
@@ -114,16 +114,14 @@ def infer(
                 store_int8(run, k, load_member(cfg, run, k), calib, ["random"])
             t_quant = (time.perf_counter() - tq) / members
             t = time_predict(run, scan, Path(tmp) / "out-int8", scan_slices, ("fold_bn", "int8"), batch_size)
-            predict_rows.append({"path": f"--fast fold_bn,int8, batch {batch_size} (graphs stored by `bonemet seg "
-                                         f"quantize`, {t_quant:.0f} s a member, once per run)",
-                                 "s per 100 slices": round(t), "_t": t})
+            timings.append((f"--fast fold_bn,int8, batch {batch_size} (graphs stored by `bonemet seg quantize`, "
+                            f"{t_quant:.0f} s a member, once per run)", t))
             say(f"predict, int8 (stored graphs): {t:.0f} s per 100 slices; quantization {t_quant:.0f} s a member")
         t_base = time_predict(run, scan, Path(tmp) / "out-eager", scan_slices, (), 1)
-        predict_rows.append({"path": "eager fp32, batch 1 (baseline)", "s per 100 slices": round(t_base),
-                             "_t": t_base})
+        timings.append(("eager fp32, batch 1 (baseline)", t_base))
         say(f"predict, eager fp32 batch 1: {t_base:.0f} s per 100 slices")
-    for row in predict_rows:
-        row["speed-up"] = f"{t_base / row.pop('_t'):.1f}x"
+    predict_rows = [{"path": name, "s per 100 slices": round(t), "speed-up": f"{t_base / t:.1f}x"}
+                    for name, t in timings]
     gmac = facts["GMAC/slice"]
     text = (f"Inference paths of {model} (width {width}, {size} px, {gmac} GMAC/slice) on CPU ({machine_line()}); "
             f"median of {path_reps} timed pass(es) over {slices} slices, the paths taking turns (one pass of "

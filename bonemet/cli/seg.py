@@ -85,8 +85,8 @@ def train(
 
     On several GPUs or CPU processes: torchrun --nproc_per_node N -m bonemet seg train ... (--batch-size is then
     the global batch)."""
-    from ..training.loop import runtime
     from ..runs.seg import SegConfig
+    from ..training.loop import runtime
     from ..training.seg import train_segmentation
 
     cfg = SegConfig(data=str(data), model=model, folds=folds, test_patients=test_patients, protocol=protocol,

@@ -135,8 +135,7 @@ def explain_run(run: str | Path, slices: list[Path], n: int = 4, out: str | Path
     from ..data.classification import context_paths, load_classification
     from ..data.datasets import prepare_image, stack_slices
     from ..data.images import read_image
-    from ..runs.cls import load_cls_run
-    from .cls_eval import cls_label
+    from ..runs.cls import cls_label, load_cls_run
 
     run = Path(run)
     cfg, _, models = load_cls_run(run)

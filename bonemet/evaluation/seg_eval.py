@@ -30,6 +30,7 @@ from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
                       pixel_scores, pooled_f1)
 
+
 def ensemble_label(cfg: SegConfig) -> str:
     """EH-AttUnet++ for the thesis' configuration (hybrid-attunet++: MB and two decoders), otherwise what it is."""
     if cfg.model == "hybrid-attunet++" and cfg.block == "mb" and cfg.dual_decoder is not False:

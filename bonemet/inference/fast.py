@@ -68,8 +68,8 @@ def auto_batch(size: int, device: torch.device | str = "cpu") -> int:
 
 def default_paths() -> tuple[str, ...]:
     """The fastest sound path measured by ``bonemet bench infer``: bf16 where the CPU has it natively, else fp32
-    with folded BN and fused activations in channels_last (ONNX Runtime's fp32 was no faster on an AVX2 CPU and costs an export per
-    member and scan).
+    with folded BN and fused activations in channels_last (ONNX Runtime's fp32 was no faster on an AVX2 CPU and
+    costs an export per member and scan).
 
     ``int8`` is 2.6-2.9x faster than eager fp32 on CPUs without bf16, with the same masks, but moves a few
     probabilities by more than the 0.02 a default may (``bonemet bench infer --check-run``): an option only."""

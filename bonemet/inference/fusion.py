@@ -106,12 +106,12 @@ def _fuse_sequential(seq: nn.Sequential) -> None:
         conv = seq._modules[name]
         if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             continue
-        rest = [n for n in names[k + 1:] if not isinstance(seq._modules[n], nn.Identity)]
-        nxt = seq._modules[rest[0]] if rest else None
-        if isinstance(nxt, (nn.ReLU, nn.Sigmoid)) and all(isinstance(seq._modules[n], nn.Identity)
-                                                        for n in names[k + 1:names.index(rest[0])]):
+        # the first module after the convolution that is not an Identity (a folded BN)
+        after = next((n for n in names[k + 1:] if not isinstance(seq._modules[n], nn.Identity)), None)
+        nxt = seq._modules[after] if after else None
+        if isinstance(nxt, (nn.ReLU, nn.Sigmoid)):
             seq._modules[name] = FusedConv(conv, "relu" if isinstance(nxt, nn.ReLU) else "sigmoid")
-            seq._modules[rest[0]] = nn.Identity()
+            seq._modules[after] = nn.Identity()
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:

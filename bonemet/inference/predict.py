@@ -19,9 +19,8 @@ from ..data.images import write_image
 from ..data.volume import NON_FINITE_FILL, read_mask_like, save_nifti
 from ..errors import BonemetError
 from ..fileio import atomic_dir, check_output, write_csv, write_json
-from ..log import logger
+from ..log import console, logger
 from ..reporting.report import write_report
-from ..log import console
 from .lesions import find_lesions, match_truth
 from .runners import ClsRunner, SegRunner
 from .scan import Scan, read_scan

@@ -62,8 +62,7 @@ class SegRunner:
 
     def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None,
                  device: torch.device | None = None) -> None:
-        from ..runs.seg import model_label
-        from ..runs.seg import load_member, load_run
+        from ..runs.seg import load_member, load_run, model_label
         from .fast import FastModel, default_paths, needs_calibration
         from .quantize import stored_int8
 
@@ -157,8 +156,7 @@ class ClsRunner:
     """The model(s) of a classification run, averaged: a metastasis probability per slice."""
 
     def __init__(self, run: str | Path, device: torch.device | None = None) -> None:
-        from ..runs.cls import cls_label
-        from ..runs.cls import load_cls_run
+        from ..runs.cls import cls_label, load_cls_run
 
         self.run = Path(run)
         self.device = device or torch.device("cpu")
