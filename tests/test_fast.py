@@ -198,6 +198,36 @@ def test_default_path_is_bf16_where_native_else_fp32(monkeypatch):
     assert fast.calibration_indices(3, 8) == [0, 1, 2]
 
 
+def test_a_gpu_runs_the_device_independent_paths_and_refuses_the_cpus_own(monkeypatch):
+    from bonemet.inference import fast
+
+    gpu = torch.device("cuda")
+    assert fast.default_paths(gpu) == ()  # eager fp32 until a GPU path's answers are checked on trained members
+    assert fast.paths_problem(("fold_bn", "channels_last", "compile"), gpu) is None
+    for path in ("fuse", "onnx", "int8"):
+        assert fast.paths_problem(("fold_bn", path), gpu) == (
+            f"--fast {path} runs on the CPU only (on cuda: eager or fold_bn, channels_last, bf16, compile)")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert fast.paths_problem(("bf16",), gpu) == "the bf16 path needs a GPU with bfloat16 (not cuda)"
+    assert fast.paths_problem(("bf16",), torch.device("mps")) == "the bf16 path needs a GPU with bfloat16 (not mps)"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert fast.paths_problem(("fold_bn", "channels_last", "bf16"), gpu) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (runs where one is)")
+def test_gpu_paths_match_eager_on_the_gpu():
+    model = _trained_like("hybrid-attunet++").cuda()
+    x = torch.rand(3, 3, 64, 64, device="cuda")
+    ref = _probs(model, x)
+    for paths in (("fold_bn",), ("channels_last",), ("fold_bn", "channels_last")):
+        for a, b in zip(ref, _probs(FastModel(model, paths), x)):
+            assert float((a - b).abs().max()) < 1e-3  # TF32 convolutions on both sides, in another order
+    if torch.cuda.is_bf16_supported():
+        for a, b in zip(ref, _probs(FastModel(model, ("fold_bn", "channels_last", "bf16")), x)):
+            assert float((a - b).abs().max()) < 0.02
+            assert float(((a > 0.5) == (b > 0.5)).float().mean()) >= 0.995
+
+
 def test_up2_hands_its_backward_a_channels_last_gradient_and_the_same_values():
     import torch.nn.functional as F
 

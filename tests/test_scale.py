@@ -367,3 +367,17 @@ def test_cuda_training_and_prediction_match_the_cpu(small: Path, tmp_path: Path)
     r = invoke("seg", "train", "--data", small / "bmseg", *TRAIN[:-2], "--epochs", "1", "--bf16", "--fold", "0",
                "--out", tmp_path / "mixed", "--device", "cuda")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (runs where one is)")
+def test_prediction_on_the_gpu_matches_the_cpu(phantom: Path, seg_run: Path) -> None:
+    import bonemet
+
+    path = phantom / "volumes" / "P001" / "ct.nii.gz"
+    cpu = bonemet.predict(path, seg=seg_run, device="cpu", paths=(), probabilities=True)
+    for paths, tolerance in (((), 1e-3), (("fold_bn", "channels_last", "bf16"), 0.02)):
+        gpu = bonemet.predict(path, seg=seg_run, device="cuda", paths=paths, probabilities=True)
+        assert gpu.summary["models"]["segmentation"]["device"].startswith("cuda")
+        diff = np.abs(gpu.lesion_probability.astype(np.float32) - cpu.lesion_probability.astype(np.float32))
+        assert float(diff.max()) < tolerance, paths
+        assert float((gpu.lesion_mask == cpu.lesion_mask).mean()) >= 0.995, paths

@@ -69,3 +69,52 @@ def bench_device(device: str = "auto", size: int = 224, width: int = 32, batch_s
                      "thesis 5-fold recipe (h)": round(THESIS_FOLDS * THESIS_EPOCHS * THESIS_TRAIN_SLICES
                                                        / train / 3600, 1)})
     return rows
+
+
+def device_paths(device: torch.device) -> list[tuple[str, ...]]:
+    """The inference paths ``bench device`` times ``predict`` with: eager fp32 first (the baseline), then the
+    device's default, then, on a GPU, each GPU path that it can run."""
+    from ..inference.fast import default_paths, paths_problem
+
+    chosen = [(), default_paths(device)]
+    if device.type != "cpu":
+        chosen += [("channels_last",), ("fold_bn", "channels_last"), ("fold_bn", "channels_last", "bf16")]
+    return [p for i, p in enumerate(chosen) if p not in chosen[:i] and paths_problem(p, device) is None]
+
+
+def bench_device_predict(device: str = "auto", slices: int = 300, members: int = 5, size: int = 224,
+                         width: int = 32, model_name: str = "hybrid-attunet++", work: Path | None = None,
+                         log: Callable[[str], None] = print) -> list[dict]:
+    """Seconds per 100 slices of ``predict`` end to end (read, models, lesions, every output file) on ``device``,
+    an ensemble of ``members`` random-weight models on a phantom scan of ``slices`` slices, for each path of
+    ``device_paths``; each timed on a second call (the first chooses kernels), with its lesion probabilities
+    against eager fp32's."""
+    import tempfile
+
+    import numpy as np
+
+    from ..inference.predict import PredictOptions, Predictor
+    from .infer import write_phantom_scan, write_random_run
+
+    dev = resolve_device(device)
+    rows, ref = [], None
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        tmp = Path(tmp)
+        run = write_random_run(tmp / "run", members, model_name, size, width)
+        scan = write_phantom_scan(tmp / "scan.nii.gz", slices, size)
+        for i, paths in enumerate(device_paths(dev)):
+            predictor = Predictor(PredictOptions(seg=run, paths=paths, device=str(dev), probabilities=True))
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                predictor.predict(scan, tmp / f"warm{i}")
+                t0 = time.perf_counter()
+                pred = predictor.predict(scan, tmp / f"out{i}")
+                seconds = time.perf_counter() - t0
+            p = pred.lesion_probability.astype(np.float32)
+            ref = p if ref is None else ref
+            d = np.abs(p - ref)
+            rows.append({"path": " + ".join(paths) or "eager fp32", "s per 100 slices": round(seconds / slices * 100, 2),
+                         "scans of 300 slices per hour": round(3600 / (seconds / slices * 300), 1),
+                         "max prob diff": f"{float(d.max()):.1e}",
+                         "mask agreement %": round(100 * float(((p > 0.5) == (ref > 0.5)).mean()), 3)})
+            log(f"predict on {describe_device(dev)}, {rows[-1]['path']}: {rows[-1]['s per 100 slices']} s per 100 slices")
+    return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -226,17 +227,27 @@ def device(
     width: Annotated[int, typer.Option(min=1)] = 32,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     reps: Annotated[int, typer.Option(min=1, help="Timed repetitions (the median is kept).")] = 5,
+    predict_slices: Annotated[int, typer.Option(min=0, help="Also time predict end to end on a phantom scan of "
+                                                         "this many slices, per inference path (0: no).")] = 0,
+    members: Annotated[int, typer.Option(min=1, help="Ensemble members for the predict timing.")] = 5,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_device.md in.")] = None,
 ) -> None:
     """Training images/s and inference slices/s on a device, fp32 and mixed precision, and the time the thesis'
-    5-fold recipe (5 x 60 epochs x 1,200 slices) would take there."""
-    from ..bench.scale import bench_device
+    5-fold recipe (5 x 60 epochs x 1,200 slices) would take there; with --predict-slices, predict end to end per
+    inference path."""
+    from ..bench.scale import bench_device, bench_device_predict
     from ..bench.seg import machine_line
     from ..markdown import markdown_table
 
-    rows = bench_device(device, size, width, batch_size, reps, model, log=lambda m: typer.echo(m, err=True))
+    log = partial(typer.echo, err=True)
+    rows = bench_device(device, size, width, batch_size, reps, model, log=log)
     text = (f"{model}, width {width}, {size} px, batch {batch_size}, median of {reps}; host {machine_line()}:\n\n"
             + markdown_table(rows))
+    if predict_slices:
+        rows = bench_device_predict(device, predict_slices, members, size, width, model, log=log)
+        text += (f"\n\n`predict` end to end (read, models, lesions, every output file; batch: predict's default) on "
+                 f"a phantom scan of {predict_slices} slices, {members} random-weight members; each path timed on "
+                 "its second call, its lesion probabilities against eager fp32's:\n\n" + markdown_table(rows))
     report(text, out, "bench_device.md")
 
 

@@ -45,7 +45,9 @@ from ..devices import cpu_bf16_supported
 from .fusion import fuse_for_inference, fusion_available
 
 PATHS = ("fold_bn", "fuse", "channels_last", "bf16", "onnx", "int8", "compile")
+GPU_PATHS = ("fold_bn", "channels_last", "bf16", "compile")  # the others are oneDNN's or ONNX Runtime's (CPU)
 DEFAULT_PATH = ("fold_bn", "fuse", "channels_last") if fusion_available() else ("fold_bn", "channels_last")
+GPU_DEFAULT_PATH: tuple[str, ...] = ()
 CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
 # modules the bf16 path keeps in fp32 (names as in ``model.named_modules()``, glob patterns matched against the name
 # or its tail, so both networks of the sequential model are covered), and those whose output stays fp32
@@ -66,13 +68,17 @@ def auto_batch(size: int, device: torch.device | str = "cpu") -> int:
     return max(1, round(per_pass / (size * size)))
 
 
-def default_paths() -> tuple[str, ...]:
+def default_paths(device: torch.device | str = "cpu") -> tuple[str, ...]:
     """The fastest sound path measured by ``bonemet bench infer``: bf16 where the CPU has it natively, else fp32
     with folded BN and fused activations in channels_last (ONNX Runtime's fp32 was no faster on an AVX2 CPU and
     costs an export per member and scan).
 
     ``int8`` is 2.6-2.9x faster than eager fp32 on CPUs without bf16, with the same masks, but moves a few
-    probabilities by more than the 0.02 a default may (``bonemet bench infer --check-run``): an option only."""
+    probabilities by more than the 0.02 a default may (``bonemet bench infer --check-run``): an option only.
+
+    On a GPU: eager fp32 (``GPU_DEFAULT_PATH``)."""
+    if torch.device(device).type != "cpu":
+        return GPU_DEFAULT_PATH
     return (*DEFAULT_PATH, "bf16") if bf16_supported() else DEFAULT_PATH
 
 
@@ -117,8 +123,9 @@ class _FP32(nn.Module):
         self.module, self.keep_output = module, keep_output
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-        with torch.autocast("cpu", enabled=False):
+        kind = xs[0].device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        with torch.autocast(kind, enabled=False):
             out = self.module(*(x.float() for x in xs))
         # an fp32 output makes what consumes it fp32 too (concatenations, gates, up-sampling; the convolutions still
         # cast to bf16): worth it only where the rounding costs precision, as after the encoder levels
@@ -156,7 +163,8 @@ class FastModel(nn.Module):
         the int8 path; ``fp32_modules``: what the bf16 path keeps in fp32 (``keep_fp32``; empty = plain autocast)."""
         super().__init__()
         self.paths = tuple(paths)
-        problem = paths_problem(self.paths)
+        param = next(model.parameters(), None)
+        problem = paths_problem(self.paths, param.device if param is not None else "cpu")
         if problem:
             raise ValueError(problem)
         if needs_calibration(self.paths) and calibration is None and int8_onnx is None:
@@ -186,7 +194,8 @@ class FastModel(nn.Module):
             return tuple(outs) if len(outs) > 1 else outs[0]
         if "channels_last" in self.paths:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in self.paths else contextlib.nullcontext()
+        ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16) if "bf16" in self.paths
+               else contextlib.nullcontext())
         with ctx:
             out = self.model(x, *args)
         if isinstance(out, tuple):
@@ -194,11 +203,21 @@ class FastModel(nn.Module):
         return out.float().contiguous()
 
 
-def paths_problem(paths: tuple[str, ...]) -> str | None:
-    """Why ``paths`` cannot run here (unknown name, impossible combination, no C++ compiler), or None."""
+def paths_problem(paths: tuple[str, ...], device: torch.device | str = "cpu") -> str | None:
+    """Why ``paths`` cannot run on ``device`` (unknown name, impossible combination, a CPU-only path on a GPU, no
+    bf16 on that GPU, no C++ compiler), or None."""
     bad = set(paths) - set(PATHS)
     if bad:
         return f"unknown inference path(s) {sorted(bad)} (choose from eager, {', '.join(PATHS)})"
+    device = torch.device(device)
+    if device.type != "cpu":
+        cpu_only = [p for p in paths if p not in GPU_PATHS]
+        if cpu_only:
+            return (f"--fast {','.join(cpu_only)} runs on the CPU only (on {device}: eager or "
+                    f"{', '.join(GPU_PATHS)})")
+        if "bf16" in paths and not (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            return f"the bf16 path needs a GPU with bfloat16 (not {device})"
+        return None
     if "fuse" in paths and ("fold_bn" not in paths or {"onnx", "int8", "compile"} & set(paths)):
         return "the fuse path needs fold_bn and runs in torch's eager mode: not with onnx, int8 or compile"
     if "fuse" in paths and not fusion_available():

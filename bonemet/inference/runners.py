@@ -63,7 +63,7 @@ class SegRunner:
     def __init__(self, run: str | Path, members: list[int] | None = None, paths: tuple[str, ...] | None = None,
                  device: torch.device | None = None) -> None:
         from ..runs.seg import load_member, load_run, model_label
-        from .fast import FastModel, default_paths, needs_calibration
+        from .fast import FastModel, default_paths, needs_calibration, paths_problem
         from .quantize import stored_int8
 
         self.run = Path(run)
@@ -72,12 +72,10 @@ class SegRunner:
         self.cfg, split = load_run(self.run)
         ks = members if members is not None else list(range(len(split["folds"])))
         self.device = device or torch.device("cpu")
-        self.paths = default_paths() if paths is None else tuple(paths)
-        if self.device.type != "cpu":  # the fast paths are the CPU's (oneDNN bf16, ONNX Runtime): eager on a GPU
-            if paths:
-                logger.warning("%s: --fast %s runs on the CPU only; on %s the models run eagerly in fp32",
-                               self.run, ",".join(paths), self.device)
-            self.paths = ()
+        self.paths = default_paths(self.device) if paths is None else tuple(paths)
+        problem = paths_problem(self.paths, self.device)
+        if problem:
+            raise BonemetError(problem, self.run)
         self.models = [load_member(self.cfg, self.run, k).to(self.device) for k in ks]
         self.calibrated_on_scan: list[int] = []  # int8 members without a stored graph (calibrated per scan)
         if needs_calibration(self.paths):
