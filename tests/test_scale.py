@@ -355,6 +355,20 @@ def test_bench_batch_reports_cases_per_minute_per_job_count() -> None:
     assert all(float(row[5]) > 0 for row in rows)
 
 
+def test_bench_device_times_predict_per_path_against_eager() -> None:
+    from bonemet.inference.fast import default_paths
+
+    r = invoke("bench", "device", "--device", "cpu", "--size", "32", "--width", "2", "--batch-size", "2", "--reps",
+               "1", "--predict-slices", "8", "--members", "2")
+    assert r.returncode == 0, r.stderr
+    table = r.stdout.split("`predict` end to end")[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| path", "| ---"))]
+    assert [row[0] for row in rows] == ["eager fp32", " + ".join(default_paths())]
+    assert rows[0][3:] == ["0.0e+00", "100.0"]  # the baseline against itself
+    for row in rows:
+        assert float(row[2]) == pytest.approx(3600 / (3 * float(row[1])), rel=0.05)  # scans/h from s/100 slices
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (runs where one is)")
 def test_cuda_training_and_prediction_match_the_cpu(small: Path, tmp_path: Path) -> None:
     gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"

@@ -36,8 +36,8 @@ def predict(
     fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, fuse, channels_last, "
                                                   "bf16, onnx, int8, compile, or eager (default: "
                                                   "fold_bn,fuse,channels_last,bf16 where the CPU has native bf16, "
-                                                  "else fold_bn,fuse,channels_last; eager fp32 on a GPU, where "
-                                                  "fold_bn, channels_last, bf16 and compile run). int8 uses the "
+                                                  "else fold_bn,fuse,channels_last; on a GPU fold_bn,channels_last, "
+                                                  "where fold_bn, channels_last, bf16 and compile run). int8 uses the "
                                                   "graphs 'bonemet seg quantize' stored, else calibrates on this "
                                                   "scan.")]
         = None,

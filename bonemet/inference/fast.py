@@ -47,7 +47,8 @@ from .fusion import fuse_for_inference, fusion_available
 PATHS = ("fold_bn", "fuse", "channels_last", "bf16", "onnx", "int8", "compile")
 GPU_PATHS = ("fold_bn", "channels_last", "bf16", "compile")  # the others are oneDNN's or ONNX Runtime's (CPU)
 DEFAULT_PATH = ("fold_bn", "fuse", "channels_last") if fusion_available() else ("fold_bn", "channels_last")
-GPU_DEFAULT_PATH: tuple[str, ...] = ()
+# on an NVIDIA H200 predict ran 1.6x eager fp32 end to end with it, bf16 no faster (``bench device --predict-slices``)
+GPU_DEFAULT_PATH = ("fold_bn", "channels_last")
 CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
 # modules the bf16 path keeps in fp32 (names as in ``model.named_modules()``, glob patterns matched against the name
 # or its tail, so both networks of the sequential model are covered), and those whose output stays fp32
@@ -63,7 +64,8 @@ def auto_batch(size: int, device: torch.device | str = "cpu") -> int:
     6 at 128, 1 at 512). On a CPU with matrix units larger batches were slower, not faster: at 224 px, width 32, the
     default path ran 9.1 slices/s at batch 2 and 7.3 at batch 8 (``docs/experiments/batch_sweep.py``), as the
     full-resolution maps of a batch outgrow the caches and every memory-bound operation waits on memory. On a GPU,
-    16 times as many pixels (not measured: no GPU was at hand)."""
+    16 times as many pixels (32 slices at 224 px; an NVIDIA H200 ran fp32 inference at 312 slices/s at batch 8 and
+    334 at batch 32, ``bonemet bench device``)."""
     per_pass = BATCH_PIXELS * (16 if torch.device(device).type != "cpu" else 1)
     return max(1, round(per_pass / (size * size)))
 
@@ -76,7 +78,9 @@ def default_paths(device: torch.device | str = "cpu") -> tuple[str, ...]:
     ``int8`` is 2.6-2.9x faster than eager fp32 on CPUs without bf16, with the same masks, but moves a few
     probabilities by more than the 0.02 a default may (``bonemet bench infer --check-run``): an option only.
 
-    On a GPU: eager fp32 (``GPU_DEFAULT_PATH``)."""
+    On a GPU: ``GPU_DEFAULT_PATH``, fp32 (on an NVIDIA H200, 1.23 s per 100 slices of predict end to end for a
+    5-member ensemble against 1.96 eagerly; adding bf16 gained nothing there, as reading, lesion analysis and
+    writing then weigh as much as the models)."""
     if torch.device(device).type != "cpu":
         return GPU_DEFAULT_PATH
     return (*DEFAULT_PATH, "bf16") if bf16_supported() else DEFAULT_PATH
