@@ -172,5 +172,6 @@ def test_every_cli_default_is_its_config_fields_default():
 
     help_text = " ".join(next(p for p in root.commands["predict"].params if p.name == "fast").help.split())
     assert f"default: {','.join((*fast.DEFAULT_PATH, 'bf16'))} where the CPU has native bf16" in help_text
-    assert f"else {','.join(fast.DEFAULT_PATH)})" in help_text
+    assert f"else {','.join(fast.DEFAULT_PATH)}; on a GPU {','.join(fast.GPU_DEFAULT_PATH)}, where " in help_text
+    assert f"where {', '.join(fast.GPU_PATHS[:-1])} and {fast.GPU_PATHS[-1]} run)" in help_text
     assert all(p in help_text for p in fast.PATHS)

@@ -75,6 +75,11 @@ def train(
                                                         "never for choosing a checkpoint unless --select best).")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     bf16: Annotated[bool, typer.Option(help=BF16_HELP)] = False,
+    pixel_mm: Annotated[float | None, typer.Option(min=0.1, max=10, help="Physical scale: resample each slice to "
+                                                   "pixels of this size in mm and train on the --size field centred "
+                                                   "on the body (each slice's spacing from patients.csv); predict "
+                                                   "tiles whole slices at that scale. Default: the thesis' "
+                                                   "whole-slice resize.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
     fold: Fold = None,
     device: Device = "auto",
@@ -94,7 +99,7 @@ def train(
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
                     select=select, augment=not no_augment, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
-                    bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest")
+                    bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm)
     given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})
     rt = runtime(device, workers, sync_bn)
     run = train_segmentation(cfg, out, resume=resume, given=given, fold=fold, rt=rt)

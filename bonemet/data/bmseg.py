@@ -23,13 +23,15 @@ LESION_DIRS = {"lesion mask", "lesion", "lesion label", "lesionmask", "mask", "m
 
 @dataclass(frozen=True)
 class SegSlice:
-    """One annotated slice: image file, mask files (None when absent) and patient id (None when unknown)."""
+    """One annotated slice: image file, mask files (None when absent), patient id (None when unknown) and pixel
+    spacing (row, column mm; None when unknown: BM-Seg's PNG slices have none)."""
 
     name: str
     image: Path
     lesion: Path | None
     bone: Path | None
     patient: str | None
+    pixel_mm: tuple[float, float] | None = None
 
 
 @dataclass
@@ -90,7 +92,23 @@ def _scan_group(folder: Path, patient: str | None, problems: list[Problem]) -> l
     return slices
 
 
-def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, str]:
+def _spacing(row: dict, path: Path, problems: list[Problem]) -> tuple[float, float] | None:
+    """A row's optional pixel spacing (columns row_mm, col_mm), checked."""
+    if not row.get("row_mm") and not row.get("col_mm"):
+        return None
+    try:
+        spacing = float(row["row_mm"]), float(row["col_mm"])
+    except (KeyError, TypeError, ValueError):
+        spacing = (0.0, 0.0)
+    if not all(0 < v < 100 for v in spacing):
+        problems.append(Problem(path, f"row {row.get('file')}: row_mm,col_mm must be pixel sizes in mm, got "
+                                      f"'{row.get('row_mm')}','{row.get('col_mm')}'"))
+        return None
+    return spacing
+
+
+def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[str, tuple[float, float] | None]]:
+    """File stem -> (patient, pixel spacing or None)."""
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -100,7 +118,8 @@ def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, str]:
     if not rows or not {"file", "patient"} <= set(rows[0]):
         problems.append(Problem(path, "patients.csv needs the columns 'file,patient'"))
         return {}
-    return {Path(r["file"]).stem: r["patient"].strip() for r in rows if r.get("file") and r.get("patient")}
+    return {Path(r["file"]).stem: (r["patient"].strip(), _spacing(r, path, problems)) for r in rows
+            if r.get("file") and r.get("patient")}
 
 
 def scan_bmseg(root: str | Path) -> BMSegIndex:
@@ -120,7 +139,8 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
             missing = [s for s in slices if s.name not in mapping]
             for s in missing[:20]:
                 problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
-            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, mapping.get(s.name)) for s in slices]
+            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *mapping.get(s.name, (None, None)))
+                      for s in slices]
     else:
         layout = "grouped"
         slices = []

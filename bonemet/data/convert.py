@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BonemetError
 from ..fileio import atomic_dir, write_csv, write_json
-from .export import write_bmseg_slices
+from .export import PATIENTS_CSV_FIELDS, write_bmseg_slices
 from .ct import read_volume
 from .volume import read_mask_like
 from .windows import WINDOW_NAMES
@@ -37,7 +37,7 @@ def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | P
             lesion = np.zeros(vol.shape, bool)  # the user declares the scan free of metastases
         pid = patient or re.sub(r"(\.nii(\.gz)?)$", "", input_path.name) or "patient"
         rows = write_bmseg_slices(tmp, pid, vol, lesion, bone, window)
-        write_csv(tmp / "patients.csv", rows, ["file", "patient", "slice"])
+        write_csv(tmp / "patients.csv", rows, PATIENTS_CSV_FIELDS)
         summary = {"source": str(input_path), "patient": pid, "window": window, "slices": len(rows),
                    "shape": list(vol.shape), "spacing_mm": list(vol.spacing),
                    "bone_mask": str(bone_mask) if bone_mask else None, "bone_voxels": int(bone.sum()) if bone is not None else 0,

@@ -14,6 +14,7 @@ from ..errors import DataError
 from .bmseg import SegSlice, load_seg_slice
 from .classification import ClsSlice, context_paths
 from .images import read_image, read_mask
+from .physical import BODY_THRESHOLD, body_box, cut, physical_field
 
 Sample = dict[str, object]
 
@@ -41,25 +42,19 @@ def resize_image(t: torch.Tensor, size: int) -> torch.Tensor:
 CROPS = ("none", "body")
 
 
-def crop_body(t: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+def crop_body(t: torch.Tensor, threshold: float = BODY_THRESHOLD) -> torch.Tensor:
     """The smallest square around the body (pixels above ``threshold`` in any channel), centred on it.
 
     Small findings then fill more of the model's input than in the whole field of view. Where the
     square passes the image edge it is zero-padded (air), so the body is never stretched; a slice
     without body comes back whole.
     """
-    body = t.amax(0) > threshold
-    rows, cols = torch.where(body.any(1))[0], torch.where(body.any(0))[0]
-    if len(rows) == 0:
+    box = body_box(t, threshold)
+    if box is None:
         return t
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    r0, r1, c0, c1 = box
     side = max(r1 - r0, c1 - c0)
-    top, left = (r0 + r1 - side) // 2, (c0 + c1 - side) // 2
-    out = t.new_zeros(t.shape[0], side, side)
-    h, w = t.shape[-2:]
-    sr0, sc0, sr1, sc1 = max(top, 0), max(left, 0), min(top + side, h), min(left + side, w)
-    out[:, sr0 - top:sr1 - top, sc0 - left:sc1 - left] = t[:, sr0:sr1, sc0:sc1]
-    return out
+    return cut(t, (r0 + r1 - side) // 2, (c0 + c1 - side) // 2, side, side)
 
 
 def add_mirror(t: torch.Tensor) -> torch.Tensor:
@@ -99,14 +94,23 @@ class SegmentationDataset(Dataset):
     """BM-Seg slices as tensors: ``image`` (C, S, S), ``lesion`` and ``bone`` (1, S, S) in {0, 1}.
 
     ``transform`` receives and returns the sample dict, so geometric augmentation can move the image
-    and both masks together.
+    and both masks together. ``pixel_mm``: physical scale (``data.physical``): each slice resampled to pixels of
+    that size (its own spacing from ``patients.csv``) and the S x S field centred on the body cut out, instead
+    of the whole slice resized to S x S (the thesis).
     """
 
     def __init__(self, slices: Sequence[SegSlice], size: int = 224, channels: int = 3, threshold: int = 0,
-                 mask_resize: str = "nearest", transform: Callable[[Sample], Sample] | None = None) -> None:
+                 mask_resize: str = "nearest", transform: Callable[[Sample], Sample] | None = None,
+                 pixel_mm: float | None = None) -> None:
         self.slices = list(slices)
         self.size, self.channels, self.threshold = size, channels, threshold
-        self.mask_resize, self.transform = mask_resize, transform
+        self.mask_resize, self.transform, self.pixel_mm = mask_resize, transform, pixel_mm
+        if pixel_mm is not None:
+            missing = next((s for s in self.slices if s.pixel_mm is None), None)
+            if missing is not None:
+                raise DataError("no pixel spacing for this slice, which physical scale (--pixel-mm) needs: "
+                                "patients.csv with columns row_mm,col_mm (bonemet data convert and data synth "
+                                "write them)", missing.image)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -114,10 +118,14 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         s = self.slices[i]
         image, lesion, bone, patient = load_seg_slice(s, self.threshold)
-        img = resize_image(image_to_tensor(image, self.channels), self.size)
-        les = resize_mask(torch.from_numpy(lesion).float()[None], self.size, self.mask_resize)
-        bon = resize_mask(torch.from_numpy(bone if bone is not None else np.zeros_like(lesion)).float()[None],
-                          self.size, self.mask_resize)
+        img = image_to_tensor(image, self.channels)
+        les = torch.from_numpy(lesion).float()[None]
+        bon = torch.from_numpy(bone if bone is not None else np.zeros_like(lesion)).float()[None]
+        if self.pixel_mm is None:
+            img = resize_image(img, self.size)
+            les, bon = (resize_mask(m, self.size, self.mask_resize) for m in (les, bon))
+        else:
+            img, (les, bon) = physical_field(img, s.pixel_mm, self.pixel_mm, self.size, (les, bon))
         sample: Sample = {"image": img, "lesion": les, "bone": bon, "has_bone": bone is not None,
                           "patient": patient or "", "name": s.name}
         return self.transform(sample) if self.transform else sample

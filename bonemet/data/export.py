@@ -27,10 +27,15 @@ def windowed_slice(vol: Volume, k: int, window: str) -> np.ndarray:
     return to_uint8(apply_window(vol.axial(k), window))
 
 
+PATIENTS_CSV_FIELDS = ["file", "patient", "slice", "row_mm", "col_mm"]
+
+
 def write_bmseg_slices(root: Path, patient: str, vol: Volume, lesion: np.ndarray | None, bone: np.ndarray | None,
                        window: str = "bone", slices: Sequence[int] | None = None, ext: str = "png") -> list[dict]:
-    """Write a volume's axial slices in the BM-Seg layout under ``root``; return ``patients.csv`` rows."""
+    """Write a volume's axial slices in the BM-Seg layout under ``root``; return ``patients.csv`` rows (columns
+    ``PATIENTS_CSV_FIELDS``: with each slice's pixel spacing, which physical scale needs)."""
     rows = []
+    row_mm, col_mm = (f"{vol.spacing[1]:.4f}", f"{vol.spacing[0]:.4f}")  # axial(k) rows run along j, columns along i
     ks = range(vol.n_slices) if slices is None else slices
     for k in ks:
         name = f"{slice_name(patient, k)}.{ext}"
@@ -39,7 +44,7 @@ def write_bmseg_slices(root: Path, patient: str, vol: Volume, lesion: np.ndarray
             write_image(root / "lesion mask" / name, lesion[:, :, k].T > 0)
         if bone is not None:
             write_image(root / "bone mask" / name, bone[:, :, k].T > 0)
-        rows.append({"file": name, "patient": patient, "slice": k})
+        rows.append({"file": name, "patient": patient, "slice": k, "row_mm": row_mm, "col_mm": col_mm})
     return rows
 
 

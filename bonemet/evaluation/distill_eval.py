@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.bmseg import load_bmseg
-from ..data.datasets import SegmentationDataset
 from ..markdown import markdown_table
 from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..models.cost import gmacs_per_slice
-from ..runs.seg import load_member, load_run
+from ..runs.seg import load_member, load_run, seg_dataset
 from ..training.distill import distill_record, member_probs, other_calibration, shift_threshold
 from ..training.seg import predict_probs
 from .metrics import PIXEL_METRICS, f1_ratio_ci
@@ -65,7 +64,7 @@ def compare_student(teacher: str | Path, student: str | Path, data: str | Path |
         stem = "distill_" + (root.parent.name if root.name == "bmseg" else root.name)
     if not test:
         raise BonemetError("no slices to score the student on", data or tcfg.data)
-    ds = SegmentationDataset(test, tcfg.size, tcfg.channels, tcfg.threshold, tcfg.mask_resize)
+    ds = seg_dataset(tcfg, test)
     teachers = [load_member(tcfg, teacher, k) for k in range(len(split["folds"]))]
     pupil = load_member(scfg, student, 0)
     g_t = gmacs_per_slice(teachers[0], tcfg.channels, tcfg.size) * len(teachers)

@@ -24,7 +24,7 @@ from ..markdown import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text
-from ..runs.seg import SegConfig, load_member, load_run, model_label
+from ..runs.seg import SegConfig, load_member, load_run, model_label, seg_dataset
 from ..training.seg import predict_probs
 from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
@@ -131,6 +131,9 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
     (trained in parallel with ``seg train --fold K``) is refused with the list of those missing."""
     run = Path(run)
     cfg, split = load_run(run)
+    if native_size and cfg.pixel_mm:
+        raise BonemetError("--native-size scores whole slices resized back; this run works at physical scale on a "
+                           "field around the body (score it with predict on volumes instead)", run)
     missing = unfinished_folds(run, len(split["folds"]))
     if missing:
         raise BonemetError(f"{len(missing)} of the run's {len(split['folds'])} folds have not finished training: "
@@ -145,9 +148,6 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
     dev = resolve_device(device)
     members = [load_member(cfg, run, k).to(dev) for k in range(len(split["folds"]))]
 
-    def dataset(slices: list[SegSlice]) -> SegmentationDataset:
-        return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
-
     # cross-validation: fold k's model on fold k's held-out patients only
     fold_scores, native_scores, leaky_scores = [], [], []
     empty_dice = 0.0 if split["protocol"] == "paper" else 1.0  # the reference code's Dice under its protocol
@@ -158,7 +158,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         else:
             pats = set(fold["val_patients"])
             held = [s for s in index.slices if s.patient in pats]
-        ds = dataset(held)
+        ds = seg_dataset(cfg, held)
         lp, bp = predict_probs([members[k]], ds, cfg.batch_size)
         fold_scores.append(score(lp, bp, ds, empty_dice))
         if native_size:
@@ -202,7 +202,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         if trained_on & test_p:
             raise BonemetError(f"test patients {sorted(trained_on & test_p)} were in a member's training set", run)
         test_slices = [s for s in index.slices if s.patient in test_p]
-        ds = dataset(test_slices)
+        ds = seg_dataset(cfg, test_slices)
         member_probs = [predict_probs([m], ds, cfg.batch_size) for m in members]
         ens_l, ens_b = _average(member_probs)
         rows, det_rows, bone_rows = [], [], []
@@ -413,7 +413,7 @@ def _compare_figure(runs, summaries, out: Path, data) -> Path | None:
     ds = None
     for run, s in tested:
         cfg, split = load_run(run)
-        ds = SegmentationDataset(test_slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+        ds = seg_dataset(cfg, test_slices)
         members = [load_member(cfg, run, k) for k in range(len(split["folds"]))]
         cols.append((s["label"], predict_probs(members, ds, cfg.batch_size)[0]))
     assert ds is not None

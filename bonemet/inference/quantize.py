@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from ..data.bmseg import SegSlice, load_bmseg
-from ..data.datasets import SegmentationDataset
 from ..errors import BonemetError
 from ..fileio import atomic_path, read_json, write_json
 from ..runs.checkpoint import finished_checkpoint
+from ..runs.seg import seg_dataset
 from .fast import CALIBRATION_SLICES, calibration_indices, quantize_int8
 
 INT8_FILE, INT8_META = "int8.onnx", "int8.json"
@@ -54,7 +54,7 @@ def calibration_input(slices: list[SegSlice], cfg, n: int = CALIBRATION_SLICES) 
     preprocessed as the run ``cfg`` trained; and those slices."""
     pool = sorted(slices, key=lambda s: s.name)
     picked = [pool[i] for i in calibration_indices(len(pool), n)]
-    ds = SegmentationDataset(picked, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    ds = seg_dataset(cfg, picked)
     return torch.stack([ds[i]["image"] for i in range(len(ds))]), picked
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.classification import neighbour_indices
-from ..data.datasets import prepare_image, stack_slices
+from ..data.datasets import image_to_tensor, prepare_image, stack_slices
+from ..data.physical import body_box, cut, physical_shape, region_around, to_grid, union_box
 from ..data.windows import WINDOW_NAMES
 from ..errors import BonemetError
 from ..log import logger
@@ -120,34 +121,74 @@ class SegRunner:
         ``batch_size``: slices per forward pass (None: ``fast.auto_batch`` for the model's size and the device).
         ``flip``: test-time augmentation, each model also on the left-right mirrored slices (mirrored back),
         averaged with the plain pass."""
-        from ..models import forward
-
+        if self.cfg.pixel_mm and not scan.has_hu:
+            raise BonemetError("these models work at physical scale (a pixel size in mm) and need the scan's pixel "
+                               "spacing: give a DICOM series or a NIfTI volume, not image slices", scan.source)
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         models = self._models_for(scan, win)
         rows, cols = scan.slice_shape
         lesion = np.zeros((scan.n_slices, rows, cols), np.float16)
         bone = None
         batch = batch_size or auto_batch(self.cfg.size, self.device)
-        for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch):
-            x = x.to(self.device)
-            lp, bp = [], []
-            for m in models:
-                for mirrored in ((False, True) if flip else (False,)):
-                    lo, bo = forward(m, x.flip(-1) if mirrored else x)
-                    back = (lambda t: t.flip(-1)) if mirrored else (lambda t: t)  # noqa: E731
-                    lp.append(back(torch.sigmoid(lo)))
-                    if bo is not None:
-                        bp.append(back(torch.sigmoid(bo)))
-            up = lambda t: F.interpolate(torch.stack(t).mean(0), size=(rows, cols), mode="bilinear",  # noqa: E731
-                                         align_corners=False)[:, 0].cpu().numpy()
-            lesion[ks] = up(lp)
-            if bp:
+        if self.cfg.pixel_mm:
+            from monai.inferers import sliding_window_inference
+
+            batches = self._physical_batches(scan, win, batch)
+            size = (self.cfg.size, self.cfg.size)
+            infer = lambda x: sliding_window_inference(  # noqa: E731
+                x, size, batch, lambda w: self._ensemble(models, w, flip), overlap=0.25, mode="gaussian")
+        else:
+            batches = ((ks, x, lambda p: F.interpolate(p, size=(rows, cols), mode="bilinear", align_corners=False))
+                       for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch))
+            infer = lambda x: self._ensemble(models, x, flip)  # noqa: E731
+        for ks, x, back in batches:
+            probs = back(infer(x.to(self.device))).cpu().numpy()  # (B, 1 or 2, rows, cols)
+            lesion[ks] = probs[:, 0]
+            if probs.shape[1] > 1:
                 if bone is None:
                     bone = np.zeros_like(lesion)
-                bone[ks] = up(bp)
+                bone[ks] = probs[:, 1]
             if progress:
                 progress(len(ks))
         return lesion, bone
+
+    @staticmethod
+    def _ensemble(models: list[torch.nn.Module], x: torch.Tensor, flip: bool) -> torch.Tensor:
+        """The members' mean probabilities on ``x``: (B, 1, H, W) lesion, or (B, 2, H, W) lesion and bone."""
+        from ..models import forward
+
+        lp, bp = [], []
+        for m in models:
+            for mirrored in ((False, True) if flip else (False,)):
+                lo, bo = forward(m, x.flip(-1) if mirrored else x)
+                back = (lambda t: t.flip(-1)) if mirrored else (lambda t: t)  # noqa: E731
+                lp.append(back(torch.sigmoid(lo)))
+                if bo is not None:
+                    bp.append(back(torch.sigmoid(bo)))
+        mean = [torch.stack(lp).mean(0)] + ([torch.stack(bp).mean(0)] if bp else [])
+        return torch.cat(mean, 1).float()
+
+    def _physical_batches(self, scan: Scan, window: str | None, batch: int):
+        """Physical scale (``data.physical``): (slice indices, the region of their resampled slices that holds
+        the body of every slice, a function that takes probabilities on that region back to the scan's grid).
+        ``predict`` tiles the region with windows of the model's size (MONAI's sliding-window inference, Gaussian
+        blending, a quarter overlap): one window where the body fits the field the model trained on."""
+        sp = scan.volume.spacing
+        spacing = (sp[1], sp[0])  # axial(k): rows run along j, columns along i
+        shape = scan.slice_shape
+        grid = physical_shape(shape, spacing, self.cfg.pixel_mm)
+        size, channels = self.cfg.size, self.cfg.channels
+
+        def resampled(ks: list[int]) -> torch.Tensor:
+            return to_grid(torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks]), grid)
+
+        boxes = [body_box(t) for start in range(0, scan.n_slices, batch)
+                 for t in resampled(list(range(start, min(scan.n_slices, start + batch))))]
+        top, left, height, width = region_around(union_box(boxes), grid, size)
+        for start in range(0, scan.n_slices, batch):
+            ks = list(range(start, min(scan.n_slices, start + batch)))
+            x = cut(resampled(ks), top, left, height, width)
+            yield ks, x, lambda p: to_grid(cut(p, -top, -left, *grid), shape)
 
 
 class ClsRunner:

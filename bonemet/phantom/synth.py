@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.export import write_bmseg_slices, write_classification_slices, write_dicom_series
+from ..data.export import PATIENTS_CSV_FIELDS, write_bmseg_slices, write_classification_slices, write_dicom_series
 from ..data.volume import Volume, save_nifti
 from ..fileio import atomic_dir, write_csv, write_json
 from .anatomy import LESION_TYPE_BY_PRIMARY, PatientParams, draw_patient, finish, render_patient
@@ -119,7 +119,7 @@ def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 25
         write_csv(tmp / "mimics.csv", mrows, ["patient", "kind", "detail", "slice_start", "slice_end", "z_top_mm",
                                               "z_bottom_mm"])
         if "bmseg" in formats:
-            write_csv(tmp / "bmseg" / "patients.csv", bm_rows, ["file", "patient", "slice"])
+            write_csv(tmp / "bmseg" / "patients.csv", bm_rows, PATIENTS_CSV_FIELDS)
         write_json(tmp / "phantom.json", {
             "generator": "bonemet CT phantom", "version": PHANTOM_VERSION, "seed": seed, "patients": patients,
             "size": size, "slices": slices, "formats": list(formats), "window": window,
@@ -170,7 +170,7 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path, out: str
         ct = ct.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
         rows = write_patient_exports(tmp, patient, ct, bone, labels, formats, window, f"bonemet-ct-{seed}", {})
         if rows:
-            write_csv(tmp / "bmseg" / "patients.csv", rows, ["file", "patient", "slice"])
+            write_csv(tmp / "bmseg" / "patients.csv", rows, PATIENTS_CSV_FIELDS)
         write_csv(tmp / "lesions.csv", [{"patient": patient, **i.as_row()} for i in infos],
                   ["patient", *LesionInfo.__dataclass_fields__])
         write_json(tmp / "phantom.json", {"generator": "bonemet lesion insertion into real CT", "seed": seed,

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
+from ..data.datasets import SegmentationDataset
 from ..data.splits import load_splits
 from ..errors import BonemetError, refuse_first
 from ..fileio import read_config
 from ..models import create_model, model_options
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 
-__all__ = ["DISPLAY", "SegConfig", "build_model", "load_member", "load_run", "model_label"]
+__all__ = ["DISPLAY", "SegConfig", "build_model", "load_member", "load_run", "model_label", "seg_dataset"]
 
 
 @dataclass
@@ -49,6 +50,7 @@ class SegConfig:
     eval_every: int = 1
     seed: int = 0
     bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
+    pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
     preprocessing: dict = field(default_factory=dict)
     distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
 
@@ -74,12 +76,20 @@ class SegConfig:
             (isinstance(self.eval_every, int) and self.eval_every >= 1,
              f"eval_every must be 1 or more, got {self.eval_every}"),
             (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
+            (self.pixel_mm is None or (isinstance(self.pixel_mm, (int, float)) and 0.1 <= self.pixel_mm <= 10),
+             f"pixel_mm must be a pixel size in mm between 0.1 and 10, got {self.pixel_mm}"),
         ]
         refuse_first(checks)
 
     def model_opts(self) -> dict:
         return {"in_channels": self.channels, "width": self.width,
                 **model_options(self.model, self.block, self.dual_decoder, self.lesion_model)}
+
+
+def seg_dataset(cfg: SegConfig, slices: list, transform=None) -> SegmentationDataset:
+    """``slices`` as the run's models see them (size, channels, mask threshold and resize, physical scale)."""
+    return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=transform,
+                               pixel_mm=cfg.pixel_mm)
 
 
 def build_model(cfg: SegConfig) -> torch.nn.Module:

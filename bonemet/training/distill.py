@@ -33,7 +33,7 @@ from ..runs.checkpoint import finished_checkpoint, save_checkpoint
 from .loop import TrainStep, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from ..models import forward
-from ..runs.seg import SegConfig, build_model, load_member, load_run
+from ..runs.seg import SegConfig, build_model, load_member, load_run, seg_dataset
 from .seg import lesion_slice_flags, predict_probs, seg_loss
 
 
@@ -132,7 +132,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     cfg = replace(tcfg, model=student, width=width or tcfg.width, folds=1, epochs=epochs, batch_size=batch_size,
                   pos_weight=pos_weight, neg_ratio=neg_ratio, lr_scale=lr_scale, select="last", seed=seed,
                   dual_decoder=None, block="mb", bf16=bf16)
-    calib_ds = SegmentationDataset(calib, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize) if calib else None
+    calib_ds = seg_dataset(cfg, calib) if calib else None
     closest, calib_teacher = None, None
     if init_member == "heldout":
         closest = heldout_member(teacher, len(members))
@@ -188,7 +188,7 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
     """Label ``fit`` with the ensemble (soft targets; the flags of its unlabelled slices from the teacher's
     masks) and train ``model`` on them for ``cfg.epochs`` (``hard_weight``: see ``distill``); writes ``last.pt``
     and the epoch log."""
-    base = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    base = seg_dataset(cfg, fit)
     console.print(f"teacher: {len(members)} members on {len(fit)} training slices ({len(fit) - n_labelled} unlabelled)")
     t_lesion, t_bone = predict_probs(members, base, LABEL_BATCH)
     flags = np.concatenate([flags, (t_lesion[n_labelled:] >= 0.5).any(axis=(1, 2))])

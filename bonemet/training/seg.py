@@ -33,7 +33,7 @@ from ..fileio import read_json, write_json
 from ..models import forward
 from ..devices import model_device, on_device, training_precision
 from ..log import console
-from ..runs.seg import SegConfig, build_model
+from ..runs.seg import SegConfig, build_model, seg_dataset
 from .augment import SegAugment
 from .distributed import barrier, data_parallel, unwrap
 from .loop import (Runtime, TrainStep, announce_distributed, end_epoch, epoch_loader, folds_to_train,
@@ -181,11 +181,11 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=cfg.model == "sequential")
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
     aug = SegAugment(masks_follow=not paper) if cfg.augment else None
-    train_ds = SegmentationDataset(fit, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=aug)
-    held_ds = SegmentationDataset(held, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    train_ds = seg_dataset(cfg, fit, aug)
+    held_ds = seg_dataset(cfg, held)
     if paper:
         sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
-    sel_ds = held_ds if paper else SegmentationDataset(sel, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize)
+    sel_ds = held_ds if paper else seg_dataset(cfg, sel)
     if cfg.neg_ratio is None:
         flags = None
     elif flags is None:
@@ -259,6 +259,8 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
     split = run_split(run, split, resume, fold, world)
     cfg.preprocessing = {**data_preprocessing(Path(cfg.data)), "size": cfg.size, "channels": cfg.channels,
                          "intensity": "pixel / 255", "mask_threshold": cfg.threshold, "mask_resize": cfg.mask_resize,
+                         "scale": (f"physical: {cfg.pixel_mm} mm pixels, a {cfg.size * cfg.pixel_mm:g} mm field "
+                                   "centred on the body" if cfg.pixel_mm else "whole slice resized to the model size"),
                          "schedule": PiecewiseLR("seg", cfg.epochs, cfg.lr_scale).describe()}
     if world.main:
         write_json(run / "config.json", asdict(cfg))
