@@ -308,6 +308,14 @@ def write_marker(folder: Path, kind: str, entries: list[str]) -> None:
                                  "writer": _writer()})
 
 
+def add_marker_entries(folder: Path, names: Iterable[str]) -> None:
+    """Record ``names`` as written by bonemet in ``folder``'s marker (kind and the other entries kept)."""
+    marker = _read_marker(folder)
+    if marker is None:
+        raise BonemetError("it was not written by bonemet (no .bonemet.json marker)", folder)
+    write_marker(folder, marker["kind"], sorted(set(marker.get("entries") or []) | set(names)))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "output",
                protect: Iterable[str | Path | None] = ()) -> Iterator[Path]:

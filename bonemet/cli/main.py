@@ -18,6 +18,7 @@ from .data import app as data_app
 from .demo import demo as demo_command
 from .predict import predict as predict_command
 from .reproduce import reproduce as reproduce_command
+from .review import review as review_command
 from .seg import app as seg_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(bench_app, name="bench")
 app.command(name="predict")(predict_command)
 app.command(name="demo")(demo_command)
 app.command(name="reproduce")(reproduce_command)
+app.command(name="review")(review_command)
 
 
 @app.callback()

@@ -53,6 +53,10 @@ def predict(
     no_bone_gate: Annotated[bool, typer.Option(help="Keep lesions wherever they are, in bone or not.")] = False,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: also run every model on the left-right "
                                            "mirrored slices and average (twice the model time).")] = False,
+    viewer: Annotated[bool, typer.Option(help="The interactive viewer (NiiVue: three planes, 3D, windows, overlays) "
+                                              "in report.html, which still opens offline.")] = True,
+    viewer_max_mb: Annotated[float, typer.Option(min=0.0, help="Images embedded for the viewer above which the "
+                                                               "report keeps still images only (MB).")] = 64.0,
     device: Device = "auto",
     batch: Annotated[bool, typer.Option(help="INPUT is a folder of cases: each sub-folder (DICOM series or image "
                                              "slices) or NIfTI file is one case, written to OUT/<case>/.")] = False,
@@ -76,7 +80,8 @@ def predict(
                           probabilities=probabilities, include_phi=include_phi, truth=truth, bone_truth=bone_truth,
                           min_volume_ml=min_volume, dicom_seg=not no_dicom_seg, overwrite=overwrite,
                           series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device,
-                          bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta)
+                          bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta, viewer=viewer,
+                          viewer_max_mb=viewer_max_mb)
     many = batch or is_manifest(input)
     if not many and (jobs > 1 or num_parts > 1 or dask):
         raise BonemetError("--jobs, --num-parts and --dask spread the cases of a batch: add --batch (a folder of "

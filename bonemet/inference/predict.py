@@ -50,6 +50,8 @@ class PredictOptions:
     device: str = "auto"
     bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
     tta: bool = False  # also run every model on the left-right mirrored slices and average
+    viewer: bool = True  # the interactive viewer in report.html
+    viewer_max_mb: float = 64.0  # embedded images above which the report keeps still images only
 
 
 @dataclass
@@ -258,7 +260,8 @@ def write_prediction(tmp: Path, pred: Prediction, opts: PredictOptions) -> None:
     times["write s"] = round(time.perf_counter() - t, 2)
     times["total s"] = round(sum(v for k, v in times.items() if k != "total s"), 2)
     write_report(tmp / "report.html", scan, summary, pred.lesions, pred.labels, pred.bone_mask, pred.slice_rows,
-                 _phi(scan) if opts.include_phi else None)
+                 _phi(scan) if opts.include_phi else None, pred.lesion_probability if opts.probabilities else None,
+                 opts.viewer, opts.viewer_max_mb)
     write_json(tmp / "summary.json", summary)
 
 
@@ -336,6 +339,10 @@ def _write_masks(tmp: Path, scan: Scan, lesion: np.ndarray, bone: np.ndarray | N
                 data = arr.view(np.uint8) if slope is None else probability_levels(arr)  # no float copy of a scan
                 save_nifti(*vol.to_native(data), tmp / name, slope=slope)  # the input's own axis order and affine
                 files.append(name)
+        from .slicer import write_seg_nrrd
+
+        write_seg_nrrd(tmp / "segmentation.seg.nrrd", vol.affine, lesion, bone)
+        files.append("segmentation.seg.nrrd")
         if scan.kind == "dicom" and opts.dicom_seg:
             from .dicomseg import write_dicom_seg
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..evaluation.figures import plt
 from ..fileio import write_text
+from .viewer import DEFAULT_MAX_MB, viewer_section
 
 MAX_KEY_SLICES = 6
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -61,20 +62,26 @@ def _profile(slice_rows: list[dict]) -> str:
     return _png(fig)
 
 
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+def _table(rows: list[dict], columns: list[tuple[str, str]], row_attrs: list[str] | None = None) -> str:
+    """An HTML table of ``rows`` (every value escaped); ``row_attrs``: attributes of each row's ``<tr>``."""
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(key, '')))}</td>" for key, _ in columns) + "</tr>"
-                   for r in rows)
+    attrs = row_attrs or [""] * len(rows)
+    body = "".join(f"<tr{a}>" + "".join(f"<td>{html.escape(str(r.get(key, '')))}</td>" for key, _ in columns)
+                   + "</tr>" for r, a in zip(rows, attrs))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def write_report(path: Path, scan, summary: dict, lesions: list, kept: np.ndarray, bone: np.ndarray | None,
-                 slice_rows: list[dict], phi: dict | None = None) -> Path:
-    """Write ``report.html`` for one predicted scan."""
+                 slice_rows: list[dict], phi: dict | None = None, probability: np.ndarray | None = None,
+                 viewer: bool = True, viewer_max_mb: float = DEFAULT_MAX_MB) -> Path:
+    """Write ``report.html`` for one predicted scan; ``viewer``: with the interactive viewer (``viewer.py``) unless
+    its images pass ``viewer_max_mb``."""
     positive = summary["verdict"] == "metastatic"
     hu = scan.has_hu
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bonemet report</title>"
-             f"<style>{CSS}</style></head><body>", "<h1>bonemet: bone metastasis CAD report</h1>",
+    view_html, view_css, key_voxels = (viewer_section(scan, kept, bone, probability, lesions, viewer_max_mb)
+                                       if viewer else ("", "", {}))
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>bonemet report</title>"
+             f"<style>{CSS}{view_css}</style></head><body>", "<h1>bonemet: bone metastasis CAD report</h1>",
              f"<div class='verdict {'pos' if positive else 'neg'}'>{html.escape(summary['verdict'])} "
              f"(probability {summary['probability']:.2f})</div>",
              "<p class='note'>Research software, not a medical device: every finding needs a radiologist's review.</p>"]
@@ -105,12 +112,15 @@ def write_report(path: Path, scan, summary: dict, lesions: list, kept: np.ndarra
                   ("max_hu", "max HU"), ("type", "type"), ("site", "rough site")] if hu else
                  [("area_px_max", "largest area (pixels)")])
         cols += [("max_probability", "max probability")]
-        parts.append(_table([les.as_row() for les in lesions], cols))
+        links = ([f" data-lesion='{les.id}' data-slice='{les.key_slice}' data-vox='{key_voxels[les.id]}'"
+                  for les in lesions] if key_voxels else None)
+        parts.append(_table([les.as_row() for les in lesions], cols, links))
         if not hu:
             parts.append("<p class='note'>Image slices carry no HU and no spacing: volume, diameter, HU and "
                          "lytic / blastic type are not available.</p>")
     else:
         parts.append("<p>No lesion kept (components smaller than the minimum size are ignored).</p>")
+    parts.append(view_html)
     parts.append("<h2>Key slices</h2><p class='note'>Lesion in red, bone outline in blue.</p><div class='grid'>")
     shown = []
     for les in lesions[:MAX_KEY_SLICES]:
