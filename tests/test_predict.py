@@ -232,7 +232,8 @@ def test_predict_on_real_ct_reports_bone_dice(real_ct, seg_run, tmp_path):
     assert any("SeriesInstanceUID" in w for w in s["warnings"])
 
 
-def test_report_opens_in_headless_chromium(phantom, seg_run, tmp_path):
+def test_report_without_viewer_opens_in_headless_chromium(phantom, seg_run, tmp_path):
+    """The still-image report (--no-viewer); the viewer's own checks are in test_viewer.py."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("Chromium is not installed (apt-get install chromium) : the report was not opened in a browser")
@@ -240,7 +241,7 @@ def test_report_opens_in_headless_chromium(phantom, seg_run, tmp_path):
 
     out = tmp_path / "pred"
     r = invoke("predict", phantom / "dicom" / _metastatic_patient(phantom), "--seg", seg_run, "--out", out,
-               "--threshold", "0.2", "--min-volume", "0")
+               "--threshold", "0.2", "--min-volume", "0", "--no-viewer")
     assert r.returncode == 0, r.stderr
     url = (out / "report.html").resolve().as_uri()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
