@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pydicom
 import pytest
 
 from conftest import invoke, run_cli
+from bonemet.reporting.viewer import niivue_js
 from test_cli import assert_clean_failure
 
 
@@ -72,7 +74,8 @@ def test_predict_dicom_writes_every_output(phantom, seg_run, cls_run, tmp_path):
     for les in lesions:
         assert les["type"] in ("lytic", "blastic", "mixed", "n/a") and les["volume_ml"] > 0
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "<script" not in html
+    assert "data:image/png;base64," in html
+    assert not re.search(r"<script[^>]*\bsrc=|https?://", html.replace(niivue_js(), ""))  # nothing fetched
     patient = native.meta["patient"]
     for phi in (patient["PatientName"], patient["PatientID"], patient["PatientBirthDate"]):
         if phi:
