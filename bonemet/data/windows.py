@@ -42,12 +42,6 @@ MULTI = ("bone", "soft", "wide")
 WINDOW_NAMES = (*PRESETS, "multi")
 
 
-def window_channels(name: str) -> int:
-    """Number of channels a window produces (1, or 3 for ``multi``)."""
-    _check(name)
-    return 3 if name == "multi" else 1
-
-
 def apply_window(hu: np.ndarray, name: str = "bone") -> np.ndarray:
     """Window ``hu`` (any shape). Single presets keep the shape; ``multi`` adds a last axis of 3."""
     _check(name)
