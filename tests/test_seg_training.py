@@ -18,7 +18,8 @@ from bonemet.fileio import write_csv
 from bonemet.phantom.synth import make_patient
 from bonemet.training import seg as seg_mod
 from bonemet.runs.seg import SegConfig
-from bonemet.training.seg import predict_probs, train_fold, train_segmentation
+from bonemet.runs.seg import predict_probs
+from bonemet.training.seg import train_fold, train_segmentation
 
 
 @pytest.fixture(scope="module")

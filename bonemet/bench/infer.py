@@ -149,14 +149,16 @@ def check_paths(run: Path, slices: int = 16, batch: int = 4, compile_: bool = Fa
 def _scoped_answers(outs: list[list[torch.Tensor]], refs: list[list[torch.Tensor]]) -> dict:
     """Largest probability difference of the worst member and of the members' average, per output (lesion, bone),
     and the lesion pixels within 0.02 and lesion masks equal, for the average."""
+    from ..runs.seg import average
+
     row: dict = {}
     heads = ("lesion", "bone")[:len(refs[0])]
+    pairs = lambda ps: [(p[0].numpy(), p[1].numpy() if len(p) > 1 else None) for p in ps]  # noqa: E731
+    ensembles = average(pairs(outs)), average(pairs(refs))
     for h, head in enumerate(heads):
         worst = max(float((o[h] - r[h]).abs().max()) for o, r in zip(outs, refs))
         row[f"{head} max diff, worst member"] = f"{worst:.1e}"
-        ens = torch.stack([o[h] for o in outs]).mean(0)
-        ref = torch.stack([r[h] for r in refs]).mean(0)
-        same = _answers(ens, ref)
+        same = _answers(*(torch.from_numpy(e[h]) for e in ensembles))
         row[f"{head} max diff, ensemble"] = same["max prob diff"]
         if head == "lesion":
             row["lesion within 0.02 %, ensemble"] = same["pixels within 0.02 %"]

@@ -12,9 +12,8 @@ from ..markdown import markdown_table
 from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..models.cost import gmacs_per_slice
-from ..runs.seg import load_member, load_run, seg_dataset
+from ..runs.seg import load_member, load_run, predict_probs, seg_dataset
 from ..training.distill import distill_record, member_probs, other_calibration, shift_threshold
-from ..training.seg import predict_probs
 from .metrics import PIXEL_METRICS, f1_ratio_ci
 from .seg_eval import score
 

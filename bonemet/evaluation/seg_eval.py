@@ -24,8 +24,7 @@ from ..markdown import markdown_table
 from ..devices import resolve_device
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json, write_text
-from ..runs.seg import SegConfig, load_member, load_run, model_label, seg_dataset
-from ..training.seg import predict_probs
+from ..runs.seg import SegConfig, average, load_member, load_run, model_label, predict_probs, seg_dataset
 from .figures import save_figure
 from .metrics import (PIXEL_METRICS, Counts, Detection, bootstrap_ci, confusion, detect, dice_image, percent,
                       pixel_scores, pooled_f1)
@@ -104,13 +103,6 @@ def score_native(probs: np.ndarray, slices: list[SegSlice], threshold: int = 0,
     return scores
 
 
-def _average(member_probs: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ensemble's lesion and bone probabilities: the mean of its members' (EH-AttUnet++'s rule)."""
-    lesion = np.mean([p[0] for p in member_probs], axis=0)
-    bone = None if member_probs[0][1] is None else np.mean([p[1] for p in member_probs], axis=0)
-    return lesion, bone
-
-
 def _ci(s: Scored, seed: int = 0) -> dict[str, tuple[float, float]]:
     f1 = bootstrap_ci(s.per_patient, pooled_f1, seed=seed)
     dice = bootstrap_ci(s.per_patient_dice, lambda ls: float(np.mean(sum(ls, []))), seed=seed)
@@ -165,7 +157,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
             native_scores.append(score_native(lp, held, cfg.threshold, empty_dice))
         if leaky_ensemble:  # the thesis' per-fold ensemble: all members, K-1 of which trained on these slices
             probs = [(lp, bp) if j == k else predict_probs([m], ds, cfg.batch_size) for j, m in enumerate(members)]
-            leaky_scores.append(score(*_average(probs), ds, empty_dice))
+            leaky_scores.append(score(*average(probs), ds, empty_dice))
     cv_rows = [_cv_row(label, [f.scores for f in fold_scores])]
     if native_size:
         cv_rows.append(_cv_row(f"{label} (native size)", native_scores))
@@ -204,7 +196,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, max_figure_sli
         test_slices = [s for s in index.slices if s.patient in test_p]
         ds = seg_dataset(cfg, test_slices)
         member_probs = [predict_probs([m], ds, cfg.batch_size) for m in members]
-        ens_l, ens_b = _average(member_probs)
+        ens_l, ens_b = average(member_probs)
         rows, det_rows, bone_rows = [], [], []
         test_summary = {}
         ens_name = ensemble_label(cfg)

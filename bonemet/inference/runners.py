@@ -124,6 +124,8 @@ class SegRunner:
         if self.cfg.pixel_mm and not scan.has_hu:
             raise BonemetError("these models work at physical scale (a pixel size in mm) and need the scan's pixel "
                                "spacing: give a DICOM series or a NIfTI volume, not image slices", scan.source)
+        from ..runs.seg import ensemble_probs
+
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         models = self._models_for(scan, win)
         rows, cols = scan.slice_shape
@@ -136,11 +138,11 @@ class SegRunner:
             batches = self._physical_batches(scan, win, batch)
             size = (self.cfg.size, self.cfg.size)
             infer = lambda x: sliding_window_inference(  # noqa: E731
-                x, size, batch, lambda w: self._ensemble(models, w, flip), overlap=0.25, mode="gaussian")
+                x, size, batch, lambda w: ensemble_probs(models, w, flip), overlap=0.25, mode="gaussian")
         else:
             batches = ((ks, x, lambda p: F.interpolate(p, size=(rows, cols), mode="bilinear", align_corners=False))
                        for ks, x in _batches(scan, win, self.cfg.channels, self.cfg.size, batch))
-            infer = lambda x: self._ensemble(models, x, flip)  # noqa: E731
+            infer = lambda x: ensemble_probs(models, x, flip)  # noqa: E731
         for ks, x, back in batches:
             probs = back(infer(x.to(self.device))).cpu().numpy()  # (B, 1 or 2, rows, cols)
             lesion[ks] = probs[:, 0]
@@ -151,22 +153,6 @@ class SegRunner:
             if progress:
                 progress(len(ks))
         return lesion, bone
-
-    @staticmethod
-    def _ensemble(models: list[torch.nn.Module], x: torch.Tensor, flip: bool) -> torch.Tensor:
-        """The members' mean probabilities on ``x``: (B, 1, H, W) lesion, or (B, 2, H, W) lesion and bone."""
-        from ..models import forward
-
-        lp, bp = [], []
-        for m in models:
-            for mirrored in ((False, True) if flip else (False,)):
-                lo, bo = forward(m, x.flip(-1) if mirrored else x)
-                back = (lambda t: t.flip(-1)) if mirrored else (lambda t: t)  # noqa: E731
-                lp.append(back(torch.sigmoid(lo)))
-                if bo is not None:
-                    bp.append(back(torch.sigmoid(bo)))
-        mean = [torch.stack(lp).mean(0)] + ([torch.stack(bp).mean(0)] if bp else [])
-        return torch.cat(mean, 1).float()
 
     def _physical_batches(self, scan: Scan, window: str | None, batch: int):
         """Physical scale (``data.physical``): (slice indices, the region of their resampled slices that holds

@@ -7,16 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data.datasets import SegmentationDataset
 from ..data.splits import load_splits
 from ..errors import BonemetError, refuse_first
 from ..fileio import read_config
-from ..models import create_model, model_options
+from ..models import create_model, forward, model_options
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 
-__all__ = ["DISPLAY", "SegConfig", "build_model", "load_member", "load_run", "model_label", "seg_dataset"]
+__all__ = ["DISPLAY", "Probs", "SegConfig", "average", "build_model", "ensemble_probs", "load_member", "load_run",
+           "model_label", "predict_probs", "seg_dataset"]
 
 
 @dataclass
@@ -90,6 +92,48 @@ def seg_dataset(cfg: SegConfig, slices: list, transform=None) -> SegmentationDat
     """``slices`` as the run's models see them (size, channels, mask threshold and resize, physical scale)."""
     return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=transform,
                                pixel_mm=cfg.pixel_mm)
+
+
+Probs = tuple[np.ndarray, np.ndarray | None]  # (lesion, bone or None) probabilities
+
+
+def ensemble_probs(models: list[torch.nn.Module], x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """EH-AttUnet++'s rule on one batch: the mean of the members' sigmoid probabilities, (B, 1, H, W) lesion or
+    (B, 2, H, W) lesion and bone. ``flip``: each member also on the left-right mirrored input, mirrored back."""
+    lesion, bone = [], []
+    for m in models:
+        for mirrored in ((False, True) if flip else (False,)):
+            outs = forward(m, x.flip(-1) if mirrored else x)
+            lo, bo = (o if o is None or not mirrored else o.flip(-1) for o in outs)
+            lesion.append(torch.sigmoid(lo))
+            if bo is not None:
+                bone.append(torch.sigmoid(bo))
+    return torch.cat([torch.stack(lesion).mean(0)] + ([torch.stack(bone).mean(0)] if bone else []), 1).float()
+
+
+def average(member_probs: list[Probs]) -> Probs:
+    """The ensemble's probabilities from its members' (EH-AttUnet++'s rule: their mean)."""
+    return tuple(None if member_probs[0][i] is None else np.mean([p[i] for p in member_probs], axis=0)
+                 for i in (0, 1))  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def predict_probs(models: list[torch.nn.Module], ds: SegmentationDataset, batch_size: int = 8) -> Probs:
+    """``ensemble_probs`` of ``models`` over ``ds``: lesion (N, S, S) and bone (or None), on the device of the
+    first model's weights."""
+    from torch.utils.data import DataLoader
+
+    from ..devices import model_device
+
+    for m in models:
+        m.eval()
+    device = model_device(models[0]) if models else torch.device("cpu")
+    parts = [ensemble_probs(models, batch["image"].to(device)).cpu().numpy()
+             for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)]
+    if not parts:
+        return np.zeros((0, ds.size, ds.size), np.float32), None
+    probs = np.concatenate(parts)
+    return probs[:, 0], (probs[:, 1] if probs.shape[1] > 1 else None)
 
 
 def build_model(cfg: SegConfig) -> torch.nn.Module:

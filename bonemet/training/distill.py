@@ -33,12 +33,11 @@ from ..runs.checkpoint import finished_checkpoint, save_checkpoint
 from .loop import TrainStep, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
 from ..models import forward
-from ..runs.seg import SegConfig, build_model, load_member, load_run, seg_dataset
-from .seg import lesion_slice_flags, predict_probs, seg_loss
+from ..runs.seg import Probs, SegConfig, average, build_model, load_member, load_run, predict_probs, seg_dataset
+from .seg import lesion_slice_flags, seg_loss
 
 
 SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
-Probs = tuple[np.ndarray, np.ndarray | None]  # (lesion, bone or None) probabilities, as predict_probs returns
 LABEL_BATCH = 16  # teacher labelling is inference only: larger batches run faster on CPU
 
 
@@ -292,8 +291,7 @@ def member_probs(members: list[torch.nn.Module], ds: SegmentationDataset,
                  batch_size: int) -> tuple[list[Probs], Probs]:
     """Each member's probabilities over ``ds`` and their mean (the ensemble's), from one pass per member."""
     alone = [predict_probs([m], ds, batch_size) for m in members]
-    ensemble = tuple(None if alone[0][i] is None else np.mean([a[i] for a in alone], axis=0) for i in (0, 1))
-    return alone, ensemble
+    return alone, average(alone)
 
 
 def scan_unlabelled(root: str | Path) -> list[SegSlice]:

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from ..data.bmseg import SegSlice, load_bmseg
@@ -110,30 +109,6 @@ def lesion_slice_flags(slices: list[SegSlice], threshold: int) -> np.ndarray:
     from ..data.images import read_mask
 
     return np.array([s.lesion is not None and bool(read_mask(s.lesion, threshold).any()) for s in slices])
-
-
-@torch.no_grad()
-def predict_probs(models: list[torch.nn.Module], ds: SegmentationDataset, batch_size: int = 8,
-                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean sigmoid probabilities of ``models`` over ``ds``: lesion (N, S, S) and bone (or None); on the device
-    of the first model's weights."""
-    for m in models:
-        m.eval()
-    device = model_device(models[0]) if models else torch.device("cpu")
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    les, bone = [], []
-    for batch in loader:
-        lp, bp = [], []
-        for m in models:
-            lo, bo = forward(m, batch["image"].to(device))
-            lp.append(torch.sigmoid(lo))
-            if bo is not None:
-                bp.append(torch.sigmoid(bo))
-        les.append(torch.stack(lp).mean(0)[:, 0].cpu().numpy())
-        if bp:
-            bone.append(torch.stack(bp).mean(0)[:, 0].cpu().numpy())
-    lesion = np.concatenate(les) if les else np.zeros((0, ds.size, ds.size), np.float32)
-    return lesion, (np.concatenate(bone) if bone else None)
 
 
 def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig) -> dict[str, float]:
