@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bonemet.models import count_parameters, create_model
+from bonemet.models import count_parameters, create_model, forward, model_info, model_names, model_options
 
 TARGETS_M = {"unet": 8.64, "attunet": 8.73, "unet++": 9.72, "attunet++": 10.07, "hybrid-attunet++": 14.01}
 
@@ -22,11 +22,36 @@ def test_forward_backward_tiny(name):
     m = create_model(name, width=4, in_channels=1)
     out = m(torch.randn(2, 1, 64, 64))
     outs = out if isinstance(out, tuple) else (out,)
-    assert len(outs) == (2 if name == "hybrid-attunet++" else 1)
+    assert len(outs) == len(model_info(name).outputs) == (2 if name == "hybrid-attunet++" else 1)
     assert all(o.shape == (2, 1, 64, 64) for o in outs)
     sum(o.mean() for o in outs).backward()
     unused = [n for n, p in m.named_parameters() if p.grad is None]
     assert not unused, unused
+
+
+def test_the_registry_states_each_models_facts_truly():
+    from bonemet.runs.seg import SegConfig, model_label
+
+    for name in model_names():
+        info = model_info(name)
+        lesion, bone = forward(create_model(name, width=2), torch.randn(1, 3, 32, 32), torch.zeros(1, 1, 32, 32))
+        assert info.outputs == (("lesion", "bone") if bone is not None else ("lesion",)), name  # at its defaults
+        # each switch listed as applying to a model changes that model
+        other = {"block": "plain", "dual_decoder": False, "lesion_model": "unet"}
+        for option in info.options:
+            changed = create_model(name, width=2, **{option: other[option]})
+            assert count_parameters(changed) != count_parameters(create_model(name, width=2)), (name, option)
+        assert set(model_options(name, "plain", False, "unet")) == set(info.options)
+    member = create_model("hybrid-attunet++", width=4)
+    student = create_model(model_info("hybrid-attunet++").single_decoder, width=4)
+    shared = {k for k, v in student.state_dict().items() if k in member.state_dict() and
+              member.state_dict()[k].shape == v.shape}
+    assert len(shared) == len(student.state_dict())  # the lesion decoder of a member is a whole attunet++
+    labels = {(m, b, d): model_label(SegConfig(data="x", model=m, block=b, dual_decoder=d))
+              for m, b, d in [("attunet++", "mb", None), ("attunet++", "plain", None), ("unet++", "mb", None),
+                              ("hybrid-attunet++", "mb", False), ("sequential", "mb", None)]}
+    assert list(labels.values()) == ["AttUnet++ + MB", "AttUnet++ (plain block)", "Unet++",
+                                     "Hybrid-AttUnet++ (single decoder)", "Sequential (Unet, AttUnet++)"]
 
 
 def test_ablation_switches():

@@ -21,7 +21,7 @@ def models(
 ) -> None:
     """List the models with parameter counts (M) and GMACs per slice."""
     from ..markdown import markdown_table
-    from ..models import count_parameters, create_model, model_names
+    from ..models import count_parameters, create_model, model_info, model_names
     from ..models.cost import gmacs_per_slice
 
     rows = []
@@ -29,7 +29,7 @@ def models(
         m = create_model(name, width=width, in_channels=channels)
         rows.append({"model": name, "params (M)": f"{count_parameters(m) / 1e6:.2f}",
                      f"GMAC / {size}px slice": f"{gmacs_per_slice(m, channels, size):.1f}",
-                     "outputs": "lesion, bone" if name in ("hybrid-attunet++", "sequential") else "lesion"})
+                     "outputs": ", ".join(model_info(name).outputs), "thesis name": model_info(name).display})
     typer.echo(markdown_table(rows))
     typer.echo("eh-attunet++ = the ensemble of the K hybrid-attunet++ fold models of a run "
                "(K x the cost of one member).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -11,38 +12,83 @@ from .nested import NestedUNet
 from .sequential import SequentialSeg
 from .unet import UNet
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "unet": lambda in_channels=3, width=32, **kw: UNet(in_channels, width, attention=False, **kw),
-    "attunet": lambda in_channels=3, width=32, **kw: UNet(in_channels, width, attention=True, **kw),
-    "unet++": lambda in_channels=3, width=32, block="mb", **kw: NestedUNet(in_channels, width, False, block, **kw),
-    "attunet++": lambda in_channels=3, width=32, block="mb", **kw: NestedUNet(in_channels, width, True, block, **kw),
-    "hybrid-attunet++": lambda in_channels=3, width=32, block="mb", dual_decoder=True, **kw:
-        NestedUNet(in_channels, width, True, block, dual_decoder, **kw),
-}
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of bonemet knows of a registered model: how to build it and its facts."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    display: str  # the thesis' name for it
+    outputs: tuple[str, ...]  # ("lesion",) or ("lesion", "bone")
+    options: tuple[str, ...] = ()  # the CLI switches that apply to it: block, dual_decoder, lesion_model
+    single_decoder: str | None = None  # the model one of its members' lesion decoder alone is (distillation)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, display: str, outputs: tuple[str, ...] = ("lesion",), options: tuple[str, ...] = (),
+                   single_decoder: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name`` with its facts (in the manner of timm's ``register_model``)."""
+    def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = ModelInfo(name, build, display, outputs, options, single_decoder)
+        return build
+    return add
+
+
+@register_model("unet", "Unet")
+def _unet(in_channels: int = 3, width: int = 32, **kw) -> nn.Module:
+    return UNet(in_channels, width, attention=False, **kw)
+
+
+@register_model("attunet", "AttUnet")
+def _attunet(in_channels: int = 3, width: int = 32, **kw) -> nn.Module:
+    return UNet(in_channels, width, attention=True, **kw)
+
+
+@register_model("unet++", "Unet++", options=("block",))
+def _unetpp(in_channels: int = 3, width: int = 32, block: str = "mb", **kw) -> nn.Module:
+    return NestedUNet(in_channels, width, False, block, **kw)
+
+
+@register_model("attunet++", "AttUnet++", options=("block",))
+def _attunetpp(in_channels: int = 3, width: int = 32, block: str = "mb", **kw) -> nn.Module:
+    return NestedUNet(in_channels, width, True, block, **kw)
+
+
+@register_model("hybrid-attunet++", "Hybrid-AttUnet++", outputs=("lesion", "bone"), options=("block", "dual_decoder"),
+                single_decoder="attunet++")
+def _hybrid(in_channels: int = 3, width: int = 32, block: str = "mb", dual_decoder: bool = True, **kw) -> nn.Module:
+    return NestedUNet(in_channels, width, True, block, dual_decoder, **kw)
+
+
 SEQUENTIAL_LESION_MODELS = ("unet", "attunet", "unet++", "attunet++")
 
 
+@register_model("sequential", "Sequential", outputs=("lesion", "bone"), options=("block", "lesion_model"))
 def _sequential(in_channels: int = 3, width: int = 32, lesion_model: str = "attunet++", block: str = "mb",
                 dilate_px: int = 3) -> nn.Module:
     if lesion_model not in SEQUENTIAL_LESION_MODELS:
         raise ValueError(f"sequential lesion model must be one of {', '.join(SEQUENTIAL_LESION_MODELS)}")
-    opts = {"block": block} if lesion_model.endswith("++") else {}
+    opts = {"block": block} if "block" in model_info(lesion_model).options else {}
     return SequentialSeg(UNet(in_channels, width), create_model(lesion_model, in_channels=in_channels, width=width,
                                                                 **opts), dilate_px)
-
-
-_REGISTRY["sequential"] = _sequential
 
 
 def model_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def create_model(name: str, **opts) -> nn.Module:
-    """Build a registered model, e.g. ``create_model("hybrid-attunet++", width=32, in_channels=3)``."""
+def model_info(name: str) -> ModelInfo:
+    """A registered model's facts (one clear error for an unknown name)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model '{name}' (choose from {', '.join(_REGISTRY)})")
-    return _REGISTRY[name](**opts)
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **opts) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("hybrid-attunet++", width=32, in_channels=3)``."""
+    return model_info(name).build(**opts)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -52,14 +98,8 @@ def count_parameters(model: nn.Module) -> int:
 def model_options(name: str, block: str = "mb", dual_decoder: bool | None = None,
                   lesion_model: str = "attunet++") -> dict:
     """The options of ``name`` that the CLI switches set (the others do not apply to it)."""
-    opts: dict = {}
-    if name in ("unet++", "attunet++", "hybrid-attunet++", "sequential"):
-        opts["block"] = block
-    if name == "hybrid-attunet++" and dual_decoder is not None:
-        opts["dual_decoder"] = dual_decoder
-    if name == "sequential":
-        opts["lesion_model"] = lesion_model
-    return opts
+    given = {"block": block, "dual_decoder": dual_decoder, "lesion_model": lesion_model}
+    return {k: given[k] for k in model_info(name).options if given[k] is not None}
 
 
 def forward(model: nn.Module, image: torch.Tensor, bone: torch.Tensor | None = None

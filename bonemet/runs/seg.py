@@ -14,10 +14,10 @@ from ..data.datasets import SegmentationDataset
 from ..data.splits import load_splits
 from ..errors import BonemetError, refuse_first
 from ..fileio import read_config
-from ..models import create_model, forward, model_options
+from ..models import create_model, forward, model_info, model_options
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 
-__all__ = ["DISPLAY", "Probs", "SegConfig", "average", "build_model", "ensemble_probs", "load_member", "load_run",
+__all__ = ["Probs", "SegConfig", "average", "build_model", "ensemble_probs", "load_member", "load_run",
            "model_label", "predict_probs", "seg_dataset"]
 
 
@@ -156,18 +156,15 @@ def load_member(cfg: SegConfig, run: Path, k: int) -> torch.nn.Module:
     return load_weights(build_model(cfg), load_checkpoint(path), path).eval()
 
 
-DISPLAY = {"unet": "Unet", "attunet": "AttUnet", "unet++": "Unet++", "attunet++": "AttUnet++",
-           "hybrid-attunet++": "Hybrid-AttUnet++", "sequential": "Sequential"}
-
-
 def model_label(cfg: SegConfig) -> str:
     """The row name of a run, naming the one thesis row it maps to: the nested nets' block is part of it (the
     thesis' "AttUnet++" row is the plain block, its "AttUnet++ + MB" row the modified one; its "Unet++" row, like
     the reference code, uses MB)."""
-    name = DISPLAY.get(cfg.model, cfg.model)
-    if cfg.model == "sequential":
-        name += f" (Unet, {DISPLAY.get(cfg.lesion_model, cfg.lesion_model)})"
-    if cfg.model in ("unet++", "attunet++", "hybrid-attunet++") and cfg.block == "plain":
+    info = model_info(cfg.model)
+    name = info.display
+    if "lesion_model" in info.options:
+        name += f" (Unet, {model_info(cfg.lesion_model).display})"
+    elif "block" in info.options and cfg.block == "plain":
         name += " (plain block)"
     elif cfg.model == "attunet++":
         name += " + MB"

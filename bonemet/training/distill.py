@@ -32,12 +32,11 @@ from .augment import SegAugment
 from ..runs.checkpoint import finished_checkpoint, save_checkpoint
 from .loop import TrainStep, end_epoch, epoch_loader, make_optimizer, read_rows, set_lr, train_epoch
 from .schedule import PiecewiseLR
-from ..models import forward
+from ..models import forward, model_info
 from ..runs.seg import Probs, SegConfig, average, build_model, load_member, load_run, predict_probs, seg_dataset
 from .seg import lesion_slice_flags, seg_loss
 
 
-SINGLE_DECODER = {"hybrid-attunet++": "attunet++"}  # a member's lesion decoder alone, for --init-member
 LABEL_BATCH = 16  # teacher labelling is inference only: larger batches run faster on CPU
 
 
@@ -104,7 +103,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
         if init_member not in ("auto", "heldout") and not 0 <= init_member < len(split["folds"]):
             raise BonemetError(f"the teacher has members 0-{len(split['folds']) - 1}, not {init_member}", teacher)
         # unet++ tensors fit into attunet++ shapes too, but nodes trained on gated skips are no start for it
-        starts = (tcfg.model, SINGLE_DECODER.get(tcfg.model))
+        starts = (tcfg.model, model_info(tcfg.model).single_decoder)
         if student not in starts:
             raise BonemetError(f"a {student} student cannot start from a {tcfg.model} member (only "
                                f"{' or '.join(m for m in starts if m)})", teacher)
