@@ -9,20 +9,20 @@ import torch
 
 from ..data.datasets import CROPS
 from ..data.splits import load_splits
-from ..errors import BonemetError, refuse_first
+from ..errors import BonemetError
 from ..fileio import read_config
 from ..models.classifiers import FUSION_BRANCHES, create_classifier, family
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
+from .config import RunConfig
 from .schedules import PRESETS
 
 __all__ = ["DISPLAY", "ClsConfig", "build_classifier", "cls_label", "load_cls_run"]
 
 
-@dataclass
-class ClsConfig:
+@dataclass(frozen=True)
+class ClsConfig(RunConfig):
     """Everything that defines a classification run (stored as RUN/config.json)."""
 
-    data: str
     model: str = "resnext50_32x4d"
     pretrained: list[str] = field(default_factory=list)
     freeze_backbone: bool = False
@@ -35,35 +35,25 @@ class ClsConfig:
     mirror: bool = False  # left-right asymmetry of each input as extra channels
     masks: str | None = None  # BM-Seg root with each slice's lesion mask: auxiliary lesion-map loss (CNNs)
     mask_weight: float = 1.0
-    batch_size: int = 8
     optimizer: str = "sgd"
-    lr_scale: float = 1.0
     weight_decay: float = 0.0
     alpha: float = 0.8
     gamma: float = 2.0
-    folds: int = 1
-    test_patients: float = 0.2
-    select: str = "last"
-    inner_val: float = 0.15
-    augment: bool = True
     vflip: float = 0.5
-    neg_ratio: float | None = None
-    bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
-    distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
-    eval_every: int = 1
-    seed: int = 0
     fusion_cnn: str = FUSION_BRANCHES[0]
     fusion_vit: str = FUSION_BRANCHES[1]
     weights: list[str] = field(default_factory=list)
-    preprocessing: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Refuse values no run can have, when the configuration is built (from options or a config.json); an
-        unset epoch count becomes the schedule's own length, so that its switch points stay the thesis' epochs."""
+        """An unset epoch count becomes the schedule's own length (so that its switch points stay the thesis'
+        epochs), then every check (``checks``)."""
         if self.epochs is None and self.schedule in (None, "cnn", "transformer"):
-            self.epochs = PRESETS[self.schedule_name()][0]
-        checks = [
-            (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
+            object.__setattr__(self, "epochs", PRESETS[self.schedule_name()][0])  # still being built
+        super().__post_init__()
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
             (self.crop in CROPS, f"unknown crop '{self.crop}' (choose from {', '.join(CROPS)})"),
             (isinstance(self.context, int) and self.context >= 0, f"--context must be 0 or more, got {self.context}"),
             (not (self.masks and self.freeze_backbone),
@@ -72,12 +62,7 @@ class ClsConfig:
             (self.size is None or (isinstance(self.size, int) and self.size >= 32),
              f"size must be 32 or more, got {self.size}"),
             (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be 1 or more, got {self.epochs}"),
-            (isinstance(self.folds, int) and self.folds >= 1, f"folds must be 1 or more, got {self.folds}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"batch size must be 1 or more, got {self.batch_size}"),
-            (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
         ]
-        refuse_first(checks)
 
     def schedule_name(self) -> str:
         return self.schedule or ("transformer" if family(self.model) == "transformer" else "cnn")

@@ -4,7 +4,7 @@ the thesis row the run maps to. Training writes runs; evaluation, prediction and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +12,25 @@ import torch
 
 from ..data.datasets import SegmentationDataset
 from ..data.splits import load_splits
-from ..errors import BonemetError, refuse_first
+from ..errors import BonemetError
 from ..fileio import read_config
 from ..models import create_model, forward, model_info, model_options
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
+from .config import RunConfig
 
 __all__ = ["Probs", "SegConfig", "average", "build_model", "ensemble_probs", "load_member", "load_run",
            "model_label", "predict_probs", "seg_dataset"]
 
 
-@dataclass
-class SegConfig:
+@dataclass(frozen=True)
+class SegConfig(RunConfig):
     """Everything that defines a segmentation run (stored as RUN/config.json)."""
 
-    data: str
     model: str = "hybrid-attunet++"
     folds: int = 5
-    test_patients: float = 0.2
     protocol: str = "patient"
     epochs: int = 60
     size: int = 224
-    batch_size: int = 8
     width: int = 32
     channels: int = 3
     block: str = "mb"
@@ -41,47 +39,28 @@ class SegConfig:
     lesion_weight: float = 0.7
     pos_weight: float = 1.0
     bone_weight: float = 0.3
-    optimizer: str = "adam"
-    lr_scale: float = 1.0
-    select: str = "last"
-    inner_val: float = 0.15
-    augment: bool = True
     threshold: int = 0
     mask_resize: str = "nearest"
-    neg_ratio: float | None = None
-    eval_every: int = 1
-    seed: int = 0
-    bf16: bool = False  # mixed precision for training (evaluation stays fp32): bf16 autocast on CPUs
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
-    preprocessing: dict = field(default_factory=dict)
-    distributed: dict = field(default_factory=dict)  # a torchrun run's processes, per-process and global batch
 
-    def __post_init__(self) -> None:
-        """Refuse values no run can have, when the configuration is built (from options or a config.json)."""
+    def checks(self) -> list[tuple[bool, str]]:
         from ..models import SEQUENTIAL_LESION_MODELS, model_names
 
-        checks = [
+        return [
             (self.model in model_names(), f"unknown model '{self.model}' (choose from {', '.join(model_names())})"),
             (self.model != "sequential" or self.lesion_model in SEQUENTIAL_LESION_MODELS,
              f"unknown lesion model '{self.lesion_model}' (choose from {', '.join(SEQUENTIAL_LESION_MODELS)})"),
             (self.block in ("mb", "plain"), f"unknown block '{self.block}' (mb or plain)"),
             (self.protocol in ("patient", "paper"), f"unknown protocol '{self.protocol}' (patient or paper)"),
-            (self.select in ("last", "best"), f"unknown selection '{self.select}' (last or best)"),
+            *super().checks(),
             (isinstance(self.size, int) and self.size >= 32 and self.size % 16 == 0,
              f"size must be a multiple of 16 and at least 32 (the models halve it four times), got {self.size}"),
             (isinstance(self.width, int) and self.width >= 1, f"width must be 1 or more, got {self.width}"),
             (self.channels in (1, 2, 3), f"channels must be 1, 2 or 3, got {self.channels}"),
-            (isinstance(self.folds, int) and self.folds >= 1, f"folds must be 1 or more, got {self.folds}"),
             (isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be 0 or more, got {self.epochs}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"batch size must be 1 or more, got {self.batch_size}"),
-            (isinstance(self.eval_every, int) and self.eval_every >= 1,
-             f"eval_every must be 1 or more, got {self.eval_every}"),
-            (0 <= self.test_patients < 1, f"test_patients must be a share in [0, 1), got {self.test_patients}"),
             (self.pixel_mm is None or (isinstance(self.pixel_mm, (int, float)) and 0.1 <= self.pixel_mm <= 10),
              f"pixel_mm must be a pixel size in mm between 0.1 and 10, got {self.pixel_mm}"),
         ]
-        refuse_first(checks)
 
     def model_opts(self) -> dict:
         return {"in_channels": self.channels, "width": self.width,

@@ -237,7 +237,7 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
         mask_of = dict(zip((s.path for s in index.slices),
                            lesion_mask_paths(index.slices, cfg.masks, check_labels=True)))
     probe = build_classifier(cfg)  # fails early on a bad model name or pretrained file
-    cfg.weights = apply_pretrained(probe, cfg.pretrained)
+    cfg = cfg.with_(weights=apply_pretrained(probe, cfg.pretrained))
     for note in cfg.weights:
         logger.info(note)
     split = make_cls_split(cfg, root, index.slices)
@@ -245,7 +245,7 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
     split = run_split(run, split, resume, fold, world)
     norms = [(getattr(probe, a).mean.flatten().tolist(), getattr(probe, a).std.flatten().tolist())
              for a in ("norm", "cnn_norm", "vit_norm") if hasattr(probe, a)]
-    cfg.preprocessing = {**data_preprocessing(root), "input_size": probe.input_size, "channels": cfg.in_chans,
+    cfg = cfg.with_(preprocessing={**data_preprocessing(root), "input_size": probe.input_size, "channels": cfg.in_chans,
                          "crop": "body: each slice cropped to the square around the body, then resized"
                          if cfg.crop == "body" else "none: the whole slice resized",
                          "context": f"{cfg.context} slice(s) above and below stacked as channels (file-name order "
@@ -256,7 +256,7 @@ def train_classification(cfg: ClsConfig, run: str | Path, resume: bool = False,
                                          f"{cfg.mask_weight} (training only)" if cfg.masks else "none",
                          "intensity": "pixel / 255, then each backbone's mean / std (inside the model)",
                          "normalisation": [{"mean": m, "std": s} for m, s in norms],
-                         "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"}
+                         "schedule": f"{cfg.schedule_name()}: {PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale).describe()}"})
     if world.main:
         write_json(run / "config.json", asdict(cfg))
     announce_distributed(cfg, world)

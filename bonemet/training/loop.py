@@ -93,8 +93,7 @@ def start_run(run: Path, cfg: Any, what: str, resume: bool, given: Collection[st
                              "--resume continues the run as it started" if resume else
                              f"--fold {fold} trains one fold of the run in {run}")
     # how the batches were split, as the run started (each fold's done.json says how many processes trained it)
-    cfg.distributed = distributed_batch(cfg.batch_size, world) or cfg.distributed
-    return cfg
+    return cfg.with_(distributed=distributed_batch(cfg.batch_size, world) or cfg.distributed)
 
 
 def run_split(run: Path, split: dict, resume: bool, fold: int | None, world: World) -> dict:

@@ -232,11 +232,11 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
     if split["protocol"] == "patient":
         check_no_leakage(split)
     split = run_split(run, split, resume, fold, world)
-    cfg.preprocessing = {**data_preprocessing(Path(cfg.data)), "size": cfg.size, "channels": cfg.channels,
+    cfg = cfg.with_(preprocessing={**data_preprocessing(Path(cfg.data)), "size": cfg.size, "channels": cfg.channels,
                          "intensity": "pixel / 255", "mask_threshold": cfg.threshold, "mask_resize": cfg.mask_resize,
                          "scale": (f"physical: {cfg.pixel_mm} mm pixels, a {cfg.size * cfg.pixel_mm:g} mm field "
                                    "centred on the body" if cfg.pixel_mm else "whole slice resized to the model size"),
-                         "schedule": PiecewiseLR("seg", cfg.epochs, cfg.lr_scale).describe()}
+                         "schedule": PiecewiseLR("seg", cfg.epochs, cfg.lr_scale).describe()})
     if world.main:
         write_json(run / "config.json", asdict(cfg))
         if split["protocol"] == "paper":
