@@ -190,7 +190,7 @@ def test_neg_ratio_epoch_keeps_every_positive_and_mixes_them_through_the_epoch()
 
 
 def test_calibration_thresholds_find_a_known_shift() -> None:
-    from bonemet.training.distill import choose_threshold
+    from bonemet.training.teacher import choose_threshold
 
     rng = np.random.default_rng(0)
     teacher = rng.random((20, 32, 32)).astype(np.float32)
@@ -208,7 +208,7 @@ def test_calibration_thresholds_find_a_known_shift() -> None:
 
 
 def test_a_calibrated_student_is_scored_at_the_other_methods_threshold_without_a_second_pass() -> None:
-    from bonemet.training.distill import other_calibration, shift_threshold
+    from bonemet.training.teacher import other_calibration, shift_threshold
 
     z = np.random.default_rng(1).normal(0, 3, (4, 16, 16))
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
@@ -229,7 +229,7 @@ def test_calibrated_student_agrees_with_its_teacher_at_half(lesion_crops) -> Non
     import copy
 
     from bonemet.models import create_model
-    from bonemet.training.distill import calibrate_student
+    from bonemet.training.teacher import calibrate_student
 
     ds = SegmentationDataset(load_bmseg(lesion_crops).slices, 64, 3)
     torch.manual_seed(0)
@@ -286,7 +286,7 @@ def test_the_closest_member_is_the_one_whose_masks_match_the_ensemble(lesion_cro
     import copy
 
     from bonemet.models import create_model
-    from bonemet.training.distill import closest_member
+    from bonemet.training.teacher import closest_member
 
     ds = SegmentationDataset(load_bmseg(lesion_crops).slices, 64, 3)
     torch.manual_seed(0)
@@ -343,7 +343,7 @@ def test_the_hard_weight_moves_that_share_of_the_lesion_loss_to_the_true_masks(l
 
 def test_heldout_member_is_picked_on_each_folds_own_held_out_f1(tmp_path):
     from bonemet.errors import BonemetError
-    from bonemet.training.distill import heldout_member
+    from bonemet.training.teacher import heldout_member
 
     # fold 0 keeps its last epoch (held-out F1 0.30), fold 1 the epoch of best inner-validation F1 (epoch 1: 0.50)
     runs = {0: ("last.pt", [("0.10", ""), ("", ""), ("0.30", "")]),

@@ -199,8 +199,8 @@ def distill(
     from ..evaluation.distill_eval import compare_student
     from ..inference.fast import FastModel, default_paths
     from ..models import model_names
+    from ..runs.distill import finished_student
     from ..training.distill import distill as run_distill
-    from ..training.distill import finished_student
 
     if student not in model_names() or student == "sequential":
         raise BonemetError(f"unknown or unsupported student '{student}'")

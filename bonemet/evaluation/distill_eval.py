@@ -12,8 +12,9 @@ from ..markdown import markdown_table
 from ..errors import BonemetError
 from ..fileio import write_csv, write_json, write_text
 from ..models.cost import gmacs_per_slice
-from ..runs.seg import load_member, load_run, predict_probs, seg_dataset
-from ..training.distill import distill_record, member_probs, other_calibration, shift_threshold
+from ..runs.seg import load_member, load_run, member_probs, predict_probs, seg_dataset
+from ..runs.distill import distill_record
+from ..training.teacher import other_calibration, shift_threshold
 from .metrics import PIXEL_METRICS, f1_ratio_ci
 from .seg_eval import score
 

@@ -19,7 +19,7 @@ from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .config import RunConfig
 
 __all__ = ["Probs", "SegConfig", "average", "build_model", "ensemble_probs", "load_member", "load_run",
-           "model_label", "predict_probs", "seg_dataset"]
+           "member_probs", "model_label", "predict_probs", "seg_dataset"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,13 @@ def predict_probs(models: list[torch.nn.Module], ds: SegmentationDataset, batch_
         return np.zeros((0, ds.size, ds.size), np.float32), None
     probs = np.concatenate(parts)
     return probs[:, 0], (probs[:, 1] if probs.shape[1] > 1 else None)
+
+
+def member_probs(members: list[torch.nn.Module], ds: SegmentationDataset,
+                 batch_size: int) -> tuple[list[Probs], Probs]:
+    """Each member's probabilities over ``ds`` and their mean (the ensemble's), from one pass per member."""
+    alone = [predict_probs([m], ds, batch_size) for m in members]
+    return alone, average(alone)
 
 
 def build_model(cfg: SegConfig) -> torch.nn.Module:
