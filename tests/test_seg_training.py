@@ -16,6 +16,7 @@ from bonemet.data.volume import Volume
 from bonemet.evaluation.metrics import dice_image
 from bonemet.fileio import write_csv
 from bonemet.phantom.synth import make_patient
+from bonemet.training import loop as loop_mod
 from bonemet.training import seg as seg_mod
 from bonemet.runs.seg import SegConfig
 from bonemet.runs.seg import predict_probs
@@ -125,7 +126,7 @@ def test_resume_after_interruption_matches_uninterrupted(phantom, tmp_path, monk
     train_segmentation(SegConfig(**cfg), tmp_path / "full")
 
     saved = {"n": 0}
-    real_end = seg_mod.end_epoch
+    real_end = loop_mod.end_epoch
 
     def stop_after_two(*a, **k):
         best = real_end(*a, **k)  # the epoch's last.pt is written
@@ -134,20 +135,20 @@ def test_resume_after_interruption_matches_uninterrupted(phantom, tmp_path, monk
             raise KeyboardInterrupt
         return best
 
-    monkeypatch.setattr(seg_mod, "end_epoch", stop_after_two)
+    monkeypatch.setattr(loop_mod, "end_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(SegConfig(**cfg), tmp_path / "cut")
-    monkeypatch.setattr(seg_mod, "end_epoch", real_end)
+    monkeypatch.setattr(loop_mod, "end_epoch", real_end)
     assert not (tmp_path / "cut" / "fold0" / "done.json").exists()
     assert torch.load(tmp_path / "cut" / "fold0" / "last.pt", weights_only=True)["epoch"] == 1
     ran = []
-    real_train_epoch = seg_mod.train_epoch
+    real_train_epoch = loop_mod.train_epoch
 
     def counted(model, opt, loader, label, step):
         ran.append(label)
         return real_train_epoch(model, opt, loader, label, step)
 
-    monkeypatch.setattr(seg_mod, "train_epoch", counted)
+    monkeypatch.setattr(loop_mod, "train_epoch", counted)
     capsys.readouterr()
     train_segmentation(SegConfig(**cfg), tmp_path / "cut", resume=True)
     assert ran == ["fold 0 epoch 3/3", "fold 1 epoch 1/3", "fold 1 epoch 2/3", "fold 1 epoch 3/3"]

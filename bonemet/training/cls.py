@@ -13,8 +13,7 @@ Run folder::
 
 from __future__ import annotations
 
-import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,16 +25,16 @@ from torch.utils.data import DataLoader
 from ..data.classification import ClsSlice, lesion_mask_paths, load_classification
 from ..data.datasets import ClassificationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, patient_splits
-from ..devices import mixed_dtype, model_device, training_precision
+from ..devices import mixed_dtype, model_device
 from ..errors import BonemetError
-from ..fileio import read_json, write_json
-from ..log import console, logger
+from ..fileio import write_json
+from ..log import logger
 from ..models.classifiers import apply_pretrained, backbone_modules
 from ..runs.cls import ClsConfig, build_classifier
 from .augment import SegAugment
-from .distributed import barrier, data_parallel, unwrap
-from .loop import (Runtime, TrainStep, announce_distributed, end_epoch, epoch_loader, folds_to_train,
-                   make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
+from .distributed import barrier, unwrap
+from .loop import (FoldRecipe, Runtime, announce_distributed, fit_fold, folds_to_train, make_optimizer, run_split,
+                   sampling_flags, start_run)
 from .losses import focal_loss
 from .schedule import PiecewiseLR
 from .seg import data_preprocessing
@@ -122,54 +121,28 @@ def _freeze(model: torch.nn.Module) -> None:
 
 def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: list[ClsSlice],
                    held: list[ClsSlice], resume: bool, masks: list[Path] | None = None, rt: Runtime = Runtime()) -> dict:
-    """Train model ``k`` of a run on ``fit``; ``sel`` chooses best.pt; ``held`` only feeds the curves.
-
-    ``masks``: one lesion-mask file per ``fit`` slice (``--masks``), for the lesion-map loss. ``rt``: the device,
-    loader workers and torchrun process group."""
-    fold_dir = run / f"fold{k}"
-    world = rt.world
-    if world.main:
-        fold_dir.mkdir(parents=True, exist_ok=True)
-    done = fold_dir / "done.json"
-    if resume and done.exists():
-        if world.main:
-            console.print(f"model {k}: already finished, skipped")
-        return read_json(done, "done.json")
-    torch.manual_seed(cfg.seed * 1000 + k)
-    model = build_classifier(cfg)
-    apply_pretrained(model, cfg.pretrained)
-    if cfg.freeze_backbone:
-        _freeze(model)
-    precision = training_precision(model, cfg.bf16, rt.device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
-    opt = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad],
-                         weight_decay=cfg.weight_decay)
-    schedule = PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale)
-    start, best, rows = 0, -1.0, []
-    if resume and (fold_dir / "last.pt").exists():
-        start, best, rows = resume_state(fold_dir, model, opt)
-        if world.main:
-            console.print(f"model {k}: resuming after epoch {start - 1}")
-    model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=bool(masks) or cfg.freeze_backbone)
+    """Train model ``k`` of a run on ``fit`` (``loop.fit_fold``); ``sel`` chooses best.pt; ``held`` only feeds
+    the curves. ``masks``: one lesion-mask file per ``fit`` slice (``--masks``), for the lesion-map loss. ``rt``:
+    the device, loader workers and torchrun process group."""
     aug = cls_augment(cfg.vflip) if cfg.augment else None
-    transform = ImageAugment(aug) if aug else None
-    size = unwrap(model).input_size
-    train_ds = ClassificationDataset(fit, size, 3, transform=transform, **cfg.input_options(),
-                                     masks=masks)
-    sel_ds, held_ds = (ClassificationDataset(sel, size, 3, **cfg.input_options()),
-                       ClassificationDataset(held, size, 3, **cfg.input_options()))
-    flags = sampling_flags([s.label == 1 for s in fit], cfg.neg_ratio, f"model {k}",  # --neg-ratio: every
-                           "metastatic")  # metastatic slice and a share of the normal ones
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = schedule(epoch)
-        set_lr(opt, lr)
-        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio,
-                              aug, cfg.seed * 7919 + k * 31 + epoch, rt.workers, rt.pin_memory, world)
-        model.train()
-        if cfg.freeze_backbone:
-            _freeze(unwrap(model))
 
-        def step(batch: tuple) -> tuple[torch.Tensor, int]:
+    def build() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = build_classifier(cfg)
+        apply_pretrained(model, cfg.pretrained)
+        if cfg.freeze_backbone:
+            _freeze(model)
+        return model, make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                     weight_decay=cfg.weight_decay)
+
+    def datasets(model: torch.nn.Module) -> tuple:
+        size = unwrap(model).input_size
+        return (ClassificationDataset(fit, size, 3, transform=ImageAugment(aug) if aug else None,
+                                      **cfg.input_options(), masks=masks),
+                ClassificationDataset(held, size, 3, **cfg.input_options()),
+                ClassificationDataset(sel, size, 3, **cfg.input_options()))
+
+    def step(model: torch.nn.Module, precision) -> Callable:
+        def one(batch: tuple) -> tuple[torch.Tensor, int]:
             x, y = precision.to_input(batch[0]), batch[1].to(rt.device)
             with precision.autocast():
                 if masks:  # the lesion map needs the features: the wrapped model's forward alone would not give them
@@ -182,29 +155,19 @@ def train_cls_fold(cfg: ClsConfig, run: Path, k: int, fit: list[ClsSlice], sel: 
             if masks:
                 loss = loss + cfg.mask_weight * lesion_map_loss(lesion_map.float(), batch[2].to(rt.device))
             return loss, len(y)
+        return one
 
-        train_loss = train_epoch(model, opt, loader, f"model {k} epoch {epoch + 1}/{cfg.epochs}",
-                                 TrainStep(step, precision, world))
-        row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
-        if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
-            row.update({f"heldout_{a}": v for a, v in _quick(model, held_ds, cfg).items()})
-        score = None
-        if sel:
-            scores = _quick(model, sel_ds, cfg)
-            row.update({f"select_{a}": v for a, v in scores.items()})
-            score = scores["auc"] if not np.isnan(scores["auc"]) else scores["acc"]
-        row["seconds"] = time.perf_counter() - t0
-        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score, world)
-        if world.main:
-            console.print(f"model {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
-                          f"held-out AUC {row.get('heldout_auc', float('nan')):.3f}, {row['seconds']:.1f} s")
-    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt",
-              "selection": "best ROC-AUC on inner-validation patients" if sel else "last epoch",
-              "processes": world.size, "device": rt.device.type}
-    if world.main:
-        write_json(done, result)
-    barrier(world)
-    return result
+    recipe = FoldRecipe(
+        name="model", build=build, schedule=PiecewiseLR(cfg.schedule_name(), cfg.epochs, cfg.lr_scale),
+        datasets=datasets, step=step, scores=lambda model, ds: _quick(model, ds, cfg),
+        selection_score=lambda scores: scores["auc"] if not np.isnan(scores["auc"]) else scores["acc"],
+        heldout_shown=("auc", "AUC"), selection="best ROC-AUC on inner-validation patients",
+        flags=sampling_flags([s.label == 1 for s in fit], cfg.neg_ratio, f"model {k}",  # --neg-ratio: every
+                             "metastatic"),  # metastatic slice and a share of the normal ones
+        augment=aug, unused_parameters=bool(masks) or cfg.freeze_backbone,
+        # model.train() each epoch must not wake the frozen backbone's BatchNorm
+        train_mode=(lambda model: _freeze(unwrap(model))) if cfg.freeze_backbone else None)
+    return fit_fold(cfg, run, k, recipe, resume, rt, bool(sel))
 
 
 def fold_slices(split: dict, fold: dict, slices: list[ClsSlice]) -> tuple[list, list, list]:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ..data.bmseg import SegSlice, load_bmseg, scan_bmseg
 from ..data.datasets import SegmentationDataset
 from ..data.layout import raise_first_fatal
-from ..devices import on_device, resolve_device, training_precision
+from ..devices import on_device, resolve_device
 from ..errors import BonemetError
 from ..fileio import write_json
 from ..log import console
@@ -30,7 +30,7 @@ from ..models import forward, model_info
 from ..runs.checkpoint import save_checkpoint
 from ..runs.seg import SegConfig, build_model, load_member, load_run, predict_probs, seg_dataset
 from .augment import SegAugment
-from .loop import TrainStep, end_epoch, epoch_loader, make_optimizer, set_lr, train_epoch
+from .loop import FoldRecipe, Runtime, epoch_loader, fit_fold, make_optimizer
 from .schedule import PiecewiseLR
 from .seg import lesion_slice_flags, seg_loss
 from .teacher import CALIBRATIONS, calibrate_student, calibration_patients, closest_member, heldout_member
@@ -191,23 +191,12 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
     aug = SegAugment() if cfg.augment else None
     ds = _SoftTargets(base, t_lesion.astype(np.float32), None if t_bone is None else t_bone.astype(np.float32), aug,
                       n_labelled if hard_weight else 0)
-    precision = training_precision(model, cfg.bf16, device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
-    opt = make_optimizer(cfg.optimizer, model.parameters())
-    schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
-    rows: list[dict] = []
-    best = -1.0
-    for epoch in range(cfg.epochs):
-        te = time.perf_counter()
-        lr = schedule(epoch)
-        set_lr(opt, lr)
-        loader = epoch_loader(ds, cfg.batch_size, cfg.seed * 100_003 + epoch, flags, cfg.neg_ratio, aug,
-                              cfg.seed * 7919 + epoch, pin_memory=device.type == "cuda")
-        if epoch == 0:
-            console.print(f"{int(flags.sum())} lesion slices (ground truth, or the teacher's on unlabelled slices); "
-                          f"{len(loader.dataset)} slices per epoch")
-        model.train()
+    per_epoch = len(epoch_loader(ds, cfg.batch_size, 0, flags, cfg.neg_ratio).dataset)
+    console.print(f"{int(flags.sum())} lesion slices (ground truth, or the teacher's on unlabelled slices); "
+                  f"{per_epoch} slices per epoch")
 
-        def step(batch: dict) -> tuple[torch.Tensor, int]:
+    def step(model: torch.nn.Module, precision) -> Callable:
+        def one(batch: dict) -> tuple[torch.Tensor, int]:
             batch = on_device(batch, device)
             with precision.autocast():
                 lo, bo = forward(model, precision.to_input(batch["image"]))
@@ -215,12 +204,14 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
                 if hard_weight:
                     loss = loss + hard_weight * _truth_term(lo, batch, truth_pos_weight, cfg, t_bone is not None)
                 return loss, len(batch["image"])
+        return one
 
-        train_loss = train_epoch(model, opt, loader, f"student epoch {epoch + 1}/{cfg.epochs}",
-                                 TrainStep(step, precision))
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": time.perf_counter() - te}
-        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, None)
-        console.print(f"student epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+    recipe = FoldRecipe(name="student", build=lambda: (model, make_optimizer(cfg.optimizer, model.parameters())),
+                        schedule=PiecewiseLR("seg", cfg.epochs, cfg.lr_scale), datasets=lambda _m: (ds, None, None),
+                        step=step, scores=None, selection_score=None, heldout_shown=None, selection="",
+                        flags=flags, augment=aug)
+    fit_fold(cfg, fold_dir.parent, 0, recipe, False, Runtime(device=device), has_sel=False)
+    best = -1.0
     model.to("cpu")  # calibrated and scored beside the teacher's members, on the CPU
     return best
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ..devices import Precision, World, init_distributed
 from ..devices import training_precision  # noqa: F401  (the loops' precision, beside the rest of the loop)
 from ..errors import BonemetError
-from ..fileio import write_csv
+from ..fileio import read_json, write_csv, write_json
 from ..log import console
 from .distributed import plain_state, reduce_sum
 
@@ -334,3 +335,89 @@ class _no_bar:
 
     def update(self, *args, **kwargs) -> None:
         return None
+
+
+@dataclass
+class FoldRecipe:
+    """How one fold model of a run trains where segmentation and classification differ; ``fit_fold`` does the
+    rest (seeding, resuming, data parallelism, the learning-rate schedule, seeded epoch loaders, scoring, the kept
+    checkpoint, the epoch log and ``done.json``)."""
+
+    name: str  # how the log names the fold model: "fold" or "model"
+    build: Callable[[], tuple[torch.nn.Module, torch.optim.Optimizer]]  # called after the fold's seed is set
+    schedule: Any  # epoch -> learning rate (``schedule.PiecewiseLR``)
+    datasets: Callable[[torch.nn.Module], tuple[Dataset, Dataset | None, Dataset | None]]  # train, held-out, selection
+    step: Callable[[torch.nn.Module, Precision], Callable[[Any], tuple[torch.Tensor, int]]]  # loss of one batch
+    scores: Callable[[torch.nn.Module, Dataset], dict[str, float]] | None  # quick scores of a data set
+    selection_score: Callable[[dict[str, float]], float] | None  # the number best.pt is chosen by
+    heldout_shown: tuple[str, str] | None  # (score key, words) of the held-out score in the epoch log
+    selection: str  # what done.json says chose the checkpoint when there are selection patients
+    flags: Sequence[bool] | None = None  # positive item or not, for --neg-ratio
+    augment: Any = None  # the augmentation whose draws the loader seeds
+    unused_parameters: bool = False  # DistributedDataParallel's find_unused_parameters
+    new_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None  # each epoch, if given
+    train_mode: Callable[[torch.nn.Module], None] | None = None  # after model.train(), e.g. frozen layers to eval
+    heldout_selects: bool = False  # the reference run's leak: select on the held-out (scored) fold itself
+
+
+def fit_fold(cfg: Any, run: Path, k: int, recipe: FoldRecipe, resume: bool, rt: Runtime, has_sel: bool) -> dict:
+    """Train fold model ``k`` of a run by ``recipe``: skipped when finished and resuming, continued after its last
+    epoch when ``resume``; every process of a torchrun job takes part, the main one writes. Returns done.json."""
+    from .distributed import barrier, data_parallel
+
+    fold_dir = run / f"fold{k}"
+    world = rt.world
+    if world.main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+    done = fold_dir / "done.json"
+    if resume and done.exists():
+        if world.main:
+            console.print(f"{recipe.name} {k}: already finished, skipped")
+        return read_json(done, "done.json")
+    torch.manual_seed(cfg.seed * 1000 + k)
+    model, opt = recipe.build()
+    precision = training_precision(model, cfg.bf16, rt.device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
+    start, best, rows = 0, -1.0, []
+    if resume and (fold_dir / "last.pt").exists():
+        start, best, rows = resume_state(fold_dir, model, opt)
+        if world.main:
+            console.print(f"{recipe.name} {k}: resuming after epoch {start - 1}")
+    model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=recipe.unused_parameters)
+    train_ds, held_ds, sel_ds = recipe.datasets(model)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = recipe.schedule(epoch)
+        if recipe.new_optimizer:
+            opt = recipe.new_optimizer(model)
+        set_lr(opt, lr)
+        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, recipe.flags,
+                              cfg.neg_ratio, recipe.augment, cfg.seed * 7919 + k * 31 + epoch, rt.workers,
+                              rt.pin_memory, world)
+        model.train()
+        if recipe.train_mode:
+            recipe.train_mode(model)
+        train_loss = train_epoch(model, opt, loader, f"{recipe.name} {k} epoch {epoch + 1}/{cfg.epochs}",
+                                 TrainStep(recipe.step(model, precision), precision, world))
+        row: dict = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
+        heldout = (recipe.scores(model, held_ds) if held_ds is not None and (
+            epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0) else {})
+        row.update({f"heldout_{name}": v for name, v in heldout.items()})
+        score = None
+        if has_sel:
+            selection = heldout if recipe.heldout_selects and heldout else recipe.scores(model, sel_ds)
+            row.update({f"select_{name}": v for name, v in selection.items()})
+            score = recipe.selection_score(selection)
+        row["seconds"] = time.perf_counter() - t0
+        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score, world)
+        if world.main:
+            shown = (f"held-out {recipe.heldout_shown[1]} {heldout.get(recipe.heldout_shown[0], float('nan')):.3f}, "
+                     if recipe.heldout_shown else "")
+            console.print(f"{recipe.name} {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+                          f"{shown}{row['seconds']:.1f} s")
+    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if has_sel else "last.pt",
+              "selection": recipe.selection if has_sel else "last epoch", "processes": world.size,
+              "device": rt.device.type}
+    if world.main:
+        write_json(done, result)
+    barrier(world)
+    return result

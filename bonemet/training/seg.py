@@ -13,8 +13,7 @@ fold's training patients.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,13 +29,13 @@ from ..errors import BonemetError
 from ..evaluation.metrics import Counts, confusion, pixel_scores
 from ..fileio import read_json, write_json
 from ..models import forward
-from ..devices import model_device, on_device, training_precision
+from ..devices import model_device, on_device
 from ..log import console
 from ..runs.seg import SegConfig, build_model, seg_dataset
 from .augment import SegAugment
-from .distributed import barrier, data_parallel, unwrap
-from .loop import (Runtime, TrainStep, announce_distributed, end_epoch, epoch_loader, folds_to_train,
-                   make_optimizer, resume_state, run_split, sampling_flags, set_lr, start_run, train_epoch)
+from .distributed import barrier, unwrap
+from .loop import (FoldRecipe, Runtime, announce_distributed, fit_fold, folds_to_train, make_optimizer, run_split,
+                   sampling_flags, start_run)
 from .schedule import PiecewiseLR
 
 
@@ -132,80 +131,44 @@ def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig
 
 def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list[SegSlice], held: list[SegSlice],
                resume: bool, flags: np.ndarray | None = None, rt: Runtime = Runtime()) -> dict:
-    """Train fold ``k`` on ``fit``; ``flags`` (lesion slice or not, per ``fit`` slice) serves --neg-ratio."""
-    fold_dir = run / f"fold{k}"
-    world = rt.world
-    if world.main:
-        fold_dir.mkdir(parents=True, exist_ok=True)
-    done = fold_dir / "done.json"
-    if resume and done.exists():
-        if world.main:
-            console.print(f"fold {k}: already finished, skipped")
-        return read_json(done, "done.json")
-    torch.manual_seed(cfg.seed * 1000 + k)
-    model = build_model(cfg)
-    precision = training_precision(model, cfg.bf16, rt.device, warn=lambda m: console.print(f"[yellow]{m}[/]"))
-    opt = make_optimizer(cfg.optimizer, model.parameters())
-    schedule = PiecewiseLR("seg", cfg.epochs, cfg.lr_scale)
-    start, best = 0, -1.0
-    rows: list[dict] = []
-    if resume and (fold_dir / "last.pt").exists():
-        start, best, rows = resume_state(fold_dir, model, opt)
-        if world.main:
-            console.print(f"fold {k}: resuming after epoch {start - 1}")
-    model = data_parallel(model, world, rt.device, rt.sync_bn, unused_parameters=cfg.model == "sequential")
+    """Train fold ``k`` on ``fit`` (``loop.fit_fold``); ``flags`` (lesion slice or not, per ``fit`` slice) serves
+    --neg-ratio."""
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
     aug = SegAugment(masks_follow=not paper) if cfg.augment else None
-    train_ds = seg_dataset(cfg, fit, aug)
-    held_ds = seg_dataset(cfg, held)
     if paper:
         sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
-    sel_ds = held_ds if paper else seg_dataset(cfg, sel)
     if cfg.neg_ratio is None:
         flags = None
     elif flags is None:
         flags = lesion_slice_flags(fit, cfg.threshold)
-    flags = sampling_flags(flags, cfg.neg_ratio, f"fold {k}", "lesion")
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = schedule(epoch)
-        if paper:  # the reference code creates a new Adam every epoch: its moments start from zero each time
-            opt = make_optimizer(cfg.optimizer, model.parameters())
-        set_lr(opt, lr)
-        loader = epoch_loader(train_ds, cfg.batch_size, cfg.seed * 100_003 + k * 1009 + epoch, flags, cfg.neg_ratio,
-                              aug, cfg.seed * 7919 + k * 31 + epoch, rt.workers, rt.pin_memory, world)
-        model.train()
 
-        def step(batch: dict) -> tuple[torch.Tensor, int]:
+    def build() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = build_model(cfg)
+        return model, make_optimizer(cfg.optimizer, model.parameters())
+
+    def datasets(_model) -> tuple:
+        held_ds = seg_dataset(cfg, held)
+        return seg_dataset(cfg, fit, aug), held_ds, held_ds if paper else seg_dataset(cfg, sel)
+
+    def step(model: torch.nn.Module, precision) -> Callable:
+        def one(batch: dict) -> tuple[torch.Tensor, int]:
             batch = on_device(batch, rt.device)
             with precision.autocast():  # autocast runs the BCE in fp32
                 lo, bo = forward(model, precision.to_input(batch["image"]), batch["bone"])
                 return seg_loss(lo, bo, batch, cfg), len(batch["image"])
+        return one
 
-        train_loss = train_epoch(model, opt, loader, f"fold {k} epoch {epoch + 1}/{cfg.epochs}",
-                                 TrainStep(step, precision, world))
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
-        last_epoch = epoch == cfg.epochs - 1
-        heldout = quick_scores(model, held_ds, cfg) if last_epoch or (epoch + 1) % cfg.eval_every == 0 else {}
-        row.update({f"heldout_{k2}": v for k2, v in heldout.items()})
-        score = None
-        if sel:
-            selection = heldout if paper and heldout else quick_scores(model, sel_ds, cfg)  # scored once
-            row.update({f"select_{k2}": v for k2, v in selection.items()})
-            score = selection["lesion_f1"]
-        row["seconds"] = time.perf_counter() - t0
-        best = end_epoch(fold_dir, rows, row, model, opt, epoch, best, score, world)
-        if world.main:
-            console.print(f"fold {k} epoch {epoch + 1}/{cfg.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
-                          f"held-out lesion F1 {heldout.get('lesion_f1', float('nan')):.3f}, {row['seconds']:.1f} s")
-    selection = ("best lesion F1 on the scored fold itself (the reference code's choice: selection on the test "
-                 "fold, leaky)" if paper else "best lesion F1 on inner-validation patients" if sel else "last epoch")
-    result = {"fold": k, "epochs": cfg.epochs, "checkpoint": "best.pt" if sel else "last.pt", "selection": selection,
-              "processes": world.size, "device": rt.device.type}
-    if world.main:
-        write_json(done, result)
-    barrier(world)
-    return result
+    recipe = FoldRecipe(
+        name="fold", build=build, schedule=PiecewiseLR("seg", cfg.epochs, cfg.lr_scale), datasets=datasets,
+        step=step, scores=lambda model, ds: quick_scores(model, ds, cfg),
+        selection_score=lambda scores: scores["lesion_f1"], heldout_shown=("lesion_f1", "lesion F1"),
+        selection=("best lesion F1 on the scored fold itself (the reference code's choice: selection on the test "
+                   "fold, leaky)" if paper else "best lesion F1 on inner-validation patients"),
+        flags=sampling_flags(flags, cfg.neg_ratio, f"fold {k}", "lesion"), augment=aug,
+        unused_parameters=cfg.model == "sequential", heldout_selects=paper,
+        # the reference code creates a new Adam every epoch: its moments start from zero each time
+        new_optimizer=(lambda model: make_optimizer(cfg.optimizer, model.parameters())) if paper else None)
+    return fit_fold(cfg, run, k, recipe, resume, rt, bool(sel))
 
 
 def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
