@@ -14,8 +14,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..devices import Precision, World, init_distributed
-from ..devices import training_precision  # noqa: F401  (the loops' precision, beside the rest of the loop)
+from ..devices import Precision, World, init_distributed, training_precision
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json
 from ..log import console
@@ -339,11 +338,11 @@ class _no_bar:
 
 @dataclass
 class FoldRecipe:
-    """How one fold model of a run trains where segmentation and classification differ; ``fit_fold`` does the
-    rest (seeding, resuming, data parallelism, the learning-rate schedule, seeded epoch loaders, scoring, the kept
+    """How one fold model of a run (or a distilled student) trains where segmentation, classification and
+    distillation differ; ``fit_fold`` does the rest (seeding, resuming, data parallelism, the learning-rate schedule, seeded epoch loaders, scoring, the kept
     checkpoint, the epoch log and ``done.json``)."""
 
-    name: str  # how the log names the fold model: "fold" or "model"
+    name: str  # how the log names the fold model: "fold", "model" or "student"
     build: Callable[[], tuple[torch.nn.Module, torch.optim.Optimizer]]  # called after the fold's seed is set
     schedule: Any  # epoch -> learning rate (``schedule.PiecewiseLR``)
     datasets: Callable[[torch.nn.Module], tuple[Dataset, Dataset | None, Dataset | None]]  # train, held-out, selection
