@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import BonemetError
 from ..fileio import MARKER, add_marker_entries, output_kind, read_json, write_csv, write_text
-from .viewer import _json_for_script
+from .viewer import json_for_script
 
 PAGE = "review.html"
 MARKS = "review_marks.csv"
@@ -201,7 +201,7 @@ def write_review_page(out: str | Path) -> Path:
             "<a id='download' hidden>review_marks.csv</a><span id='status'></span></div><table><thead><tr>"
             + "".join(f"<th data-key='{k}'>{label}</th>" for k, label in heads)
             + "</tr></thead><tbody id='cases'></tbody></table>"
-            f"<script type='application/json' id='review-data'>{_json_for_script(data)}</script>"
+            f"<script type='application/json' id='review-data'>{json_for_script(data)}</script>"
             f"<script>{SCRIPT}</script></body></html>")
     write_text(out / PAGE, page)
     add_marker_entries(out, [PAGE])

@@ -84,7 +84,7 @@ def payload_mb(layers: dict[str, str]) -> float:
     return sum(len(v) for v in layers.values()) / 1e6
 
 
-def _json_for_script(data: dict) -> str:
+def json_for_script(data: dict) -> str:
     """JSON that cannot end its ``<script>`` element early (``</`` and ``<!--`` escaped)."""
     return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -206,6 +206,6 @@ def viewer_section(scan, labels: np.ndarray | None, bone: np.ndarray | None, pro
             "<p class='note'>Click a row of the lesion table to go to that lesion; click or drag in a view to move "
             f"the crosshair. {size:.1f} MB of images embedded. Drawn by NiiVue "
             f"{html.escape(niivue_version())} (BSD-2-Clause).</p></div>"
-            f"<script type='application/json' id='viewer-data'>{_json_for_script(data)}</script>"
+            f"<script type='application/json' id='viewer-data'>{json_for_script(data)}</script>"
             f"<script>{niivue_js()}</script><script>{SCRIPT}</script>")
     return body, CSS, {k: " ".join(map(str, v)) for k, v in key_voxels.items()}
