@@ -197,12 +197,14 @@ class ClsRunner:
     @torch.no_grad()
     def predict(self, scan: Scan, window: str | None = None, batch_size: int | None = None,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+        from ..runs.cls import metastasis_probs
+
         win = _window_for(self.run, self.cfg.preprocessing, scan, window)
         out = np.zeros(scan.n_slices, np.float32)
         batch = batch_size or auto_batch(self.size, self.device)
         for ks, x in _batches(scan, win, 3, self.size, batch, **self.cfg.input_options()):
             x = x.to(self.device)
-            out[ks] = torch.stack([torch.softmax(m(x), 1)[:, 1] for m in self.models]).mean(0).cpu().numpy()
+            out[ks] = metastasis_probs(self.models, x).mean(0).cpu().numpy()
             if progress:
                 progress(len(ks))
         return out

@@ -16,7 +16,7 @@ from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .config import RunConfig
 from .schedules import PRESETS
 
-__all__ = ["DISPLAY", "ClsConfig", "build_classifier", "cls_label", "load_cls_run"]
+__all__ = ["DISPLAY", "ClsConfig", "build_classifier", "cls_label", "load_cls_run", "metastasis_probs"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,12 @@ def build_classifier(cfg: ClsConfig) -> torch.nn.Module:
                                f"{family(cfg.model)} model")
         model.lesion_head = torch.nn.Conv2d(model.backbone.num_features, 1, 1)
     return model
+
+
+def metastasis_probs(models: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Each classifier's metastasis probability (softmax, class 1) on a batch, (n_models, B); a run's ensemble
+    is their mean over the first axis."""
+    return torch.stack([torch.softmax(m(x).float(), 1)[:, 1] for m in models])
 
 
 def load_cls_run(run: str | Path) -> tuple[ClsConfig, dict, list[torch.nn.Module]]:

@@ -30,7 +30,7 @@ from ..errors import BonemetError
 from ..fileio import write_json
 from ..log import logger
 from ..models.classifiers import apply_pretrained, backbone_modules
-from ..runs.cls import ClsConfig, build_classifier
+from ..runs.cls import ClsConfig, build_classifier, metastasis_probs
 from .augment import SegAugment
 from .distributed import barrier, unwrap
 from .loop import (FoldRecipe, Runtime, announce_distributed, fit_fold, folds_to_train, make_optimizer, run_split,
@@ -88,7 +88,7 @@ def predict_cls(models: list[torch.nn.Module], ds: ClassificationDataset, batch_
     for m in models:
         m.eval()
         device = model_device(m)
-        probs = [torch.softmax(m(x.to(device)).float(), 1)[:, 1].cpu()
+        probs = [metastasis_probs([m], x.to(device))[0].cpu()
                  for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False)]
         out.append(torch.cat(probs).numpy() if probs else np.zeros(0, np.float32))
     return np.stack(out) if out else np.zeros((0, len(ds)), np.float32)
