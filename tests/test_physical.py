@@ -174,3 +174,14 @@ def test_physical_run_refuses_image_slices_and_native_size_scoring(phantom: Path
         "pixel spacing: give a DICOM series or a NIfTI volume, not image slices")
     r = invoke("seg", "evaluate", physical_run, "--native-size")
     assert r.returncode == 2 and "this run works at physical scale" in r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (runs where one is)")
+def test_physical_run_predicts_on_the_gpu_as_on_the_cpu(phantom: Path, physical_run: Path) -> None:
+    import bonemet
+
+    path = phantom / "volumes" / "P001" / "ct.nii.gz"
+    cpu = bonemet.predict(path, seg=physical_run, device="cpu", paths=(), probabilities=True)
+    gpu = bonemet.predict(path, seg=physical_run, device="cuda", paths=(), probabilities=True)
+    diff = np.abs(gpu.lesion_probability.astype(np.float32) - cpu.lesion_probability.astype(np.float32))
+    assert float(diff.max()) < 1e-3  # TF32 convolutions on the GPU
