@@ -243,9 +243,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != "/api/marks":
             return self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too many marks in one request"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": f"a request of up to {MAX_BODY} bytes, with its length"})
         try:
             marks = json.loads(self.rfile.read(length) or b"null")
             with self.lock:
