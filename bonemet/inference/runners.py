@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,16 +166,18 @@ class SegRunner:
         grid = physical_shape(shape, spacing, self.cfg.pixel_mm)
         size, channels = self.cfg.size, self.cfg.channels
 
-        def resampled(ks: list[int]) -> torch.Tensor:
-            return to_grid(torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks]), grid)
-
-        boxes = [body_box(t) for start in range(0, scan.n_slices, batch)
-                 for t in resampled(list(range(start, min(scan.n_slices, start + batch))))]
-        top, left, height, width = region_around(union_box(boxes), grid, size)
+        # the body of every slice, found on the scan's own grid and scaled to the physical one (each slice is
+        # resampled once, below, not also for this)
+        box = union_box([body_box(image_to_tensor(scan.model_slice(k, window), channels))
+                         for k in range(scan.n_slices)])
+        if box is not None:
+            fr, fc = grid[0] / shape[0], grid[1] / shape[1]
+            box = (math.floor(box[0] * fr), math.ceil(box[1] * fr), math.floor(box[2] * fc), math.ceil(box[3] * fc))
+        top, left, height, width = region_around(box, grid, size)
         for start in range(0, scan.n_slices, batch):
             ks = list(range(start, min(scan.n_slices, start + batch)))
-            x = cut(resampled(ks), top, left, height, width)
-            yield ks, x, lambda p: to_grid(cut(p, -top, -left, *grid), shape)
+            x = to_grid(torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks]), grid)
+            yield ks, cut(x, top, left, height, width), lambda p: to_grid(cut(p, -top, -left, *grid), shape)
 
 
 class ClsRunner:
