@@ -147,8 +147,9 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
     fold_dir = out / "fold0"
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    best = (_fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir, hard_weight, tcfg.pos_weight,
-                         resolve_device(device)) if epochs else -1.0)
+    if epochs:
+        _fit_student(model, cfg, members, fit, n_labelled, flags, fold_dir, hard_weight, tcfg.pos_weight,
+                     resolve_device(device))
     calibrated = None
     if calib_ds is not None:
         calibrated = calibrate_student(model, members, calib_ds, LABEL_BATCH, calibrate, calib_teacher)
@@ -157,7 +158,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
                       f"{calibrated['agreement F1']:.3f} (agreement threshold {calibrated['agreement threshold']:.2f}, "
                       f"rate threshold {calibrated['rate threshold']:.2f})")
     if calibrated is not None or not epochs:  # training saved last.pt; its head bias moved, or there was none
-        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=best,
+        save_checkpoint(fold_dir / "last.pt", model=model.state_dict(), epoch=epochs - 1, best=-1.0,  # no selection
                         calibration=calibrated)
     write_json(fold_dir / "done.json", {"fold": 0, "epochs": epochs, "checkpoint": "last.pt",
                                         "selection": "last epoch (distilled)" if epochs else
@@ -180,7 +181,7 @@ def distill(teacher: str | Path, out: str | Path, student: str = "unet++", width
 
 def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.Module], fit: list[SegSlice],
                  n_labelled: int, flags: np.ndarray, fold_dir: Path, hard_weight: float = 0.0,
-                 truth_pos_weight: float = 1.0, device: torch.device = torch.device("cpu")) -> float:
+                 truth_pos_weight: float = 1.0, device: torch.device = torch.device("cpu")) -> None:
     """Label ``fit`` with the ensemble (soft targets; the flags of its unlabelled slices from the teacher's
     masks) and train ``model`` on them for ``cfg.epochs`` (``hard_weight``: see ``distill``); writes ``last.pt``
     and the epoch log."""
@@ -211,9 +212,7 @@ def _fit_student(model: torch.nn.Module, cfg: SegConfig, members: list[torch.nn.
                         step=step, scores=None, selection_score=None, heldout_shown=None, selection="",
                         flags=flags, augment=aug)
     fit_fold(cfg, fold_dir.parent, 0, recipe, False, Runtime(device=device), has_sel=False)
-    best = -1.0
     model.to("cpu")  # calibrated and scored beside the teacher's members, on the CPU
-    return best
 
 
 def _truth_term(lesion_logits: torch.Tensor, batch: dict, pos_weight: float, cfg: SegConfig,
