@@ -195,7 +195,7 @@ def write_review_page(out: str | Path) -> Path:
             "<p class='note'>Research software, not a medical device. Click a column to sort; the case name opens "
             "its report and viewer. Mark each lesion, then save the marks (to review_marks.csv when served by "
             "'bonemet review OUT --serve'; as a CSV download when opened from disk).</p>"
-            "<div class='bar'><input id='filter' placeholder='filter cases'><select id='verdict'>"
+            "<div class='bar'><label>case <input id='filter'></label><select id='verdict'>"
             "<option value=''>every verdict</option><option>metastatic</option><option>no metastasis found</option>"
             "</select><span id='count'></span><button id='save'>save marks</button>"
             "<a id='download' hidden>review_marks.csv</a><span id='status'></span></div><table><thead><tr>"
