@@ -22,7 +22,7 @@ demo-quick: setup
 	$(BIN)/bonemet demo --quick --out $(DEMO)-quick --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=10 tests
+	$(BIN)/python -m pytest -q -n auto --durations=10 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CT = ROOT.parent / "shared" / "data" / "real_ct"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (pytest-xdist) the workers share the cores: each worker, and every process a test
+    starts from it, gets an equal share of torch threads, as bonemet's own parallel jobs do (two processes that
+    each use every core run many times slower than one)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        from bonemet.devices import threads_per_process
+
+        threads = threads_per_process(int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` run first: with several workers the long ones then overlap each other instead of
+    one of them running alone at the end (longest first is the classic rule for balancing parallel work)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

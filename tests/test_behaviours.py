@@ -134,6 +134,7 @@ def test_ablation_switches_run_forward_and_backward(options):
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
     r = invoke("demo", "--quick", "--out", out)

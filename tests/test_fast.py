@@ -150,6 +150,7 @@ def test_onnx_runtime_path_matches_eager(name):
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile (Inductor) needs a C++ compiler")
+@pytest.mark.slow
 def test_compile_path_matches_eager():
     model = _trained_like("unet")  # the smallest graph: Inductor compiles it in well under a minute
     x = torch.rand(2, 3, 64, 64)

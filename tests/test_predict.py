@@ -261,6 +261,7 @@ def test_report_without_viewer_opens_in_headless_chromium(phantom, seg_run, tmp_
     assert pixels.std() > 5  # rendered content, not a blank page
 
 
+@pytest.mark.slow
 def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     student = tmp_path / "student"
     r = invoke("seg", "distill", seg_run, "--out", student, "--student", "unet", "--width", "4", "--epochs", "1")
@@ -381,6 +382,7 @@ def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
         assert torch.equal(pruned(x), member(x)[0])
 
 
+@pytest.mark.slow
 def test_int8_graphs_are_stored_once_and_checked_against_the_checkpoint(phantom, seg_run, tmp_path):
     from bonemet.inference.quantize import stored_int8
     from bonemet.inference.runners import SegRunner

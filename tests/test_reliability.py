@@ -118,6 +118,7 @@ def test_the_final_move_is_atomic_between_two_writers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.slow
 def test_two_predict_processes_on_one_output_one_wins(phantom, seg_run, tmp_path):
     out = tmp_path / "out"
     pids = sorted(p.name for p in (phantom / "dicom").iterdir())[:2]

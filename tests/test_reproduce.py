@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import invoke
 
 
+@pytest.mark.slow
 def test_reproduce_quick_writes_every_table_and_resumes(phantom, tmp_path):
     out = tmp_path / "rep"
     args = ("reproduce", "--data", phantom / "bmseg", "--classification", phantom / "classification", "--out", out,

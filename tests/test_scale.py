@@ -134,6 +134,7 @@ def test_augmented_batches_do_not_depend_on_workers_or_processes(small: Path) ->
 # --- folds in parallel -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_folds_trained_in_parallel_evaluate_like_sequential_ones(small: Path, tmp_path: Path) -> None:
     seq, par = tmp_path / "seq", tmp_path / "par"
     args = ["seg", "train", "--data", small / "bmseg", *TRAIN, "--epochs", "1"]
@@ -172,6 +173,7 @@ def test_fold_calls_must_agree_and_evaluate_names_missing_folds(small: Path, tmp
 # --- torchrun ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_the_weights_of_one(small: Path, tmp_path: Path) -> None:
     """DDP over Gloo with --sync-bn and a global batch of 4 (2 per process) takes the steps of one process with a
     batch of 4. SGD: Adam divides each gradient by its own running size, so the conv biases that BatchNorm makes
@@ -201,6 +203,7 @@ def test_torchrun_two_processes_train_the_weights_of_one(small: Path, tmp_path: 
     assert json.loads((tmp_path / "pred" / "summary.json").read_text())["models"]["segmentation"]["members"] == 2
 
 
+@pytest.mark.slow
 def test_classifier_trains_under_torchrun(small: Path, tmp_path: Path) -> None:
     """cls train under torchrun: a run that cls evaluate reads like any other (small_cnn16 has dropout, whose masks
     each process draws for itself, so its weights are not compared with one process's)."""
@@ -287,6 +290,7 @@ def test_batch_refuses_a_foreign_output_folder(cases: Path, seg_run: Path, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_batch_with_local_jobs_and_on_a_dask_cluster_matches_the_serial_run(cases: Path, seg_run: Path,
                                                                              tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
@@ -343,6 +347,7 @@ def test_python_api_in_memory_matches_the_command(phantom: Path, seg_run: Path, 
     assert (tmp_path / "api" / "summary.json").is_file() and pred.verdict == by_path.verdict
 
 
+@pytest.mark.slow
 def test_bench_batch_reports_cases_per_minute_per_job_count() -> None:
     from bonemet.devices import threads_per_process
 

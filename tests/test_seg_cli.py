@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from conftest import invoke, run_cli
 
 
@@ -72,6 +74,7 @@ def test_bench_memory_harness(tmp_path):
     assert r.returncode == 2 and "--formats wants nifti and / or dicom" in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_infer_quick(seg_run, tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size), and checks every
     path's answers on a trained run."""

@@ -42,11 +42,11 @@ def lesion_crops(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_tiny_hybrid_overfits_phantom_slices(lesion_crops, tmp_path):
     idx = load_bmseg(lesion_crops, require_patients=True)
     cfg = SegConfig(data=str(lesion_crops), model="hybrid-attunet++", epochs=90, size=64, width=8, batch_size=4,
                     augment=False, lr_scale=0.3)
-    torch.set_num_threads(2)
     train_fold(cfg, tmp_path, 0, idx.slices, [], [], resume=False)
     model = seg_mod.build_model(cfg)
     model.load_state_dict(torch.load(tmp_path / "fold0" / "last.pt", weights_only=True)["model"])

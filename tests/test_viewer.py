@@ -76,6 +76,7 @@ def _watch(page) -> tuple[list, list]:
     return problems, requests
 
 
+@pytest.mark.slow
 def test_viewer_draws_jumps_to_each_lesion_and_stays_offline(browser, report: Path) -> None:
     from PIL import Image
 
