@@ -39,10 +39,32 @@ BUDGETS = {
 }
 
 
+def on_real_ct(scan: Path, out: Path, seg_run: Path, device: str, say: Callable[[str], None]) -> list[dict]:
+    """The demo's model and the bundled default model (when this installation has one) on a real series: the rows
+    (model, findings, largest finding in mL, verdict, probability, report) that ``bonemet demo --real-ct`` prints."""
+    from .errors import BonemetError
+    from .inference.predict import PredictOptions, Predictor
+    from .runs.bundled import default_model
+
+    models = [("the demo's model (phantom only)", seg_run)]
+    try:
+        models.append(("the bundled default model", default_model()))
+    except BonemetError as exc:
+        say(f"   {exc}")
+    rows = []
+    for (name, run), folder in zip(models, ("demo-model", "default-model")):
+        pred = Predictor(PredictOptions(seg=run, device=device)).predict(scan, out / folder)
+        rows.append({"model": name, "findings": len(pred.lesions),
+                     "largest mL": round(max((les.volume_ml for les in pred.lesions), default=0.0), 1),
+                     "verdict": pred.verdict, "probability": pred.probability,
+                     "report": str(out / folder / "report.html")})
+    return rows
+
+
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: bool = False,
-             say: Callable[[str], None] = print, device: str = "auto") -> dict:
+             say: Callable[[str], None] = print, device: str = "auto", real_ct: Path | None = None) -> dict:
     """Run every stage into ``out`` (the models on ``device``); returns the paths of the main outputs and the stage
-    timings."""
+    timings. ``real_ct``: a real series to run the demo's model and the bundled default model on, side by side."""
     from .evaluation.cls_eval import evaluate_cls_run
     from .evaluation.seg_eval import evaluate_run
     from .inference.predict import PredictOptions, predict
@@ -100,6 +122,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
                           device=device)
     summary = stage(f"predict on held-out patient {patient} (DICOM series)",
                     lambda: predict(data / "dicom" / patient, pred, opts))
+    real = []
+    if real_ct is not None:
+        real = stage(f"the demo's model and the bundled default model on {real_ct.name}",
+                     lambda: on_real_ct(real_ct, out / "real", seg_run, device, say))
     return {"seg_tables": [str(seg_run / "eval" / "test_table.md"), str(seg_run / "eval" / "cv_table.md")],
             "cls_table": str(cls_run / "eval" / "table.md"), "report": str(pred / "report.html"),
-            "summary": summary, "seg_eval": seg_eval, "cls_eval": cls_eval, "times": times, "patient": patient}
+            "summary": summary, "seg_eval": seg_eval, "cls_eval": cls_eval, "times": times, "patient": patient,
+            "real": real}

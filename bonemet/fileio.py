@@ -193,7 +193,7 @@ def output_kind(folder: str | Path) -> str | None:
     return marker["kind"] if marker else None
 
 
-DEMO_ENTRIES = ["cls", "phantom", "predict", "seg"]
+DEMO_ENTRIES = ["cls", "phantom", "predict", "real", "seg"]
 
 
 def _legacy_marker(folder: Path, kind: str) -> dict | None:

@@ -135,10 +135,23 @@ def test_ablation_switches_run_forward_and_backward(options):
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_every_stage(tmp_path):
+def test_demo_quick_runs_every_stage(tmp_path, real_ct):
+    from bonemet.runs.bundled import bundled_models
+
     out = tmp_path / "demo"
-    r = invoke("demo", "--quick", "--out", out)
+    scan = real_ct / "abdomen_3mm_ct.nii.gz"
+    r = invoke("demo", "--quick", "--out", out, "--real-ct", scan)
     assert r.returncode == 0, r.stderr
+    # the demo's model and, where the installation has one, the bundled default model, side by side on real CT
+    shipped = any(b.default for b in bundled_models())
+    for folder, name in (("demo-model", "the demo's model (phantom only)"),
+                         ("default-model", "the bundled default model")):
+        if folder == "default-model" and not shipped:
+            assert "no bundled default model" in r.stderr and not (out / "real" / folder).exists()
+            continue
+        s = json.loads((out / "real" / folder / "summary.json").read_text())
+        assert f"abdomen_3mm_ct.nii.gz, {name}: {s['verdict']}" in r.stdout
+        assert f"{s['lesions']} finding(s)" in r.stdout
     for stage in ("== phantom", "== train Hybrid-AttUnet++", "== evaluate EH-AttUnet++", "== train a small_cnn16",
                   "== evaluate the classifier", "== predict on held-out patient"):
         assert stage in r.stderr, stage

@@ -11,7 +11,7 @@ import bonemet
 ROOT = Path(bonemet.__file__).parent
 # the pipeline's stages, lowest first; a module may import its own stage and the ones below
 STAGES = {"models": 0, "data": 1, "phantom": 2, "runs": 2, "training": 3, "evaluation": 4, "reporting": 4, "inference": 5,
-          "bench": 6, "demo": 6, "reproduce": 6, "cli": 7, "__main__": 8}
+          "bench": 6, "demo": 6, "reproduce": 6, "recipe": 6, "cli": 7, "__main__": 8}
 LEAVES = {"devices", "errors", "fileio", "log", "markdown", "__init__", "evaluation.metrics"}  # any stage may use these
 
 

@@ -48,6 +48,23 @@ def test_bmseg_layouts(tmp_path, grouped):
     assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
 
 
+def test_a_slice_may_lack_its_bone_mask_only_when_patients_csv_says_so(tmp_path):
+    """A real negative nobody outlined the bones of: patients.csv's ``bone`` column says ``none``; the same missing
+    file without it is a lost file, and the data check refuses it."""
+    make_bmseg(tmp_path, {"A": 2, "B": 2}, grouped=False)
+    (tmp_path / "bone mask" / "B_1.png").unlink()
+    with pytest.raises(Exception, match="B_1.png: image without bone mask"):
+        load_bmseg(tmp_path, require_patients=True)
+    lines = (tmp_path / "patients.csv").read_text().splitlines()
+    rows = [lines[0] + ",bone"] + [line + (",none" if line.startswith("B_1.png") else ",") for line in lines[1:]]
+    (tmp_path / "patients.csv").write_text("\n".join(rows) + "\n")
+    idx = load_bmseg(tmp_path, require_patients=True)
+    assert {s.name: s.bone is None for s in idx.slices} == {"A_0": False, "A_1": False, "B_0": False, "B_1": True}
+    assert idx.patients == ["A", "B"]
+    ds = SegmentationDataset(idx.slices, size=16, channels=3)
+    assert [bool(ds[i]["has_bone"]) for i in range(4)] == [True, True, True, False]
+
+
 def test_flat_without_patients_says_so(tmp_path, caplog):
     make_bmseg(tmp_path, {"A": 2}, grouped=False)
     (tmp_path / "patients.csv").unlink()

@@ -423,6 +423,56 @@ def test_augmentation_moves_masks_with_their_image_except_in_the_reference_run(m
                 assert torch.equal(out[key], mask)
 
 
+def test_slices_without_a_bone_mask_add_nothing_to_the_bone_loss():
+    """A real negative without a bone mask (has_bone false) must not teach the bone head "no bone here": the loss
+    of a batch equals the lesion term of both slices plus the bone term of the slice that has a mask."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    lo, bo = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    batch = {"lesion": (torch.rand(2, 1, 8, 8) > 0.8).float(), "bone": torch.zeros(2, 1, 8, 8)}
+    batch["bone"][0, :, 2:6, 2:6] = 1.0  # slice 1 has no mask: its zeros are "unknown", not "no bone"
+    cfg = SegConfig(data="x")
+    lesion = F.binary_cross_entropy_with_logits(lo, batch["lesion"])
+    bone_first = F.binary_cross_entropy_with_logits(bo[:1], batch["bone"][:1])
+    got = seg_mod.seg_loss(lo, bo, {**batch, "has_bone": torch.tensor([True, False])}, cfg)
+    assert torch.allclose(got, cfg.lesion_weight * lesion + cfg.bone_weight * bone_first)
+    both = seg_mod.seg_loss(lo, bo, {**batch, "has_bone": torch.tensor([True, True])}, cfg)
+    assert torch.allclose(both, cfg.lesion_weight * lesion + cfg.bone_weight
+                          * F.binary_cross_entropy_with_logits(bo, batch["bone"]))
+    none = seg_mod.seg_loss(lo, bo, {**batch, "has_bone": torch.tensor([False, False])}, cfg)
+    assert torch.allclose(none, cfg.lesion_weight * lesion)
+
+
+def test_intensity_randomisation_changes_the_image_alone_within_its_ranges():
+    """Domain randomisation: contrast about mid-window, offset, noise, blur or sharpening of the image; the masks
+    stay as they are; the same seed gives the same image; each draw stays within its stated range."""
+    from bonemet.training import augment
+
+    ramp = torch.linspace(0.2, 0.8, 64).repeat(64, 1)
+    image = torch.stack([ramp] * 3)
+    mask = (image[:1] > 0.6).float()
+    no_geometry = dict(degrees=0.0, p_hflip=0.0, p_vflip=0.0, intensity=True)
+    outs = []
+    for seed in range(40):
+        aug = augment.SegAugment(generator=torch.Generator().manual_seed(seed), **no_geometry)
+        out = aug({"image": image, "lesion": mask, "bone": mask})
+        assert out["lesion"] is mask and out["bone"] is mask
+        assert torch.equal(out["image"][0], out["image"][2])  # the channels of one slice change alike
+        again = augment.SegAugment(generator=torch.Generator().manual_seed(seed), **no_geometry)(
+            {"image": image, "lesion": mask})
+        assert torch.equal(again["image"], out["image"])
+        outs.append(out["image"][0])
+    # the mean of 40 draws over the middle of the ramp stays near it (the offset and the noise average out),
+    # while single draws differ from the image by the contrast, offset and noise stated in augment
+    mid = (slice(8, 56), slice(8, 56))
+    assert float((torch.stack(outs).mean(0)[mid] - ramp[mid]).abs().mean()) < 0.03
+    diffs = [float((o[mid] - ramp[mid]).abs().mean()) for o in outs]
+    assert min(diffs) > 0.0 and max(diffs) < (augment.CONTRAST[1] - 1) * 0.3 + augment.OFFSET + augment.NOISE
+    off = augment.SegAugment(generator=torch.Generator().manual_seed(0), degrees=0.0, p_hflip=0.0, p_vflip=0.0)
+    assert torch.equal(off({"image": image})["image"], image)  # off by default: the thesis' augmentation
+
+
 def test_paper_protocol_reproduces_the_reference_run(phantom, tmp_path, monkeypatch):
     """Slice-level folds, a new Adam every epoch, the checkpoint with the best F1 on the scored fold, masks left
     unrotated, empty-empty Dice 0, and the per-fold ensemble row, each labelled leaky."""

@@ -16,6 +16,7 @@ from .bench import app as bench_app
 from .cls import app as cls_app
 from .data import app as data_app
 from .demo import demo as demo_command
+from .models import app as models_app
 from .predict import predict as predict_command
 from .reproduce import reproduce as reproduce_command
 from .review import review as review_command
@@ -32,6 +33,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(seg_app, name="seg")
 app.add_typer(cls_app, name="cls")
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
 app.command(name="predict")(predict_command)
 app.command(name="demo")(demo_command)
 app.command(name="reproduce")(reproduce_command)

@@ -15,8 +15,9 @@ def predict(
     input: Annotated[Path, typer.Argument(help="A DICOM series folder (or its DICOMDIR), a NIfTI volume or a folder "
                                                "of PNG / JPEG slices; with --batch a folder of such cases; or a CSV "
                                                "manifest (columns case,input).")],
-    seg: Annotated[Path, typer.Option(help="Segmentation run folder (all its fold models are averaged).")],
     out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
+    seg: Annotated[Path | None, typer.Option(help="Segmentation run folder (all its fold models are averaged); "
+                                                  "default: the bundled default model ('bonemet models').")] = None,
     cls: Annotated[Path | None, typer.Option(help="Classification run folder (adds per-slice probabilities).")] = None,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for masks and verdict.")]
         = 0.5,

@@ -65,7 +65,9 @@ def _index_files(folder: Path | None) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if is_image_file(p)}
 
 
-def _scan_group(folder: Path, patient: str | None, problems: list[Problem]) -> list[SegSlice]:
+def _scan_group(folder: Path, patient: str | None, problems: list[Problem],
+                no_bone: frozenset[str] = frozenset()) -> list[SegSlice]:
+    """The slices of one folder; ``no_bone``: stems that have no bone mask on purpose (``patients.csv``)."""
     img_dir = find_child(folder, IMAGE_DIRS)
     bone_dir, lesion_dir = find_child(folder, BONE_DIRS), find_child(folder, LESION_DIRS)
     if img_dir is None:
@@ -82,7 +84,7 @@ def _scan_group(folder: Path, patient: str | None, problems: list[Problem]) -> l
     for stem, img in images.items():
         if lesion_dir is not None and stem not in lesions:
             problems.append(Problem(img, f"image without lesion mask (looked in '{lesion_dir}')"))
-        if bone_dir is not None and stem not in bones:
+        if bone_dir is not None and stem not in bones and stem not in no_bone:
             problems.append(Problem(img, f"image without bone mask (looked in '{bone_dir}')"))
         slices.append(SegSlice(stem, img, lesions.get(stem), bones.get(stem), patient))
     for kind, files in (("lesion", lesions), ("bone", bones)):
@@ -107,8 +109,10 @@ def _spacing(row: dict, path: Path, problems: list[Problem]) -> tuple[float, flo
     return spacing
 
 
-def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[str, tuple[float, float] | None]]:
-    """File stem -> (patient, pixel spacing or None)."""
+def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[str, tuple[float, float] | None,
+                                                                         bool]]:
+    """File stem -> (patient, pixel spacing or None, no bone mask on purpose: an optional column ``bone`` that
+    says ``none`` for slices nobody outlined the bones of, such as real negatives)."""
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -118,8 +122,9 @@ def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[s
     if not rows or not {"file", "patient"} <= set(rows[0]):
         problems.append(Problem(path, "patients.csv needs the columns 'file,patient'"))
         return {}
-    return {Path(r["file"]).stem: (r["patient"].strip(), _spacing(r, path, problems)) for r in rows
-            if r.get("file") and r.get("patient")}
+    return {Path(r["file"]).stem: (r["patient"].strip(), _spacing(r, path, problems),
+                                   (r.get("bone") or "").strip().lower() == "none")
+            for r in rows if r.get("file") and r.get("patient")}
 
 
 def scan_bmseg(root: str | Path) -> BMSegIndex:
@@ -132,10 +137,11 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
         return BMSegIndex(root, "flat", [], [Problem(root, "empty folder")])
     if find_child(root, IMAGE_DIRS):
         layout = "flat"
-        slices = _scan_group(root, None, problems)
         csv_path = next((p for p in root.iterdir() if p.name.lower() == "patients.csv"), None)
+        mapping = _read_patients_csv(csv_path, problems) if csv_path is not None else {}
+        slices = _scan_group(root, None, problems, frozenset(k for k, v in mapping.items() if v[2]))
         if csv_path is not None:
-            mapping = _read_patients_csv(csv_path, problems)
+            mapping = {k: v[:2] for k, v in mapping.items()}
             missing = [s for s in slices if s.name not in mapping]
             for s in missing[:20]:
                 problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
@@ -214,3 +220,30 @@ def load_seg_slice(s: SegSlice, threshold: int = 0) -> tuple[np.ndarray, np.ndar
 
 __all__ = ["SegSlice", "BMSegIndex", "scan_bmseg", "load_bmseg", "load_seg_slice", "check_slice_files",
            "is_bmseg_root"]
+
+
+def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, description: dict) -> Path:
+    """One flat BM-Seg root ``out`` from several flat roots written by bonemet (each with ``patients.csv``):
+    ``sources`` are (root, prefix, patient) triples; each file is renamed ``PREFIX_FILE`` and keeps its patient, or
+    takes ``patient`` when one is given (copies of one real scan with different inserted lesions are one patient,
+    so that they land in one fold). ``description`` is written as ``out/conversion.json`` (the window and what was
+    merged), which training reads as the images' preprocessing."""
+    import shutil
+
+    from ..fileio import write_csv, write_json
+
+    rows = []
+    for root, prefix, patient in sources:
+        with open(root / "patients.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                name = f"{prefix}_{r['file']}"
+                for d in ("image", "lesion mask", "bone mask"):
+                    if (root / d / r["file"]).exists() or d == "image":  # a real negative may have no bone mask
+                        (out / d).mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(root / d / r["file"], out / d / name)
+                rows.append({"file": name, "patient": patient or r["patient"], "slice": r.get("slice", ""),
+                             "row_mm": r.get("row_mm", ""), "col_mm": r.get("col_mm", ""),
+                             "bone": "" if (root / "bone mask" / r["file"]).exists() else "none"})
+    write_csv(out / "patients.csv", rows, ["file", "patient", "slice", "row_mm", "col_mm", "bone"])
+    write_json(out / "conversion.json", description)
+    return out

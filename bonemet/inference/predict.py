@@ -32,7 +32,7 @@ TOP_K_SLICES = 3
 class PredictOptions:
     """What ``bonemet predict`` does besides its input and output."""
 
-    seg: Path
+    seg: Path | None = None  # None: the bundled default model (runs.bundled.default_model)
     cls: Path | None = None
     threshold: float = 0.5
     batch_size: int | None = None  # None: fast.auto_batch
@@ -52,6 +52,12 @@ class PredictOptions:
     tta: bool = False  # also run every model on the left-right mirrored slices and average
     viewer: bool = True  # the interactive viewer in report.html
     viewer_max_mb: float = 64.0  # embedded images above which the report keeps still images only
+
+    def __post_init__(self) -> None:
+        if self.seg is None:
+            from ..runs.bundled import default_model
+
+            self.seg = default_model()  # checked against its SHA-256 manifest
 
 
 @dataclass

@@ -42,6 +42,7 @@ class SegConfig(RunConfig):
     threshold: int = 0
     mask_resize: str = "nearest"
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
+    intensity_aug: bool = False  # domain randomisation of intensities in training (training.augment.SegAugment)
 
     def checks(self) -> list[tuple[bool, str]]:
         from ..models import SEQUENTIAL_LESION_MODELS, model_names

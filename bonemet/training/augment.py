@@ -1,4 +1,5 @@
-"""Geometric augmentation applied identically to an image and its masks (the thesis' segmentation augmentation).
+"""Geometric augmentation applied identically to an image and its masks (the thesis' segmentation augmentation),
+and, as an option, domain randomisation of the image's intensities (scanner, dose and kernel differences).
 
 The reference code passed its masks under names its augmentation library ignored, so its masks
 were never rotated or flipped with their images; here image, lesion and bone move together, except
@@ -14,22 +15,52 @@ from torchvision.transforms import InterpolationMode
 MASK_KEYS = ("lesion", "bone", "truth")  # truth: a distilled student's true lesion mask beside its soft one
 
 
+# domain randomisation of windowed images in [0, 1] (the bone window spans 1800 HU: 0.05 is 90 HU)
+CONTRAST = (0.85, 1.15)  # HU scale about the window's middle
+OFFSET = 0.05  # HU offset, either way
+NOISE = 0.04  # largest standard deviation of added Gaussian noise
+P_BLUR, BLUR_SIGMA = 0.3, (0.5, 1.2)  # a softer reconstruction kernel or thicker slices
+P_SHARPEN, SHARPEN = 0.2, (0.3, 1.0)  # a sharper kernel (unsharp mask of this strength)
+
+
 class SegAugment:
-    """Rotation up to ``degrees`` (every sample, zero border), horizontal flip p=0.5, vertical flip p=0.1.
+    """Rotation up to ``degrees`` (every sample, zero border), horizontal flip p=0.5, vertical flip p=0.1;
+    with ``intensity`` also a random contrast and offset, Gaussian noise, and blur or sharpening of the image
+    (never of the masks), each drawn per sample.
 
     Its draws come from ``generator``, which the training loader seeds for every item (``loop.SeededItems``)."""
 
     def __init__(self, degrees: float = 35.0, p_rotate: float = 1.0, p_hflip: float = 0.5, p_vflip: float = 0.1,
-                 generator: torch.Generator | None = None, masks_follow: bool = True) -> None:
+                 generator: torch.Generator | None = None, masks_follow: bool = True, intensity: bool = False) -> None:
         self.degrees, self.p_rotate, self.p_hflip, self.p_vflip = degrees, p_rotate, p_hflip, p_vflip
         self.generator = generator
         self.mask_keys = MASK_KEYS if masks_follow else ()  # the reference code's masks stayed where they were
+        self.intensity = intensity
+
+    def _uniform(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self._rand()
+
+    def _intensity(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (C, H, W; its channels are one slice or its neighbours, all changed alike)."""
+        scale, offset = self._uniform(*CONTRAST), self._uniform(-OFFSET, OFFSET)
+        x = (image - 0.5) * scale + 0.5 + offset
+        r = self._rand()
+        if r < P_BLUR:
+            sigma = self._uniform(*BLUR_SIGMA)
+            x = TF.gaussian_blur(x, [2 * round(2 * sigma) + 1] * 2, [sigma, sigma])
+        elif r < P_BLUR + P_SHARPEN:
+            x = x - self._uniform(*SHARPEN) * (TF.gaussian_blur(x, [5, 5], [1.0, 1.0]) - x)
+        sd = self._uniform(0.0, NOISE)
+        x = x + sd * torch.randn(x.shape[-2:], generator=self.generator, dtype=x.dtype)
+        return x.clamp(0.0, 1.0)
 
     def _rand(self) -> float:
         return float(torch.rand((), generator=self.generator))
 
     def __call__(self, sample: dict) -> dict:
         out = dict(sample)
+        if self.intensity:
+            out["image"] = self._intensity(out["image"])
         if self.degrees and self._rand() < self.p_rotate:
             angle = (self._rand() * 2 - 1) * self.degrees
             out["image"] = TF.rotate(out["image"], angle, InterpolationMode.BILINEAR, fill=0.0)

@@ -52,10 +52,12 @@ BONE_MODELS = ("hybrid-attunet++", "sequential")  # learn bone too: a bone head,
 
 
 def refuse_missing_bone(cfg: SegConfig, slices: list[SegSlice], root: Path) -> None:
-    """A model that learns bone cannot train on slices without a bone mask (all-zero targets would teach it that
-    there is no bone, and the sequential model would multiply its input by zero): one clear line instead."""
+    """A model that learns bone cannot train without bone masks: one clear line instead. The sequential model
+    needs every slice's (it multiplies its input by the bone mask); Hybrid-AttUnet++ leaves the slices without one
+    out of its bone term (``seg_loss``), so it needs some. A slice can lack a bone mask only on purpose: the data
+    check refuses a missing file unless ``patients.csv`` says ``bone`` = ``none`` for it."""
     lacking = [s for s in slices if s.bone is None]
-    if cfg.model in BONE_MODELS and lacking:
+    if cfg.model in BONE_MODELS and lacking and (cfg.model == "sequential" or len(lacking) == len(slices)):
         raise BonemetError(f"{len(lacking)} of {len(slices)} slices have no bone mask (e.g. {lacking[0].image.name}): "
                            f"{cfg.model} learns bone too, so it needs every slice's bone mask; add them, or train a "
                            "lesion-only model (unet, attunet, unet++ or attunet++)", root)
@@ -65,13 +67,21 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
     """0.7 BCE(lesion) + 0.3 BCE(bone) for two-headed models, BCE(lesion) otherwise.
 
     ``pos_weight`` > 1 up-weights lesion pixels (an option for data far more imbalanced than BM-Seg,
-    whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE).
+    whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE). Slices without a bone mask
+    (``has_bone`` false: real negatives nobody outlined the bones of) add nothing to the bone term, instead of
+    teaching the bone head that they hold no bone.
     """
     pw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight, device=lesion_logits.device)
     lesion_loss = F.binary_cross_entropy_with_logits(lesion_logits, batch["lesion"], pos_weight=pw)
     if bone_logits is None:
         return lesion_loss
-    bone_loss = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"])
+    has = batch.get("has_bone")
+    if not isinstance(has, torch.Tensor) or bool(has.all()):
+        bone_loss = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"])
+    else:
+        per = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"], reduction="none").mean(dim=(1, 2, 3))
+        w = has.to(device=per.device, dtype=per.dtype)
+        bone_loss = (per * w).sum() / w.sum().clamp(min=1.0)
     return cfg.lesion_weight * lesion_loss + cfg.bone_weight * bone_loss
 
 
@@ -134,7 +144,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     """Train fold ``k`` on ``fit`` (``loop.fit_fold``); ``flags`` (lesion slice or not, per ``fit`` slice) serves
     --neg-ratio."""
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
-    aug = SegAugment(masks_follow=not paper) if cfg.augment else None
+    aug = SegAugment(masks_follow=not paper, intensity=cfg.intensity_aug) if cfg.augment else None
     if paper:
         sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
     if cfg.neg_ratio is None:

@@ -1,0 +1,75 @@
+"""``bonemet models``: the models bundled with bonemet, their cards, and the recipe that builds them."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Bundled models: list them, read their cards, re-build the default one.",
+                  invoke_without_command=True)
+
+
+@app.callback()
+def models(ctx: typer.Context) -> None:
+    """List the bundled models (name, default, size, SHA-256 check, description)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from ..log import console
+    from ..runs.bundled import BUNDLE_DIR, bundled_models
+
+    found = bundled_models()
+    if not found:
+        typer.echo(f"no bundled models in {BUNDLE_DIR}")
+        return
+    table = Table("name", "default", "members", "MB", "SHA-256", "description")
+    for b in found:
+        bad = b.problems()
+        table.add_row(b.name, "yes" if b.default else "", str(b.manifest.get("members", "")), f"{b.size_mb:.1f}",
+                      "ok" if not bad else "DAMAGED: " + "; ".join(bad), str(b.manifest.get("description", "")))
+    console.print(table)
+    console.print(f"cards: bonemet models card NAME (files in {BUNDLE_DIR})")
+
+
+@app.command()
+def card(name: Annotated[str, typer.Argument(help="A bundled model's name (see 'bonemet models').")]) -> None:
+    """Print a bundled model's card: training data and licences, recipe, measured results, limits."""
+    from ..runs.bundled import CARD, bundled_model
+
+    b = bundled_model(name)
+    typer.echo((b.folder / CARD).read_text())
+
+
+def _pair(text: str) -> tuple[Path, Path]:
+    ct, sep, mask = text.rpartition(":")
+    if not sep or not ct or not mask:
+        raise typer.BadParameter(f"'{text}' is not CT:BONE_MASK")
+    return Path(ct), Path(mask)
+
+
+@app.command()
+def build(
+    out: Annotated[Path, typer.Argument(help="New folder: the stages' outputs (work/) and the bundled model.")],
+    background: Annotated[list[str], typer.Option(help="A real CT (NIfTI or DICOM folder) and its bone mask, as "
+                                                       "CT:BONE_MASK; lesions are inserted into it (repeatable).")],
+    real: Annotated[list[Path], typer.Option(help="A real CT series without labels: its slices are negatives, and "
+                                                  "each is left out once to count findings on it (repeatable).")]
+        = [],  # noqa: B006
+    resume: Annotated[bool, typer.Option(help="Go on with an interrupted build in OUT.")] = False,
+    quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4): checks the recipe, not a "
+                                             "model to use.")] = False,
+) -> None:
+    """Re-build the bundled default model from a clean checkout: phantom, lesions inserted into real CT and real
+    negatives; EH-AttUnet++ at 3 mm pixels; each real series left out once to count findings on it; the model on
+    all of it, packaged with a SHA-256 manifest and its model card."""
+    from ..recipe import Recipe, build_default_model
+
+    recipe = Recipe([_pair(b) for b in background], list(real), quick=quick)
+    command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    bundle = build_default_model(out, recipe, command, resume=resume)
+    typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

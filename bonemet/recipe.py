@@ -1,0 +1,296 @@
+"""The recipe of the bundled default model: data, training, packaging and the measurements its model card states.
+
+``bonemet models build OUT --background CT:BONE_MASK ... --real SCAN ...`` runs it end to end:
+
+1. data: a CT phantom (8 patients, half of them metastatic); for each real background, three copies with 6 lesions
+   inserted through its bone mask (lytic, blastic and mixed; one patient per real scan, so that its copies share a
+   fold; its slices without an inserted lesion are real negatives); each ``--real`` series (real CT without
+   labelled lesions and without a bone mask) whole, as negatives whose bone term is left out of the loss;
+2. leave one real patient out: for each ``--real`` series, an EH-AttUnet++ (2 x Hybrid-AttUnet++, width 8,
+   physical scale: 3 mm pixels, a 384 mm field; intensity randomisation) trained on everything but that series,
+   then run on it: findings per scan on real anatomy it never saw;
+3. the model itself, trained the same way on all of it, packaged as a bundled model (weights only, a SHA-256
+   manifest) and run on phantom patients of another seed (lesion-level recall, false positives per scan);
+4. the model card: data and licences, the recipe command, its time, both tables, the limits.
+
+Each stage keeps its output in ``OUT/work``, so an interrupted build goes on with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import BonemetError
+from .fileio import read_json, write_json, write_text
+from .log import console
+
+NAME = "ehattunet-3mm-v1"
+DESCRIPTION = ("EH-AttUnet++ (2 x Hybrid-AttUnet++) at physical scale, trained on the CT phantom, lesions inserted "
+               "into real CT and real negatives; research use only, not a medical device")
+
+
+@dataclass
+class Recipe:
+    """What ``models build`` makes; ``quick`` shrinks every stage to check the recipe end to end in a minute."""
+
+    backgrounds: list[tuple[Path, Path]]  # real CT and its bone mask: lesions are inserted into them
+    real: list[Path] = field(default_factory=list)  # real CT without labels: negatives, and left out one at a time
+    copies: int = 3
+    lesions: int = 6
+    phantom_patients: int = 8
+    test_patients: int = 4
+    epochs: int = 12
+    width: int = 8
+    size: int = 128
+    pixel_mm: float = 3.0
+    intensity_aug: bool = True
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.copies, self.lesions, self.phantom_patients, self.test_patients = 1, 3, 3, 2
+            self.epochs, self.width, self.size, self.pixel_mm = 1, 4, 64, 6.0
+
+
+def series_label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def _seg_config(recipe: Recipe, data: Path):
+    from .devices import cpu_bf16_supported
+    from .runs.seg import SegConfig
+
+    return SegConfig(data=str(data), model="hybrid-attunet++", folds=2, test_patients=0.0, epochs=recipe.epochs,
+                     size=recipe.size, width=recipe.width, batch_size=4, pixel_mm=recipe.pixel_mm, neg_ratio=1.0,
+                     pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported(), eval_every=4,
+                     intensity_aug=recipe.intensity_aug)
+
+
+def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
+    """Every stage-1 data set (made once, shared by all trainings): the phantom and inserted-lesion sources, and
+    each real series' negatives by its path."""
+    from .data.convert import convert_to_bmseg
+    from .phantom.synth import synthesize, synthesize_from_ct
+
+    data = work / "data"
+    size, slices = (128, 24) if recipe.quick else (256, 48)
+    if not (data / "phantom").exists():
+        synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
+                   formats=("bmseg",))
+    sources = [(data / "phantom" / "bmseg", "ph", None)]
+    for i, (ct, bone) in enumerate(recipe.backgrounds):
+        for c in range(recipe.copies):
+            out = data / f"background{i}-{c}"
+            if not out.exists():
+                synthesize_from_ct(ct, bone, out, lesions=recipe.lesions, seed=100 + c, formats=("bmseg",),
+                                   patient=f"B{i}")
+            sources.append((out / "bmseg", f"background{i}-{c}", f"B{i}"))
+    negatives = {}
+    for j, scan in enumerate(recipe.real):
+        out = data / f"real{j}"
+        if not out.exists():
+            convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window="bone")
+        negatives[scan] = (out, f"real{j}", f"N{j}")
+    return sources, negatives
+
+
+def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
+    """A run trained on ``sources`` merged (``folder/mixed``) into ``folder/seg``; goes on where it stopped."""
+    from .data.bmseg import merge_bmseg
+    from .training.seg import train_segmentation
+
+    data = folder / "mixed"
+    if not (data / "conversion.json").exists():
+        shutil.rmtree(data, ignore_errors=True)  # a merge cut short
+        merge_bmseg(sources, data, {"window": "bone", "merged": [str(s[0]) for s in sources]})
+    run = folder / "seg"
+    if not all((run / f"fold{k}" / "done.json").exists() for k in range(2)):
+        train_segmentation(_seg_config(recipe, data), run, resume=(run / "config.json").exists())
+    return run
+
+
+def _findings(model: Path, scan: Path, out: Path) -> dict:
+    from .inference.predict import PredictOptions, Predictor
+
+    pred = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True)).predict(scan, out)
+    return {"series": series_label(scan), "slices": pred.summary["input"]["slices"], "findings": len(pred.lesions),
+            "largest mL": round(max((les.volume_ml for les in pred.lesions), default=0.0), 1),
+            "verdict": pred.verdict, "probability": pred.probability}
+
+
+def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
+    from .inference.predict import PredictOptions, Predictor
+    from .phantom.synth import synthesize
+
+    test = work / "data" / "phantom-test"
+    if not test.exists():
+        size, slices = (128, 24) if recipe.quick else (256, 48)
+        synthesize(test, patients=recipe.test_patients, seed=12, size=size, slices=slices, formats=("volumes",))
+    rows = []
+    for case in sorted((test / "volumes").iterdir()):
+        opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True,
+                              truth=case / "lesion_mask.nii.gz")
+        pred = Predictor(opts).predict(case / "ct.nii.gz", work / "predict-phantom" / case.name)
+        rows.append({"patient": case.name, **pred.summary["truth"], "verdict": pred.verdict})
+    return rows
+
+
+def _check(recipe: Recipe) -> None:
+    for ct, bone in recipe.backgrounds:
+        for p in (ct, bone):
+            if not p.exists():
+                raise BonemetError("not found (a background is CT:BONE_MASK)", p)
+    trained = {ct.resolve() for ct, _ in recipe.backgrounds}
+    for p in recipe.real:
+        if not p.exists():
+            raise BonemetError("real series not found", p)
+        if p.resolve() in trained:
+            raise BonemetError("the series is also a background (lesions are inserted into it), so it cannot be "
+                               "left out", p)
+    if len({p.resolve() for p in recipe.real}) < len(recipe.real):
+        raise BonemetError("a --real series is given twice")
+
+
+def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False) -> Path:
+    """Run the recipe into ``out`` (``out/work``: every stage's output; ``out/NAME``: the bundled model, with its
+    card). Returns the bundled model's folder."""
+    from .bench.seg import cpu_name
+    from .fileio import check_output
+    from .runs.bundled import package_run
+
+    _check(recipe)
+    if not resume:
+        check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b), *recipe.real])
+    elif not (out / "recipe.json").exists():
+        raise BonemetError("--resume needs a folder an earlier 'bonemet models build' started (no recipe.json)", out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (out / "recipe.json").exists():
+        write_json(out / "recipe.json", {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                         "quick": recipe.quick})
+    t0 = time.perf_counter()
+    console.print("[bold]data[/bold]: phantom, lesions inserted into each background, real negatives")
+    sources, negatives = _sources(recipe, work)
+    lopo = []
+    for j, scan in enumerate(recipe.real):
+        console.print(f"[bold]leave one out[/bold] ({j + 1}/{len(recipe.real)}): trained without {scan}")
+        run = _train(recipe, work / f"without-real{j}", sources + [v for k, v in negatives.items() if k != scan])
+        lopo.append(_findings(run, scan, work / f"without-real{j}" / "predict"))
+    console.print("[bold]the model[/bold]: trained on all of it")
+    run = _train(recipe, work / "all", sources + list(negatives.values()))
+    train_s = time.perf_counter() - t0
+    staged = work / "bundle"
+    shutil.rmtree(staged, ignore_errors=True)  # a bundle of an interrupted build: made again from the run
+    package_run(run, staged, NAME, DESCRIPTION)
+    console.print("[bold]measuring[/bold] on phantom patients of another seed")
+    phantom = _phantom_test(staged, recipe, work)
+    shutil.rmtree(staged)
+    true = sum(r["true_lesions"] for r in phantom)
+    results = {"leave_one_out": lopo,
+               "leave_one_out_mean_findings": round(sum(r["findings"] for r in lopo) / len(lopo), 2) if lopo else None,
+               "leave_one_out_called_metastatic": sum(r["verdict"] == "metastatic" for r in lopo),
+               "phantom_test": phantom,
+               "phantom_lesion_recall": round(sum(r["found"] for r in phantom) / true, 3) if true else None,
+               "phantom_false_positives_per_scan": round(sum(r["false_positive_lesions"] for r in phantom)
+                                                         / max(1, len(phantom)), 2),
+               "recipe_command": command, "minutes": round((time.perf_counter() - t0) / 60, 1),
+               "training_minutes": round(train_s / 60, 1), "date": time.strftime("%Y-%m-%d"),
+               "cpu": cpu_name(), "bonemet": __version__, "python": platform.python_version()}
+    write_json(work / "results.json", results)
+    write_text(work / "MODEL_CARD.md", model_card(recipe, results, read_json(run / "config.json", "run config")))
+    bundle = out / NAME
+    shutil.rmtree(bundle, ignore_errors=True)  # this build's own earlier bundle (OUT is a models-build folder)
+    package_run(run, bundle, NAME, DESCRIPTION,
+                extra={"MODEL_CARD.md": work / "MODEL_CARD.md", "results.json": work / "results.json"})
+    console.print(f"bundled model: {bundle} (copy it to bonemet/pretrained/{NAME} to ship it)")
+    return bundle
+
+
+def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
+    lopo = "\n".join(f"| {x['series']} | {x['slices']} | {x['findings']} | {x['largest mL']} | "
+                     f"{x['verdict']} ({x['probability']}) |" for x in r["leave_one_out"])
+    phantom = "\n".join(f"| {x['patient']} | {x['true_lesions']} | {x['found']} | {x['false_positive_lesions']} | "
+                        f"{x['verdict']} |" for x in r["phantom_test"])
+    backgrounds = "\n".join(f"  - `{series_label(Path(c))}` (bone mask `{Path(b).name}`)"
+                            for c, b in recipe.backgrounds)
+    real = "\n".join(f"  - `{series_label(p)}`" for p in recipe.real) or "  - none"
+    return f"""# {NAME}
+
+{DESCRIPTION}.
+
+**Research use only. Not a medical device.** It has never seen a real bone metastasis: its lesions are inserted
+into real CT, or drawn in a phantom, by bonemet itself. Read its findings on real scans without labelled lesions
+(below) before trusting any finding; treat each one as a region to look at, not as a diagnosis.
+
+## Model
+
+- EH-AttUnet++: {cfg['folds']} x {cfg['model']} (width {cfg['width']}, {cfg['block']} block), one per fold,
+  probabilities averaged; lesion and bone outputs.
+- Physical scale: every axial slice resampled to {cfg['pixel_mm']} mm pixels, a {cfg['size']} px window
+  ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; bone window
+  ({json.dumps(cfg['preprocessing'].get('window'))}), 3 channels.
+- Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
+  at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, rotations and flips, intensity
+  randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
+
+## Training data
+
+- The bonemet CT phantom: {recipe.phantom_patients} patients (seed 11), half of them with metastases.
+- Lesions inserted into real CT ({recipe.copies} copies x {recipe.lesions} lesions each; lytic, blastic, mixed; one
+  patient per scan), through these bone masks:
+{backgrounds}
+- Real CT without labelled lesions, every slice a negative (no bone mask: the bone term leaves them out):
+{real}
+
+The backgrounds and their masks are public test data of the TotalSegmentator project (Apache-2.0); the masks are
+TotalSegmentator's outputs, not manual annotation. The real negatives are TCIA (CC BY 3.0 / 4.0) and IBSI
+(CC BY 3.0) series; each folder's SOURCES.md gives its licence and citation. Cite them wherever you publish a result
+made with this model.
+
+## Recreate it
+
+    {r['recipe_command']}
+
+{r['minutes']} min here ({r['training_minutes']} min for the data and the {len(recipe.real) + 1} trainings),
+{r['date']}, {r['cpu']}, bonemet {r['bonemet']}. Training is seeded; on another CPU figures can differ.
+
+## Measured on real anatomy it never saw: leave one patient out
+
+For each real series in turn, the same recipe trained without it, then run on it with the default `predict`
+options (threshold 0.5, components from 0.05 mL, the 3 mm bone gate). None of these series has labelled bone
+lesions and their patients had cancer, so a finding is not proven false: these are findings on scans without
+labelled bone lesions.
+
+| series | slices | findings | largest (mL) | verdict |
+| --- | --- | --- | --- | --- |
+{lopo}
+
+Mean findings per scan: {r['leave_one_out_mean_findings']}; called metastatic: {r['leave_one_out_called_metastatic']}
+of {len(r['leave_one_out'])}.
+
+## Measured on phantom patients of another seed
+
+The model itself on {recipe.test_patients} phantom patients (seed 12), lesion-level against the drawn lesions:
+
+| patient | lesions | found | false positives | verdict |
+| --- | --- | --- | --- | --- |
+{phantom}
+
+Lesion recall {r['phantom_lesion_recall']}, false positives per scan {r['phantom_false_positives_per_scan']}.
+
+## Limits
+
+- Lesions are inserted into {len(recipe.backgrounds)} real backgrounds only, the only ones here with bone masks:
+  far too few for the anatomy, scanners and kernels of real practice.
+- Inserted lesions are not real metastases: their shapes, densities and margins follow bonemet's own lesion model.
+  No labelled real bone-metastasis CT was available: its sensitivity on real metastases is unknown, and the
+  sensitivity on lesions inserted into the left-out series is not measured (they have no bone mask to insert
+  through).
+- Small: width {cfg['width']}, {cfg['epochs']} epochs on 2 CPU cores; the thesis' models are width 32, 60 epochs.
+"""

@@ -1,0 +1,123 @@
+"""Bundled models: packaged from a run with a SHA-256 manifest, refused when altered, used by predict without
+--seg, listed by ``bonemet models``, and re-built by ``bonemet models build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import bonemet
+from bonemet.errors import BonemetError
+from bonemet.runs import bundled
+from conftest import invoke
+from test_cli import assert_clean_failure
+
+
+@pytest.fixture()
+def bundle_root(seg_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A package folder of bundled models holding ``seg_run`` packaged as the default model."""
+    root = tmp_path / "pretrained"
+    bundled.package_run(seg_run, root / "tiny", "tiny", "a test model", default=True)
+    monkeypatch.setattr(bundled, "BUNDLE_DIR", root)
+    return root
+
+
+def test_a_packaged_run_predicts_as_the_run_and_predict_uses_it_without_seg(phantom, seg_run, bundle_root,
+                                                                             tmp_path):
+    b = bundled.bundled_model("tiny")
+    assert b.default and b.problems() == [] and b.manifest["members"] == 2
+    assert sorted(b.manifest["files"]) == ["config.json", "fold0/done.json", "fold0/last.pt", "fold1/done.json",
+                                           "fold1/last.pt", "splits.json"]
+    assert json.loads((bundle_root / "tiny" / "fold0" / "done.json").read_text())["checkpoint"] == "last.pt"
+    scan = phantom / "volumes" / "P001" / "ct.nii.gz"
+    img = nib.load(scan)
+    by_run = bonemet.predict(img, seg=seg_run, probabilities=True, device="cpu")
+    by_default = bonemet.predict(img, probabilities=True, device="cpu")  # no seg: the bundled default
+    assert np.array_equal(by_run.lesion_probability, by_default.lesion_probability)
+    r = invoke("predict", scan, "--out", tmp_path / "out", "--no-viewer")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["models"]["segmentation"]["run"] == str(bundle_root / "tiny")
+
+
+def test_an_altered_bundled_file_is_refused_in_one_line(phantom, bundle_root, tmp_path):
+    weights = bundle_root / "tiny" / "fold1" / "last.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte: torch would still load it, with one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BonemetError, match="fold1/last.pt does not match its SHA-256"):
+        bundled.default_model()
+    r = invoke("predict", phantom / "volumes" / "P001" / "ct.nii.gz", "--out", tmp_path / "out")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert_clean_failure(r, "bundled model 'tiny' is damaged", "reinstall bonemet")
+    assert not (tmp_path / "out").exists()
+    listing = invoke("models")
+    assert listing.returncode == 0 and "DAMAGED" in listing.stdout and "fold1/last.pt" in listing.stdout
+
+
+def test_without_a_bundled_default_predict_asks_for_seg(phantom, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundled, "BUNDLE_DIR", tmp_path / "none")
+    r = invoke("predict", phantom / "volumes" / "P001" / "ct.nii.gz", "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert_clean_failure(r, "no bundled default model", "--seg")
+
+
+def test_the_shipped_default_model_is_intact_and_has_its_card():
+    shipped = bundled.bundled_models()
+    if not shipped:
+        pytest.skip(f"no model bundled in {bundled.BUNDLE_DIR}")
+    defaults = [b for b in shipped if b.default]
+    assert len(defaults) == 1
+    b = defaults[0]
+    assert b.problems() == []
+    card = (b.folder / bundled.CARD).read_text()
+    results = json.loads((b.folder / "results.json").read_text())
+    assert "Not a medical device" in card and results["recipe_command"] in card
+    assert f"Mean findings per scan: {results['leave_one_out_mean_findings']}" in card
+    assert b.size_mb < 20
+    listing = invoke("models")
+    assert listing.returncode == 0 and b.name in listing.stdout and "ok" in listing.stdout
+    shown = invoke("models", "card", b.name)
+    assert shown.returncode == 0 and shown.stdout.strip() == card.strip()
+
+
+@pytest.mark.slow
+def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
+    """The recipe end to end at toy size: inserted lesions in one background, one real series as negatives and
+    left out once, the bundle, its card and results; then the refusals."""
+    left_out = real_ct / "torso_3mm_ct.nii.gz"
+    background = f"{real_ct / 'abdomen_3mm_ct.nii.gz'}:{real_ct / 'abdomen_3mm_bone_mask.nii.gz'}"
+    out = tmp_path / "build"
+    r = invoke("models", "build", out, "--quick", "--background", background, "--real", left_out)
+    assert r.returncode == 0, r.stderr
+    b = bundled.bundled_models(out)[0]
+    assert b.problems() == [] and b.default and b.manifest["members"] == 2
+    results = json.loads((b.folder / "results.json").read_text())
+    card = (b.folder / bundled.CARD).read_text()
+    assert results["recipe_command"].startswith("bonemet models build") and results["recipe_command"] in card
+    assert [row["series"] for row in results["leave_one_out"]] == ["real_ct/torso_3mm_ct.nii.gz"]
+    assert len(results["phantom_test"]) == 2
+    n = results["leave_one_out"][0]["findings"]
+    assert f"| real_ct/torso_3mm_ct.nii.gz | 112 | {n} |" in card
+    # the left-out model never saw the series; the shipped one trained on it, its slices without a bone mask
+    without = json.loads((out / "work" / "without-real0" / "seg" / "splits.json").read_text())
+    everything = json.loads((out / "work" / "all" / "seg" / "splits.json").read_text())
+    assert "N0" not in json.dumps(without) and "N0" in json.dumps(everything)
+    rows = (out / "work" / "all" / "mixed" / "patients.csv").read_text().splitlines()
+    assert sum(line.endswith(",none") for line in rows) == 112
+    # the manifest's hashes are the files' own, and the bundle is a run predict can use
+    assert all(bundled.sha256(b.folder / f) == h for f, h in b.manifest["files"].items())
+    pred = bonemet.predict(left_out, seg=b.verified(), device="cpu")
+    assert pred.summary["input"]["slices"] == 112
+    # a second build into the same folder is refused; a background cannot be left out
+    again = invoke("models", "build", out, "--quick", "--background", background)
+    assert again.returncode == 2
+    assert_clean_failure(again, "output folder exists")
+    same = invoke("models", "build", tmp_path / "b2", "--quick", "--background", background, "--real",
+                  real_ct / "abdomen_3mm_ct.nii.gz")
+    assert same.returncode == 2 and not (tmp_path / "b2").exists()
+    assert_clean_failure(same, "is also a background")
