@@ -9,9 +9,12 @@
 2. leave one real patient out: for each ``--real`` series, an EH-AttUnet++ (2 x Hybrid-AttUnet++, width 8,
    physical scale: 3 mm pixels, a 384 mm field; intensity randomisation) trained on everything but that series,
    then run on it: findings per scan on real anatomy it never saw;
-3. the model itself, trained the same way on all of it, packaged as a bundled model (weights only, a SHA-256
+3. leave one background out: for each background, the same model trained without it (its lesions come from the
+   other backgrounds), then run on that series as it is (findings, bone Dice against its bone mask) and with
+   ``test_lesions`` new lesions inserted (lesion-level sensitivity by size band and type, false positives);
+4. the model itself, trained the same way on all of it, packaged as a bundled model (weights only, a SHA-256
    manifest) and run on phantom patients of another seed (lesion-level recall, false positives per scan);
-4. the model card: data and licences, the recipe command, its time, both tables, the limits.
+5. the model card: data and licences, the recipe command, its time, every table, the limits.
 
 Each stage keeps its output in ``OUT/work``, so an interrupted build goes on with ``--resume``.
 """
@@ -45,6 +48,7 @@ class Recipe:
     lesions: int = 6
     phantom_patients: int = 8
     test_patients: int = 4
+    test_lesions: int = 8  # inserted into a left-out background to measure sensitivity
     epochs: int = 12
     width: int = 8
     size: int = 128
@@ -54,7 +58,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.quick:
-            self.copies, self.lesions, self.phantom_patients, self.test_patients = 1, 3, 3, 2
+            self.copies, self.lesions, self.phantom_patients, self.test_patients, self.test_lesions = 1, 3, 3, 2, 3
             self.epochs, self.width, self.size, self.pixel_mm = 1, 4, 64, 6.0
 
 
@@ -90,7 +94,7 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
             if not out.exists():
                 synthesize_from_ct(ct, bone, out, lesions=recipe.lesions, seed=100 + c, formats=("bmseg",),
                                    patient=f"B{i}")
-            sources.append((out / "bmseg", f"background{i}-{c}", f"B{i}"))
+            sources.append((out / "bmseg", f"background{i}-{c}", f"B{i}"))  # the patient names the background
     negatives = {}
     for j, scan in enumerate(recipe.real):
         out = data / f"real{j}"
@@ -115,13 +119,63 @@ def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
     return run
 
 
-def _findings(model: Path, scan: Path, out: Path) -> dict:
+def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None) -> dict:
+    """``model`` on a real series without labelled lesions: findings, the largest, the verdict; with ``bone``
+    (its bone mask) also the bone Dice."""
     from .inference.predict import PredictOptions, Predictor
 
-    pred = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True)).predict(scan, out)
-    return {"series": series_label(scan), "slices": pred.summary["input"]["slices"], "findings": len(pred.lesions),
-            "largest mL": round(max((les.volume_ml for les in pred.lesions), default=0.0), 1),
-            "verdict": pred.verdict, "probability": pred.probability}
+    opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, bone_truth=bone)
+    pred = Predictor(opts).predict(scan, out)
+    row = {"series": series_label(scan), "slices": pred.summary["input"]["slices"], "findings": len(pred.lesions),
+           "largest mL": round(max((les.volume_ml for les in pred.lesions), default=0.0), 1),
+           "verdict": pred.verdict, "probability": pred.probability}
+    if bone is not None:
+        row["bone Dice"] = pred.summary["bone_truth"]["dice"]
+    return row
+
+
+SIZE_BANDS = ((0.0, 10.0, "under 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, float("inf"), "20 mm or more"))
+
+
+def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: Path) -> dict:
+    """``model`` on background ``i`` with ``test_lesions`` new lesions inserted (a seed no training used): each
+    true lesion found or not (a kept finding overlaps it), with its type and largest axial diameter, and the
+    findings that overlap none."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    from .inference.predict import PredictOptions, Predictor
+    from .phantom.synth import synthesize_from_ct
+
+    case = work / "data" / f"inserted-test{i}"
+    if not case.exists():
+        synthesize_from_ct(ct, bone, case, lesions=recipe.test_lesions, seed=999, formats=("volumes",),
+                           patient="T")
+    vol = case / "volumes" / "T"
+    opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, truth=vol / "lesion_mask.nii.gz")
+    pred = Predictor(opts).predict(vol / "ct.nii.gz", work / f"without-background{i}" / "predict-inserted")
+    ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
+    found = set(np.unique(ids[pred.native_masks()["lesion"][0] > 0]).tolist()) - {0}
+    with open(case / "lesions.csv", newline="") as fh:
+        lesions = [{"kind": r["kind"], "diameter_mm": float(r["diameter_mm"]), "found": int(r["lesion_id"]) in found}
+                   for r in csv.DictReader(fh)]
+    return {"lesions": lesions, "false_positives": pred.summary["truth"]["false_positive_lesions"]}
+
+
+def sensitivity_table(lesions: list[dict]) -> list[dict]:
+    """Found / true by size band (rows) and lesion type (columns)."""
+    kinds = sorted({les["kind"] for les in lesions})
+    rows = []
+    for lo, hi, name in SIZE_BANDS:
+        band = [les for les in lesions if lo <= les["diameter_mm"] < hi]
+        row = {"size": name}
+        for kind in [*kinds, "all"]:
+            sel = [les for les in band if kind in ("all", les["kind"])]
+            row[kind] = f"{sum(les['found'] for les in sel)}/{len(sel)}" if sel else "-"
+        rows.append(row)
+    return rows
 
 
 def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
@@ -139,6 +193,18 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
         pred = Predictor(opts).predict(case / "ct.nii.gz", work / "predict-phantom" / case.name)
         rows.append({"patient": case.name, **pred.summary["truth"], "verdict": pred.verdict})
     return rows
+
+
+def _epoch_seconds(work: Path) -> float:
+    """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
+    that was interrupted and resumed still counts each training once)."""
+    import csv
+
+    total = 0.0
+    for metrics in work.glob("*/seg/fold*/metrics.csv"):
+        with open(metrics, newline="") as fh:
+            total += sum(float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds"))
+    return total
 
 
 def _check(recipe: Recipe) -> None:
@@ -182,9 +248,18 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         console.print(f"[bold]leave one out[/bold] ({j + 1}/{len(recipe.real)}): trained without {scan}")
         run = _train(recipe, work / f"without-real{j}", sources + [v for k, v in negatives.items() if k != scan])
         lopo.append(_findings(run, scan, work / f"without-real{j}" / "predict"))
+    by_background = []
+    for i, (ct, bone) in enumerate(recipe.backgrounds):
+        if len(recipe.backgrounds) < 2:
+            break  # no lesions left to train on without it
+        console.print(f"[bold]leave one background out[/bold] ({i + 1}/{len(recipe.backgrounds)}): "
+                      f"trained without {ct}")
+        others = [src for src in sources if src[2] != f"B{i}"]
+        run = _train(recipe, work / f"without-background{i}", others + list(negatives.values()))
+        row = _findings(run, ct, work / f"without-background{i}" / "predict", bone)
+        by_background.append({**row, **_inserted(run, recipe, ct, bone, i, work)})
     console.print("[bold]the model[/bold]: trained on all of it")
     run = _train(recipe, work / "all", sources + list(negatives.values()))
-    train_s = time.perf_counter() - t0
     staged = work / "bundle"
     shutil.rmtree(staged, ignore_errors=True)  # a bundle of an interrupted build: made again from the run
     package_run(run, staged, NAME, DESCRIPTION)
@@ -192,7 +267,13 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     phantom = _phantom_test(staged, recipe, work)
     shutil.rmtree(staged)
     true = sum(r["true_lesions"] for r in phantom)
-    results = {"leave_one_out": lopo,
+    inserted = [les for row in by_background for les in row["lesions"]]
+    big = [les for les in inserted if les["diameter_mm"] >= 10.0]
+    results = {"leave_one_out": lopo, "leave_background_out": by_background,
+               "inserted_sensitivity": sensitivity_table(inserted),
+               "inserted_sensitivity_10mm": round(sum(les["found"] for les in big) / len(big), 3) if big else None,
+               "inserted_false_positives_per_scan": (round(sum(r["false_positives"] for r in by_background)
+                                                           / len(by_background), 2) if by_background else None),
                "leave_one_out_mean_findings": round(sum(r["findings"] for r in lopo) / len(lopo), 2) if lopo else None,
                "leave_one_out_called_metastatic": sum(r["verdict"] == "metastatic" for r in lopo),
                "phantom_test": phantom,
@@ -200,7 +281,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
                "phantom_false_positives_per_scan": round(sum(r["false_positive_lesions"] for r in phantom)
                                                          / max(1, len(phantom)), 2),
                "recipe_command": command, "minutes": round((time.perf_counter() - t0) / 60, 1),
-               "training_minutes": round(train_s / 60, 1), "date": time.strftime("%Y-%m-%d"),
+               "training_minutes": round(_epoch_seconds(work) / 60, 1), "date": time.strftime("%Y-%m-%d"),
                "cpu": cpu_name(), "bonemet": __version__, "python": platform.python_version()}
     write_json(work / "results.json", results)
     write_text(work / "MODEL_CARD.md", model_card(recipe, results, read_json(run / "config.json", "run config")))
@@ -220,6 +301,13 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
     backgrounds = "\n".join(f"  - `{series_label(Path(c))}` (bone mask `{Path(b).name}`)"
                             for c, b in recipe.backgrounds)
     real = "\n".join(f"  - `{series_label(p)}`" for p in recipe.real) or "  - none"
+    held_bg = "\n".join(f"| {x['series']} | {x['bone Dice']} | {x['findings']} | {x['largest mL']} | "
+                        f"{sum(les['found'] for les in x['lesions'])}/{len(x['lesions'])} | {x['false_positives']} |"
+                        for x in r["leave_background_out"])
+    sens = r["inserted_sensitivity"]
+    kinds = [k for k in (sens[0] if sens else {}) if k != "size"]
+    sens_table = "\n".join(["| size | " + " | ".join(kinds) + " |", "| --- " * (len(kinds) + 1) + "|",
+                            *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
     return f"""# {NAME}
 
 {DESCRIPTION}.
@@ -257,8 +345,9 @@ made with this model.
 
     {r['recipe_command']}
 
-{r['minutes']} min here ({r['training_minutes']} min for the data and the {len(recipe.real) + 1} trainings),
-{r['date']}, {r['cpu']}, bonemet {r['bonemet']}. Training is seeded; on another CPU figures can differ.
+Its {len(recipe.real) + len(r['leave_background_out']) + 1} trainings took {r['training_minutes']} min (the epochs'
+times in their metrics.csv), the last invocation {r['minutes']} min in all; {r['date']}, {r['cpu']}, bonemet
+{r['bonemet']}. Training is seeded; on another CPU figures can differ.
 
 ## Measured on real anatomy it never saw: leave one patient out
 
@@ -273,6 +362,24 @@ labelled bone lesions.
 
 Mean findings per scan: {r['leave_one_out_mean_findings']}; called metastatic: {r['leave_one_out_called_metastatic']}
 of {len(r['leave_one_out'])}.
+
+## Left-out backgrounds: bone, and lesions inserted into anatomy it never saw
+
+For each background in turn, the same recipe trained without it (its lesions come from the other backgrounds),
+then run on it as it is (findings; bone Dice against its bone mask) and with {recipe.test_lesions} new lesions
+inserted (seed 999; found = a kept finding overlaps the lesion; false positives = kept findings that overlap
+none):
+
+| series | bone Dice | findings as it is | largest (mL) | inserted lesions found | false positives |
+| --- | --- | --- | --- | --- | --- |
+{held_bg}
+
+Inserted lesions found, by largest axial diameter and type (both backgrounds together):
+
+{sens_table}
+
+Sensitivity for lesions of 10 mm or more: {r['inserted_sensitivity_10mm']}; false positives per scan with inserted
+lesions: {r['inserted_false_positives_per_scan']}.
 
 ## Measured on phantom patients of another seed
 
@@ -289,8 +396,8 @@ Lesion recall {r['phantom_lesion_recall']}, false positives per scan {r['phantom
 - Lesions are inserted into {len(recipe.backgrounds)} real backgrounds only, the only ones here with bone masks:
   far too few for the anatomy, scanners and kernels of real practice.
 - Inserted lesions are not real metastases: their shapes, densities and margins follow bonemet's own lesion model.
-  No labelled real bone-metastasis CT was available: its sensitivity on real metastases is unknown, and the
-  sensitivity on lesions inserted into the left-out series is not measured (they have no bone mask to insert
-  through).
+  No labelled real bone-metastasis CT was available: its sensitivity on real metastases is unknown. Sensitivity
+  is measured on lesions inserted into the left-out backgrounds only (the other real series have no bone mask
+  to insert through), a handful of lesions: read the counts, not just the rates.
 - Small: width {cfg['width']}, {cfg['epochs']} epochs on 2 CPU cores; the thesis' models are width 32, 60 epochs.
 """

@@ -87,12 +87,14 @@ def test_the_shipped_default_model_is_intact_and_has_its_card():
 
 @pytest.mark.slow
 def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
-    """The recipe end to end at toy size: inserted lesions in one background, one real series as negatives and
-    left out once, the bundle, its card and results; then the refusals."""
+    """The recipe end to end at toy size: two backgrounds (each left out once), one real series as negatives
+    (left out once), the bundle, its card and results; then the refusals."""
     left_out = real_ct / "torso_3mm_ct.nii.gz"
-    background = f"{real_ct / 'abdomen_3mm_ct.nii.gz'}:{real_ct / 'abdomen_3mm_bone_mask.nii.gz'}"
+    backgrounds = [f"{real_ct / 'abdomen_3mm_ct.nii.gz'}:{real_ct / 'abdomen_3mm_bone_mask.nii.gz'}",
+                   f"{real_ct / 'chest_abdomen_dicom'}:{real_ct / 'chest_abdomen_dicom_bone_mask.nii.gz'}"]
     out = tmp_path / "build"
-    r = invoke("models", "build", out, "--quick", "--background", background, "--real", left_out)
+    r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
+               "--real", left_out)
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -103,21 +105,46 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert len(results["phantom_test"]) == 2
     n = results["leave_one_out"][0]["findings"]
     assert f"| real_ct/torso_3mm_ct.nii.gz | 112 | {n} |" in card
-    # the left-out model never saw the series; the shipped one trained on it, its slices without a bone mask
-    without = json.loads((out / "work" / "without-real0" / "seg" / "splits.json").read_text())
-    everything = json.loads((out / "work" / "all" / "seg" / "splits.json").read_text())
-    assert "N0" not in json.dumps(without) and "N0" in json.dumps(everything)
-    rows = (out / "work" / "all" / "mixed" / "patients.csv").read_text().splitlines()
+    # each left-out model never saw its series; the shipped one trained on all, real slices without a bone mask
+    work = out / "work"
+    for folder, patient in (("without-real0", "N0"), ("without-background0", "B0"), ("without-background1", "B1")):
+        assert f'"{patient}"' not in (work / folder / "seg" / "splits.json").read_text(), folder
+        assert f'"{patient}"' in (work / "all" / "seg" / "splits.json").read_text()
+    rows = (work / "all" / "mixed" / "patients.csv").read_text().splitlines()
     assert sum(line.endswith(",none") for line in rows) == 112
+    # the left-out backgrounds: every inserted lesion counted once, the same count as predict's own lesion match
+    assert [row["series"] for row in results["leave_background_out"]] == ["real_ct/abdomen_3mm_ct.nii.gz",
+                                                                           "real_ct/chest_abdomen_dicom"]
+    for i, row in enumerate(results["leave_background_out"]):
+        truth = json.loads((work / f"without-background{i}" / "predict-inserted" / "summary.json").read_text())["truth"]
+        assert len(row["lesions"]) == truth["true_lesions"] == 3
+        assert sum(les["found"] for les in row["lesions"]) == truth["found"]
+        assert 0.0 <= row["bone Dice"] <= 1.0 and row["false_positives"] == truth["false_positive_lesions"]
+    cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
+    assert sum(int(c.split("/")[1]) for c in cells) == 6
     # the manifest's hashes are the files' own, and the bundle is a run predict can use
     assert all(bundled.sha256(b.folder / f) == h for f, h in b.manifest["files"].items())
     pred = bonemet.predict(left_out, seg=b.verified(), device="cpu")
     assert pred.summary["input"]["slices"] == 112
     # a second build into the same folder is refused; a background cannot be left out
-    again = invoke("models", "build", out, "--quick", "--background", background)
+    again = invoke("models", "build", out, "--quick", "--background", backgrounds[0])
     assert again.returncode == 2
     assert_clean_failure(again, "output folder exists")
-    same = invoke("models", "build", tmp_path / "b2", "--quick", "--background", background, "--real",
+    same = invoke("models", "build", tmp_path / "b2", "--quick", "--background", backgrounds[0], "--real",
                   real_ct / "abdomen_3mm_ct.nii.gz")
     assert same.returncode == 2 and not (tmp_path / "b2").exists()
     assert_clean_failure(same, "is also a background")
+
+
+def test_sensitivity_table_counts_each_lesion_in_its_band_and_type():
+    from bonemet.recipe import sensitivity_table
+
+    lesions = [{"kind": "lytic", "diameter_mm": 9.9, "found": False},
+               {"kind": "lytic", "diameter_mm": 10.0, "found": True},
+               {"kind": "blastic", "diameter_mm": 15.0, "found": False},
+               {"kind": "mixed", "diameter_mm": 25.0, "found": True},
+               {"kind": "lytic", "diameter_mm": 31.0, "found": True}]
+    assert sensitivity_table(lesions) == [
+        {"size": "under 10 mm", "blastic": "-", "lytic": "0/1", "mixed": "-", "all": "0/1"},
+        {"size": "10-20 mm", "blastic": "0/1", "lytic": "1/1", "mixed": "-", "all": "1/2"},
+        {"size": "20 mm or more", "blastic": "-", "lytic": "1/1", "mixed": "1/1", "all": "2/2"}]
