@@ -4,6 +4,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= runs/demo
+# a real CT series for the demo to run its model and the bundled default model on, when ../shared is beside
+REAL_CT ?= $(wildcard ../shared/data/real_ct/torso_3mm_ct.nii.gz)
 
 .PHONY: setup demo demo-quick test clean
 
@@ -16,7 +18,7 @@ $(BIN)/bonemet: pyproject.toml
 setup: $(BIN)/bonemet
 
 demo: setup
-	$(BIN)/bonemet demo --out $(DEMO) --overwrite
+	$(BIN)/bonemet demo --out $(DEMO) --overwrite $(if $(REAL_CT),--real-ct $(REAL_CT))
 
 demo-quick: setup
 	$(BIN)/bonemet demo --quick --out $(DEMO)-quick --overwrite

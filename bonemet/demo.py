@@ -55,7 +55,7 @@ def on_real_ct(scan: Path, out: Path, seg_run: Path, device: str, say: Callable[
     for (name, run), folder in zip(models, ("demo-model", "default-model")):
         pred = Predictor(PredictOptions(seg=run, device=device)).predict(scan, out / folder)
         rows.append({"model": name, "findings": len(pred.lesions),
-                     "largest mL": round(max((les.volume_ml for les in pred.lesions), default=0.0), 1),
+                     "largest mL": round(pred.largest_ml, 1),
                      "verdict": pred.verdict, "probability": pred.probability,
                      "report": str(out / folder / "report.html")})
     return rows

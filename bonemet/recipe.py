@@ -127,7 +127,7 @@ def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None) -> d
     opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, bone_truth=bone)
     pred = Predictor(opts).predict(scan, out)
     row = {"series": series_label(scan), "slices": pred.summary["input"]["slices"], "findings": len(pred.lesions),
-           "largest mL": round(max((les.volume_ml for les in pred.lesions), default=0.0), 1),
+           "largest mL": round(pred.largest_ml, 1),
            "verdict": pred.verdict, "probability": pred.probability}
     if bone is not None:
         row["bone Dice"] = pred.summary["bone_truth"]["dice"]
@@ -207,6 +207,11 @@ def _epoch_seconds(work: Path) -> float:
     return total
 
 
+def _inputs(recipe: Recipe) -> dict:
+    return {"backgrounds": [[str(c), str(b)] for c, b in recipe.backgrounds], "real": [str(p) for p in recipe.real],
+            "quick": recipe.quick}
+
+
 def _check(recipe: Recipe) -> None:
     for ct, bone in recipe.backgrounds:
         for p in (ct, bone):
@@ -235,11 +240,17 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b), *recipe.real])
     elif not (out / "recipe.json").exists():
         raise BonemetError("--resume needs a folder an earlier 'bonemet models build' started (no recipe.json)", out)
+    else:
+        started = read_json(out / "recipe.json", "recipe.json")
+        if started.get("inputs", _inputs(recipe)) != _inputs(recipe):
+            raise BonemetError("--resume with other backgrounds, real series or --quick than the build in this "
+                               f"folder was started with: {started['command']}", out / "recipe.json")
+        command = started["command"]  # the card names the build's own command
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     if not (out / "recipe.json").exists():
         write_json(out / "recipe.json", {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                         "quick": recipe.quick})
+                                         "inputs": _inputs(recipe)})
     t0 = time.perf_counter()
     console.print("[bold]data[/bold]: phantom, lesions inserted into each background, real negatives")
     sources, negatives = _sources(recipe, work)

@@ -18,10 +18,12 @@ def models(ctx: typer.Context) -> None:
     """List the bundled models (name, default, size, SHA-256 check, description)."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.console import Console
     from rich.table import Table
 
-    from ..log import console
     from ..runs.bundled import BUNDLE_DIR, bundled_models
+
+    console = Console()  # the listing is the command's output: stdout
 
     found = bundled_models()
     if not found:

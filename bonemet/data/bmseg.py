@@ -7,6 +7,7 @@ with columns ``file,patient``) and grouped by patient (``root/<patient>/image/..
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,18 +219,13 @@ def load_seg_slice(s: SegSlice, threshold: int = 0) -> tuple[np.ndarray, np.ndar
     return image, lesion, bone, s.patient
 
 
-__all__ = ["SegSlice", "BMSegIndex", "scan_bmseg", "load_bmseg", "load_seg_slice", "check_slice_files",
-           "is_bmseg_root"]
-
-
 def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, description: dict) -> Path:
     """One flat BM-Seg root ``out`` from several flat roots written by bonemet (each with ``patients.csv``):
     ``sources`` are (root, prefix, patient) triples; each file is renamed ``PREFIX_FILE`` and keeps its patient, or
     takes ``patient`` when one is given (copies of one real scan with different inserted lesions are one patient,
     so that they land in one fold). ``description`` is written as ``out/conversion.json`` (the window and what was
-    merged), which training reads as the images' preprocessing."""
-    import shutil
-
+    merged), which training reads as the images' preprocessing. A slice whose source has no bone mask is listed
+    with ``bone`` = ``none``: no bone mask on purpose (training leaves it out of the bone term)."""
     from ..fileio import write_csv, write_json
 
     rows = []
@@ -247,3 +243,8 @@ def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, descript
     write_csv(out / "patients.csv", rows, ["file", "patient", "slice", "row_mm", "col_mm", "bone"])
     write_json(out / "conversion.json", description)
     return out
+
+
+__all__ = ["SegSlice", "BMSegIndex", "scan_bmseg", "load_bmseg", "load_seg_slice", "check_slice_files",
+           "is_bmseg_root", "merge_bmseg"]
+

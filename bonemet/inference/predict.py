@@ -84,6 +84,11 @@ class Prediction:
     def probability(self) -> float:
         return self.summary["probability"]
 
+    @property
+    def largest_ml(self) -> float:
+        """The volume of the largest kept lesion in mL (0 without one)."""
+        return max((les.volume_ml for les in self.lesions), default=0.0)
+
     def native_masks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The masks as (array, affine) in the input's own axis order (what ``lesion_mask.nii.gz`` holds)."""
         if self.scan.volume is None:

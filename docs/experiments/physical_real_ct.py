@@ -7,12 +7,12 @@ labelled bone lesions): findings per scan, against the phantom-only demo model's
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from bonemet.data.bmseg import merge_bmseg
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -31,23 +31,6 @@ def run(*args) -> None:
     subprocess.run([*BONEMET, *map(str, args)], check=True)
 
 
-def merge(sources: list[tuple[Path, str]], out: Path) -> None:
-    """One flat BM-Seg root from several (each file renamed with a prefix, patients.csv joined)."""
-    rows = []
-    for root, prefix in sources:
-        with open(root / "patients.csv", newline="") as fh:
-            for r in csv.DictReader(fh):
-                name = f"{prefix}_{r['file']}"
-                for d in ("image", "lesion mask", "bone mask"):
-                    (out / d).mkdir(parents=True, exist_ok=True)
-                    shutil.copy(root / d / r["file"], out / d / name)
-                rows.append({**r, "file": name, "patient": r["patient"] if prefix == "ph" else prefix.split("-")[0]})
-    with open(out / "patients.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["file", "patient", "slice", "row_mm", "col_mm"])
-        w.writeheader()
-        w.writerows(rows)
-
-
 def main(work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "phantom").exists():
@@ -62,8 +45,9 @@ def main(work: Path) -> None:
                     "--formats", "bmseg")
             sources.append((out / "bmseg", f"{pid}-{c}"))
     data = work / "mixed"
-    if not data.exists():
-        merge(sources, data)
+    if not data.exists():  # copies of one real series are one patient (TS1-0, TS1-1... -> TS1)
+        merge_bmseg([(root, prefix, None if prefix == "ph" else prefix.split("-")[0]) for root, prefix in sources],
+                    data, {"window": "unknown (images used as given)"})
     seg = work / "seg"
     if not (seg / "fold1" / "done.json").exists():
         run("seg", "train", "--data", data, "--out", seg, "--model", "hybrid-attunet++", "--folds", 2,
