@@ -149,15 +149,21 @@ def test_sigterm_cleans_up_and_stale_parts_of_killed_runs_are_cleared(phantom, s
     series = phantom / "dicom" / _metastatic_patient(phantom)
     out = tmp_path / "pred"
     for signum, code, word in ((signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")):
-        proc = subprocess.Popen([sys.executable, "-m", "bonemet.cli.main", "predict", series, "--seg", seg_run,
-                                 "--out", out, "--fast", "eager", "--batch-size", "1", "--probabilities"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while not list(tmp_path.glob(".pred.*.part")) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "predict ended before it could be signalled"
-        proc.send_signal(signum)
-        assert proc.wait(timeout=60) == code
+        for _ in range(3):  # on a loaded machine this test may see the folder only as predict finishes: again
+            proc = subprocess.Popen([sys.executable, "-m", "bonemet.cli.main", "predict", series, "--seg", seg_run,
+                                     "--out", out, "--fast", "eager", "--batch-size", "1", "--probabilities"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 120
+            while not list(tmp_path.glob(".pred.*.part")) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            assert proc.poll() is None, "predict ended before it could be signalled"
+            proc.send_signal(signum)
+            if proc.wait(timeout=60) == 0 and (out / "summary.json").exists():
+                proc.stderr.close()
+                shutil.rmtree(out)  # it published its complete output before the signal landed
+                continue
+            break
+        assert proc.returncode == code
         err = proc.stderr.read()
         assert word in err, err
         assert "Traceback" not in err, err
