@@ -56,6 +56,11 @@ class Recipe:
     intensity_aug: bool = True
     quick: bool = False
 
+    @property
+    def phantom_shape(self) -> tuple[int, int]:
+        """Pixels and slices of the phantom patients, for training and for the test patients alike."""
+        return (128, 24) if self.quick else (256, 48)
+
     def __post_init__(self) -> None:
         if self.quick:
             self.copies, self.lesions, self.phantom_patients, self.test_patients, self.test_lesions = 1, 3, 3, 2, 3
@@ -83,7 +88,7 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
     from .phantom.synth import synthesize, synthesize_from_ct
 
     data = work / "data"
-    size, slices = (128, 24) if recipe.quick else (256, 48)
+    size, slices = recipe.phantom_shape
     if not (data / "phantom").exists():
         synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
                    formats=("bmseg",))
@@ -184,7 +189,7 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
 
     test = work / "data" / "phantom-test"
     if not test.exists():
-        size, slices = (128, 24) if recipe.quick else (256, 48)
+        size, slices = recipe.phantom_shape
         synthesize(test, patients=recipe.test_patients, seed=12, size=size, slices=slices, formats=("volumes",))
     rows = []
     for case in sorted((test / "volumes").iterdir()):
@@ -198,13 +203,10 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
 def _epoch_seconds(work: Path) -> float:
     """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
     that was interrupted and resumed still counts each training once)."""
-    import csv
+    from .training.loop import read_rows
 
-    total = 0.0
-    for metrics in work.glob("*/seg/fold*/metrics.csv"):
-        with open(metrics, newline="") as fh:
-            total += sum(float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds"))
-    return total
+    return sum(float(r["seconds"]) for metrics in work.glob("*/seg/fold*/metrics.csv")
+               for r in read_rows(metrics, 10**9) if r.get("seconds"))
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -260,9 +262,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         run = _train(recipe, work / f"without-real{j}", sources + [v for k, v in negatives.items() if k != scan])
         lopo.append(_findings(run, scan, work / f"without-real{j}" / "predict"))
     by_background = []
-    for i, (ct, bone) in enumerate(recipe.backgrounds):
-        if len(recipe.backgrounds) < 2:
-            break  # no lesions left to train on without it
+    left_out = recipe.backgrounds if len(recipe.backgrounds) > 1 else []  # with one, no lesions left to train on
+    for i, (ct, bone) in enumerate(left_out):
         console.print(f"[bold]leave one background out[/bold] ({i + 1}/{len(recipe.backgrounds)}): "
                       f"trained without {ct}")
         others = [src for src in sources if src[2] != f"B{i}"]

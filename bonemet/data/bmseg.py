@@ -142,11 +142,10 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
         mapping = _read_patients_csv(csv_path, problems) if csv_path is not None else {}
         slices = _scan_group(root, None, problems, frozenset(k for k, v in mapping.items() if v[2]))
         if csv_path is not None:
-            mapping = {k: v[:2] for k, v in mapping.items()}
             missing = [s for s in slices if s.name not in mapping]
             for s in missing[:20]:
                 problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
-            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *mapping.get(s.name, (None, None)))
+            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *mapping.get(s.name, (None, None, False))[:2])
                       for s in slices]
     else:
         layout = "grouped"
@@ -233,13 +232,13 @@ def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, descript
         with open(root / "patients.csv", newline="") as fh:
             for r in csv.DictReader(fh):
                 name = f"{prefix}_{r['file']}"
-                for d in ("image", "lesion mask", "bone mask"):
-                    if (root / d / r["file"]).exists() or d == "image":  # a real negative may have no bone mask
-                        (out / d).mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(root / d / r["file"], out / d / name)
+                has_bone = (root / "bone mask" / r["file"]).exists()  # a real negative may have none
+                for d in ("image", "lesion mask", "bone mask") if has_bone else ("image", "lesion mask"):
+                    (out / d).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(root / d / r["file"], out / d / name)
                 rows.append({"file": name, "patient": patient or r["patient"], "slice": r.get("slice", ""),
                              "row_mm": r.get("row_mm", ""), "col_mm": r.get("col_mm", ""),
-                             "bone": "" if (root / "bone mask" / r["file"]).exists() else "none"})
+                             "bone": "" if has_bone else "none"})
     write_csv(out / "patients.csv", rows, ["file", "patient", "slice", "row_mm", "col_mm", "bone"])
     write_json(out / "conversion.json", description)
     return out
