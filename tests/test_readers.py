@@ -196,3 +196,42 @@ def test_empty_mask_only_where_allowed_and_on_the_image_grid(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), shifted), tmp_path / "far.nii.gz")
     with pytest.raises(DataError, match="does not line up"):
         read_mask_like(tmp_path / "far.nii.gz", ct, allow_empty=True)
+
+
+def test_decoded_images_are_kept_until_the_file_changes_or_the_budget_is_spent(tmp_path, monkeypatch):
+    import os
+
+    from bonemet.data import images
+    from bonemet.errors import DataError
+
+    cache = images.DecodedCache(max_bytes=2 * 64 * 64)  # two 64 px grey images
+    monkeypatch.setattr(images, "DECODED", cache)
+    decoded = []
+    real_decode = images._decode
+    monkeypatch.setattr(images, "_decode", lambda *a: decoded.append(a[0].name) or real_decode(*a))
+    paths = [write_image(tmp_path / f"{i}.png", np.full((64, 64), 10 * i, np.uint8)) for i in range(3)]
+    first = images.read_image(paths[0])
+    again = images.read_image(paths[0])
+    assert again is first and decoded == ["0.png"] and not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0, 0] = 1  # shared between callers: nobody may change it
+    # rewritten in place (same name, another size or time): read again, never the old pixels
+    paths[0].write_bytes(write_image(tmp_path / "other.png", np.full((64, 64), 99, np.uint8)).read_bytes())
+    os.utime(paths[0], ns=(1, 1))
+    assert images.read_image(paths[0])[0, 0] == 99 and decoded == ["0.png", "0.png"]
+    # a mask read of the same file is another entry (a 16-bit mask's values differ from its image read)
+    images.read_image(paths[0], mask=True)
+    assert len(decoded) == 3 and cache.bytes == 2 * 64 * 64
+    images.read_image(paths[1])  # over budget: the least recently used goes
+    assert cache.bytes == 2 * 64 * 64 and len(decoded) == 4
+    images.read_image(paths[0], mask=True)
+    images.read_image(paths[0])
+    assert decoded[-1] == "0.png" and len(decoded) == 5  # the mask entry stayed, the plain one had gone
+    # no budget: nothing kept
+    monkeypatch.setattr(images, "DECODED", images.DecodedCache(0))
+    images.read_image(paths[2])
+    images.read_image(paths[2])
+    assert decoded[-2:] == ["2.png", "2.png"] and images.DECODED.bytes == 0
+    monkeypatch.setenv(images.CACHE_ENV, "lots")
+    with pytest.raises(DataError, match="BONEMET_IMAGE_CACHE_MB='lots' is not a number of megabytes"):
+        images._cache_budget()

@@ -292,7 +292,7 @@ def test_batch_refuses_a_foreign_output_folder(cases: Path, seg_run: Path, tmp_p
 
 @pytest.mark.slow
 def test_batch_with_local_jobs_and_on_a_dask_cluster_matches_the_serial_run(cases: Path, seg_run: Path,
-                                                                             tmp_path: Path) -> None:
+                                                                             tmp_path: Path, monkeypatch) -> None:
     distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
     import nibabel as nib
 
@@ -314,6 +314,7 @@ def test_batch_with_local_jobs_and_on_a_dask_cluster_matches_the_serial_run(case
     for p in ("P000", "P001", "P002"):
         masks = {k: np.asarray(nib.load(v / p / "lesion_mask.nii.gz").dataobj) for k, v in runs.items()}
         assert np.array_equal(masks["serial"], masks["jobs"]) and np.array_equal(masks["serial"], masks["dask"])
+    monkeypatch.setattr("bonemet.inference.batch.DASK_CONNECT_TIMEOUT", "2s")  # nothing listens there: no need to wait
     r = invoke("predict", good, "--batch", "--seg", seg_run, "--out", tmp_path / "x", "--dask", "tcp://127.0.0.1:9")
     assert r.returncode == 2 and "no Dask scheduler answered" in r.stderr
 

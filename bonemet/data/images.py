@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +20,80 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+CACHE_ENV = "BONEMET_IMAGE_CACHE_MB"
+DEFAULT_CACHE_MB = 512
+
+
+class DecodedCache:
+    """The most recently read images, decoded, up to ``max_bytes`` (least recently used first out). Training reads
+    every slice once an epoch and evaluation reads each held-out slice once per member; decoding a PNG costs more
+    than the arithmetic of a small model on it. An entry is keyed by the file's path, size, modification time
+    and inode, so a file rewritten in place is read again. The arrays are read-only (shared between callers)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
+
+    def put(self, key: tuple, arr: np.ndarray) -> None:
+        if arr.nbytes > self.max_bytes:
+            return
+        arr.setflags(write=False)
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.bytes += arr.nbytes - (old.nbytes if old is not None else 0)
+            self._items[key] = arr
+            while self.bytes > self.max_bytes:
+                self.bytes -= self._items.popitem(last=False)[1].nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+
+def _cache_budget() -> int:
+    value = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE_MB))
+    try:
+        return max(0, int(float(value) * 2**20))
+    except ValueError:
+        raise DataError(f"{CACHE_ENV}={value!r} is not a number of megabytes") from None
+
+
+DECODED = DecodedCache(_cache_budget())
+
+
 def read_image(path: str | Path, mask: bool = False) -> np.ndarray:
     """Read an image as uint8, shape (H, W) for grey or (H, W, 3) for colour. A 16 / 32-bit grey image is read
-    when its values fit 8 bits, and refused otherwise; with ``mask``, its non-zero pixels become 255."""
+    when its values fit 8 bits, and refused otherwise; with ``mask``, its non-zero pixels become 255.
+
+    The array is read-only: it may be the one kept by :data:`DECODED` (``BONEMET_IMAGE_CACHE_MB`` in the
+    environment, default 512 MB a process, 0 to keep none) and given to the next caller of the same file."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except OSError as exc:
+        raise DataError(f"unreadable image ({exc})", path) from None
+    key = (str(path), mask, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    arr = DECODED.get(key)
+    if arr is None:
+        arr = _decode(path, st.st_size, mask)
+        DECODED.put(key, arr)
+    return arr
+
+
+def _decode(path: Path, size: int, mask: bool) -> np.ndarray:
+    try:
+        if size == 0:
             raise DataError("empty file", path)
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in training

@@ -190,6 +190,9 @@ def run_local(cases: list[Case], out: Path, opts: PredictOptions, jobs: int = 1,
     return results
 
 
+DASK_CONNECT_TIMEOUT = "20s"  # how long a scheduler has to answer before --dask gives up
+
+
 def run_dask(cases: list[Case], out: Path, opts: PredictOptions, address: str, progress=None) -> list[dict]:
     """The cases spread over the workers of the Dask cluster at ``address``; each worker loads the models once."""
     try:
@@ -197,7 +200,7 @@ def run_dask(cases: list[Case], out: Path, opts: PredictOptions, address: str, p
     except ImportError:
         raise BonemetError("--dask needs the dask.distributed package: pip install 'bonemet[cluster]'") from None
     try:
-        client = Client(address, timeout="20s")
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise BonemetError(f"--dask {address}: no Dask scheduler answered ({first_line(exc)})") from None
     results = []
