@@ -161,3 +161,21 @@ def test_patient_draws_follow_thesis():
     lung = sum(p.primary == "lung" for p in pats) / len(pats)
     assert 0.2 < lung < 0.5  # 8 of 23 in BM-Seg
     assert 45 < np.mean([p.age for p in pats]) < 65
+
+
+def test_bone_depth_on_the_bone_box_is_the_whole_volume_transform():
+    """The depth map is computed on the bone's box; it must equal scipy's transform of the whole volume, with bone
+    touching the volume's faces and bone far from them."""
+    from scipy import ndimage
+
+    from bonemet.phantom.lesions import bone_depth_mm
+
+    rng = np.random.default_rng(0)
+    spacing = (0.7, 0.9, 2.5)
+    for trial in range(12):
+        bone = np.zeros((30, 36, 14), bool)
+        box = tuple(slice(int(rng.integers(0, s // 2)), int(rng.integers(s // 2, s + 1))) for s in bone.shape)
+        bone[box] = rng.random(bone[box].shape) > 0.3
+        expected = ndimage.distance_transform_edt(bone, sampling=spacing).astype(np.float32)
+        assert np.array_equal(bone_depth_mm(bone, spacing), expected), trial
+    assert not bone_depth_mm(np.zeros((4, 4, 4), bool), spacing).any()

@@ -120,8 +120,21 @@ def insert_lesion(hu: np.ndarray, bone: np.ndarray, spacing: tuple[float, float,
 
 
 def bone_depth_mm(bone: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Distance (mm) from each bone voxel to the nearest non-bone voxel."""
-    return ndimage.distance_transform_edt(bone, sampling=spacing).astype(np.float32)
+    """Distance (mm) from each bone voxel to the nearest non-bone voxel.
+
+    Computed on the bone's bounding box grown by one voxel where the volume allows: every voxel outside the box
+    is non-bone, and the box's outer layer is closer to a bone voxel than anything beyond it, so the answer is
+    the whole volume's (a real CT's bone fills a fraction of its field)."""
+    bone = np.asarray(bone, bool)
+    depth = np.zeros(bone.shape, np.float32)
+    if not bone.any():
+        return depth
+    box = []
+    for axis in range(bone.ndim):
+        hit = np.flatnonzero(bone.any(axis=tuple(a for a in range(bone.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, bone.shape[axis])))
+    depth[tuple(box)] = ndimage.distance_transform_edt(bone[tuple(box)], sampling=spacing)
+    return depth
 
 
 def insert_lesions(
