@@ -34,7 +34,7 @@ class DemoBudget:
 BUDGETS = {
     "default": DemoBudget(patients=10, size=128, slices=64, folds=3, seg_epochs=30, width=8, cls_model="small_cnn16",
                           cls_size=128, cls_epochs=10),
-    "quick": DemoBudget(patients=4, size=96, slices=32, folds=2, seg_epochs=6, width=4, cls_model="small_cnn16",
+    "quick": DemoBudget(patients=4, size=96, slices=32, folds=2, seg_epochs=4, width=4, cls_model="small_cnn16",
                         cls_size=64, cls_epochs=2),
 }
 
@@ -98,7 +98,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, overwrite: boo
           lambda: synthesize(data, patients=b.patients, seed=seed, size=b.size, slices=b.slices))
     seg_cfg = SegConfig(data=str(data / "bmseg"), model="hybrid-attunet++", folds=b.folds, test_patients=0.25,
                         epochs=b.seg_epochs, size=b.size, batch_size=4, width=b.width, neg_ratio=0.5, pos_weight=10.0,
-                        lr_scale=0.3, eval_every=max(1, b.seg_epochs // 4), seed=seed)
+                        lr_scale=0.3, eval_every=max(2, b.seg_epochs // 4), seed=seed)
     seg_run = out / "seg"
     stage(f"train Hybrid-AttUnet++ x {b.folds} folds (width {b.width}, {b.seg_epochs} epochs)",
           lambda: train_segmentation(seg_cfg, seg_run, rt=rt))

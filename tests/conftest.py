@@ -19,6 +19,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under ``pytest -n N`` (pytest-xdist) the workers share the cores: each worker, and every process a test
     starts from it, gets an equal share of torch threads, as bonemet's own parallel jobs do (two processes that
     each use every core run many times slower than one)."""
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        # xdist hands each worker a quarter of its share of the tests, in collection order, before any test runs:
+        # with the slow tests first (below) one worker would get all of them. One test at a time instead: each
+        # worker takes the next test when it is free, which keeps the longest-first order balanced
+        config.option.maxschedchunk = 1
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         import torch
