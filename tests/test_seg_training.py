@@ -45,7 +45,7 @@ def lesion_crops(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_tiny_hybrid_overfits_phantom_slices(lesion_crops, tmp_path):
     idx = load_bmseg(lesion_crops, require_patients=True)
-    cfg = SegConfig(data=str(lesion_crops), model="hybrid-attunet++", epochs=90, size=64, width=8, batch_size=4,
+    cfg = SegConfig(data=str(lesion_crops), model="hybrid-attunet++", epochs=90, size=64, width=4, batch_size=4,
                     augment=False, lr_scale=0.3)
     train_fold(cfg, tmp_path, 0, idx.slices, [], [], resume=False)
     model = seg_mod.build_model(cfg)
