@@ -39,13 +39,16 @@ def test_probability_maps_hold_the_slices_probabilities(phantom, seg_run, tmp_pa
 def test_window_override_is_applied_and_said(phantom, seg_run, tmp_path):
     series = phantom / "dicom" / _metastatic_patient(phantom)
     outs = {}
-    for window in ("bone", "soft"):
+    for window, metal in (("bone", ()), ("soft", ("--no-metal-rule",))):
         out = tmp_path / window
-        r = invoke("predict", series, "--seg", seg_run, "--out", out, "--window", window, "--no-dicom-seg")
+        r = invoke("predict", series, "--seg", seg_run, "--out", out, "--window", window, "--no-dicom-seg", *metal)
         assert r.returncode == 0, r.stderr
         assert ("overrides the window the models were trained with" in r.stderr) == (window == "soft")
         outs[window] = json.loads((out / "summary.json").read_text())
         assert outs[window]["options"]["window"] == window
+        # the metal rule (the phantom has no metal: nothing dropped) is said, and so is switching it off
+        assert outs[window]["options"]["metal rule"] == ("off" if metal else "a component of mean 2000 HU or more is "
+                                                                              "metal, not a lesion; 0 dropped")
     from bonemet.inference.runners import _inputs
     from bonemet.inference.scan import read_scan
 

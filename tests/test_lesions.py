@@ -128,3 +128,33 @@ def test_bone_gate_keeps_lesions_within_the_margin_of_bone_only() -> None:
     # the margin is in mm: with 2 mm pixels the cube 4 voxels away is 8 mm away
     found, _ = find_lesions(mask, prob, None, bone, (2.0, 2.0, 2.0), min_voxels=1, min_volume_ml=0, bone_margin_mm=5)
     assert len(found) == 1
+
+
+def test_metal_rule_drops_components_whose_mean_hu_is_metal() -> None:
+    """Three cubes in bone: a blastic one (mean 1200 HU), a metal one (3000 HU), one whose mean is exactly the
+    limit (2000 HU, half 1000 and half 3000); the rule drops the last two and counts them, off keeps all three,
+    and without HU nothing can be judged."""
+    shape = (40, 20, 8)
+    bone = np.ones(shape, bool)
+    hu = np.full(shape, 300.0, np.float32)
+    mask = np.zeros(shape, bool)
+    mask[2:6, 2:6, 2:6] = True
+    hu[2:6, 2:6, 2:6] = 1200.0
+    mask[12:16, 2:6, 2:6] = True
+    hu[12:16, 2:6, 2:6] = 3000.0
+    mask[24:28, 2:6, 2:6] = True
+    hu[24:26, 2:6, 2:6], hu[26:28, 2:6, 2:6] = 1000.0, 3000.0
+    prob = mask.astype(np.float16)
+    spacing = (1.0, 1.0, 1.0)
+    results = {}
+    for limit in (None, 2000.0, 3001.0):
+        stats: dict = {}
+        found, kept = find_lesions(mask, prob, hu, bone, spacing, min_voxels=1, min_volume_ml=0, stats=stats,
+                                   max_mean_hu=limit)
+        results[limit] = (sorted(les.mean_hu for les in found), stats["metal"])
+        if limit == 2000.0:
+            assert kept[3, 3, 3] > 0 and kept[13, 3, 3] == 0 and kept[25, 3, 3] == 0
+    every = [1200.0, 2000.0, 3000.0]
+    assert results == {None: (every, 0), 2000.0: ([1200.0], 2), 3001.0: (every, 0)}
+    found, _ = find_lesions(mask, prob, None, bone, spacing, min_voxels=1, min_volume_ml=0, max_mean_hu=2000.0)
+    assert len(found) == 3

@@ -52,6 +52,10 @@ def predict(
                                                               "for image slices) of the predicted bone, else it is "
                                                               "dropped (models with a bone output).")] = 3.0,
     no_bone_gate: Annotated[bool, typer.Option(help="Keep lesions wherever they are, in bone or not.")] = False,
+    max_mean_hu: Annotated[float, typer.Option(help="A lesion whose mean is at least this many HU is dropped as "
+                                                     "metal (an implant, a wire, the scanner's clipped maximum); "
+                                                     "bone and blastic lesions stay well below.")] = 2000.0,
+    no_metal_rule: Annotated[bool, typer.Option(help="Keep lesions however dense they are.")] = False,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: also run every model on the left-right "
                                            "mirrored slices and average (twice the model time).")] = False,
     viewer: Annotated[bool, typer.Option(help="The interactive viewer (NiiVue: three planes, 3D, windows, overlays) "
@@ -82,6 +86,7 @@ def predict(
                           min_volume_ml=min_volume, dicom_seg=not no_dicom_seg, overwrite=overwrite,
                           series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device,
                           bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta, viewer=viewer,
+                          max_mean_hu=None if no_metal_rule else max_mean_hu,
                           viewer_max_mb=viewer_max_mb)
     many = batch or is_manifest(input)
     if not many and (jobs > 1 or num_parts > 1 or dask):

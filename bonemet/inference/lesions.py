@@ -100,7 +100,7 @@ def rough_site(center: tuple[float, float, float], bone: np.ndarray | None, hu: 
 def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | None, bone: np.ndarray | None,
                  spacing: tuple[float, float, float] | None, min_voxels: int = 10,
                  min_volume_ml: float = 0.05, voxel_mm3: float | None = None, bone_margin_mm: float | None = None,
-                 stats: dict | None = None) -> tuple[list[Lesion], np.ndarray]:
+                 stats: dict | None = None, max_mean_hu: float | None = None) -> tuple[list[Lesion], np.ndarray]:
     """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
     volume of the kept ones numbered by lesion id.
 
@@ -108,7 +108,9 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     ``voxel_mm3``: the true voxel volume (|det| of the affine; default the product of the spacings, which is
     the same for an orthogonal grid and too large for a sheared one). ``bone_margin_mm`` (with ``bone``): a
     component that comes no closer than this to the bone mask is dropped too (a bone metastasis lies in bone; in
-    pixels when the spacing is unknown); ``stats["off_bone"]`` then counts them.
+    pixels when the spacing is unknown); ``stats["off_bone"]`` then counts them. ``max_mean_hu`` (with HU): a
+    component whose mean is at least this many HU is dropped as metal (an implant, a wire, a scanner's clipped
+    maximum): bone and blastic metastases stay well below; ``stats["metal"]`` counts them.
     """
     kept = np.zeros(lesion_mask.shape, np.int16)
     box0 = _bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
@@ -124,7 +126,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # bincount works in int64: slice by slice, not a whole-volume copy
         counts += np.bincount(labels[:, :, k].ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
-    off_bone = 0
+    off_bone = metal = 0
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         count = int(counts[idx])
         if box is None or count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
@@ -134,6 +136,9 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
             off_bone += 1
             continue
         m = _measure(labels, idx, origin, box, prob, hu if measure else None, bone, spacing)
+        if measure and max_mean_hu is not None and m["hu_sum"] / count >= max_mean_hu:
+            metal += 1
+            continue
         centroid = tuple(int(round(v)) for v in m["center"])
         sur = m["surrounding"]
         ks = m["k0"] + np.flatnonzero(m["areas"])  # the slices it touches
@@ -155,7 +160,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # slice by slice: no second full-size label array
         region[:, :, k] = relabel[labels[:, :, k]]
     if stats is not None:
-        stats["off_bone"] = off_bone
+        stats["off_bone"], stats["metal"] = off_bone, metal
     return [les for les, _ in out], kept
 
 

@@ -49,6 +49,7 @@ class PredictOptions:
     series_uid: str | None = None  # the series to read from a folder that holds several
     device: str = "auto"
     bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
+    max_mean_hu: float | None = 2000.0  # a lesion this dense on average is metal, not bone (None: no such rule)
     tta: bool = False  # also run every model on the left-right mirrored slices and average
     viewer: bool = True  # the interactive viewer in report.html
     viewer_max_mb: float = 64.0  # embedded images above which the report keeps still images only
@@ -210,7 +211,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
     lesions, kept = find_lesions(lesion_vol >= opts.threshold, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
                                  opts.min_volume_ml,
                                  voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None,
-                                 bone_margin_mm=opts.bone_margin_mm, stats=gate)
+                                 bone_margin_mm=opts.bone_margin_mm, stats=gate, max_mean_hu=opts.max_mean_hu)
     truth = None
     if opts.truth is not None:
         if scan.volume is None:
@@ -252,7 +253,8 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
         "versions": _versions(), "timings": times, "warnings": warnings,
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
                     "window": opts.window or "as trained", "test-time augmentation": "flip" if opts.tta else "none",
-                    "bone gate": _bone_gate(opts, bone_mask, scan, gate)},
+                    "bone gate": _bone_gate(opts, bone_mask, scan, gate),
+                    "metal rule": _metal_rule(opts, scan, gate)},
     }
     return Prediction(summary, lesions, kept > 0, bone_mask, scan, lesion_vol, bone_vol, slice_rows, kept)
 
@@ -285,6 +287,15 @@ def _bone_gate(opts: PredictOptions, bone_mask: np.ndarray | None, scan: Scan, g
     unit = "mm" if scan.volume is not None else "pixels"
     return (f"a lesion must come within {opts.bone_margin_mm:g} {unit} of the predicted bone; "
             f"{gate.get('off_bone', 0)} component(s) dropped")
+
+
+def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
+    """What the metal rule did, in words, for the summary."""
+    if opts.max_mean_hu is None:
+        return "off"
+    if not scan.has_hu:
+        return "not applied: image slices carry no HU"
+    return f"a component of mean {opts.max_mean_hu:g} HU or more is metal, not a lesion; {gate.get('metal', 0)} dropped"
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:

@@ -34,8 +34,8 @@ def segment(model: Path, scan_path: Path) -> dict:
     pred = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False)).analyse(
         read_scan(scan_path), keep_probabilities=True)
     vol = pred.scan.volume
-    return {"p": np.asarray(pred.lesion_probability, np.float32).transpose(2, 1, 0),
-            "bone": np.asarray(pred.bone_probability, np.float32).transpose(2, 1, 0), "volume": vol}
+    return {"p": np.asarray(pred.lesion_probability, np.float32),
+            "bone": np.asarray(pred.bone_probability, np.float32), "volume": vol}
 
 
 def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None) -> tuple[list, np.ndarray]:
