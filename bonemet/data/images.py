@@ -53,11 +53,6 @@ class DecodedCache:
             while self.bytes > self.max_bytes:
                 self.bytes -= self._items.popitem(last=False)[1].nbytes
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.bytes = 0
-
 
 def _cache_budget() -> int:
     value = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE_MB))

@@ -295,7 +295,8 @@ def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
         return "off"
     if not scan.has_hu:
         return "not applied: image slices carry no HU"
-    return f"a component of mean {opts.max_mean_hu:g} HU or more is metal, not a lesion; {gate.get('metal', 0)} dropped"
+    return (f"a component of mean {opts.max_mean_hu:g} HU or more is metal, not a lesion; "
+            f"{gate.get('metal', 0)} dropped")
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:
