@@ -235,3 +235,30 @@ def test_decoded_images_are_kept_until_the_file_changes_or_the_budget_is_spent(t
     monkeypatch.setenv(images.CACHE_ENV, "lots")
     with pytest.raises(DataError, match="BONEMET_IMAGE_CACHE_MB='lots' is not a number of megabytes"):
         images._cache_budget()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_decoded_cache_works_in_a_child_forked_while_its_lock_was_held():
+    """A DataLoader worker is forked from a process whose other thread may be inside the cache: the child gets a
+    lock of its own instead of one that nobody will release."""
+    import os
+
+    from bonemet.data.images import DecodedCache
+
+    cache = DecodedCache(10**6)
+    cache.put(("a",), np.zeros(4, np.uint8))
+    import signal
+    import time
+
+    with cache._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: a read must not wait on the parent's lock
+            os._exit(0 if cache.get(("a",)) is not None else 1)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child waited on the parent's lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

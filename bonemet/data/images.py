@@ -34,6 +34,11 @@ class DecodedCache:
         self.max_bytes, self.bytes = max_bytes, 0
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):  # a DataLoader worker forked while another thread held the lock
+            os.register_at_fork(after_in_child=self._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def get(self, key: tuple) -> np.ndarray | None:
         with self._lock:
