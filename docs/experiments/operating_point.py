@@ -7,7 +7,9 @@ found again from those probabilities with ``find_lesions`` (what ``predict`` run
 threshold, smallest lesion volume and a metal rule (a finding whose mean is at least MAX_MEAN_HU is left out: metal
 and the scanner's clipped maximum, not bone).
 
-    .venv/bin/python docs/experiments/operating_point.py runs/default-model
+    .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta]
+
+``--tta``: the models also run on the left-right mirrored slices and the two are averaged (``predict --tta``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ MIN_VOLUMES = (0.05, 0.25, 0.5, 1.0)
 MAX_MEAN_HU = (None, 2000.0)
 
 
-def segment(model: Path, scan_path: Path) -> dict:
-    pred = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False)).analyse(
+def segment(model: Path, scan_path: Path, tta: bool = False) -> dict:
+    pred = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta)).analyse(
         read_scan(scan_path), keep_probabilities=True)
     vol = pred.scan.volume
     return {"p": np.asarray(pred.lesion_probability, np.float32),
@@ -50,7 +52,7 @@ def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | N
     return lesions, kept
 
 
-def main(build: Path) -> None:
+def main(build: Path, tta: bool = False) -> None:
     results = json.loads((build / "work" / "results.json").read_text())
     command = results["recipe_command"].split()
     real = [Path(command[i + 1]) for i, a in enumerate(command) if a == "--real"]
@@ -59,12 +61,12 @@ def main(build: Path) -> None:
     cases = []
     for k, scan in enumerate(real):
         print(f"segmenting {scan} with the model that never saw it", flush=True)
-        cases.append({"kind": "real", "name": scan.name, **segment(work / f"without-real{k}" / "seg", scan)})
+        cases.append({"kind": "real", "name": scan.name, **segment(work / f"without-real{k}" / "seg", scan, tta)})
     for i, _ in enumerate(backgrounds):
         vol = work / "data" / f"inserted-test{i}" / "volumes" / "T"
         print(f"segmenting {vol} (lesions inserted into background {i})", flush=True)
         case = {"kind": "inserted", "name": f"background {i}",
-                **segment(work / f"without-background{i}" / "seg", vol / "ct.nii.gz")}
+                **segment(work / f"without-background{i}" / "seg", vol / "ct.nii.gz", tta)}
         case["truth"] = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)  # lesion ids, native grid
         with open(work / "data" / f"inserted-test{i}" / "lesions.csv", newline="") as fh:
             case["lesions"] = {int(r["lesion_id"]): float(r["diameter_mm"]) for r in csv.DictReader(fh)}
@@ -97,4 +99,5 @@ def main(build: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/default-model"))
+    args = [a for a in sys.argv[1:] if a != "--tta"]
+    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv)
