@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import errno
 import functools
+import hashlib
 import json
 import math
 import os
@@ -69,6 +70,15 @@ def _umask() -> int:
 def _file_mode() -> int:
     """The mode a plain ``open(..., 'w')`` would give: 0666 less the process umask."""
     return 0o666 & ~_umask()
+
+
+def sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

@@ -124,13 +124,29 @@ def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
     return run
 
 
+def _predict(model: Path, scan: Path, out: Path, **truth):
+    """``predict`` with its default options (no viewer, no DICOM-SEG), ``truth`` / ``bone_truth`` to score against."""
+    from .inference.predict import PredictOptions, Predictor
+
+    return Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, **truth)).predict(
+        scan, out)
+
+
+def _predict_defaults() -> str:
+    """What ``predict`` keeps by default, in words, from its options' own defaults (for the model card)."""
+    from dataclasses import fields
+
+    from .inference.predict import PredictOptions
+
+    d = {f.name: f.default for f in fields(PredictOptions)}
+    return (f"threshold {d['threshold']:g}, components from {d['min_volume_ml']:g} mL, the {d['bone_margin_mm']:g} mm "
+            f"bone gate, findings of mean {d['max_mean_hu']:g} HU or more left out as metal")
+
+
 def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None) -> dict:
     """``model`` on a real series without labelled lesions: findings, the largest, the verdict; with ``bone``
     (its bone mask) also the bone Dice."""
-    from .inference.predict import PredictOptions, Predictor
-
-    opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, bone_truth=bone)
-    pred = Predictor(opts).predict(scan, out)
+    pred = _predict(model, scan, out, bone_truth=bone)
     row = {"series": series_label(scan), "slices": pred.summary["input"]["slices"], "findings": len(pred.lesions),
            "largest mL": round(pred.largest_ml, 1),
            "verdict": pred.verdict, "probability": pred.probability}
@@ -151,7 +167,6 @@ def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: P
     import nibabel as nib
     import numpy as np
 
-    from .inference.predict import PredictOptions, Predictor
     from .phantom.synth import synthesize_from_ct
 
     case = work / "data" / f"inserted-test{i}"
@@ -159,8 +174,8 @@ def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: P
         synthesize_from_ct(ct, bone, case, lesions=recipe.test_lesions, seed=999, formats=("volumes",),
                            patient="T")
     vol = case / "volumes" / "T"
-    opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, truth=vol / "lesion_mask.nii.gz")
-    pred = Predictor(opts).predict(vol / "ct.nii.gz", work / f"without-background{i}" / "predict-inserted")
+    pred = _predict(model, vol / "ct.nii.gz", work / f"without-background{i}" / "predict-inserted",
+                    truth=vol / "lesion_mask.nii.gz")
     ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
     found = set(np.unique(ids[pred.native_masks()["lesion"][0] > 0]).tolist()) - {0}
     with open(case / "lesions.csv", newline="") as fh:
@@ -184,7 +199,6 @@ def sensitivity_table(lesions: list[dict]) -> list[dict]:
 
 
 def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
-    from .inference.predict import PredictOptions, Predictor
     from .phantom.synth import synthesize
 
     test = work / "data" / "phantom-test"
@@ -193,9 +207,8 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
         synthesize(test, patients=recipe.test_patients, seed=12, size=size, slices=slices, formats=("volumes",))
     rows = []
     for case in sorted((test / "volumes").iterdir()):
-        opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True,
-                              truth=case / "lesion_mask.nii.gz")
-        pred = Predictor(opts).predict(case / "ct.nii.gz", work / "predict-phantom" / case.name)
+        pred = _predict(model, case / "ct.nii.gz", work / "predict-phantom" / case.name,
+                        truth=case / "lesion_mask.nii.gz")
         rows.append({"patient": case.name, **pred.summary["truth"], "verdict": pred.verdict})
     return rows
 
@@ -364,7 +377,7 @@ times in their metrics.csv), the last invocation {r['minutes']} min in all; {r['
 ## Measured on real anatomy it never saw: leave one patient out
 
 For each real series in turn, the same recipe trained without it, then run on it with the default `predict`
-options (threshold 0.5, components from 0.05 mL, the 3 mm bone gate). None of these series has labelled bone
+options ({_predict_defaults()}). None of these series has labelled bone
 lesions and their patients had cancer, so a finding is not proven false: these are findings on scans without
 labelled bone lesions.
 

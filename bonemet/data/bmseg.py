@@ -228,13 +228,14 @@ def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, descript
     from ..fileio import write_csv, write_json
 
     rows = []
+    for d in ("image", "lesion mask", "bone mask"):
+        (out / d).mkdir(parents=True, exist_ok=True)
     for root, prefix, patient in sources:
         with open(root / "patients.csv", newline="") as fh:
             for r in csv.DictReader(fh):
                 name = f"{prefix}_{r['file']}"
                 has_bone = (root / "bone mask" / r["file"]).exists()  # a real negative may have none
                 for d in ("image", "lesion mask", "bone mask") if has_bone else ("image", "lesion mask"):
-                    (out / d).mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(root / d / r["file"], out / d / name)
                 rows.append({"file": name, "patient": patient or r["patient"], "slice": r.get("slice", ""),
                              "row_mm": r.get("row_mm", ""), "col_mm": r.get("col_mm", ""),

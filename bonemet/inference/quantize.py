@@ -13,7 +13,6 @@ each member once on slices of the run's own training patients (never its test pa
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from ..data.bmseg import SegSlice, load_bmseg
 from ..errors import BonemetError
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import atomic_path, read_json, sha256, write_json
 from ..runs.checkpoint import finished_checkpoint
 from ..runs.seg import seg_dataset
 from .fast import CALIBRATION_SLICES, calibration_indices, quantize_int8
@@ -34,17 +33,13 @@ def member_checkpoint(run: Path, k: int) -> Path:
     return finished_checkpoint(run / f"fold{k}", f"fold {k}")
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def stored_int8(run: str | Path, k: int) -> bytes | None:
     """Member ``k``'s stored int8 graph, or None when there is none or it was made from another checkpoint."""
     fold = Path(run) / f"fold{k}"
     meta, graph = fold / INT8_META, fold / INT8_FILE
     if not (meta.exists() and graph.exists()):
         return None
-    if read_json(meta, "int8 graph description").get("checkpoint sha256") != _digest(member_checkpoint(Path(run), k)):
+    if read_json(meta, "int8 graph description").get("checkpoint sha256") != sha256(member_checkpoint(Path(run), k)):
         return None
     return graph.read_bytes()
 
@@ -101,7 +96,7 @@ def store_int8(run: Path, k: int, model: torch.nn.Module, x: torch.Tensor, names
     fold = run / f"fold{k}"
     with atomic_path(fold / INT8_FILE) as tmp:
         tmp.write_bytes(graph)
-    write_json(fold / INT8_META, {"checkpoint": ckpt.name, "checkpoint sha256": _digest(ckpt),
+    write_json(fold / INT8_META, {"checkpoint": ckpt.name, "checkpoint sha256": sha256(ckpt),
                                   "calibration slices": names, "onnxruntime": _ort_version(),
                                   "seconds": round(time.perf_counter() - t0, 1)})
     return fold / INT8_FILE

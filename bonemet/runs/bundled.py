@@ -9,14 +9,13 @@ different answers. ``package_run`` makes such a folder from a trained run (``bon
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
 from ..errors import BonemetError
-from ..fileio import read_json, write_json
+from ..fileio import read_json, sha256, write_json
 from .checkpoint import finished_checkpoint, load_checkpoint, save_checkpoint
 from .seg import load_run
 
@@ -25,14 +24,6 @@ MANIFEST = "manifest.json"
 CARD = "MODEL_CARD.md"
 
 __all__ = ["BUNDLE_DIR", "Bundled", "bundled_models", "bundled_model", "default_model", "package_run", "sha256"]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
