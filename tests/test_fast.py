@@ -99,16 +99,18 @@ def _kept(model):
     return {name: m for name, m in model.named_modules() if type(m).__name__ == "_FP32"}
 
 
-# (encoder levels, gates, heads) kept; the sequential model has two networks (bone unet++, lesion attunet++)
-KEPT = {"unet": (5, 0, 1), "attunet": (5, 4, 1), "hybrid-attunet++": (5, 14, 2), "sequential": (10, 10, 2)}
+# (encoder levels, gates, heads) kept: the first two levels of each encoder; the sequential model has two networks
+# (bone unet++, lesion attunet++)
+KEPT = {"unet": (2, 0, 1), "attunet": (2, 4, 1), "hybrid-attunet++": (2, 14, 2), "sequential": (4, 10, 2)}
 
 
 @pytest.mark.parametrize("name", list(KEPT))
-def test_bf16_path_keeps_encoder_gates_and_heads_in_fp32(name):
+def test_bf16_path_keeps_first_encoder_levels_gates_and_heads_in_fp32(name):
     model = _trained_like(name)
     kept = _kept(FastModel(model, ("fold_bn", "channels_last", "bf16")).model)
     enc, gates, heads = KEPT[name]
     assert sum(".enc." in f".{n}" for n in kept) == enc
+    assert {n.rsplit(".", 1)[-1] for n in kept if ".enc." in f".{n}"} == {"0", "1"}  # the deeper levels: bf16
     assert sum(".gates." in f".{n}" for n in kept) == gates
     assert sum(n.endswith("head") or ".heads." in f".{n}" for n in kept) == heads
     assert len(kept) == enc + gates + heads  # no decoder node: they hold most of the work

@@ -6,12 +6,15 @@
   memory (``inference.fusion``); needs ``fold_bn``; the same arithmetic.
 * ``channels_last``: NHWC memory layout, which oneDNN convolutions prefer on CPU; exact.
 * ``bf16``: bfloat16 autocast on CPUs that support it (AVX-512 BF16 / AMX), with the modules of
-  ``BF16_FP32_MODULES`` kept in fp32: the encoder, the attention gates and the output heads, about 11 % of the
-  multiply-adds of Hybrid-AttUnet++; the encoder's outputs are handed on in fp32 (``BF16_FP32_OUTPUTS``), the
-  others' in bf16. Measured module by module on trained members (``docs/experiments/bf16_sensitivity.py``),
-  most of plain autocast's error comes from the input end (the first features in 8-bit mantissas, and their rounding
-  on the way to the next level and the skips) and from the gates (a sigmoid coefficient that scales a whole
-  skip), little from the decoder nodes, which hold most of the work.
+  ``BF16_FP32_MODULES`` kept in fp32: the first two encoder levels, the attention gates and the output heads, about
+  6 % of the multiply-adds of Hybrid-AttUnet++; those encoder levels hand their outputs on in fp32
+  (``BF16_FP32_OUTPUTS``), the others in bf16. Measured module by module on trained members
+  (``docs/experiments/bf16_sensitivity.py``), most of plain autocast's error comes from the input end (the first
+  features in 8-bit mantissas, and their rounding on the way to the next level and the skips) and from the gates (a
+  sigmoid coefficient that scales a whole skip), little from the deeper encoder levels and the decoder nodes. The
+  three deeper levels were kept in fp32 too until 2026-12-04: at 14-56 px they are compute-bound, and fp32 there
+  took 16 % of the path's time on a CPU with AMX for no measurable gain in precision
+  (``docs/experiments/fp32_plans.py``).
 * ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime; fp32, exact up to rounding.
   Not combinable with ``channels_last``, ``bf16``, ``int8`` or ``compile``.
 * ``int8``: the (BN-folded) ONNX model quantized to 8 bits by ONNX Runtime (static QDQ: per-channel 7-bit
@@ -52,7 +55,7 @@ GPU_DEFAULT_PATH = ("fold_bn", "channels_last")
 CALIBRATION_SLICES = 8  # slices whose activations set the int8 ranges
 # modules the bf16 path keeps in fp32 (names as in ``model.named_modules()``, glob patterns matched against the name
 # or its tail, so both networks of the sequential model are covered), and those whose output stays fp32
-BF16_FP32_MODULES = ("enc.*", "gates.*", "heads.*", "head")
+BF16_FP32_MODULES = ("enc.0", "enc.1", "gates.*", "heads.*", "head")
 BF16_FP32_OUTPUTS = ("enc.*",)
 
 

@@ -7,9 +7,13 @@ found again from those probabilities with ``find_lesions`` (what ``predict`` run
 threshold, smallest lesion volume and a metal rule (a finding whose mean is at least MAX_MEAN_HU is left out: metal
 and the scanner's clipped maximum, not bone).
 
-    .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta]
+    .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta] [--models DIR]
 
 ``--tta``: the models also run on the left-right mirrored slices and the two are averaged (``predict --tta``).
+``--models DIR``: leave-one-out models from another folder laid out like ``BUILD/work`` (``without-real*/seg``,
+``without-background*/seg``; a series whose model is missing there is skipped), for example the same recipe trained
+longer. After the table, each inserted lesion of 10 mm or more: its type, size and HU, the largest lesion
+probability on it, the share of its voxels at 0.5 or more, and the mean bone probability on it.
 """
 
 from __future__ import annotations
@@ -52,24 +56,29 @@ def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | N
     return lesions, kept
 
 
-def main(build: Path, tta: bool = False) -> None:
+def main(build: Path, tta: bool = False, models: Path | None = None) -> None:
     results = json.loads((build / "work" / "results.json").read_text())
     command = results["recipe_command"].split()
     real = [Path(command[i + 1]) for i, a in enumerate(command) if a == "--real"]
     backgrounds = [command[i + 1].split(":") for i, a in enumerate(command) if a == "--background"]
     work = build / "work"
+    models = models or work
     cases = []
     for k, scan in enumerate(real):
+        if not (models / f"without-real{k}" / "seg").exists():
+            print(f"skipped {scan}: no model without it in {models}")
+            continue
         print(f"segmenting {scan} with the model that never saw it", flush=True)
-        cases.append({"kind": "real", "name": scan.name, **segment(work / f"without-real{k}" / "seg", scan, tta)})
+        cases.append({"kind": "real", "name": scan.name, **segment(models / f"without-real{k}" / "seg", scan, tta)})
     for i, _ in enumerate(backgrounds):
         vol = work / "data" / f"inserted-test{i}" / "volumes" / "T"
         print(f"segmenting {vol} (lesions inserted into background {i})", flush=True)
         case = {"kind": "inserted", "name": f"background {i}",
-                **segment(work / f"without-background{i}" / "seg", vol / "ct.nii.gz", tta)}
+                **segment(models / f"without-background{i}" / "seg", vol / "ct.nii.gz", tta)}
         case["truth"] = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)  # lesion ids, native grid
         with open(work / "data" / f"inserted-test{i}" / "lesions.csv", newline="") as fh:
-            case["lesions"] = {int(r["lesion_id"]): float(r["diameter_mm"]) for r in csv.DictReader(fh)}
+            case["rows"] = list(csv.DictReader(fh))
+        case["lesions"] = {int(r["lesion_id"]): float(r["diameter_mm"]) for r in case["rows"]}
         cases.append(case)
     rows = []
     for threshold in THRESHOLDS:
@@ -96,8 +105,34 @@ def main(build: Path, tta: bool = False) -> None:
                              "largest mL": round(largest, 1), "inserted >= 10 mm found": f"{found}/{total}",
                              "FP on inserted scans": fp})
     print(markdown_table(rows))
+    print(markdown_table(lesion_rows(cases)))
+
+
+def lesion_rows(cases: list[dict]) -> list[dict]:
+    """Each inserted lesion of 10 mm or more, with what the model that never saw its background gave it."""
+    rows = []
+    for case in cases:
+        if case["kind"] != "inserted":
+            continue
+        p, bone = (case["volume"].to_native(case[k])[0] for k in ("p", "bone"))
+        for r in case["rows"]:
+            if float(r["diameter_mm"]) < 10.0:
+                continue
+            on = case["truth"] == int(r["lesion_id"])
+            rows.append({"background": case["name"], "lesion": r["lesion_id"], "type": r["kind"],
+                         "diameter mm": r["diameter_mm"], "mean HU": r["mean_hu"],
+                         "bone around HU": r["surrounding_bone_hu"],
+                         "largest probability": round(float(p[on].max()), 3),
+                         "voxels >= 0.5 %": round(100 * float(np.mean(p[on] >= 0.5)), 1),
+                         "bone probability": round(float(bone[on].mean()), 2)})
+    return rows
+
+
+def _option(name: str) -> Path | None:
+    return Path(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else None
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--tta"]
-    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv)
+    models = _option("--models")
+    args = [a for a in sys.argv[1:] if a not in ("--tta", "--models", str(models))]
+    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv, models)
