@@ -1,0 +1,89 @@
+"""The default model's recipe with another window, number of epochs or number of lesion copies, measured on the
+left-out backgrounds as ``bonemet models build`` measures them: NOT part of bonemet.
+
+For each background of a finished build (``BUILD``, default ``runs/default-model``): the data of the recipe made
+again with ``WINDOW`` (``bone``, the recipe's, or ``multi``: bone, soft and wide as three channels), ``COPIES``
+copies of each background with 6 lesions, the phantom and the real negatives; a model trained without that
+background for ``EPOCHS`` epochs (the recipe's configuration otherwise); then the build's own measurements on it:
+findings on the background as it is, bone Dice against its mask, and the build's 8 test lesions inserted into it
+(the same lesions: the build's ``inserted-test*`` folders are linked, not made again). The real series are not
+left out here (four more trainings).
+
+    python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD]
+    python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
+    python docs/experiments/recipe_variants.py multi 12 3 /tmp/variants/multi12    # 12 min
+    python docs/experiments/operating_point.py runs/default-model --models OUT/work # then each lesion's probability
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import bonemet.recipe as recipe_module
+from bonemet.data.bmseg import merge_bmseg
+from bonemet.data.convert import convert_to_bmseg
+from bonemet.phantom.synth import synthesize, synthesize_from_ct
+from bonemet.training.seg import train_segmentation
+
+
+def main(window: str, epochs: int, copies: int, out: Path, build: Path) -> None:
+    build = build.resolve()
+    command = json.loads((build / "recipe.json").read_text())["command"].split()
+    backgrounds = [tuple(Path(p) for p in command[i + 1].split(":")) for i, a in enumerate(command)
+                   if a == "--background"]
+    real = [Path(command[i + 1]) for i, a in enumerate(command) if a == "--real"]
+    recipe = recipe_module.Recipe(backgrounds=backgrounds, real=real, epochs=epochs, copies=copies)
+    work = out.resolve() / "work"
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for i in range(len(backgrounds)):
+        if not (data / f"inserted-test{i}").exists():
+            os.symlink(build / "work" / "data" / f"inserted-test{i}", data / f"inserted-test{i}")
+    size, slices = recipe.phantom_shape
+    if not (data / "phantom").exists():
+        synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
+                   formats=("bmseg",), window=window)
+    sources = [(data / "phantom" / "bmseg", "ph", None)]
+    for i, (ct, bone) in enumerate(backgrounds):
+        for c in range(copies):
+            copy = data / f"background{i}-{c}"
+            if not copy.exists():
+                synthesize_from_ct(ct, bone, copy, lesions=recipe.lesions, seed=100 + c, formats=("bmseg",),
+                                   patient=f"B{i}", window=window)
+            sources.append((copy / "bmseg", f"background{i}-{c}", f"B{i}"))
+    negatives = []
+    for j, scan in enumerate(real):
+        neg = data / f"real{j}"
+        if not neg.exists():
+            convert_to_bmseg(scan, neg, lesion_free=True, patient=f"N{j}", window=window)
+        negatives.append((neg, f"real{j}", f"N{j}"))
+    rows = []
+    for i, (ct, bone) in enumerate(backgrounds):
+        folder = work / f"without-background{i}"
+        mixed, run = folder / "mixed", folder / "seg"
+        if not (mixed / "conversion.json").exists():
+            merge_bmseg([s for s in sources if s[2] != f"B{i}"] + negatives, mixed,
+                        {"window": window, "merged": [str(s[0]) for s in sources]})
+        t = time.perf_counter()
+        if not all((run / f"fold{k}" / "done.json").exists() for k in range(2)):
+            train_segmentation(recipe_module._seg_config(recipe, mixed), run, resume=(run / "config.json").exists())
+        row = recipe_module._findings(run, ct, folder / "predict", bone)
+        row.update(recipe_module._inserted(run, recipe, ct, bone, i, work))
+        row["minutes"] = round((time.perf_counter() - t) / 60, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    lesions = [les for row in rows for les in row["lesions"]]
+    big = [les for les in lesions if les["diameter_mm"] >= 10.0]
+    print(f"inserted lesions of 10 mm or more found: {sum(les['found'] for les in big)}/{len(big)}")
+    for row in recipe_module.sensitivity_table(lesions):
+        print(row)
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(a[0], int(a[1]), int(a[2]), Path(a[3]), Path(a[4]) if len(a) > 4 else Path("runs/default-model"))
