@@ -2,12 +2,14 @@
 
 ``bonemet models build OUT --background CT:BONE_MASK ... --real SCAN ...`` runs it end to end:
 
-1. data: a CT phantom (8 patients, half of them metastatic); for each real background, three copies with 6 lesions
-   inserted through its bone mask (lytic, blastic and mixed; one patient per real scan, so that its copies share a
+1. data, every image in one CT window (``--window``, the bone window by default): a CT phantom (8 patients, half
+   of them metastatic); for each real background, three copies (``--copies``) with 6 lesions inserted through its
+   bone mask (lytic, blastic and mixed; one patient per real scan, so that its copies share a
    fold; its slices without an inserted lesion are real negatives); each ``--real`` series (real CT without
    labelled lesions and without a bone mask) whole, as negatives whose bone term is left out of the loss;
 2. leave one real patient out: for each ``--real`` series, an EH-AttUnet++ (2 x Hybrid-AttUnet++, width 8,
-   physical scale: 3 mm pixels, a 384 mm field; intensity randomisation) trained on everything but that series,
+   physical scale: 3 mm pixels, a 384 mm field; intensity randomisation; 12 epochs, ``--epochs``) trained on
+   everything but that series,
    then run on it: findings per scan on real anatomy it never saw;
 3. leave one background out: for each background, the same model trained without it (its lesions come from the
    other backgrounds), then run on that series as it is (findings, bone Dice against its bone mask) and with
@@ -54,6 +56,7 @@ class Recipe:
     size: int = 128
     pixel_mm: float = 3.0
     intensity_aug: bool = True
+    window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     quick: bool = False
 
     @property
@@ -91,33 +94,40 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
     size, slices = recipe.phantom_shape
     if not (data / "phantom").exists():
         synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
-                   formats=("bmseg",))
+                   formats=("bmseg",), window=recipe.window)
     sources = [(data / "phantom" / "bmseg", "ph", None)]
     for i, (ct, bone) in enumerate(recipe.backgrounds):
         for c in range(recipe.copies):
             out = data / f"background{i}-{c}"
             if not out.exists():
                 synthesize_from_ct(ct, bone, out, lesions=recipe.lesions, seed=100 + c, formats=("bmseg",),
-                                   patient=f"B{i}")
+                                   patient=f"B{i}", window=recipe.window)
             sources.append((out / "bmseg", f"background{i}-{c}", f"B{i}"))  # the patient names the background
     negatives = {}
     for j, scan in enumerate(recipe.real):
         out = data / f"real{j}"
         if not out.exists():
-            convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window="bone")
+            convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window=recipe.window)
         negatives[scan] = (out, f"real{j}", f"N{j}")
     return sources, negatives
 
 
-def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
-    """A run trained on ``sources`` merged (``folder/mixed``) into ``folder/seg``; goes on where it stopped."""
+def _merge(recipe: Recipe, folder: Path, sources: list) -> Path:
+    """``sources`` merged into ``folder/mixed`` (once), the data of one training."""
     from .data.bmseg import merge_bmseg
-    from .training.seg import train_segmentation
 
     data = folder / "mixed"
     if not (data / "conversion.json").exists():
         shutil.rmtree(data, ignore_errors=True)  # a merge cut short
-        merge_bmseg(sources, data, {"window": "bone", "merged": [str(s[0]) for s in sources]})
+        merge_bmseg(sources, data, {"window": recipe.window, "merged": [str(s[0]) for s in sources]})
+    return data
+
+
+def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
+    """A run trained on ``sources`` merged (``folder/mixed``) into ``folder/seg``; goes on where it stopped."""
+    from .training.seg import train_segmentation
+
+    data = _merge(recipe, folder, sources)
     run = folder / "seg"
     if not all((run / f"fold{k}" / "done.json").exists() for k in range(2)):
         train_segmentation(_seg_config(recipe, data), run, resume=(run / "config.json").exists())
@@ -224,7 +234,14 @@ def _epoch_seconds(work: Path) -> float:
 
 def _inputs(recipe: Recipe) -> dict:
     return {"backgrounds": [[str(c), str(b)] for c, b in recipe.backgrounds], "real": [str(p) for p in recipe.real],
-            "quick": recipe.quick}
+            "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window}
+
+
+def _started_inputs(started: dict, recipe: Recipe) -> dict:
+    """The inputs a build was started with; the options a build did not record yet had their defaults."""
+    defaults = Recipe(recipe.backgrounds, quick=started.get("inputs", {}).get("quick", recipe.quick))
+    return {**{k: v for k, v in _inputs(defaults).items() if k in ("epochs", "copies", "window")},
+            **started.get("inputs", _inputs(recipe))}
 
 
 def _check(recipe: Recipe) -> None:
@@ -257,9 +274,10 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         raise BonemetError("--resume needs a folder an earlier 'bonemet models build' started (no recipe.json)", out)
     else:
         started = read_json(out / "recipe.json", "recipe.json")
-        if started.get("inputs", _inputs(recipe)) != _inputs(recipe):
-            raise BonemetError("--resume with other backgrounds, real series or --quick than the build in this "
-                               f"folder was started with: {started['command']}", out / "recipe.json")
+        if _started_inputs(started, recipe) != _inputs(recipe):
+            raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window or "
+                               f"--quick than the build in this folder was started with: {started['command']}",
+                               out / "recipe.json")
         command = started["command"]  # the card names the build's own command
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -346,8 +364,8 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 - EH-AttUnet++: {cfg['folds']} x {cfg['model']} (width {cfg['width']}, {cfg['block']} block), one per fold,
   probabilities averaged; lesion and bone outputs.
 - Physical scale: every axial slice resampled to {cfg['pixel_mm']} mm pixels, a {cfg['size']} px window
-  ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; bone window
-  ({json.dumps(cfg['preprocessing'].get('window'))}), 3 channels.
+  ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; CT window
+  {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels.
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
   at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, rotations and flips, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).

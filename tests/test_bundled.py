@@ -139,10 +139,43 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     other = invoke("models", "build", out, "--quick", "--resume", "--background", backgrounds[0])
     assert other.returncode == 2
     assert_clean_failure(other, "--resume with other backgrounds")
+    window = invoke("models", "build", out, "--quick", "--resume", "--background", backgrounds[0], "--background",
+                    backgrounds[1], "--real", left_out, "--window", "multi")
+    assert window.returncode == 2
+    assert_clean_failure(window, "--resume with other backgrounds, real series, --epochs, --copies, --window")
     same = invoke("models", "build", tmp_path / "b2", "--quick", "--background", backgrounds[0], "--real",
                   real_ct / "abdomen_3mm_ct.nii.gz")
     assert same.returncode == 2 and not (tmp_path / "b2").exists()
     assert_clean_failure(same, "is also a background")
+
+
+def test_models_build_window_reaches_every_training_image(real_ct, tmp_path):
+    """``--window multi``: the phantom, the inserted-lesion copies and the real negatives are all written in the
+    three windows (bone, soft, wide as channels, which differ), and the merged data says so (the training reads
+    the window from there and stores it with the model)."""
+    from PIL import Image
+
+    from bonemet.data.windows import PRESETS, to_uint8
+    from bonemet.inference.scan import read_scan
+    from bonemet.recipe import Recipe, _merge, _sources
+
+    scan = real_ct / "torso_3mm_ct.nii.gz"
+    recipe = Recipe([(real_ct / "abdomen_3mm_ct.nii.gz", real_ct / "abdomen_3mm_bone_mask.nii.gz")], [scan],
+                    window="multi", quick=True)
+    sources, negatives = _sources(recipe, tmp_path)
+    data = _merge(recipe, tmp_path / "m", sources + list(negatives.values()))
+    assert json.loads((data / "conversion.json").read_text())["window"] == "multi"
+    images = sorted((data / "image").glob("*.png"))
+    for prefix in ("ph_", "background0-0_", "real0_"):
+        img = np.asarray(Image.open(next(p for p in images if p.name.startswith(prefix))))
+        assert img.ndim == 3 and img.shape[2] == 3, prefix
+        assert not np.array_equal(img[..., 0], img[..., 1]) and not np.array_equal(img[..., 1], img[..., 2]), prefix
+    # a real negative's first slice is its first axial slice (canonical order, rows along the second axis) in the
+    # three windows, in that order: a known answer
+    hu = read_scan(scan).volume.array[:, :, 0].T
+    first = np.asarray(Image.open(next(p for p in images if p.name.startswith("real0_"))))
+    for c, name in enumerate(("bone", "soft", "wide")):
+        assert np.array_equal(first[..., c], to_uint8(PRESETS[name](hu))), name
 
 
 def test_sensitivity_table_counts_each_lesion_in_its_band_and_type():

@@ -18,7 +18,7 @@ err = Console(stderr=True)
 Window = Annotated[str, typer.Option(help="CT window: bone, soft, wide or multi (3 channels).")]
 
 
-def _check_window(window: str) -> None:
+def check_window(window: str) -> None:
     from ..data.windows import WINDOW_NAMES
 
     if window not in WINDOW_NAMES:
@@ -49,7 +49,7 @@ def synth(
     """Generate the CT phantom (volumes, DICOM, BM-Seg and classification layouts) or lesions in real CT."""
     from ..phantom.synth import FORMATS, synthesize, synthesize_from_ct
 
-    _check_window(window)
+    check_window(window)
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
@@ -97,7 +97,7 @@ def convert(
     """Convert a CT (DICOM or NIfTI) and its masks into BM-Seg-style slices."""
     from ..data.convert import convert_to_bmseg
 
-    _check_window(window)
+    check_window(window)
     s = convert_to_bmseg(input, out, bone_mask, lesion_mask, window, patient, overwrite, lesion_free)
     typer.echo(f"wrote {s['slices']} slices of patient {s['patient']} to {out} "
                f"(bone voxels {s['bone_voxels']}, lesion voxels {s['lesion_voxels']})")

@@ -63,15 +63,22 @@ def build(
                                                   "each is left out once to count findings on it (repeatable).")]
         = [],  # noqa: B006
     resume: Annotated[bool, typer.Option(help="Go on with an interrupted build in OUT.")] = False,
-    quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4): checks the recipe, not a "
-                                             "model to use.")] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each training (a GPU affords more).")] = 12,
+    copies: Annotated[int, typer.Option(min=1, help="Copies of each background, 6 inserted lesions each.")] = 3,
+    window: Annotated[str, typer.Option(help="CT window of the training images: bone, soft, wide or multi (the three "
+                                             "as channels).")] = "bone",
+    quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
+                                             "a model to use; overrides --epochs and --copies.")] = False,
 ) -> None:
     """Re-build the bundled default model from a clean checkout: phantom, lesions inserted into real CT and real
     negatives; EH-AttUnet++ at 3 mm pixels; each real series left out once to count findings on it; the model on
     all of it, packaged with a SHA-256 manifest and its model card."""
     from ..recipe import Recipe, build_default_model
+    from .data import check_window
 
-    recipe = Recipe([_pair(b) for b in background], list(real), quick=quick)
+    check_window(window)
+    recipe = Recipe([_pair(b) for b in background], list(real), epochs=epochs, copies=copies, window=window,
+                    quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

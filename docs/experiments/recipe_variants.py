@@ -7,7 +7,8 @@ copies of each background with 6 lesions, the phantom and the real negatives; a 
 background for ``EPOCHS`` epochs (the recipe's configuration otherwise); then the build's own measurements on it:
 findings on the background as it is, bone Dice against its mask, and the build's 8 test lesions inserted into it
 (the same lesions: the build's ``inserted-test*`` folders are linked, not made again). The real series are not
-left out here (four more trainings).
+left out here (four more trainings). The whole recipe with such a variant, the real series left out too and a
+model packaged: ``bonemet models build OUT ... --window multi --copies 6 --epochs 36``.
 
     python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD]
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
