@@ -13,7 +13,7 @@
   features in 8-bit mantissas, and their rounding on the way to the next level and the skips) and from the gates (a
   sigmoid coefficient that scales a whole skip), little from the deeper encoder levels and the decoder nodes. The
   three deeper levels were kept in fp32 too until 2026-12-04: at 14-56 px they are compute-bound, and fp32 there
-  took 16 % of the path's time on a CPU with AMX for no measurable gain in precision
+  took 11 % of the path's time on a CPU with AMX for no measurable gain in precision
   (``docs/experiments/fp32_plans.py``).
 * ``onnx``: the (BN-folded) model exported to ONNX and run by ONNX Runtime; fp32, exact up to rounding.
   Not combinable with ``channels_last``, ``bf16``, ``int8`` or ``compile``.

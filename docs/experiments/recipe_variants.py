@@ -10,7 +10,7 @@ findings on the background as it is, bone Dice against its mask, and the build's
 left out here (four more trainings). The whole recipe with such a variant, the real series left out too and a
 model packaged: ``bonemet models build OUT ... --window multi --copies 6 --epochs 36``.
 
-    python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD]
+    python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD] [--no-intensity-aug]
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
     python docs/experiments/recipe_variants.py multi 12 3 /tmp/variants/multi12    # 12 min
     python docs/experiments/operating_point.py runs/default-model --models OUT/work # then each lesion's probability
@@ -31,13 +31,14 @@ from bonemet.phantom.synth import synthesize, synthesize_from_ct
 from bonemet.training.seg import train_segmentation
 
 
-def main(window: str, epochs: int, copies: int, out: Path, build: Path) -> None:
+def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True) -> None:
     build = build.resolve()
     command = json.loads((build / "recipe.json").read_text())["command"].split()
     backgrounds = [tuple(Path(p) for p in command[i + 1].split(":")) for i, a in enumerate(command)
                    if a == "--background"]
     real = [Path(command[i + 1]) for i, a in enumerate(command) if a == "--real"]
-    recipe = recipe_module.Recipe(backgrounds=backgrounds, real=real, epochs=epochs, copies=copies)
+    recipe = recipe_module.Recipe(backgrounds=backgrounds, real=real, epochs=epochs, copies=copies,
+                                  intensity_aug=intensity_aug)
     work = out.resolve() / "work"
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -86,5 +87,6 @@ def main(window: str, epochs: int, copies: int, out: Path, build: Path) -> None:
 
 
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    main(a[0], int(a[1]), int(a[2]), Path(a[3]), Path(a[4]) if len(a) > 4 else Path("runs/default-model"))
+    a = [x for x in sys.argv[1:] if x != "--no-intensity-aug"]
+    main(a[0], int(a[1]), int(a[2]), Path(a[3]), Path(a[4]) if len(a) > 4 else Path("runs/default-model"),
+         "--no-intensity-aug" not in sys.argv)
