@@ -237,11 +237,16 @@ def _inputs(recipe: Recipe) -> dict:
             "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window}
 
 
-def _started_inputs(started: dict, recipe: Recipe) -> dict:
-    """The inputs a build was started with; the options a build did not record yet had their defaults."""
-    defaults = Recipe(recipe.backgrounds, quick=started.get("inputs", {}).get("quick", recipe.quick))
-    return {**{k: v for k, v in _inputs(defaults).items() if k in ("epochs", "copies", "window")},
-            **started.get("inputs", _inputs(recipe))}
+def _recipe_from(inputs: dict) -> Recipe:
+    """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
+    options = {k: inputs[k] for k in ("epochs", "copies", "window") if k in inputs}
+    return Recipe([(Path(c), Path(b)) for c, b in inputs["backgrounds"]], [Path(p) for p in inputs["real"]],
+                  quick=inputs.get("quick", False), **options)
+
+
+def recipe_of(out: Path) -> Recipe:
+    """The recipe the build in ``out`` was started with (its ``recipe.json``): for tools that study a build."""
+    return _recipe_from(read_json(out / "recipe.json", "recipe.json")["inputs"])
 
 
 def _check(recipe: Recipe) -> None:
@@ -274,7 +279,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         raise BonemetError("--resume needs a folder an earlier 'bonemet models build' started (no recipe.json)", out)
     else:
         started = read_json(out / "recipe.json", "recipe.json")
-        if _started_inputs(started, recipe) != _inputs(recipe):
+        if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window or "
                                f"--quick than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")

@@ -19,7 +19,6 @@ probability on it, the share of its voxels at 0.5 or more, and the mean bone pro
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from bonemet.inference.lesions import find_lesions
 from bonemet.inference.predict import PredictOptions, Predictor
 from bonemet.inference.scan import read_scan
 from bonemet.markdown import markdown_table
+from bonemet.recipe import recipe_of
 
 THRESHOLDS = (0.5, 0.6, 0.7)
 MIN_VOLUMES = (0.05, 0.25, 0.5, 1.0)
@@ -57,10 +57,8 @@ def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | N
 
 
 def main(build: Path, tta: bool = False, models: Path | None = None) -> None:
-    results = json.loads((build / "work" / "results.json").read_text())
-    command = results["recipe_command"].split()
-    real = [Path(command[i + 1]) for i, a in enumerate(command) if a == "--real"]
-    backgrounds = [command[i + 1].split(":") for i, a in enumerate(command) if a == "--background"]
+    recipe = recipe_of(build)
+    real, backgrounds = recipe.real, recipe.backgrounds
     work = build / "work"
     models = models or work
     cases = []

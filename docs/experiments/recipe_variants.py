@@ -22,57 +22,28 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import bonemet.recipe as recipe_module
-from bonemet.data.bmseg import merge_bmseg
-from bonemet.data.convert import convert_to_bmseg
-from bonemet.phantom.synth import synthesize, synthesize_from_ct
-from bonemet.training.seg import train_segmentation
 
 
 def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True) -> None:
     build = build.resolve()
-    command = json.loads((build / "recipe.json").read_text())["command"].split()
-    backgrounds = [tuple(Path(p) for p in command[i + 1].split(":")) for i, a in enumerate(command)
-                   if a == "--background"]
-    real = [Path(command[i + 1]) for i, a in enumerate(command) if a == "--real"]
-    recipe = recipe_module.Recipe(backgrounds=backgrounds, real=real, epochs=epochs, copies=copies,
-                                  intensity_aug=intensity_aug)
+    recipe = replace(recipe_module.recipe_of(build), window=window, epochs=epochs, copies=copies,
+                     intensity_aug=intensity_aug)
     work = out.resolve() / "work"
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    for i in range(len(backgrounds)):
+    for i in range(len(recipe.backgrounds)):
         if not (data / f"inserted-test{i}").exists():
             os.symlink(build / "work" / "data" / f"inserted-test{i}", data / f"inserted-test{i}")
-    size, slices = recipe.phantom_shape
-    if not (data / "phantom").exists():
-        synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
-                   formats=("bmseg",), window=window)
-    sources = [(data / "phantom" / "bmseg", "ph", None)]
-    for i, (ct, bone) in enumerate(backgrounds):
-        for c in range(copies):
-            copy = data / f"background{i}-{c}"
-            if not copy.exists():
-                synthesize_from_ct(ct, bone, copy, lesions=recipe.lesions, seed=100 + c, formats=("bmseg",),
-                                   patient=f"B{i}", window=window)
-            sources.append((copy / "bmseg", f"background{i}-{c}", f"B{i}"))
-    negatives = []
-    for j, scan in enumerate(real):
-        neg = data / f"real{j}"
-        if not neg.exists():
-            convert_to_bmseg(scan, neg, lesion_free=True, patient=f"N{j}", window=window)
-        negatives.append((neg, f"real{j}", f"N{j}"))
+    sources, negatives = recipe_module._sources(recipe, work)  # the recipe's own data, in this variant
     rows = []
-    for i, (ct, bone) in enumerate(backgrounds):
+    for i, (ct, bone) in enumerate(recipe.backgrounds):
         folder = work / f"without-background{i}"
-        mixed, run = folder / "mixed", folder / "seg"
-        if not (mixed / "conversion.json").exists():
-            merge_bmseg([s for s in sources if s[2] != f"B{i}"] + negatives, mixed,
-                        {"window": window, "merged": [str(s[0]) for s in sources]})
         t = time.perf_counter()
-        if not all((run / f"fold{k}" / "done.json").exists() for k in range(2)):
-            train_segmentation(recipe_module._seg_config(recipe, mixed), run, resume=(run / "config.json").exists())
+        run = recipe_module._train(recipe, folder, [s for s in sources if s[2] != f"B{i}"] + list(negatives.values()))
         row = recipe_module._findings(run, ct, folder / "predict", bone)
         row.update(recipe_module._inserted(run, recipe, ct, bone, i, work))
         row["minutes"] = round((time.perf_counter() - t) / 60, 1)

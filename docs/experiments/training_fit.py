@@ -11,7 +11,6 @@ of its voxels at 0.5 or more. A lesion missed here is not learned, rather than n
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -21,17 +20,16 @@ import numpy as np
 
 from bonemet.markdown import markdown_table
 from bonemet.phantom.synth import synthesize_from_ct
+from bonemet.recipe import recipe_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from operating_point import segment  # noqa: E402
 
 
 def main(build: Path) -> None:
-    command = json.loads((build / "recipe.json").read_text())["command"].split()
-    backgrounds = [command[i + 1].split(":") for i, a in enumerate(command) if a == "--background"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (ct, bone) in enumerate(backgrounds):
+        for i, (ct, bone) in enumerate(recipe_of(build).backgrounds):
             out = Path(tmp) / f"copy{i}"
             synthesize_from_ct(ct, bone, out, lesions=6, seed=100, formats=("volumes",), patient=f"B{i}")
             with open(out / "lesions.csv", newline="") as fh, \
