@@ -4,7 +4,8 @@
 
 1. data, every image in one CT window (``--window``, the bone window by default): a CT phantom (8 patients, half
    of them metastatic); for each real background, three copies (``--copies``) with 6 lesions inserted through its
-   bone mask (lytic, blastic and mixed; one patient per real scan, so that its copies share a
+   bone mask, or without one where HU says bone is sure (``data.bone``; such copies have no bone label)
+   (lytic, blastic and mixed; one patient per real scan, so that its copies share a
    fold; its slices without an inserted lesion are real negatives); each ``--real`` series (real CT without
    labelled lesions and without a bone mask) whole, as negatives whose bone term is left out of the loss;
 2. leave one real patient out: for each ``--real`` series, an EH-AttUnet++ (2 x Hybrid-AttUnet++, width 8,
@@ -44,7 +45,7 @@ DESCRIPTION = ("EH-AttUnet++ (2 x Hybrid-AttUnet++) at physical scale, trained o
 class Recipe:
     """What ``models build`` makes; ``quick`` shrinks every stage to check the recipe end to end in a minute."""
 
-    backgrounds: list[tuple[Path, Path]]  # real CT and its bone mask: lesions are inserted into them
+    backgrounds: list[tuple[Path, Path | None]]  # real CT and its bone mask (or None: the HU rule of data.bone)
     real: list[Path] = field(default_factory=list)  # real CT without labels: negatives, and left out one at a time
     copies: int = 3
     lesions: int = 6
@@ -233,14 +234,14 @@ def _epoch_seconds(work: Path) -> float:
 
 
 def _inputs(recipe: Recipe) -> dict:
-    return {"backgrounds": [[str(c), str(b)] for c, b in recipe.backgrounds], "real": [str(p) for p in recipe.real],
+    return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds], "real": [str(p) for p in recipe.real],
             "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window}
 
 
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
     options = {k: inputs[k] for k in ("epochs", "copies", "window") if k in inputs}
-    return Recipe([(Path(c), Path(b)) for c, b in inputs["backgrounds"]], [Path(p) for p in inputs["real"]],
+    return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]], [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)
 
 
@@ -251,9 +252,9 @@ def recipe_of(out: Path) -> Recipe:
 
 def _check(recipe: Recipe) -> None:
     for ct, bone in recipe.backgrounds:
-        for p in (ct, bone):
+        for p in (ct, bone) if bone else (ct,):
             if not p.exists():
-                raise BonemetError("not found (a background is CT:BONE_MASK)", p)
+                raise BonemetError("not found (a background is CT:BONE_MASK or CT)", p)
     trained = {ct.resolve() for ct, _ in recipe.backgrounds}
     for p in recipe.real:
         if not p.exists():
@@ -274,7 +275,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
 
     _check(recipe)
     if not resume:
-        check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b), *recipe.real])
+        check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b if p), *recipe.real])
     elif not (out / "recipe.json").exists():
         raise BonemetError("--resume needs a folder an earlier 'bonemet models build' started (no recipe.json)", out)
     else:
@@ -346,10 +347,11 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
                      f"{x['verdict']} ({x['probability']}) |" for x in r["leave_one_out"])
     phantom = "\n".join(f"| {x['patient']} | {x['true_lesions']} | {x['found']} | {x['false_positive_lesions']} | "
                         f"{x['verdict']} |" for x in r["phantom_test"])
-    backgrounds = "\n".join(f"  - `{series_label(Path(c))}` (bone mask `{Path(b).name}`)"
+    backgrounds = "\n".join(f"  - `{series_label(Path(c))}` " + (f"(bone mask `{Path(b).name}`)" if b else
+                                                                  "(no bone mask: placed by HU, no bone label)")
                             for c, b in recipe.backgrounds)
     real = "\n".join(f"  - `{series_label(p)}`" for p in recipe.real) or "  - none"
-    held_bg = "\n".join(f"| {x['series']} | {x['bone Dice']} | {x['findings']} | {x['largest mL']} | "
+    held_bg = "\n".join(f"| {x['series']} | {x.get('bone Dice', '-')} | {x['findings']} | {x['largest mL']} | "
                         f"{sum(les['found'] for les in x['lesions'])}/{len(x['lesions'])} | {x['false_positives']} |"
                         for x in r["leave_background_out"])
     sens = r["inserted_sensitivity"]
@@ -379,13 +381,15 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 
 - The bonemet CT phantom: {recipe.phantom_patients} patients (seed 11), half of them with metastases.
 - Lesions inserted into real CT ({recipe.copies} copies x {recipe.lesions} lesions each; lytic, blastic, mixed; one
-  patient per scan), through these bone masks:
+  patient per scan), through each one's bone mask, or where bone is sure from HU alone (voxels of 150 HU or more
+  near cortex of 600 HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked against the
+  masks we have) for a series without one, which then leaves the bone term:
 {backgrounds}
 - Real CT without labelled lesions, every slice a negative (no bone mask: the bone term leaves them out):
 {real}
 
-The backgrounds and their masks are public test data of the TotalSegmentator project (Apache-2.0); the masks are
-TotalSegmentator's outputs, not manual annotation. The real negatives are TCIA (CC BY 3.0 / 4.0) and IBSI
+The series with bone masks are public test data of the TotalSegmentator project (Apache-2.0); the masks are
+TotalSegmentator's outputs, not manual annotation. The other real series are TCIA (CC BY 3.0 / 4.0) and IBSI
 (CC BY 3.0) series; each folder's SOURCES.md gives its licence and citation. Cite them wherever you publish a result
 made with this model.
 
@@ -441,11 +445,12 @@ Lesion recall {r['phantom_lesion_recall']}, false positives per scan {r['phantom
 
 ## Limits
 
-- Lesions are inserted into {len(recipe.backgrounds)} real backgrounds only, the only ones here with bone masks:
-  far too few for the anatomy, scanners and kernels of real practice.
+- Lesions are inserted into {len(recipe.backgrounds)} real backgrounds only
+  ({sum(b is not None for _, b in recipe.backgrounds)} with a bone mask): far too few for the anatomy, scanners and
+  kernels of real practice.
 - Inserted lesions are not real metastases: their shapes, densities and margins follow bonemet's own lesion model.
   No labelled real bone-metastasis CT was available: its sensitivity on real metastases is unknown. Sensitivity
-  is measured on lesions inserted into the left-out backgrounds only (the other real series have no bone mask
-  to insert through), a handful of lesions: read the counts, not just the rates.
+  is measured on lesions inserted into the left-out backgrounds, a handful of lesions: read the counts, not just
+  the rates.
 - Small: width {cfg['width']}, {cfg['epochs']} epochs on 2 CPU cores; the thesis' models are width 32, 60 epochs.
 """

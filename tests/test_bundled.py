@@ -87,11 +87,12 @@ def test_the_shipped_default_model_is_intact_and_has_its_card():
 
 @pytest.mark.slow
 def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
-    """The recipe end to end at toy size: two backgrounds (each left out once), one real series as negatives
-    (left out once), the bundle, its card and results; then the refusals."""
+    """The recipe end to end at toy size: two backgrounds (each left out once; the second without a bone mask, so
+    its lesions are placed by HU and it has no bone label), one real series as negatives (left out once), the
+    bundle, its card and results; then the refusals."""
     left_out = real_ct / "torso_3mm_ct.nii.gz"
     backgrounds = [f"{real_ct / 'abdomen_3mm_ct.nii.gz'}:{real_ct / 'abdomen_3mm_bone_mask.nii.gz'}",
-                   f"{real_ct / 'chest_abdomen_dicom'}:{real_ct / 'chest_abdomen_dicom_bone_mask.nii.gz'}"]
+                   str(real_ct / "chest_abdomen_dicom")]
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
                "--real", left_out)
@@ -111,7 +112,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
         assert f'"{patient}"' not in (work / folder / "seg" / "splits.json").read_text(), folder
         assert f'"{patient}"' in (work / "all" / "seg" / "splits.json").read_text()
     rows = (work / "all" / "mixed" / "patients.csv").read_text().splitlines()
-    assert sum(line.endswith(",none") for line in rows) == 112
+    assert sum(line.endswith(",none") for line in rows) == 112 + 20  # the negatives and the maskless background
+    assert sum(line.startswith("background1-0_") and line.endswith(",none") for line in rows) == 20
     # the left-out backgrounds: each inserted lesion (by its id: two that touch are one component for predict's
     # own match) found when the lesion mask predict wrote overlaps it
     assert [row["series"] for row in results["leave_background_out"]] == ["real_ct/abdomen_3mm_ct.nii.gz",
@@ -124,7 +126,10 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
         assert len(row["lesions"]) == 3 == len(set(np.unique(ids).tolist()) - {0})
         assert sum(les["found"] for les in row["lesions"]) == len(set(np.unique(ids[written]).tolist()) - {0})
         assert truth["found"] <= sum(les["found"] for les in row["lesions"])
-        assert 0.0 <= row["bone Dice"] <= 1.0 and row["false_positives"] == truth["false_positive_lesions"]
+        assert row["false_positives"] == truth["false_positive_lesions"]
+    assert 0.0 <= results["leave_background_out"][0]["bone Dice"] <= 1.0
+    assert "bone Dice" not in results["leave_background_out"][1] and "| real_ct/chest_abdomen_dicom | - |" in card
+    assert "(no bone mask: placed by HU, no bone label)" in card
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
     assert sum(int(c.split("/")[1]) for c in cells) == 6
     # the manifest's hashes are the files' own, and the bundle is a run predict can use

@@ -56,6 +56,27 @@ def test_synth_from_real_ct(real_ct: Path, tmp_path):
     assert invoke("data", "check", tmp_path / "semi").returncode == 0
 
 
+def test_synth_from_real_ct_without_a_bone_mask(real_ct: Path, tmp_path):
+    """Without --bone-mask the lesions go where HU says bone is sure, and no bone mask is written (the rule's mask is
+    not a bone label); a CT with nothing dense enough is one clear line and no output."""
+    import nibabel as nib
+
+    res = invoke("data", "synth", tmp_path / "semi", "--from-ct", real_ct / "chest_abdomen_dicom", "--lesions", "3",
+                 "--formats", "volumes,bmseg")
+    assert res.returncode == 0, res.stderr
+    assert "no --bone-mask" in res.stderr
+    semi = tmp_path / "semi"
+    assert not (semi / "bmseg" / "bone mask").exists() and not (semi / "volumes" / "CT000" / "bone_mask.nii.gz").exists()
+    assert json.loads((semi / "phantom.json").read_text())["bone_mask"] is None
+    assert len((semi / "lesions.csv").read_text().splitlines()) == 4
+    assert invoke("data", "check", semi).returncode == 0
+    water = tmp_path / "water.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((32, 32, 4), 40, np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), water)
+    bad = invoke("data", "synth", tmp_path / "none", "--from-ct", water)
+    assert bad.returncode == 2 and not (tmp_path / "none").exists()
+    assert_clean_failure(bad, "water.nii.gz", "no voxel is surely bone")
+
+
 def test_missing_mask(tmp_path):
     make_bmseg(tmp_path, {"A": 2}, grouped=False)
     (tmp_path / "lesion mask" / "A_1.png").unlink()

@@ -40,13 +40,16 @@ def synth(
                                                            "BM-Seg (the default keeps lesion-free slices too).")] = False,
     from_ct: Annotated[Path | None, typer.Option(help="Insert lesions into this real CT (NIfTI or DICOM folder) "
                                                       "instead of generating phantoms.")] = None,
-    bone_mask: Annotated[Path | None, typer.Option(help="Bone mask (NIfTI) of --from-ct.")] = None,
+    bone_mask: Annotated[Path | None, typer.Option(help="Bone mask (NIfTI) of --from-ct; without it, lesions go "
+                                                        "where HU says bone is sure and no bone mask is written.")]
+        = None,
     lesions: Annotated[int, typer.Option(min=1, help="With --from-ct: number of lesions to insert.")] = 4,
     lesion_size: Annotated[str, typer.Option(help="MIN,MAX drawn lesion diameter in mm (log-uniform; clipped "
                                                   "to the bone).")] = "10,45",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Generate the CT phantom (volumes, DICOM, BM-Seg and classification layouts) or lesions in real CT."""
+    from ..data.bone import DENSE_HU, LOW_HU
     from ..phantom.synth import FORMATS, synthesize, synthesize_from_ct
 
     check_window(window)
@@ -62,7 +65,8 @@ def synth(
     t0 = time.perf_counter()
     if from_ct is not None:
         if bone_mask is None:
-            raise BonemetError("--from-ct needs --bone-mask: lesions are placed inside bone")
+            err.print(f"no --bone-mask: lesions go where bone is sure from HU alone ({LOW_HU:g} HU or more near "
+                      f"{DENSE_HU:g} HU); no bone mask is written")
         _, infos = synthesize_from_ct(from_ct, bone_mask, out, lesions=lesions, seed=seed,
                                       formats=[f for f in fmts if f != "dicom"] or ["volumes"], window=window,
                                       overwrite=overwrite, lesion_mm=(lo, hi))

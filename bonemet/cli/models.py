@@ -47,10 +47,13 @@ def card(name: Annotated[str, typer.Argument(help="A bundled model's name (see '
     typer.echo((b.folder / CARD).read_text())
 
 
-def _pair(text: str) -> tuple[Path, Path]:
+def _pair(text: str) -> tuple[Path, Path | None]:
+    """CT:BONE_MASK, or CT alone (a path that exists as written, colons and all, is the CT)."""
     ct, sep, mask = text.rpartition(":")
-    if not sep or not ct or not mask:
-        raise typer.BadParameter(f"'{text}' is not CT:BONE_MASK")
+    if not sep or Path(text).exists():
+        return Path(text), None
+    if not ct or not mask:
+        raise typer.BadParameter(f"'{text}' is not CT:BONE_MASK or CT")
     return Path(ct), Path(mask)
 
 
@@ -58,7 +61,8 @@ def _pair(text: str) -> tuple[Path, Path]:
 def build(
     out: Annotated[Path, typer.Argument(help="New folder: the stages' outputs (work/) and the bundled model.")],
     background: Annotated[list[str], typer.Option(help="A real CT (NIfTI or DICOM folder) and its bone mask, as "
-                                                       "CT:BONE_MASK; lesions are inserted into it (repeatable).")],
+                                                       "CT:BONE_MASK, or CT alone (lesions then go where HU says "
+                                                       "bone is sure); lesions are inserted into it (repeatable).")],
     real: Annotated[list[Path], typer.Option(help="A real CT series without labels: its slices are negatives, and "
                                                   "each is left out once to count findings on it (repeatable).")]
         = [],  # noqa: B006

@@ -57,7 +57,8 @@ def check_classification(root: Path) -> CheckReport:
 
 
 def check_volumes(root: Path) -> CheckReport:
-    """A ``volumes/<patient>/{ct,bone_mask,lesion_mask}.nii.gz`` folder (the phantom's layout)."""
+    """A ``volumes/<patient>/{ct,bone_mask,lesion_mask}.nii.gz`` folder (the phantom's layout; the bone mask is
+    optional)."""
     rep = CheckReport(root, "volumes")
     patients = [d for d in sorted(root.iterdir()) if d.is_dir()]
     if not patients:
@@ -71,6 +72,9 @@ def check_volumes(root: Path) -> CheckReport:
             rep.problems.append(Problem(ct_path, str(exc).split(": ", 1)[-1]))
             continue
         for name in ("bone_mask.nii.gz", "lesion_mask.nii.gz"):
+            if name.startswith("bone") and not (d / name).exists():  # lesions inserted into real CT without one
+                rep.problems.append(Problem(d / name, "no bone mask: no bone statistics for it", fatal=False))
+                continue
             try:
                 m = read_nifti(d / name, dtype=np.uint8)
             except DataError as exc:

@@ -36,7 +36,8 @@ def volume_stats(root: Path) -> list[dict]:
     status = _patient_status(root.parent / "patients.csv")
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         ct = read_nifti(d / "ct.nii.gz")
-        bone = read_nifti(d / "bone_mask.nii.gz", dtype=np.uint8).array > 0
+        bone = (read_nifti(d / "bone_mask.nii.gz", dtype=np.uint8).array > 0 if (d / "bone_mask.nii.gz").exists()
+                else np.zeros(ct.shape, bool))  # no bone mask: no bone statistics
         lesion = read_nifti(d / "lesion_mask.nii.gz", dtype=np.uint8).array > 0 if (d / "lesion_mask.nii.gz").exists() else None
         rows.append({"data": d.name, "status": status.get(d.name, ""), **hu_stats(ct.array, bone, lesion),
                      "lesion voxels": int(lesion.sum()) if lesion is not None else 0})

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..data.export import PATIENTS_CSV_FIELDS, write_bmseg_slices, write_classification_slices, write_dicom_series
 from ..data.volume import Volume, save_nifti
+from ..errors import DataError
 from ..fileio import atomic_dir, write_csv, write_json
 from .anatomy import LESION_TYPE_BY_PRIMARY, PatientParams, draw_patient, finish, render_patient
 from .lesions import LESION_TYPES, LesionInfo, insert_bone_islands, insert_lesions
@@ -135,14 +136,15 @@ def make_patient_params(index: int, seed: int, status: str) -> PatientParams:
     return draw_patient(f"P{index:03d}", status, np.random.default_rng([seed, index]))
 
 
-def write_patient_exports(tmp: Path, pid: str, ct: Volume, bone: np.ndarray, lesion: np.ndarray,
+def write_patient_exports(tmp: Path, pid: str, ct: Volume, bone: np.ndarray | None, lesion: np.ndarray,
                           formats: Sequence[str], window: str, uid_seed: str, meta: dict) -> list[dict]:
     """Write one patient's volumes / DICOM / slices into a data-set folder; returns BM-Seg rows."""
     rows: list[dict] = []
     if "volumes" in formats:
         vdir = tmp / "volumes" / pid
         save_nifti(ct.array, ct.affine, vdir / "ct.nii.gz")
-        save_nifti(bone.astype(np.uint8), ct.affine, vdir / "bone_mask.nii.gz")
+        if bone is not None:
+            save_nifti(bone.astype(np.uint8), ct.affine, vdir / "bone_mask.nii.gz")
         save_nifti(lesion.astype(np.uint8), ct.affine, vdir / "lesion_mask.nii.gz")
     if "dicom" in formats:
         write_dicom_series(ct, tmp / "dicom" / pid, pid, meta, uid_seed=uid_seed)
@@ -153,27 +155,40 @@ def write_patient_exports(tmp: Path, pid: str, ct: Volume, bone: np.ndarray, les
     return rows
 
 
-def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path, out: str | Path, lesions: int = 4,
+def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path | None, out: str | Path, lesions: int = 4,
                        seed: int = 0, formats: Sequence[str] = ("volumes", "bmseg"), window: str = "bone",
                        patient: str = "CT000", overwrite: bool = False,
                        lesion_mm: tuple[float, float] = LESION_MM) -> tuple[Path, list[LesionInfo]]:
-    """Semi-synthetic data: insert ``lesions`` metastases into a real CT through its bone mask."""
+    """Semi-synthetic data: insert ``lesions`` metastases into a real CT through its bone mask.
+
+    Without a bone mask (``None``) the lesions go where bone is sure from HU alone (``data.bone``), and no bone
+    mask is written: that rule's mask is not a bone label, so training leaves these slices out of the bone term."""
+    from ..data.bone import insertion_bone_mask
     from ..data.ct import read_volume
     from ..data.volume import read_mask_like
 
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite, kind="data synth", protect=[ct_path, bone_mask_path]) as tmp:
         ct = read_volume(ct_path)
-        bone = read_mask_like(bone_mask_path, ct)
+        if bone_mask_path is None:
+            sites = insertion_bone_mask(ct)
+            if not sites.any():
+                raise DataError("no voxel is surely bone by HU (no component holds 0.05 mL of 600 HU or more): "
+                                "give its bone mask", ct_path)
+        else:
+            sites = read_mask_like(bone_mask_path, ct)
         rng = np.random.default_rng([seed, 10_000])
-        hu, labels, infos = insert_lesions(ct.array, bone, ct.spacing, rng, lesions, diameter_range=lesion_mm)
+        hu, labels, infos = insert_lesions(ct.array, sites, ct.spacing, rng, lesions, diameter_range=lesion_mm)
         ct = ct.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+        bone = sites if bone_mask_path is not None else None
         rows = write_patient_exports(tmp, patient, ct, bone, labels, formats, window, f"bonemet-ct-{seed}", {})
         if rows:
             write_csv(tmp / "bmseg" / "patients.csv", rows, PATIENTS_CSV_FIELDS)
         write_csv(tmp / "lesions.csv", [{"patient": patient, **i.as_row()} for i in infos],
                   ["patient", *LesionInfo.__dataclass_fields__])
         write_json(tmp / "phantom.json", {"generator": "bonemet lesion insertion into real CT", "seed": seed,
-                                          "source_ct": str(ct_path), "bone_mask": str(bone_mask_path),
+                                          "source_ct": str(ct_path),
+                                          "bone_mask": str(bone_mask_path) if bone_mask_path else None,
+                                          "insertion_sites": "bone mask" if bone_mask_path else "HU rule (data.bone)",
                                           "lesions": lesions, "formats": list(formats), "window": window})
     return out, infos

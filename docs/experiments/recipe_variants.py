@@ -10,7 +10,11 @@ findings on the background as it is, bone Dice against its mask, and the build's
 left out here (four more trainings). The whole recipe with such a variant, the real series left out too and a
 model packaged: ``bonemet models build OUT ... --window multi --copies 6 --epochs 36``.
 
-    python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD] [--no-intensity-aug]
+    python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD] [--no-intensity-aug] [--insert-real]
+
+``--insert-real``: the build's real series (``--real``) become backgrounds without a bone mask too (lesions placed
+by ``bonemet.data.bone``'s HU rule, no bone label), as ``bonemet models build --background CT`` makes them; only the
+build's own backgrounds are left out and measured.
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
     python docs/experiments/recipe_variants.py multi 12 3 /tmp/variants/multi12    # 12 min
     python docs/experiments/operating_point.py runs/default-model --models OUT/work # then each lesion's probability
@@ -28,19 +32,23 @@ from pathlib import Path
 import bonemet.recipe as recipe_module
 
 
-def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True) -> None:
+def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True,
+         insert_real: bool = False) -> None:
     build = build.resolve()
     recipe = replace(recipe_module.recipe_of(build), window=window, epochs=epochs, copies=copies,
                      intensity_aug=intensity_aug)
+    measured = len(recipe.backgrounds)  # the build's backgrounds: their test lesions exist
+    if insert_real:
+        recipe = replace(recipe, backgrounds=recipe.backgrounds + [(p, None) for p in recipe.real], real=[])
     work = out.resolve() / "work"
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    for i in range(len(recipe.backgrounds)):
+    for i in range(measured):
         if not (data / f"inserted-test{i}").exists():
             os.symlink(build / "work" / "data" / f"inserted-test{i}", data / f"inserted-test{i}")
     sources, negatives = recipe_module._sources(recipe, work)  # the recipe's own data, in this variant
     rows = []
-    for i, (ct, bone) in enumerate(recipe.backgrounds):
+    for i, (ct, bone) in enumerate(recipe.backgrounds[:measured]):
         folder = work / f"without-background{i}"
         t = time.perf_counter()
         run = recipe_module._train(recipe, folder, [s for s in sources if s[2] != f"B{i}"] + list(negatives.values()))
@@ -58,6 +66,6 @@ def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensit
 
 
 if __name__ == "__main__":
-    a = [x for x in sys.argv[1:] if x != "--no-intensity-aug"]
+    a = [x for x in sys.argv[1:] if not x.startswith("--")]
     main(a[0], int(a[1]), int(a[2]), Path(a[3]), Path(a[4]) if len(a) > 4 else Path("runs/default-model"),
-         "--no-intensity-aug" not in sys.argv)
+         "--no-intensity-aug" not in sys.argv, "--insert-real" in sys.argv)
