@@ -28,6 +28,7 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class Recipe:
     pixel_mm: float = 3.0
     intensity_aug: bool = True
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
+    real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     quick: bool = False
 
     @property
@@ -75,14 +77,15 @@ def series_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def _seg_config(recipe: Recipe, data: Path):
+def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = ()):
     from .devices import cpu_bf16_supported
     from .runs.seg import SegConfig
 
     return SegConfig(data=str(data), model="hybrid-attunet++", folds=2, test_patients=0.0, epochs=recipe.epochs,
                      size=recipe.size, width=recipe.width, batch_size=4, pixel_mm=recipe.pixel_mm, neg_ratio=1.0,
                      pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported(), eval_every=4,
-                     intensity_aug=recipe.intensity_aug)
+                     intensity_aug=recipe.intensity_aug,
+                     train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [])
 
 
 def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
@@ -131,7 +134,8 @@ def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
     data = _merge(recipe, folder, sources)
     run = folder / "seg"
     if not all((run / f"fold{k}" / "done.json").exists() for k in range(2)):
-        train_segmentation(_seg_config(recipe, data), run, resume=(run / "config.json").exists())
+        real = [s[2] for s in sources if s[2]]  # the real backgrounds' and negatives' patients
+        train_segmentation(_seg_config(recipe, data, real), run, resume=(run / "config.json").exists())
     return run
 
 
@@ -235,12 +239,13 @@ def _epoch_seconds(work: Path) -> float:
 
 def _inputs(recipe: Recipe) -> dict:
     return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds], "real": [str(p) for p in recipe.real],
-            "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window}
+            "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window,
+            "real_in_every_member": recipe.real_in_every_member}
 
 
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
-    options = {k: inputs[k] for k in ("epochs", "copies", "window") if k in inputs}
+    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member") if k in inputs}
     return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]], [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)
 
@@ -426,7 +431,7 @@ none):
 | --- | --- | --- | --- | --- | --- |
 {held_bg}
 
-Inserted lesions found, by largest axial diameter and type (both backgrounds together):
+Inserted lesions found, by largest axial diameter and type (the left-out backgrounds together):
 
 {sens_table}
 

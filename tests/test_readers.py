@@ -135,6 +135,35 @@ def test_patient_splits_have_no_leakage():
     check_no_leakage(sp2)
 
 
+def test_patients_to_train_on_always_are_in_every_fold_and_nowhere_else():
+    """``always`` (the default model's real data): in every fold's training part, never validated or tested; the
+    other patients split as before, each validated once; without it the split is the one it always was."""
+    from bonemet.data.splits import add_inner_validation
+    from bonemet.errors import BonemetError
+
+    patients = [f"p{i // 10}" for i in range(120)]
+    items = [f"s{i:03d}" for i in range(120)]
+    always = ["p10", "p11"]
+    sp = patient_splits(items, patients, folds=3, test_fraction=0.25, seed=1, always=always)
+    check_no_leakage(sp)
+    assert sp["always_train_patients"] == always and len(sp["test_patients"]) == 2  # a quarter of the other 10
+    assert not set(always) & set(sp["test_patients"])
+    for fold in sp["folds"]:
+        assert set(always) <= set(fold["train_patients"]) and not set(always) & set(fold["val_patients"])
+        assert {f"s{i:03d}" for i in range(100, 120)} <= set(fold["train"])
+    rest = set(patients) - set(always) - set(sp["test_patients"])
+    assert sorted(p for f in sp["folds"] for p in f["val_patients"]) == sorted(rest)
+    add_inner_validation(sp, 0.5, 0)
+    assert all(not set(always) & set(f["inner_val_patients"]) and set(always) <= set(f["fit_patients"])
+               for f in sp["folds"])
+    plain = patient_splits(items, patients, folds=3, test_fraction=0.25, seed=1)
+    assert {k: v for k, v in plain.items() if k != "always_train_patients"} == \
+        {k: v for k, v in patient_splits(items, patients, folds=3, test_fraction=0.25, seed=1, always=[]).items()
+         if k != "always_train_patients"}
+    with pytest.raises(BonemetError, match="not in the data: p99"):
+        patient_splits(items, patients, folds=3, always=["p99"])
+
+
 def test_leakage_check_catches_a_leak():
     sp = {"test_patients": ["a"], "folds": [{"train_patients": ["a", "b"], "val_patients": ["c"]}]}
     with pytest.raises(AssertionError):

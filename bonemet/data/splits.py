@@ -29,10 +29,14 @@ def patient_splits(
     test_fraction: float = 0.0,
     seed: int = 0,
     labels: Sequence[int] | None = None,
+    always: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Patient-level K-fold over ``items`` (slice names), with optional held-out test patients.
 
     ``folds=1`` gives one "fold" that trains on every non-test patient (no validation part).
+
+    ``always``: patients in the training part of every fold, never in a validation or test part (scarce data
+    every member of an ensemble should learn from, when the ensemble is measured on data outside the run).
 
     ``labels`` (one per item, e.g. patient status) stratifies the test patients and the folds. Every fold lists
     its train and validation patients and items; no patient is in two parts of one fold, and no
@@ -42,23 +46,27 @@ def patient_splits(
         raise ValueError("items and patients differ in length")
     if any(p is None for p in patients):
         raise BonemetError("patient-level splits need a patient for every slice (or use --protocol paper)")
+    unknown = sorted(set(always) - set(patients))
+    if unknown:
+        raise BonemetError(f"patients to train on in every fold are not in the data: {', '.join(unknown[:5])}")
     items_arr, groups = np.asarray(items), np.asarray(patients)
-    unique = sorted(set(patients))
+    shared = np.isin(groups, list(always))
+    unique = sorted(set(patients) - set(always))
     n_test = int(round(test_fraction * len(unique))) if test_fraction > 0 else 0
     if test_fraction > 0 and n_test == 0:
         n_test = 1
     if len(unique) - n_test < folds:
         raise BonemetError(f"{len(unique)} patients cannot give {folds} folds after {n_test} test patients")
-    rest = np.arange(len(items))
+    rest = np.flatnonzero(~shared)
     test_patients: list[str] = []
     if n_test:
         if labels is not None:  # keep the classes' proportions among test patients
-            test_patients = _stratified_patients(groups, np.asarray(labels), n_test, seed)
+            test_patients = _stratified_patients(groups[rest], np.asarray(labels)[rest], n_test, seed)
         else:
             gss = GroupShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
-            _, test_idx = next(gss.split(items_arr, groups=groups))
-            test_patients = sorted(set(groups[test_idx]))
-        rest = np.flatnonzero(~np.isin(groups, test_patients))
+            _, test_idx = next(gss.split(items_arr[rest], groups=groups[rest]))
+            test_patients = sorted(set(groups[rest][test_idx]))
+        rest = np.flatnonzero(~np.isin(groups, test_patients) & ~shared)
     if folds == 1:  # one model on every non-test patient (the thesis' 80/20 classification split)
         split_iter = iter([(np.arange(len(rest)), np.arange(0))])
     elif labels is not None:
@@ -70,7 +78,7 @@ def patient_splits(
         split_iter = splitter.split(items_arr[rest], groups=groups[rest])
     fold_list = []
     for tr, va in split_iter:
-        tr_idx, va_idx = rest[tr], rest[va]
+        tr_idx, va_idx = np.concatenate([rest[tr], np.flatnonzero(shared)]), rest[va]
         fold_list.append({
             "train_patients": sorted(set(groups[tr_idx])), "val_patients": sorted(set(groups[va_idx])),
             "train": sorted(items_arr[tr_idx].tolist()), "val": sorted(items_arr[va_idx].tolist()),
@@ -78,20 +86,21 @@ def patient_splits(
     test_items = sorted(items_arr[np.isin(groups, test_patients)].tolist())
     return {"protocol": "patient", "label": "patient-level grouped K-fold", "folds": fold_list,
             "test_patients": test_patients, "test": test_items, "seed": seed, "k": folds,
-            "n_items": len(items), "n_patients": len(unique)}
+            "always_train_patients": sorted(always),
+            "n_items": len(items), "n_patients": len(set(patients))}
 
 
 def add_inner_validation(split: dict[str, Any], fraction: float, seed: int) -> None:
     """Carve inner-validation patients (for checkpoint selection) out of each fold's training patients."""
     rng = np.random.default_rng(seed)
     for fold in split["folds"]:
-        pats = list(fold["train_patients"])
+        pats = [p for p in fold["train_patients"] if p not in split.get("always_train_patients", [])]
         if len(pats) < 2:
             raise BonemetError("--select best needs at least 2 training patients per fold")
         n_inner = min(len(pats) - 1, max(1, int(round(fraction * len(pats)))))
         inner = sorted(rng.choice(pats, n_inner, replace=False).tolist())
         fold["inner_val_patients"] = inner
-        fold["fit_patients"] = sorted(set(pats) - set(inner))
+        fold["fit_patients"] = sorted(set(fold["train_patients"]) - set(inner))
 
 
 def _stratified_patients(groups: np.ndarray, labels: np.ndarray, n_test: int, seed: int) -> list[str]:

@@ -163,7 +163,7 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path | None, o
 
     Without a bone mask (``None``) the lesions go where bone is sure from HU alone (``data.bone``), and no bone
     mask is written: that rule's mask is not a bone label, so training leaves these slices out of the bone term."""
-    from ..data.bone import insertion_bone_mask
+    from ..data.bone import DENSE_HU, SEED_ML, insertion_bone_mask
     from ..data.ct import read_volume
     from ..data.volume import read_mask_like
 
@@ -173,8 +173,8 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path | None, o
         if bone_mask_path is None:
             sites = insertion_bone_mask(ct)
             if not sites.any():
-                raise DataError("no voxel is surely bone by HU (no component holds 0.05 mL of 600 HU or more): "
-                                "give its bone mask", ct_path)
+                raise DataError(f"no voxel is surely bone by HU (no component holds {SEED_ML:g} mL of {DENSE_HU:g} HU "
+                                "or more): give its bone mask", ct_path)
         else:
             sites = read_mask_like(bone_mask_path, ct)
         rng = np.random.default_rng([seed, 10_000])

@@ -4,7 +4,7 @@ the thesis row the run maps to. Training writes runs; evaluation, prediction and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class SegConfig(RunConfig):
     mask_resize: str = "nearest"
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
     intensity_aug: bool = False  # domain randomisation of intensities in training (training.augment.SegAugment)
+    train_always: list = field(default_factory=list)  # patients in every fold's training part (data.splits)
 
     def checks(self) -> list[tuple[bool, str]]:
         from ..models import SEQUENTIAL_LESION_MODELS, model_names
@@ -61,6 +62,8 @@ class SegConfig(RunConfig):
             (isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be 0 or more, got {self.epochs}"),
             (self.pixel_mm is None or (isinstance(self.pixel_mm, (int, float)) and 0.1 <= self.pixel_mm <= 10),
              f"pixel_mm must be a pixel size in mm between 0.1 and 10, got {self.pixel_mm}"),
+            (isinstance(self.train_always, list) and all(isinstance(p, str) for p in self.train_always),
+             f"train_always must be a list of patient names, got {self.train_always!r}"),
         ]
 
     def model_opts(self) -> dict:

@@ -95,7 +95,7 @@ def make_split(cfg: SegConfig, slices: list[SegSlice], flags: np.ndarray) -> dic
     labels = [int(p in has_lesion) for p in patients]
     if len(set(labels)) < 2:
         labels = None  # BM-Seg: every patient is metastatic
-    sp = patient_splits(items, patients, cfg.folds, cfg.test_patients, cfg.seed, labels)
+    sp = patient_splits(items, patients, cfg.folds, cfg.test_patients, cfg.seed, labels, cfg.train_always)
     if cfg.select == "best":
         add_inner_validation(sp, cfg.inner_val, cfg.seed)
     return sp
