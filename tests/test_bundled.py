@@ -95,7 +95,7 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
                    str(real_ct / "chest_abdomen_dicom")]
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
-               "--real", left_out)
+               "--real", left_out, "--real-in-every-member")
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -111,6 +111,9 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     for folder, patient in (("without-real0", "N0"), ("without-background0", "B0"), ("without-background1", "B1")):
         assert f'"{patient}"' not in (work / folder / "seg" / "splits.json").read_text(), folder
         assert f'"{patient}"' in (work / "all" / "seg" / "splits.json").read_text()
+    # --real-in-every-member: both members learn from every real series; the folds split the phantom only
+    for fold in json.loads((work / "all" / "seg" / "splits.json").read_text())["folds"]:
+        assert {"B0", "B1", "N0"} <= set(fold["train_patients"]) and all(p.startswith("P") for p in fold["val_patients"])
     rows = (work / "all" / "mixed" / "patients.csv").read_text().splitlines()
     assert sum(line.endswith(",none") for line in rows) == 112 + 20  # the negatives and the maskless background
     assert sum(line.startswith("background1-0_") and line.endswith(",none") for line in rows) == 20
@@ -145,7 +148,7 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert other.returncode == 2
     assert_clean_failure(other, "--resume with other backgrounds")
     window = invoke("models", "build", out, "--quick", "--resume", "--background", backgrounds[0], "--background",
-                    backgrounds[1], "--real", left_out, "--window", "multi")
+                    backgrounds[1], "--real", left_out, "--real-in-every-member", "--window", "multi")
     assert window.returncode == 2
     assert_clean_failure(window, "--resume with other backgrounds, real series, --epochs, --copies, --window")
     same = invoke("models", "build", tmp_path / "b2", "--quick", "--background", backgrounds[0], "--real",

@@ -161,7 +161,7 @@ def test_every_cli_default_is_its_config_fields_default():
     commands = {  # command: (config, {option: (field, the field's value for the option's value)}, fields not set)
         ("seg", "train"): (SegConfig, {"single_decoder": ("dual_decoder", lambda v: False if v else None),
                                        "no_augment": ("augment", lambda v: not v)},
-                           {"mask_resize", "inner_val", "preprocessing", "distributed"}),
+                           {"mask_resize", "inner_val", "preprocessing", "distributed", "train_always"}),
         ("cls", "train"): (ClsConfig, {"no_augment": ("augment", lambda v: not v),
                                        "pretrained": ("pretrained", lambda v: list(v or []))},
                            {"inner_val", "preprocessing", "distributed", "weights"}),

@@ -71,6 +71,9 @@ def build(
     copies: Annotated[int, typer.Option(min=1, help="Copies of each background, 6 inserted lesions each.")] = 3,
     window: Annotated[str, typer.Option(help="CT window of the training images: bone, soft, wide or multi (the three "
                                              "as channels).")] = "bone",
+    real_in_every_member: Annotated[bool, typer.Option(help="Both members of each training learn from every real "
+                                                            "series (the folds split the phantom patients only); by "
+                                                            "default the folds split real patients too.")] = False,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
                                              "a model to use; overrides --epochs and --copies.")] = False,
 ) -> None:
@@ -82,7 +85,7 @@ def build(
 
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), epochs=epochs, copies=copies, window=window,
-                    quick=quick)
+                    real_in_every_member=real_in_every_member, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from bonemet.inference.lesions import find_lesions
 from bonemet.inference.predict import PredictOptions, Predictor
+from bonemet.inference.runners import SegRunner
 from bonemet.inference.scan import read_scan
 from bonemet.markdown import markdown_table
 from bonemet.recipe import recipe_of
@@ -36,9 +37,12 @@ MIN_VOLUMES = (0.05, 0.25, 0.5, 1.0)
 MAX_MEAN_HU = (None, 2000.0)
 
 
-def segment(model: Path, scan_path: Path, tta: bool = False) -> dict:
-    pred = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta)).analyse(
-        read_scan(scan_path), keep_probabilities=True)
+def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] | None = None) -> dict:
+    """``model`` (all its members averaged, or only ``members``) on ``scan_path``: probabilities and the volume."""
+    predictor = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta))
+    if members is not None:
+        predictor.seg = SegRunner(model, members=members, device=predictor.device)
+    pred = predictor.analyse(read_scan(scan_path), keep_probabilities=True)
     vol = pred.scan.volume
     return {"p": np.asarray(pred.lesion_probability, np.float32),
             "bone": np.asarray(pred.bone_probability, np.float32), "volume": vol}
