@@ -381,6 +381,8 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
   at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, rotations and flips, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
+- The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
+                   else "every patient, real series too: each real series trains one member"}.
 
 ## Training data
 

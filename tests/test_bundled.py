@@ -133,6 +133,7 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert 0.0 <= results["leave_background_out"][0]["bone Dice"] <= 1.0
     assert "bone Dice" not in results["leave_background_out"][1] and "| real_ct/chest_abdomen_dicom | - |" in card
     assert "(no bone mask: placed by HU, no bone label)" in card
+    assert "every real series trains both members" in card
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
     assert sum(int(c.split("/")[1]) for c in cells) == 6
     # the manifest's hashes are the files' own, and the bundle is a run predict can use
