@@ -238,7 +238,8 @@ def _epoch_seconds(work: Path) -> float:
 
 
 def _inputs(recipe: Recipe) -> dict:
-    return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds], "real": [str(p) for p in recipe.real],
+    return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds],
+            "real": [str(p) for p in recipe.real],
             "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window,
             "real_in_every_member": recipe.real_in_every_member}
 
@@ -246,7 +247,8 @@ def _inputs(recipe: Recipe) -> dict:
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
     options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member") if k in inputs}
-    return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]], [Path(p) for p in inputs["real"]],
+    return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]],
+                  [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)
 
 
@@ -287,7 +289,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               f"--real-in-every-member or --quick than the build in this folder was started with: {started['command']}",
+                               "--real-in-every-member or --quick than the build in this folder was started with: "
+                               f"{started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
     work = out / "work"

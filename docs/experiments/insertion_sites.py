@@ -26,7 +26,8 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MASKED = [("real_ct/chest_abdomen_dicom", "real_ct/chest_abdomen_dicom_bone_mask.nii.gz"),
           ("real_ct/abdomen_3mm_ct.nii.gz", "real_ct/abdomen_3mm_bone_mask.nii.gz")]
 OTHERS = ["real_ct_more/lung-pet-ct-dx/A0001_ct", "real_ct_more/lung-pet-ct-dx/A0002_ct",
-          "real_ct_more/acrin-flt-breast-001/study_19600104_abdomen_pelvis", "real_ct_more/ibsi-sts-001/CT_image.nii.gz"]
+          "real_ct_more/acrin-flt-breast-001/study_19600104_abdomen_pelvis",
+          "real_ct_more/ibsi-sts-001/CT_image.nii.gz"]
 
 
 def overlay(vol, mask: np.ndarray, path: Path) -> None:
