@@ -43,6 +43,12 @@ def invoke_one_thread(*args: str):
         torch.set_num_threads(threads)
 
 
+def why(err: str) -> str:
+    """A failed job's own error lines (bonemet's one-line errors), which torchrun's traceback pushes off the end."""
+    own = "\n".join(line for line in err.splitlines() if line.lstrip().startswith("error"))
+    return own[-1000:] + "\n" + err[-1500:]
+
+
 def finish(p: subprocess.Popen) -> tuple[int, str, str]:
     out, err = p.communicate(timeout=600)
     return p.returncode, out, err
@@ -193,7 +199,7 @@ def test_torchrun_two_processes_train_the_weights_of_one(small: Path, tmp_path: 
     args = ["seg", "train", "--data", small / "bmseg", *TRAIN, "--epochs", "2", "--optimizer", "sgd", "--fold", "0"]
     assert invoke_one_thread(*args, "--out", one).returncode == 0
     code, out, err = finish(bonemet_process(*args, "--out", two, "--sync-bn", torchrun=2))
-    assert code == 0, err[-2000:]
+    assert code == 0, why(err)
     assert "2 processes (gloo): 2 items each, a global batch of 4" in err
     assert out.count("trained fold 0 of 2") == 1  # only rank 0 reports
     cfg = json.loads((two / "config.json").read_text())
@@ -223,7 +229,7 @@ def test_classifier_trains_under_torchrun(small: Path, tmp_path: Path) -> None:
                                             "small_cnn16", "--size", "64", "--epochs", "1", "--batch-size", "8",
                                             "--test-patients", "0.25", "--device", "cpu", "--sync-bn", "--out", run,
                                             torchrun=2))
-    assert code == 0, err[-2000:]
+    assert code == 0, why(err)
     assert json.loads((run / "fold0" / "done.json").read_text())["processes"] == 2
     r = invoke("cls", "evaluate", run, "--device", "cpu")
     assert r.returncode == 0, r.stderr

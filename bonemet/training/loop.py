@@ -87,6 +87,11 @@ def start_run(run: Path, cfg: Any, what: str, resume: bool, given: Collection[st
         raise BonemetError(f"--fold {fold}: the run has {cfg.folds} folds, numbered 0 to {cfg.folds - 1}")
     if cfg_path.exists() and not resume and fold is None:
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
+    # every process has looked before the main one writes config.json: a process that starts late under load
+    # would otherwise find its own job's file and refuse the run
+    from .distributed import barrier
+
+    barrier(world)
     if cfg_path.exists() and (resume or fold is not None):
         saved = read_config(type(cfg), cfg_path, what)
         cfg = resumed_config(saved, cfg, given if resume else None, run,
