@@ -351,6 +351,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
 
 
 def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
+    from .data.bone import DENSE_HU, LOW_HU
+
     lopo = "\n".join(f"| {x['series']} | {x['slices']} | {x['findings']} | {x['largest mL']} | "
                      f"{x['verdict']} ({x['probability']}) |" for x in r["leave_one_out"])
     phantom = "\n".join(f"| {x['patient']} | {x['true_lesions']} | {x['found']} | {x['false_positive_lesions']} | "
@@ -391,9 +393,9 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 
 - The bonemet CT phantom: {recipe.phantom_patients} patients (seed 11), half of them with metastases.
 - Lesions inserted into real CT ({recipe.copies} copies x {recipe.lesions} lesions each; lytic, blastic, mixed; one
-  patient per scan), through each one's bone mask, or where bone is sure from HU alone (voxels of 150 HU or more
-  near cortex of 600 HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked against the
-  masks we have) for a series without one, which then leaves the bone term:
+  patient per scan), through each one's bone mask, or where bone is sure from HU alone (voxels of {LOW_HU:g} HU or
+  more near cortex of {DENSE_HU:g} HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked
+  against the masks we have) for a series without one, which then leaves the bone term:
 {backgrounds}
 - Real CT without labelled lesions, every slice a negative (no bone mask: the bone term leaves them out):
 {real}

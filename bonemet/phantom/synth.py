@@ -188,7 +188,6 @@ def synthesize_from_ct(ct_path: str | Path, bone_mask_path: str | Path | None, o
                   ["patient", *LesionInfo.__dataclass_fields__])
         write_json(tmp / "phantom.json", {"generator": "bonemet lesion insertion into real CT", "seed": seed,
                                           "source_ct": str(ct_path),
-                                          "bone_mask": str(bone_mask_path) if bone_mask_path else None,
-                                          "insertion_sites": "bone mask" if bone_mask_path else "HU rule (data.bone)",
+                                          "bone_mask": str(bone_mask_path) if bone_mask_path else None,  # None: HU
                                           "lesions": lesions, "formats": list(formats), "window": window})
     return out, infos

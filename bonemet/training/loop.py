@@ -18,7 +18,7 @@ from ..devices import Precision, World, init_distributed, training_precision
 from ..errors import BonemetError
 from ..fileio import read_json, write_csv, write_json
 from ..log import console
-from .distributed import plain_state, reduce_sum
+from .distributed import barrier, plain_state, reduce_sum
 
 
 
@@ -89,8 +89,6 @@ def start_run(run: Path, cfg: Any, what: str, resume: bool, given: Collection[st
         raise BonemetError("run folder already holds a run (use --resume to continue it, or another --out)", run)
     # every process has looked before the main one writes config.json: a process that starts late under load
     # would otherwise find its own job's file and refuse the run
-    from .distributed import barrier
-
     barrier(world)
     if cfg_path.exists() and (resume or fold is not None):
         saved = read_config(type(cfg), cfg_path, what)
@@ -367,7 +365,7 @@ class FoldRecipe:
 def fit_fold(cfg: Any, run: Path, k: int, recipe: FoldRecipe, resume: bool, rt: Runtime, has_sel: bool) -> dict:
     """Train fold model ``k`` of a run by ``recipe``: skipped when finished and resuming, continued after its last
     epoch when ``resume``; every process of a torchrun job takes part, the main one writes. Returns done.json."""
-    from .distributed import barrier, data_parallel
+    from .distributed import data_parallel
 
     fold_dir = run / f"fold{k}"
     world = rt.world
