@@ -60,6 +60,7 @@ class Recipe:
     intensity_aug: bool = True
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
+    lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own
     quick: bool = False
 
     @property
@@ -85,7 +86,8 @@ def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = ()):
                      size=recipe.size, width=recipe.width, batch_size=4, pixel_mm=recipe.pixel_mm, neg_ratio=1.0,
                      pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported(), eval_every=4,
                      intensity_aug=recipe.intensity_aug,
-                     train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [])
+                     train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [],
+                     lesion_prior=recipe.lesion_prior)
 
 
 def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
@@ -241,12 +243,12 @@ def _inputs(recipe: Recipe) -> dict:
     return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds],
             "real": [str(p) for p in recipe.real],
             "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window,
-            "real_in_every_member": recipe.real_in_every_member}
+            "real_in_every_member": recipe.real_in_every_member, "lesion_prior": recipe.lesion_prior}
 
 
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
-    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member") if k in inputs}
+    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member", "lesion_prior") if k in inputs}
     return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]],
                   [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)
@@ -258,6 +260,8 @@ def recipe_of(out: Path) -> Recipe:
 
 
 def _check(recipe: Recipe) -> None:
+    if recipe.lesion_prior is not None and not 0 < recipe.lesion_prior < 1:
+        raise BonemetError(f"--lesion-prior must be a probability between 0 and 1, got {recipe.lesion_prior}")
     for ct, bone in recipe.backgrounds:
         for p in (ct, bone) if bone else (ct,):
             if not p.exists():
@@ -289,7 +293,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member or --quick than the build in this folder was started with: "
+                               "--real-in-every-member, --lesion-prior or --quick than the build in this folder was started with: "
                                f"{started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
@@ -388,6 +392,8 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
 - The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
                    else "every patient, real series too: each real series trains one member"}.
+- The lesion head's bias starts at {"the log-odds of " + str(cfg['lesion_prior']) + " (a pixel with no active feature "
+                                    "means no lesion)" if cfg.get('lesion_prior') else "torch's default initialisation"}.
 
 ## Training data
 

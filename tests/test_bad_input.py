@@ -336,3 +336,13 @@ def test_models_that_learn_bone_refuse_data_without_bone_masks(tmp_path):
     r = invoke("seg", "train", "--data", root, "--model", "attunet++", "--out", tmp_path / "lesion-only", "--folds",
                "2", "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_lesion_prior_outside_zero_to_one_is_one_line(phantom, tmp_path):
+    run, build = tmp_path / "run", tmp_path / "build"
+    r = invoke("seg", "train", "--data", phantom / "bmseg", "--out", run, "--lesion-prior", "1.5")
+    one_line_failure(r, "lesion_prior must be a probability between 0 and 1, got 1.5")
+    assert not run.exists()
+    r = invoke("models", "build", build, "--background", phantom / "bmseg", "--lesion-prior", "0")
+    one_line_failure(r, "--lesion-prior must be a probability between 0 and 1, got 0.0")
+    assert not build.exists()

@@ -132,3 +132,28 @@ def test_models_compute_the_reference_gate_order_in_training_and_evaluation(name
     for (k, a), b in zip(model.state_dict().items(), reference.state_dict().values()):  # running statistics too
         if a.is_floating_point():
             assert float((a - b).abs().max()) < 1e-5, k
+
+
+@pytest.mark.parametrize("name", ["unet", "attunet++", "hybrid-attunet++", "sequential"])
+def test_a_lesion_prior_shifts_the_lesion_logits_and_nothing_else(name):
+    """``lesion_prior``: the lesion head's bias starts at the prior's log-odds, so every lesion logit of a fresh
+    model is that of the same model without it, shifted by exactly the change of that bias; bone logits equal."""
+    import math
+
+    from bonemet.models import lesion_head
+    from bonemet.runs.seg import SegConfig, build_model
+
+    x, ones = torch.randn(2, 3, 32, 32), torch.ones(2, 1, 32, 32)
+    torch.manual_seed(3)
+    plain = build_model(SegConfig(data="x", model=name, width=2)).eval()
+    torch.manual_seed(3)
+    prior = build_model(SegConfig(data="x", model=name, width=2, lesion_prior=0.01)).eval()
+    assert lesion_head(prior).bias.item() == pytest.approx(math.log(0.01 / 0.99), abs=1e-6)
+    shift = lesion_head(prior).bias.item() - lesion_head(plain).bias.item()
+    with torch.no_grad():
+        (l0, b0), (l1, b1) = forward(plain, x, ones), forward(prior, x, ones)
+    torch.testing.assert_close(l1, l0 + shift, rtol=0, atol=1e-5)
+    assert (b0 is None and b1 is None) or torch.equal(b0, b1)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        from bonemet.models import set_lesion_prior
+        set_lesion_prior(plain, 1.0)

@@ -63,6 +63,10 @@ def train(
     bone_weight: Annotated[float, typer.Option(help="Loss weight of the bone head.")] = 0.3,
     pos_weight: Annotated[float, typer.Option(help="BCE weight of lesion pixels (1 = the thesis' plain BCE).")]
         = 1.0,
+    lesion_prior: Annotated[float | None, typer.Option(help="Start the lesion head's bias at this probability's "
+                                                            "log-odds (e.g. 0.01), so that a pixel with no active "
+                                                            "feature means no lesion. Default: torch's own "
+                                                            "initialisation.")] = None,
     optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
     lr_scale: Annotated[float, typer.Option(help="Multiply the thesis learning rates by this.")] = 1.0,
     select: Annotated[str, typer.Option(help="last (epoch) or best (F1 on inner-validation patients).")] = "last",
@@ -102,7 +106,8 @@ def train(
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
                     select=select, augment=not no_augment, intensity_aug=intensity_aug, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
-                    bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm)
+                    bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm,
+                    lesion_prior=lesion_prior)
     given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})
     rt = runtime(device, workers, sync_bn)
     run = train_segmentation(cfg, out, resume=resume, given=given, fold=fold, rt=rt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,3 +118,24 @@ def split_outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.T
     if isinstance(out, tuple):
         return out[0], out[1]
     return out, None
+
+
+def lesion_head(model: nn.Module) -> nn.Conv2d:
+    """The 1x1 convolution that gives a family member's lesion logits (the lesion network's, in the sequential
+    model)."""
+    inner = model.lesion_net if isinstance(model, SequentialSeg) else model
+    return inner.heads[0] if hasattr(inner, "heads") else inner.head
+
+
+def set_lesion_prior(model: nn.Module, prior: float) -> None:
+    """Start the lesion head's bias at log(prior / (1 - prior)): a pixel whose features are all zero then gets
+    ``prior``, not 0.5.
+
+    The head's features come out of ReLUs, so they are zero or more. From a bias near 0, training can settle on
+    lesions that silence every feature (probability sigmoid(bias), about 0.5, never more) while negative head
+    weights mark everything else: a member whose lesion probability never passes 0.5. From a small prior, silence
+    means "no lesion", and a lesion has to be marked by features of positive weight."""
+    if not 0 < prior < 1:
+        raise ValueError(f"the lesion prior must be between 0 and 1, got {prior}")
+    with torch.no_grad():
+        lesion_head(model).bias.fill_(math.log(prior / (1 - prior)))

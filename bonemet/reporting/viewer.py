@@ -108,7 +108,7 @@ LAYER_CONTROL = ("<label><input type='checkbox' id='show-{name}' {checked}> {lab
 LAYERS = (("lesion", "lesions", "red", 0.6, True), ("bone", "bone", "blue", 0.25, True),
           ("probability", "probability", "warm", 0.5, False))
 
-SCRIPT = """(function () {
+SCRIPT = r"""(function () {
   const data = JSON.parse(document.getElementById('viewer-data').textContent);
   const notice = document.getElementById('viewer-notice');
   const box = document.getElementById('viewer');

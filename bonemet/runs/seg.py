@@ -14,7 +14,7 @@ from ..data.datasets import SegmentationDataset
 from ..data.splits import load_splits
 from ..errors import BonemetError
 from ..fileio import read_config
-from ..models import create_model, forward, model_info, model_options
+from ..models import create_model, forward, model_info, model_options, set_lesion_prior
 from .checkpoint import finished_checkpoint, load_checkpoint, load_weights
 from .config import RunConfig
 
@@ -44,6 +44,7 @@ class SegConfig(RunConfig):
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
     intensity_aug: bool = False  # domain randomisation of intensities in training (training.augment.SegAugment)
     train_always: list = field(default_factory=list)  # patients in every fold's training part (data.splits)
+    lesion_prior: float | None = None  # the lesion head's bias starts at its log-odds (models.set_lesion_prior)
 
     def checks(self) -> list[tuple[bool, str]]:
         from ..models import SEQUENTIAL_LESION_MODELS, model_names
@@ -64,6 +65,8 @@ class SegConfig(RunConfig):
              f"pixel_mm must be a pixel size in mm between 0.1 and 10, got {self.pixel_mm}"),
             (isinstance(self.train_always, list) and all(isinstance(p, str) for p in self.train_always),
              f"train_always must be a list of patient names, got {self.train_always!r}"),
+            (self.lesion_prior is None or (isinstance(self.lesion_prior, (int, float)) and 0 < self.lesion_prior < 1),
+             f"lesion_prior must be a probability between 0 and 1, got {self.lesion_prior}"),
         ]
 
     def model_opts(self) -> dict:
@@ -127,8 +130,12 @@ def member_probs(members: list[torch.nn.Module], ds: SegmentationDataset,
 
 
 def build_model(cfg: SegConfig) -> torch.nn.Module:
-    """The run's model, untrained (a member's weights go in with ``load_member``)."""
-    return create_model(cfg.model, **cfg.model_opts())
+    """The run's model, untrained (a member's weights go in with ``load_member``); its lesion head's bias at
+    ``cfg.lesion_prior`` when the run sets one."""
+    model = create_model(cfg.model, **cfg.model_opts())
+    if cfg.lesion_prior is not None:
+        set_lesion_prior(model, cfg.lesion_prior)
+    return model
 
 
 def load_run(run: Path) -> tuple[SegConfig, dict]:

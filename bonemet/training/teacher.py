@@ -13,6 +13,7 @@ from ..data.bmseg import SegSlice
 from ..data.datasets import SegmentationDataset
 from ..errors import BonemetError
 from ..evaluation.metrics import confusion, pooled_f1
+from ..models import lesion_head
 from ..runs.checkpoint import finished_checkpoint
 from ..runs.seg import member_probs, predict_probs
 from .loop import read_rows
@@ -99,9 +100,8 @@ def calibrate_student(model: torch.nn.Module, teachers: list[torch.nn.Module], d
     s_lesion, _ = predict_probs([model], ds, batch_size)
     chosen = choose_threshold(s_lesion, t_lesion, method)
     threshold = chosen["threshold"]
-    head = model.heads[0] if hasattr(model, "heads") else model.head
     with torch.no_grad():
-        head.bias -= math.log(threshold / (1 - threshold))
+        lesion_head(model).bias -= math.log(threshold / (1 - threshold))
     return {**chosen, "slices": len(ds), "patients": sorted({str(s.patient) for s in ds.slices})}
 
 
