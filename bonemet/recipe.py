@@ -248,7 +248,8 @@ def _inputs(recipe: Recipe) -> dict:
 
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
-    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member", "lesion_prior") if k in inputs}
+    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member", "lesion_prior")
+               if k in inputs}
     return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]],
                   [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)
@@ -293,8 +294,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member, --lesion-prior or --quick than the build in this folder was started with: "
-                               f"{started['command']}",
+                               "--real-in-every-member, --lesion-prior or --quick than the build in this folder was "
+                               f"started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
     work = out / "work"
@@ -392,8 +393,8 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
 - The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
                    else "every patient, real series too: each real series trains one member"}.
-- The lesion head's bias starts at {"the log-odds of " + str(cfg['lesion_prior']) + " (a pixel with no active feature "
-                                    "means no lesion)" if cfg.get('lesion_prior') else "torch's default initialisation"}.
+- The lesion head's bias starts at {f"the log-odds of {cfg['lesion_prior']} (a pixel with no active feature means "
+                                    "no lesion)" if cfg.get('lesion_prior') else "torch's default initialisation"}.
 
 ## Training data
 

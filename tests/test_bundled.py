@@ -95,7 +95,7 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
                    str(real_ct / "chest_abdomen_dicom")]
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
-               "--real", left_out, "--real-in-every-member")
+               "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01")
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -134,6 +134,9 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert "bone Dice" not in results["leave_background_out"][1] and "| real_ct/chest_abdomen_dicom | - |" in card
     assert "(no bone mask: placed by HU, no bone label)" in card
     assert "every real series trains both members" in card
+    assert "The lesion head's bias starts at the log-odds of 0.01" in card
+    assert {json.loads(c.read_text())["lesion_prior"] for c in work.glob("*/seg/config.json")} == {0.01}
+    assert len(list(work.glob("*/seg/config.json"))) == 4  # without-real0, without-background0 and 1, all
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
     assert sum(int(c.split("/")[1]) for c in cells) == 6
     # the manifest's hashes are the files' own, and the bundle is a run predict can use
