@@ -25,6 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bonemet.devices import resolve_device
 from bonemet.inference.lesions import find_lesions
 from bonemet.inference.predict import PredictOptions, Predictor
 from bonemet.inference.runners import SegRunner
@@ -39,8 +40,12 @@ MAX_MEAN_HU = (None, 2000.0)
 
 def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] | None = None) -> dict:
     """``model`` (all its members averaged, or only ``members``) on ``scan_path``: probabilities and the volume."""
-    predictor = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta))
-    if members is not None:
+    opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta)
+    if members is None:
+        predictor = Predictor(opts)
+    else:  # only these members loaded: the others may still be training
+        predictor = Predictor.__new__(Predictor)
+        predictor.opts, predictor.device, predictor.clf = opts, resolve_device(opts.device), None
         predictor.seg = SegRunner(model, members=members, device=predictor.device)
     pred = predictor.analyse(read_scan(scan_path), keep_probabilities=True)
     vol = pred.scan.volume
