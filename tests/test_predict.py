@@ -449,3 +449,16 @@ def test_flip_tta_averages_the_plain_and_the_mirrored_pass(phantom, seg_run):
     expected = torch.nn.functional.interpolate(mean, size=plain.shape[1:], mode="bilinear",
                                                align_corners=False)[:, 0].numpy()
     assert np.abs(tta.astype(np.float32) - expected).max() < 5e-3
+
+
+def test_a_predictor_of_some_members_averages_those_alone(phantom, seg_run):
+    """``Predictor(opts, members=[k])``: member k's own probabilities; the two alone average to the ensemble."""
+    from bonemet.inference.predict import PredictOptions, Predictor
+    from bonemet.inference.scan import read_scan
+
+    scan = read_scan(phantom / "dicom" / _metastatic_patient(phantom))
+    opts = PredictOptions(seg=seg_run, viewer=False, dicom_seg=False, device="cpu")
+    probs = [np.asarray(Predictor(opts, members=m).analyse(scan, keep_probabilities=True).lesion_probability,
+                        np.float32) for m in ([0], [1], None)]
+    assert not np.allclose(probs[0], probs[1])
+    np.testing.assert_allclose((probs[0] + probs[1]) / 2, probs[2], atol=2e-3)  # float16 probabilities

@@ -51,6 +51,7 @@ def patient_splits(
         raise BonemetError(f"patients to train on in every fold are not in the data: {', '.join(unknown[:5])}")
     items_arr, groups = np.asarray(items), np.asarray(patients)
     shared = np.isin(groups, list(always))
+    shared_idx = np.flatnonzero(shared)  # in every fold's training part
     unique = sorted(set(patients) - set(always))
     n_test = int(round(test_fraction * len(unique))) if test_fraction > 0 else 0
     if test_fraction > 0 and n_test == 0:
@@ -78,7 +79,7 @@ def patient_splits(
         split_iter = splitter.split(items_arr[rest], groups=groups[rest])
     fold_list = []
     for tr, va in split_iter:
-        tr_idx, va_idx = np.concatenate([rest[tr], np.flatnonzero(shared)]), rest[va]
+        tr_idx, va_idx = np.concatenate([rest[tr], shared_idx]), rest[va]
         fold_list.append({
             "train_patients": sorted(set(groups[tr_idx])), "val_patients": sorted(set(groups[va_idx])),
             "train": sorted(items_arr[tr_idx].tolist()), "val": sorted(items_arr[va_idx].tolist()),

@@ -104,12 +104,14 @@ class Predictor:
     """The models of ``opts`` loaded once, on their device, ready for any number of scans (in the manner of
     nnU-Net's predictor that owns a trained model folder)."""
 
-    def __init__(self, opts: PredictOptions) -> None:
+    def __init__(self, opts: PredictOptions, members: list[int] | None = None) -> None:
+        """``members``: only these fold models of the run (all by default), e.g. to study one member alone or to
+        use a run whose other members are still training."""
         from ..devices import resolve_device
 
         self.opts = opts
         self.device = resolve_device(opts.device)
-        self.seg = SegRunner(opts.seg, paths=opts.paths, device=self.device)
+        self.seg = SegRunner(opts.seg, members=members, paths=opts.paths, device=self.device)
         self.clf = ClsRunner(opts.cls, device=self.device) if opts.cls else None
 
     def predict(self, input_path: str | Path, out: str | Path) -> Prediction:

@@ -25,10 +25,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bonemet.devices import resolve_device
 from bonemet.inference.lesions import find_lesions
 from bonemet.inference.predict import PredictOptions, Predictor
-from bonemet.inference.runners import SegRunner
 from bonemet.inference.scan import read_scan
 from bonemet.markdown import markdown_table
 from bonemet.recipe import recipe_of
@@ -40,13 +38,7 @@ MAX_MEAN_HU = (None, 2000.0)
 
 def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] | None = None) -> dict:
     """``model`` (all its members averaged, or only ``members``) on ``scan_path``: probabilities and the volume."""
-    opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta)
-    if members is None:
-        predictor = Predictor(opts)
-    else:  # only these members loaded: the others may still be training
-        predictor = Predictor.__new__(Predictor)
-        predictor.opts, predictor.device, predictor.clf = opts, resolve_device(opts.device), None
-        predictor.seg = SegRunner(model, members=members, device=predictor.device)
+    predictor = Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, tta=tta), members=members)
     pred = predictor.analyse(read_scan(scan_path), keep_probabilities=True)
     vol = pred.scan.volume
     return {"p": np.asarray(pred.lesion_probability, np.float32),
