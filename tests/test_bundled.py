@@ -113,7 +113,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
         assert f'"{patient}"' in (work / "all" / "seg" / "splits.json").read_text()
     # --real-in-every-member: both members learn from every real series; the folds split the phantom only
     for fold in json.loads((work / "all" / "seg" / "splits.json").read_text())["folds"]:
-        assert {"B0", "B1", "N0"} <= set(fold["train_patients"]) and all(p.startswith("P") for p in fold["val_patients"])
+        assert {"B0", "B1", "N0"} <= set(fold["train_patients"])
+        assert all(p.startswith("P") for p in fold["val_patients"])
     rows = (work / "all" / "mixed" / "patients.csv").read_text().splitlines()
     assert sum(line.endswith(",none") for line in rows) == 112 + 20  # the negatives and the maskless background
     assert sum(line.startswith("background1-0_") and line.endswith(",none") for line in rows) == 20
