@@ -7,7 +7,8 @@
    bone mask, or without one where HU says bone is sure (``data.bone``; such copies have no bone label)
    (lytic, blastic and mixed; one patient per real scan, so that its copies share a
    fold; its slices without an inserted lesion are real negatives); each ``--real`` series (real CT without
-   labelled lesions and without a bone mask) whole, as negatives whose bone term is left out of the loss;
+   labelled lesions and without a bone mask) whole, as negatives whose bone term is left out of the loss, or with
+   ``--partial-bone`` taken from a partial bone label by HU (``data.bone.partial_bone_labels``);
 2. leave one real patient out: for each ``--real`` series, an EH-AttUnet++ (2 x Hybrid-AttUnet++, width 8,
    physical scale: 3 mm pixels, a 384 mm field; intensity randomisation; 12 epochs, ``--epochs``) trained on
    everything but that series,
@@ -61,6 +62,7 @@ class Recipe:
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own
+    partial_bone: bool = False  # the real series' bone term from a partial label by HU (data.bone) instead of none
     quick: bool = False
 
     @property
@@ -113,7 +115,8 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
     for j, scan in enumerate(recipe.real):
         out = data / f"real{j}"
         if not out.exists():
-            convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window=recipe.window)
+            convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window=recipe.window,
+                             partial_bone=recipe.partial_bone)
         negatives[scan] = (out, f"real{j}", f"N{j}")
     return sources, negatives
 
@@ -243,13 +246,14 @@ def _inputs(recipe: Recipe) -> dict:
     return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds],
             "real": [str(p) for p in recipe.real],
             "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window,
-            "real_in_every_member": recipe.real_in_every_member, "lesion_prior": recipe.lesion_prior}
+            "real_in_every_member": recipe.real_in_every_member, "lesion_prior": recipe.lesion_prior,
+            "partial_bone": recipe.partial_bone}
 
 
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
-    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member", "lesion_prior")
-               if k in inputs}
+    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member", "lesion_prior",
+                                      "partial_bone") if k in inputs}
     return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]],
                   [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)
@@ -294,7 +298,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member, --lesion-prior or --quick than the build in this folder was "
+                               "--real-in-every-member, --lesion-prior, --partial-bone or --quick than the build in "
+                               "this folder was "
                                f"started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
@@ -366,6 +371,9 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
                                                                   "(no bone mask: placed by HU, no bone label)")
                             for c, b in recipe.backgrounds)
     real = "\n".join(f"  - `{series_label(p)}`" for p in recipe.real) or "  - none"
+    real_bone = ("a partial bone label from HU alone: sure bone, sure no bone, and the unknown pixels left out of "
+                 "the bone term, `bonemet/data/bone.py`" if recipe.partial_bone
+                 else "no bone mask: the bone term leaves them out")
     held_bg = "\n".join(f"| {x['series']} | {x.get('bone Dice', '-')} | {x['findings']} | {x['largest mL']} | "
                         f"{sum(les['found'] for les in x['lesions'])}/{len(x['lesions'])} | {x['false_positives']} |"
                         for x in r["leave_background_out"])
@@ -404,7 +412,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   more near cortex of {DENSE_HU:g} HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked
   against the masks we have) for a series without one, which then leaves the bone term:
 {backgrounds}
-- Real CT without labelled lesions, every slice a negative (no bone mask: the bone term leaves them out):
+- Real CT without labelled lesions, every slice a negative ({real_bone}):
 {real}
 
 The series with bone masks are public test data of the TotalSegmentator project (Apache-2.0); the masks are

@@ -336,6 +336,16 @@ def test_models_that_learn_bone_refuse_data_without_bone_masks(tmp_path):
     r = invoke("seg", "train", "--data", root, "--model", "attunet++", "--out", tmp_path / "lesion-only", "--folds",
                "2", "--test-patients", "0.25", "--epochs", "1", "--size", "32", "--width", "2")
     assert r.returncode == 0, r.stderr
+    # a partial bone label (data convert --partial-bone) serves Hybrid-AttUnet++'s bone term, not the sequential
+    # model, which multiplies its input by the whole mask
+    partial = tmp_path / "partial"
+    make_bmseg(partial, {"A": 3, "B": 3, "C": 3, "D": 3}, grouped=False)
+    lines = (partial / "patients.csv").read_text().splitlines()
+    (partial / "patients.csv").write_text("\n".join([lines[0] + ",bone"] + [f"{x},partial" for x in lines[1:]]) + "\n")
+    r = invoke("seg", "train", "--data", partial, "--model", "sequential", "--out", tmp_path / "seq", "--folds", "2",
+               "--epochs", "1", "--size", "32", "--width", "2")
+    one_line_failure(r, "12 of 12 slices have no full bone mask", "sequential learns bone too")
+    assert not (tmp_path / "seq").exists()
 
 
 def test_a_lesion_prior_outside_zero_to_one_is_one_line(phantom, tmp_path):

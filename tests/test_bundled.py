@@ -88,14 +88,14 @@ def test_the_shipped_default_model_is_intact_and_has_its_card():
 @pytest.mark.slow
 def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     """The recipe end to end at toy size: two backgrounds (each left out once; the second without a bone mask, so
-    its lesions are placed by HU and it has no bone label), one real series as negatives (left out once), the
-    bundle, its card and results; then the refusals."""
+    its lesions are placed by HU and it has no bone label), one real series as negatives (left out once) with a
+    partial bone label, the bundle, its card and results; then the refusals."""
     left_out = real_ct / "torso_3mm_ct.nii.gz"
     backgrounds = [f"{real_ct / 'abdomen_3mm_ct.nii.gz'}:{real_ct / 'abdomen_3mm_bone_mask.nii.gz'}",
                    str(real_ct / "chest_abdomen_dicom")]
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
-               "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01")
+               "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01", "--partial-bone")
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -116,7 +116,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
         assert {"B0", "B1", "N0"} <= set(fold["train_patients"])
         assert all(p.startswith("P") for p in fold["val_patients"])
     rows = (work / "all" / "mixed" / "patients.csv").read_text().splitlines()
-    assert sum(line.endswith(",none") for line in rows) == 112 + 20  # the negatives and the maskless background
+    assert sum(line.endswith(",partial") for line in rows) == 112  # the negatives: a partial bone label by HU
+    assert sum(line.endswith(",none") for line in rows) == 20  # the maskless background: no bone label
     assert sum(line.startswith("background1-0_") and line.endswith(",none") for line in rows) == 20
     # the left-out backgrounds: each inserted lesion (by its id: two that touch are one component for predict's
     # own match) found when the lesion mask predict wrote overlaps it
@@ -136,6 +137,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert "(no bone mask: placed by HU, no bone label)" in card
     assert "every real series trains both members" in card
     assert "The lesion head's bias starts at the log-odds of 0.01" in card
+    assert "every slice a negative (a partial bone label from HU alone" in card
+    assert json.loads((out / "recipe.json").read_text())["inputs"]["partial_bone"] is True
     assert {json.loads(c.read_text())["lesion_prior"] for c in work.glob("*/seg/config.json")} == {0.01}
     assert len(list(work.glob("*/seg/config.json"))) == 4  # without-real0, without-background0 and 1, all
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]

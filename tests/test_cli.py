@@ -109,6 +109,15 @@ def test_empty_folder(tmp_path):
     assert not (tmp_path / "out").exists(), "no half-written output"
 
 
+def test_convert_refuses_a_partial_bone_label_beside_a_bone_mask(phantom: Path, tmp_path):
+    ct = phantom / "volumes" / "P000"
+    res = invoke("data", "convert", ct / "ct.nii.gz", tmp_path / "out", "--partial-bone", "--bone-mask",
+                 ct / "bone_mask.nii.gz")
+    assert res.returncode == 2
+    assert_clean_failure(res, "--partial-bone and --bone-mask exclude each other")
+    assert not (tmp_path / "out").exists()
+
+
 def test_non_ct_dicom(phantom: Path, tmp_path):
     src = sorted((phantom / "dicom" / "P000").iterdir())[:3]
     mr = tmp_path / "mr"

@@ -150,3 +150,33 @@ def test_hu_bone_rule_puts_inserted_lesions_in_totalsegmentators_bone(real_ct):
         assert n == 60
         assert np.mean([c for c, _ in inside]) >= centres, ct
         assert np.mean([w for _, w in inside]) >= mostly, ct
+
+
+def test_partial_bone_labels_against_totalsegmentators_masks(real_ct, tmp_path):
+    """The partial bone label that ``data convert --partial-bone`` writes, on the two series that have a bone mask
+    (docs/real-ct-findings.md): its "no bone" holds almost none of TotalSegmentator's bone and most voxels; its
+    "bone" is mostly bone; the rest is unknown. Written as 0 / 128 / 255 and read back as 0 / unknown / 1."""
+    import torch
+
+    from bonemet.data.bone import BONE, NOT_BONE, UNKNOWN_BONE, partial_bone_labels
+    from bonemet.data.ct import read_volume
+    from bonemet.data.datasets import UNKNOWN_BONE_TARGET, SegmentationDataset
+
+    for ct, mask, not_bone_share in (("chest_abdomen_dicom", "chest_abdomen_dicom_bone_mask.nii.gz", 0.85),
+                                     ("abdomen_3mm_ct.nii.gz", "abdomen_3mm_bone_mask.nii.gz", 0.9)):
+        vol = read_volume(real_ct / ct)
+        truth = read_mask_like(real_ct / mask, vol)
+        labels = partial_bone_labels(vol)
+        assert set(np.unique(labels)) == {NOT_BONE, UNKNOWN_BONE, BONE}, ct
+        assert (truth & (labels == NOT_BONE)).sum() <= 0.001 * truth.sum(), ct  # measured: 0.00 % and 0.01 %
+        assert (labels == NOT_BONE).mean() >= not_bone_share, ct  # measured: 88 % and 95 %
+        sure = labels == BONE
+        assert (sure & truth).sum() >= 0.8 * sure.sum(), ct  # measured: 85 % and 88 %
+    convert_to_bmseg(real_ct / "abdomen_3mm_ct.nii.gz", tmp_path / "c", lesion_free=True, partial_bone=True)
+    index = load_bmseg(tmp_path / "c", require_patients=True)
+    assert all(s.bone_partial for s in index.slices)
+    k = int(np.argmax((labels == BONE).sum(axis=(0, 1))))
+    sample = SegmentationDataset(index.slices, size=64, pixel_mm=3.0)[k]
+    assert sample["bone_partial"] and sample["has_bone"]
+    values = set(torch.unique(sample["bone"]).tolist())
+    assert values == {0.0, UNKNOWN_BONE_TARGET, 1.0}

@@ -444,6 +444,34 @@ def test_slices_without_a_bone_mask_add_nothing_to_the_bone_loss():
     assert torch.allclose(none, cfg.lesion_weight * lesion)
 
 
+def test_a_partial_bone_label_adds_only_the_pixels_it_knows_to_the_bone_loss():
+    """A partial bone label (a real series' sure bone and sure no-bone by HU): its unknown pixels add nothing to the
+    bone term, whatever the bone head says there; its known pixels count as a whole mask's pixels do."""
+    import torch.nn.functional as F
+
+    from bonemet.data.datasets import UNKNOWN_BONE_TARGET
+
+    torch.manual_seed(0)
+    lo, bo = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    bone = torch.zeros(2, 1, 8, 8)
+    bone[:, :, 2:6, 2:6] = 1.0
+    bone[1, :, :, 6:] = UNKNOWN_BONE_TARGET  # slice 1: two columns of unknown
+    batch = {"lesion": (torch.rand(2, 1, 8, 8) > 0.8).float(), "bone": bone,
+             "has_bone": torch.tensor([True, True]), "bone_partial": torch.tensor([False, True])}
+    cfg = SegConfig(data="x")
+    lesion = F.binary_cross_entropy_with_logits(lo, batch["lesion"])
+    known = F.binary_cross_entropy_with_logits(bo[1, :, :, :6], bone[1, :, :, :6])
+    expected = cfg.lesion_weight * lesion + cfg.bone_weight * (
+        F.binary_cross_entropy_with_logits(bo[0], bone[0]) + known) / 2
+    got = seg_mod.seg_loss(lo, bo, batch, cfg)
+    assert torch.allclose(got, expected)
+    moved = bo.clone()
+    moved[1, :, :, 6:] += 5.0  # the head changes its mind where the label does not know: no change
+    assert torch.allclose(seg_mod.seg_loss(lo, moved, batch, cfg), got)
+    moved[1, :, 0, 0] += 5.0  # and where it knows there is no bone: the loss rises
+    assert seg_mod.seg_loss(lo, moved, batch, cfg) > got + 1e-3
+
+
 def test_intensity_randomisation_changes_the_image_alone_within_its_ranges():
     """Domain randomisation: contrast about mid-window, offset, noise, blur or sharpening of the image; the masks
     stay as they are; the same seed gives the same image; each draw stays within its stated range."""

@@ -97,14 +97,18 @@ def convert(
     window: Window = "bone",
     patient: Annotated[str | None, typer.Option(help="Patient id for file names and patients.csv.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    partial_bone: Annotated[bool, typer.Option(help="No bone mask: write a partial bone label from HU alone (sure "
+                                                    "bone 255, sure no bone 0, unknown 128), whose unknown pixels "
+                                                    "training leaves out.")] = False,
 ) -> None:
     """Convert a CT (DICOM or NIfTI) and its masks into BM-Seg-style slices."""
     from ..data.convert import convert_to_bmseg
 
     check_window(window)
-    s = convert_to_bmseg(input, out, bone_mask, lesion_mask, window, patient, overwrite, lesion_free)
+    s = convert_to_bmseg(input, out, bone_mask, lesion_mask, window, patient, overwrite, lesion_free, partial_bone)
+    bone = "sure bone voxels (partial label)" if partial_bone else "bone voxels"
     typer.echo(f"wrote {s['slices']} slices of patient {s['patient']} to {out} "
-               f"(bone voxels {s['bone_voxels']}, lesion voxels {s['lesion_voxels']})")
+               f"({bone} {s['bone_voxels']}, lesion voxels {s['lesion_voxels']})")
 
 
 @app.command()

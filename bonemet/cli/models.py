@@ -77,6 +77,9 @@ def build(
     lesion_prior: Annotated[float | None, typer.Option(help="Start each member's lesion-head bias at this "
                                                             "probability's log-odds (e.g. 0.01; as `seg train "
                                                             "--lesion-prior`).")] = None,
+    partial_bone: Annotated[bool, typer.Option(help="Give each --real series a partial bone label from HU alone "
+                                                    "(sure bone, sure no bone; the rest left out of the bone term) "
+                                                    "instead of none.")] = False,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
                                              "a model to use; overrides --epochs and --copies.")] = False,
 ) -> None:
@@ -88,7 +91,8 @@ def build(
 
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), epochs=epochs, copies=copies, window=window,
-                    real_in_every_member=real_in_every_member, lesion_prior=lesion_prior, quick=quick)
+                    real_in_every_member=real_in_every_member, lesion_prior=lesion_prior, partial_bone=partial_bone,
+                    quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from ..errors import DataError
 from ..log import logger
+from .bone import partial_label_map
 from .images import is_image_file, read_image, read_mask
 from .layout import Problem, find_child, raise_first_fatal
 
@@ -24,8 +25,9 @@ LESION_DIRS = {"lesion mask", "lesion", "lesion label", "lesionmask", "mask", "m
 
 @dataclass(frozen=True)
 class SegSlice:
-    """One annotated slice: image file, mask files (None when absent), patient id (None when unknown) and pixel
-    spacing (row, column mm; None when unknown: BM-Seg's PNG slices have none)."""
+    """One annotated slice: image file, mask files (None when absent), patient id (None when unknown), pixel
+    spacing (row, column mm; None when unknown: BM-Seg's PNG slices have none), and whether its bone mask is a
+    partial label (``data.bone.partial_bone_labels``: 255 bone, 0 no bone, anything between unknown)."""
 
     name: str
     image: Path
@@ -33,6 +35,7 @@ class SegSlice:
     bone: Path | None
     patient: str | None
     pixel_mm: tuple[float, float] | None = None
+    bone_partial: bool = False
 
 
 @dataclass
@@ -111,9 +114,10 @@ def _spacing(row: dict, path: Path, problems: list[Problem]) -> tuple[float, flo
 
 
 def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[str, tuple[float, float] | None,
-                                                                         bool]]:
-    """File stem -> (patient, pixel spacing or None, no bone mask on purpose: an optional column ``bone`` that
-    says ``none`` for slices nobody outlined the bones of, such as real negatives)."""
+                                                                         str]]:
+    """File stem -> (patient, pixel spacing or None, what its bone mask is: an optional column ``bone`` that says
+    ``none`` for slices nobody outlined the bones of, such as real negatives (no bone mask on purpose), and
+    ``partial`` for a partial bone label; empty for a bone mask)."""
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -124,7 +128,7 @@ def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[s
         problems.append(Problem(path, "patients.csv needs the columns 'file,patient'"))
         return {}
     return {Path(r["file"]).stem: (r["patient"].strip(), _spacing(r, path, problems),
-                                   (r.get("bone") or "").strip().lower() == "none")
+                                   (r.get("bone") or "").strip().lower())
             for r in rows if r.get("file") and r.get("patient")}
 
 
@@ -140,12 +144,13 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
         layout = "flat"
         csv_path = next((p for p in root.iterdir() if p.name.lower() == "patients.csv"), None)
         mapping = _read_patients_csv(csv_path, problems) if csv_path is not None else {}
-        slices = _scan_group(root, None, problems, frozenset(k for k, v in mapping.items() if v[2]))
+        slices = _scan_group(root, None, problems, frozenset(k for k, v in mapping.items() if v[2] == "none"))
         if csv_path is not None:
             missing = [s for s in slices if s.name not in mapping]
             for s in missing[:20]:
                 problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
-            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *mapping.get(s.name, (None, None, False))[:2])
+            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *mapping.get(s.name, (None, None))[:2],
+                               bone_partial=s.bone is not None and mapping.get(s.name, ("", "", ""))[2] == "partial")
                       for s in slices]
     else:
         layout = "grouped"
@@ -206,12 +211,18 @@ def load_bmseg(root: str | Path, require_patients: bool = False) -> BMSegIndex:
     return index
 
 
-def load_seg_slice(s: SegSlice, threshold: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str | None]:
-    """Image (uint8, (H, W) or (H, W, 3)), lesion mask, bone mask (bool or None) and patient of a slice."""
+def load_seg_slice(s: SegSlice, threshold: int = 0, unknown_bone: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str | None]:
+    """Image (uint8, (H, W) or (H, W, 3)), lesion mask, bone mask (bool or None) and patient of a slice.
+
+    A partial bone label gives its sure bone as the bone mask, or with ``unknown_bone`` a float32 map: 1 bone,
+    0 no bone, ``unknown_bone`` where it is not known."""
     image = read_image(s.image)
     shape = image.shape[:2]
     lesion = read_mask(s.lesion, threshold) if s.lesion else np.zeros(shape, bool)
-    bone = read_mask(s.bone, threshold) if s.bone else None
+    bone = read_mask(s.bone, threshold) if s.bone and not s.bone_partial else None
+    if s.bone and s.bone_partial:
+        bone = partial_label_map(read_image(s.bone), unknown_bone)
     for path, m in ((s.lesion, lesion), (s.bone, bone)):
         if m is not None and m.shape != shape:
             raise DataError(f"mask size {m.shape[::-1]} does not match image size {shape[::-1]}", path)
@@ -224,7 +235,8 @@ def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, descript
     takes ``patient`` when one is given (copies of one real scan with different inserted lesions are one patient,
     so that they land in one fold). ``description`` is written as ``out/conversion.json`` (the window and what was
     merged), which training reads as the images' preprocessing. A slice whose source has no bone mask is listed
-    with ``bone`` = ``none``: no bone mask on purpose (training leaves it out of the bone term)."""
+    with ``bone`` = ``none``: no bone mask on purpose (training leaves it out of the bone term); a partial bone
+    label stays ``partial``."""
     from ..fileio import write_csv, write_json
 
     rows = []
@@ -237,9 +249,10 @@ def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, descript
                 has_bone = (root / "bone mask" / r["file"]).exists()  # a real negative may have none
                 for d in ("image", "lesion mask", "bone mask") if has_bone else ("image", "lesion mask"):
                     shutil.copyfile(root / d / r["file"], out / d / name)
+                partial = (r.get("bone") or "").strip().lower() == "partial"
                 rows.append({"file": name, "patient": patient or r["patient"], "slice": r.get("slice", ""),
                              "row_mm": r.get("row_mm", ""), "col_mm": r.get("col_mm", ""),
-                             "bone": "" if has_bone else "none"})
+                             "bone": "none" if not has_bone else "partial" if partial else ""})
     write_csv(out / "patients.csv", rows, ["file", "patient", "slice", "row_mm", "col_mm", "bone"])
     write_json(out / "conversion.json", description)
     return out

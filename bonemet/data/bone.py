@@ -1,4 +1,4 @@
-"""Where lesions may be inserted into a real CT that has no bone mask: bone from HU alone.
+"""Bone from HU alone, for a real CT that has no bone mask: where lesions may be inserted, and partial bone labels.
 
 Not a bone segmentation. Lesion insertion needs voxels that are surely bone (a lesion is clipped to them), not all
 of the bone, so the rule trades recall for precision:
@@ -26,6 +26,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .volume import Volume
+
+# a partial bone label: what a PNG bone mask holds where the rule is sure of bone, sure of no bone, or neither
+NOT_BONE, UNKNOWN_BONE, BONE = 0, 128, 255
+FAR_MM = 5.0  # farther than this from any voxel of at least LOW_HU (and outside every ring it closes): no bone
 
 LOW_HU = 150.0
 DENSE_HU = 600.0
@@ -63,4 +67,38 @@ def insertion_bone_mask(vol: Volume) -> np.ndarray:
     return mask
 
 
-__all__ = ["insertion_bone_mask", "LOW_HU", "DENSE_HU", "SEED_ML"]
+def partial_bone_labels(vol: Volume) -> np.ndarray:
+    """A partial bone label of ``vol`` (uint8, its shape): ``BONE`` where ``insertion_bone_mask`` is sure of
+    bone, ``NOT_BONE`` where no voxel of at least ``LOW_HU`` lies within ``FAR_MM`` and no ring of such voxels
+    encloses the voxel in its slice (marrow inside a cortex is never called "no bone"), ``UNKNOWN_BONE`` elsewhere
+    (the edges of bone, marrow the sure rule leaves out, contrast-filled vessels, cartilage, the table).
+
+    Training leaves the unknown pixels out of the bone term (``training.seg.seg_loss``), so a series without a
+    bone mask can still teach the bone head where its bones surely are and surely are not. Checked against
+    TotalSegmentator's masks of the two real series that have one (``docs/real-ct-findings.md``)."""
+    hu = np.asarray(vol.array, np.float32)
+    near = ndi.binary_dilation(hu >= LOW_HU, _ball(vol.spacing, FAR_MM))
+    for k in range(near.shape[2]):
+        near[:, :, k] = ndi.binary_fill_holes(near[:, :, k])
+    labels = np.full(hu.shape, UNKNOWN_BONE, np.uint8)
+    labels[~near] = NOT_BONE
+    labels[insertion_bone_mask(vol)] = BONE
+    return labels
+
+
+def partial_label_map(label: np.ndarray, unknown: float | None = None) -> np.ndarray:
+    """A partial bone label as read from its image (uint8, (H, W) or (H, W, 3)): its sure bone (bool), or with
+    ``unknown`` a float32 map of 1 (bone), 0 (no bone) and ``unknown``. Values are split half-way between the
+    three levels, so that a resized or re-encoded label keeps its meaning."""
+    arr = label.max(axis=2) if label.ndim == 3 else label
+    bone = arr >= (UNKNOWN_BONE + BONE) // 2
+    if unknown is None:
+        return bone
+    out = np.full(arr.shape, unknown, np.float32)
+    out[arr < (NOT_BONE + UNKNOWN_BONE) // 2] = 0.0
+    out[bone] = 1.0
+    return out
+
+
+__all__ = ["insertion_bone_mask", "partial_bone_labels", "partial_label_map", "LOW_HU", "DENSE_HU", "SEED_ML", "NOT_BONE",
+           "UNKNOWN_BONE", "BONE", "FAR_MM"]

@@ -90,8 +90,12 @@ def resize_mask(m: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tens
     raise ValueError(f"unknown mask resize mode '{mode}'")
 
 
+UNKNOWN_BONE_TARGET = 0.5  # a partial bone label's unknown pixels in a sample's ``bone`` (training leaves them out)
+
+
 class SegmentationDataset(Dataset):
-    """BM-Seg slices as tensors: ``image`` (C, S, S), ``lesion`` and ``bone`` (1, S, S) in {0, 1}.
+    """BM-Seg slices as tensors: ``image`` (C, S, S), ``lesion`` and ``bone`` (1, S, S) in {0, 1}; a partial bone
+    label (``bone_partial``) also holds ``UNKNOWN_BONE_TARGET`` where it does not know.
 
     ``transform`` receives and returns the sample dict, so geometric augmentation can move the image
     and both masks together. ``pixel_mm``: physical scale (``data.physical``): each slice resampled to pixels of
@@ -117,17 +121,19 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         s = self.slices[i]
-        image, lesion, bone, patient = load_seg_slice(s, self.threshold)
+        image, lesion, bone, patient = load_seg_slice(s, self.threshold, unknown_bone=UNKNOWN_BONE_TARGET)
         img = image_to_tensor(image, self.channels)
         les = torch.from_numpy(lesion).float()[None]
         bon = torch.from_numpy(bone if bone is not None else np.zeros_like(lesion)).float()[None]
+        partial = bone is not None and s.bone_partial
         if self.pixel_mm is None:
             img = resize_image(img, self.size)
-            les, bon = (resize_mask(m, self.size, self.mask_resize) for m in (les, bon))
+            les = resize_mask(les, self.size, self.mask_resize)
+            bon = resize_mask(bon, self.size, "nearest" if partial else self.mask_resize)  # keeps the unknown
         else:
             img, (les, bon) = physical_field(img, s.pixel_mm, self.pixel_mm, self.size, (les, bon))
         sample: Sample = {"image": img, "lesion": les, "bone": bon, "has_bone": bone is not None,
-                          "patient": patient or "", "name": s.name}
+                          "bone_partial": partial, "patient": patient or "", "name": s.name}
         return self.transform(sample) if self.transform else sample
 
 

@@ -31,9 +31,12 @@ PATIENTS_CSV_FIELDS = ["file", "patient", "slice", "row_mm", "col_mm"]
 
 
 def write_bmseg_slices(root: Path, patient: str, vol: Volume, lesion: np.ndarray | None, bone: np.ndarray | None,
-                       window: str = "bone", slices: Sequence[int] | None = None, ext: str = "png") -> list[dict]:
+                       window: str = "bone", slices: Sequence[int] | None = None, ext: str = "png",
+                       bone_partial: bool = False) -> list[dict]:
     """Write a volume's axial slices in the BM-Seg layout under ``root``; return ``patients.csv`` rows (columns
-    ``PATIENTS_CSV_FIELDS``: with each slice's pixel spacing, which physical scale needs)."""
+    ``PATIENTS_CSV_FIELDS``: with each slice's pixel spacing, which physical scale needs). ``bone_partial``:
+    ``bone`` is a partial label (``data.bone.partial_bone_labels``), written as it is, and each row has the
+    column ``bone`` = ``partial``."""
     rows = []
     row_mm, col_mm = (f"{vol.spacing[1]:.4f}", f"{vol.spacing[0]:.4f}")  # axial(k) rows run along j, columns along i
     ks = range(vol.n_slices) if slices is None else slices
@@ -43,8 +46,9 @@ def write_bmseg_slices(root: Path, patient: str, vol: Volume, lesion: np.ndarray
         if lesion is not None:
             write_image(root / "lesion mask" / name, lesion[:, :, k].T > 0)
         if bone is not None:
-            write_image(root / "bone mask" / name, bone[:, :, k].T > 0)
-        rows.append({"file": name, "patient": patient, "slice": k, "row_mm": row_mm, "col_mm": col_mm})
+            write_image(root / "bone mask" / name, bone[:, :, k].T if bone_partial else bone[:, :, k].T > 0)
+        rows.append({"file": name, "patient": patient, "slice": k, "row_mm": row_mm, "col_mm": col_mm,
+                     **({"bone": "partial"} if bone is not None and bone_partial else {})})
     return rows
 
 

@@ -68,7 +68,7 @@ def score(probs: np.ndarray, bone_probs: np.ndarray | None, ds: SegmentationData
         det = det + detect(pred, truth)
         per_patient[sample["patient"]] = per_patient[sample["patient"]] + c
         per_patient_dice[sample["patient"]].append(d)
-        if bone_probs is not None and sample["has_bone"]:
+        if bone_probs is not None and sample["has_bone"] and not sample.get("bone_partial"):  # scored on whole masks
             bt = sample["bone"][0].numpy() > 0.5
             bp = bone_probs[i] > 0.5
             bone_total = bone_total + confusion(bp, bt)

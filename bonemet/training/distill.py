@@ -57,6 +57,7 @@ class _SoftTargets(Dataset):
         s["lesion"] = torch.from_numpy(self.lesion[i])[None]
         if self.bone is not None:
             s["bone"] = torch.from_numpy(self.bone[i])[None]
+            s["bone_partial"] = False  # the teacher's bone probabilities cover every pixel
         return self.augment(s) if self.augment else s
 
 

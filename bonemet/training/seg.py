@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data.bmseg import SegSlice, load_bmseg
-from ..data.datasets import SegmentationDataset
+from ..data.datasets import UNKNOWN_BONE_TARGET, SegmentationDataset
 from ..data.splits import add_inner_validation, check_no_leakage, paper_splits, patient_splits
 from ..errors import BonemetError
 from ..evaluation.metrics import Counts, confusion, pixel_scores
@@ -53,12 +53,13 @@ BONE_MODELS = ("hybrid-attunet++", "sequential")  # learn bone too: a bone head,
 
 def refuse_missing_bone(cfg: SegConfig, slices: list[SegSlice], root: Path) -> None:
     """A model that learns bone cannot train without bone masks: one clear line instead. The sequential model
-    needs every slice's (it multiplies its input by the bone mask); Hybrid-AttUnet++ leaves the slices without one
+    needs every slice's, whole (it multiplies its input by the bone mask); Hybrid-AttUnet++ leaves the slices without one
     out of its bone term (``seg_loss``), so it needs some. A slice can lack a bone mask only on purpose: the data
     check refuses a missing file unless ``patients.csv`` says ``bone`` = ``none`` for it."""
-    lacking = [s for s in slices if s.bone is None]
+    lacking = [s for s in slices if s.bone is None or (cfg.model == "sequential" and s.bone_partial)]
     if cfg.model in BONE_MODELS and lacking and (cfg.model == "sequential" or len(lacking) == len(slices)):
-        raise BonemetError(f"{len(lacking)} of {len(slices)} slices have no bone mask (e.g. {lacking[0].image.name}): "
+        kind = "no full bone mask" if any(s.bone is not None for s in lacking) else "no bone mask"
+        raise BonemetError(f"{len(lacking)} of {len(slices)} slices have {kind} (e.g. {lacking[0].image.name}): "
                            f"{cfg.model} learns bone too, so it needs every slice's bone mask; add them, or train a "
                            "lesion-only model (unet, attunet, unet++ or attunet++)", root)
 
@@ -69,18 +70,23 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
     ``pos_weight`` > 1 up-weights lesion pixels (an option for data far more imbalanced than BM-Seg,
     whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE). Slices without a bone mask
     (``has_bone`` false: real negatives nobody outlined the bones of) add nothing to the bone term, instead of
-    teaching the bone head that they hold no bone.
+    teaching the bone head that they hold no bone; a partial bone label (``bone_partial``) adds the mean over the
+    pixels it knows, its unknown ones (``UNKNOWN_BONE_TARGET``) left out.
     """
     pw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight, device=lesion_logits.device)
     lesion_loss = F.binary_cross_entropy_with_logits(lesion_logits, batch["lesion"], pos_weight=pw)
     if bone_logits is None:
         return lesion_loss
-    has = batch.get("has_bone")
-    if not isinstance(has, torch.Tensor) or bool(has.all()):
+    has, partial = batch.get("has_bone"), batch.get("bone_partial")
+    whole = not isinstance(has, torch.Tensor) or bool(has.all())
+    if whole and not (isinstance(partial, torch.Tensor) and bool(partial.any())):
         bone_loss = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"])
     else:
-        per = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"], reduction="none").mean(dim=(1, 2, 3))
-        w = has.to(device=per.device, dtype=per.dtype)
+        known = (batch["bone"] != UNKNOWN_BONE_TARGET).to(bone_logits.dtype)
+        per = (F.binary_cross_entropy_with_logits(bone_logits, batch["bone"], reduction="none") * known).sum(
+            dim=(1, 2, 3)) / known.sum(dim=(1, 2, 3)).clamp(min=1.0)
+        w = torch.ones_like(per) if whole else has.to(device=per.device, dtype=per.dtype)
+        w = w * (known.sum(dim=(1, 2, 3)) > 0)
         bone_loss = (per * w).sum() / w.sum().clamp(min=1.0)
     return cfg.lesion_weight * lesion_loss + cfg.bone_weight * bone_loss
 
