@@ -39,7 +39,7 @@ def test_probability_maps_hold_the_slices_probabilities(phantom, seg_run, tmp_pa
 def test_window_override_is_applied_and_said(phantom, seg_run, tmp_path):
     series = phantom / "dicom" / _metastatic_patient(phantom)
     outs = {}
-    for window, metal in (("bone", ()), ("soft", ("--no-metal-rule",))):
+    for window, metal in (("bone", ()), ("soft", ("--no-metal-rule", "--symmetry-hu", "25"))):
         out = tmp_path / window
         r = invoke("predict", series, "--seg", seg_run, "--out", out, "--window", window, "--no-dicom-seg", *metal)
         assert r.returncode == 0, r.stderr
@@ -49,6 +49,9 @@ def test_window_override_is_applied_and_said(phantom, seg_run, tmp_path):
         # the metal rule (the phantom has no metal: nothing dropped) is said, and so is switching it off
         assert outs[window]["options"]["metal rule"] == ("off" if metal else "a component of mean 2000 HU or more is "
                                                                               "metal, not a lesion; 0 dropped")
+        symmetry = outs[window]["options"]["symmetry rule"]
+        assert symmetry == "off" if not metal else symmetry.startswith(
+            "a component whose mirror image across the body's midline (within 3 mm) has a mean within 25 HU")
     from bonemet.inference.runners import _inputs
     from bonemet.inference.scan import read_scan
 

@@ -158,3 +158,39 @@ def test_metal_rule_drops_components_whose_mean_hu_is_metal() -> None:
     assert results == {None: (every, 0), 2000.0: ([1200.0], 2), 3001.0: (every, 0)}
     found, _ = find_lesions(mask, prob, None, bone, spacing, min_voxels=1, min_volume_ml=0, max_mean_hu=2000.0)
     assert len(found) == 3
+
+
+def test_symmetry_rule_drops_a_component_whose_mirror_image_matches_it() -> None:
+    """A body symmetric about column 35 (not the array's middle): two dense cubes mirror each other (normal
+    anatomy), one has no match on the other side (a lesion), one straddles the midline (no other side to compare
+    with). The midline is found from the dense voxels; the rule drops the matched pair, counts them, keeps the
+    others; with the pair shifted 2 mm from the exact mirror position they still match; off, all four stay."""
+    from bonemet.inference.lesions import sagittal_midline
+
+    shape = (80, 40, 8)
+    hu = np.full(shape, 40.0, np.float32)
+    hu[5:66, 30:34, :] = 600.0  # a dense plate, symmetric about column 35: it places the midline
+    mask = np.zeros(shape, bool)
+    for cols in (slice(20, 24), slice(47, 51)):  # mirror images: 35 * 2 - 23 = 47 ... 35 * 2 - 20 = 50
+        mask[cols, 5:9, 2:6] = True
+        hu[cols, 5:9, 2:6] = 900.0
+    mask[10:14, 15:19, 2:6] = True  # no match: its mirror (56-59) is soft tissue
+    hu[10:14, 15:19, 2:6] = 800.0
+    mask[33:38, 15:19, 2:6] = True  # across the midline
+    hu[33:38, 15:19, 2:6] = 700.0
+    assert sagittal_midline(hu) == 70
+    prob = mask.astype(np.float16)
+    bone, spacing = np.ones(shape, bool), (1.0, 1.0, 1.0)
+    kept_hu = {}
+    for rule in (None, 25.0):
+        stats: dict = {}
+        found, _ = find_lesions(mask, prob, hu, bone, spacing, min_voxels=1, min_volume_ml=0, stats=stats,
+                                symmetric_hu=rule)
+        kept_hu[rule] = (sorted(les.mean_hu for les in found), stats["symmetric"])
+    assert kept_hu == {None: ([700.0, 800.0, 900.0, 900.0], 0), 25.0: ([700.0, 800.0], 2)}
+    moved = mask.copy(), hu.copy()
+    moved[0][47:51, 5:9, 2:6], moved[1][47:51, 5:9, 2:6] = False, 40.0
+    moved[0][47:51, 7:11, 2:6], moved[1][47:51, 7:11, 2:6] = True, 900.0  # 2 mm from the exact mirror position
+    found, _ = find_lesions(moved[0], moved[0].astype(np.float16), moved[1], bone, spacing, min_voxels=1,
+                            min_volume_ml=0, symmetric_hu=25.0)
+    assert sorted(les.mean_hu for les in found) == [700.0, 800.0]

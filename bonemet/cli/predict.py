@@ -56,6 +56,11 @@ def predict(
                                                      "metal (an implant, a wire, the scanner's clipped maximum); "
                                                      "bone and blastic lesions stay well below.")] = 2000.0,
     no_metal_rule: Annotated[bool, typer.Option(help="Keep lesions however dense they are.")] = False,
+    symmetry_hu: Annotated[float | None, typer.Option(min=0.0, help="Drop a lesion whose mirror image across the "
+                                                                    "body's midline (within 3 mm) has a mean within "
+                                                                    "this many HU of its own: normal anatomy is "
+                                                                    "symmetric (e.g. 25; off by default: symmetric "
+                                                                    "metastases would go too).")] = None,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation: also run every model on the left-right "
                                            "mirrored slices and average (twice the model time).")] = False,
     viewer: Annotated[bool, typer.Option(help="The interactive viewer (NiiVue: three planes, 3D, windows, overlays) "
@@ -86,7 +91,7 @@ def predict(
                           min_volume_ml=min_volume, dicom_seg=not no_dicom_seg, overwrite=overwrite,
                           series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device,
                           bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta, viewer=viewer,
-                          max_mean_hu=None if no_metal_rule else max_mean_hu,
+                          max_mean_hu=None if no_metal_rule else max_mean_hu, symmetric_hu=symmetry_hu,
                           viewer_max_mb=viewer_max_mb)
     many = batch or is_manifest(input)
     if not many and (jobs > 1 or num_parts > 1 or dask):

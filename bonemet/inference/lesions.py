@@ -100,7 +100,8 @@ def rough_site(center: tuple[float, float, float], bone: np.ndarray | None, hu: 
 def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | None, bone: np.ndarray | None,
                  spacing: tuple[float, float, float] | None, min_voxels: int = 10,
                  min_volume_ml: float = 0.05, voxel_mm3: float | None = None, bone_margin_mm: float | None = None,
-                 stats: dict | None = None, max_mean_hu: float | None = None) -> tuple[list[Lesion], np.ndarray]:
+                 stats: dict | None = None, max_mean_hu: float | None = None,
+                 symmetric_hu: float | None = None) -> tuple[list[Lesion], np.ndarray]:
     """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
     volume of the kept ones numbered by lesion id.
 
@@ -110,7 +111,10 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     component that comes no closer than this to the bone mask is dropped too (a bone metastasis lies in bone; in
     pixels when the spacing is unknown); ``stats["off_bone"]`` then counts them. ``max_mean_hu`` (with HU): a
     component whose mean is at least this many HU is dropped as metal (an implant, a wire, a scanner's clipped
-    maximum): bone and blastic metastases stay well below; ``stats["metal"]`` counts them.
+    maximum): bone and blastic metastases stay well below; ``stats["metal"]`` counts them. ``symmetric_hu`` (with
+    HU): a component whose mirror image across the body's midline (``sagittal_midline``, within
+    ``MIRROR_SHIFT_MM``) has a mean within this many HU of its own is dropped as normal, symmetric anatomy
+    (``mirror_mean_hu``); ``stats["symmetric"]`` counts them.
     """
     kept = np.zeros(lesion_mask.shape, np.int16)
     box0 = _bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
@@ -126,7 +130,8 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # bincount works in int64: slice by slice, not a whole-volume copy
         counts += np.bincount(labels[:, :, k].ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
-    off_bone = metal = 0
+    off_bone = metal = symmetric = 0
+    midline = sagittal_midline(hu) if measure and symmetric_hu is not None else None
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         count = int(counts[idx])
         if box is None or count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
@@ -139,6 +144,11 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
         if measure and max_mean_hu is not None and m["hu_sum"] / count >= max_mean_hu:
             metal += 1
             continue
+        if midline is not None:
+            mirror = mirror_mean_hu(hu, labels, idx, origin, box, midline, spacing)
+            if mirror is not None and abs(mirror - m["hu_sum"] / count) < symmetric_hu:
+                symmetric += 1
+                continue
         centroid = tuple(int(round(v)) for v in m["center"])
         sur = m["surrounding"]
         ks = m["k0"] + np.flatnonzero(m["areas"])  # the slices it touches
@@ -160,8 +170,55 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # slice by slice: no second full-size label array
         region[:, :, k] = relabel[labels[:, :, k]]
     if stats is not None:
-        stats["off_bone"], stats["metal"] = off_bone, metal
+        stats["off_bone"], stats["metal"], stats["symmetric"] = off_bone, metal, symmetric
     return [les for les, _ in out], kept
+
+
+MIRROR_DENSE_HU = 200.0  # voxels this dense (bone) place the body's midline
+MIRROR_SHIFT_MM = 3.0  # how far a mirror image may sit from the exact mirror position, along each in-plane axis
+
+
+def sagittal_midline(hu: np.ndarray) -> int:
+    """Twice the column (first canonical axis, the patient's right to left) about which the scan's voxels of at least
+    ``MIRROR_DENSE_HU`` are most symmetric: the column ``c2 / 2`` that maximises the overlap of their count per
+    column with its own mirror image (searched over the middle half of the scan). A column ``i`` mirrors to
+    ``c2 - i``."""
+    n = hu.shape[0]
+    profile = np.zeros(n)
+    for k in range(hu.shape[2]):  # slice by slice: no full-size boolean copy
+        profile += (hu[:, :, k] >= MIRROR_DENSE_HU).sum(axis=1)
+    overlap = np.convolve(profile, profile)  # overlap[c2] = sum_i profile[i] * profile[c2 - i]
+    lo, hi = n // 2, min(len(overlap), 3 * n // 2)
+    return lo + int(np.argmax(overlap[lo:hi]))
+
+
+def mirror_mean_hu(hu: np.ndarray, labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[slice, ...],
+                   midline: int, spacing: tuple[float, float, float]) -> float | None:
+    """The mean HU of component ``idx``'s mirror image across the column ``midline / 2``: of the shifts of up to
+    ``MIRROR_SHIFT_MM`` along each in-plane axis (patients lie a little turned, their sides are not exact copies),
+    the one whose mean is closest to the component's own. Voxels of the component itself, and those that fall
+    outside the scan, are left out; None when they are more than half of its voxels (a component across the
+    midline, which has no other side to compare with)."""
+    ii, jj, kk = np.nonzero(labels[box] == idx)
+    ii, jj, kk = (a + b.start + o for a, b, o in zip((ii, jj, kk), box, origin))
+    own = float(hu[ii, jj, kk].mean())
+    ri, rj = (min(8, int(round(MIRROR_SHIFT_MM / s))) for s in spacing[:2])
+    best = None
+    for di in range(-ri, ri + 1):
+        for dj in range(-rj, rj + 1):
+            mi, mj = midline - ii + di, jj + dj
+            ok = (mi >= 0) & (mi < hu.shape[0]) & (mj >= 0) & (mj < hu.shape[1])
+            li, lj, lk = mi - origin[0], mj - origin[1], kk - origin[2]
+            inside = ok & (li >= 0) & (li < labels.shape[0]) & (lj >= 0) & (lj < labels.shape[1])
+            self_hit = np.zeros_like(ok)
+            self_hit[inside] = labels[li[inside], lj[inside], lk[inside]] == idx
+            ok &= ~self_hit
+            if ok.sum() * 2 < len(ii):
+                continue
+            mean = float(hu[mi[ok], mj[ok], kk[ok]].mean())
+            if best is None or abs(mean - own) < abs(best - own):
+                best = mean
+    return best
 
 
 def touches_bone(labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[slice, ...], bone: np.ndarray,

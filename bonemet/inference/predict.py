@@ -21,7 +21,7 @@ from ..errors import BonemetError
 from ..fileio import atomic_dir, check_output, write_csv, write_json
 from ..log import console, logger
 from ..reporting.report import write_report
-from .lesions import find_lesions, match_truth
+from .lesions import MIRROR_SHIFT_MM, find_lesions, match_truth
 from .runners import ClsRunner, SegRunner
 from .scan import Scan, read_scan
 
@@ -50,6 +50,7 @@ class PredictOptions:
     device: str = "auto"
     bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
     max_mean_hu: float | None = 2000.0  # a lesion this dense on average is metal, not bone (None: no such rule)
+    symmetric_hu: float | None = None  # a lesion this close in HU to its mirror image is normal anatomy (None: off)
     tta: bool = False  # also run every model on the left-right mirrored slices and average
     viewer: bool = True  # the interactive viewer in report.html
     viewer_max_mb: float = 64.0  # embedded images above which the report keeps still images only
@@ -213,7 +214,8 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
     lesions, kept = find_lesions(lesion_vol >= opts.threshold, lesion_vol, hu, bone_mask, spacing, opts.min_voxels,
                                  opts.min_volume_ml,
                                  voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None,
-                                 bone_margin_mm=opts.bone_margin_mm, stats=gate, max_mean_hu=opts.max_mean_hu)
+                                 bone_margin_mm=opts.bone_margin_mm, stats=gate, max_mean_hu=opts.max_mean_hu,
+                                 symmetric_hu=opts.symmetric_hu)
     truth = None
     if opts.truth is not None:
         if scan.volume is None:
@@ -256,7 +258,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
                     "window": opts.window or "as trained", "test-time augmentation": "flip" if opts.tta else "none",
                     "bone gate": _bone_gate(opts, bone_mask, scan, gate),
-                    "metal rule": _metal_rule(opts, scan, gate)},
+                    "metal rule": _metal_rule(opts, scan, gate), "symmetry rule": _symmetry_rule(opts, scan, gate)},
     }
     return Prediction(summary, lesions, kept > 0, bone_mask, scan, lesion_vol, bone_vol, slice_rows, kept)
 
@@ -299,6 +301,17 @@ def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
         return "not applied: image slices carry no HU"
     return (f"a component of mean {opts.max_mean_hu:g} HU or more is metal, not a lesion; "
             f"{gate.get('metal', 0)} dropped")
+
+
+def _symmetry_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
+    """What the symmetry rule did, in words, for the summary."""
+    if opts.symmetric_hu is None:
+        return "off"
+    if not scan.has_hu:
+        return "not applied: image slices carry no HU"
+    return (f"a component whose mirror image across the body's midline (within {MIRROR_SHIFT_MM:g} mm) has a mean "
+            f"within {opts.symmetric_hu:g} HU of its own is normal anatomy, not a lesion; "
+            f"{gate.get('symmetric', 0)} dropped")
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:

@@ -7,7 +7,10 @@ found again from those probabilities with ``find_lesions`` (what ``predict`` run
 threshold, smallest lesion volume and a metal rule (a finding whose mean is at least MAX_MEAN_HU is left out: metal
 and the scanner's clipped maximum, not bone).
 
-    .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta] [--models DIR]
+    .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta] [--models DIR] [--symmetry]
+
+``--symmetry``: the third choice is the symmetry rule instead (``predict --symmetry-hu D`` for each D of
+SYMMETRIC_HU, none first), the metal rule on as ``predict``'s default has it.
 
 ``--tta``: the models also run on the left-right mirrored slices and the two are averaged (``predict --tta``).
 ``--models DIR``: leave-one-out models from another folder laid out like ``BUILD/work`` (``without-real*/seg``,
@@ -34,6 +37,7 @@ from bonemet.recipe import recipe_of
 THRESHOLDS = (0.5, 0.6, 0.7)
 MIN_VOLUMES = (0.05, 0.25, 0.5, 1.0)
 MAX_MEAN_HU = (None, 2000.0)
+SYMMETRIC_HU = (None, 25.0, 50.0)
 
 
 def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] | None = None) -> dict:
@@ -45,11 +49,13 @@ def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] 
             "bone": np.asarray(pred.bone_probability, np.float32), "volume": vol}
 
 
-def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None) -> tuple[list, np.ndarray]:
+def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None,
+             symmetric_hu: float | None = None) -> tuple[list, np.ndarray]:
     """The kept lesions and their label volume (canonical grid), as predict finds them at this operating point."""
     vol = case["volume"]
     lesions, kept = find_lesions(case["p"] >= threshold, case["p"], vol.array, case["bone"] >= threshold,
-                                 vol.spacing, 10, min_ml, voxel_mm3=vol.voxel_volume_mm3, bone_margin_mm=3.0)
+                                 vol.spacing, 10, min_ml, voxel_mm3=vol.voxel_volume_mm3, bone_margin_mm=3.0,
+                                 symmetric_hu=symmetric_hu)
     if max_mean_hu is not None:
         for les in [les for les in lesions if les.mean_hu is not None and les.mean_hu >= max_mean_hu]:
             kept[kept == les.id] = 0
@@ -57,7 +63,9 @@ def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | N
     return lesions, kept
 
 
-def main(build: Path, tta: bool = False, models: Path | None = None) -> None:
+def held_out_cases(build: Path, tta: bool = False, models: Path | None = None) -> list[dict]:
+    """Each real series and each background with its test lesions, segmented by the model that never saw it
+    (``segment``); an inserted case also holds its lesion ids (``truth``), its ``lesions.csv`` rows and diameters."""
     recipe = recipe_of(build)
     real, backgrounds = recipe.real, recipe.backgrounds
     work = build / "work"
@@ -79,13 +87,19 @@ def main(build: Path, tta: bool = False, models: Path | None = None) -> None:
             case["rows"] = list(csv.DictReader(fh))
         case["lesions"] = {int(r["lesion_id"]): float(r["diameter_mm"]) for r in case["rows"]}
         cases.append(case)
+    return cases
+
+
+def main(build: Path, tta: bool = False, models: Path | None = None, symmetry: bool = False) -> None:
+    cases = held_out_cases(build, tta, models)
     rows = []
+    rules = [(2000.0, d) for d in SYMMETRIC_HU] if symmetry else [(m, None) for m in MAX_MEAN_HU]
     for threshold in THRESHOLDS:
         for min_ml in MIN_VOLUMES:
-            for max_hu in MAX_MEAN_HU:
+            for max_hu, sym_hu in rules:
                 n_real, metastatic, largest, found, total, fp = [], 0, 0.0, 0, 0, 0
                 for case in cases:
-                    lesions, kept = findings(case, threshold, min_ml, max_hu)
+                    lesions, kept = findings(case, threshold, min_ml, max_hu, sym_hu)
                     if case["kind"] == "real":
                         n_real.append(len(lesions))
                         metastatic += bool(lesions)
@@ -98,7 +112,8 @@ def main(build: Path, tta: bool = False, models: Path | None = None) -> None:
                     total += len(big)
                     touched = set(np.unique(native[ids > 0]).tolist())
                     fp += sum(1 for les in lesions if les.id not in touched)
-                rows.append({"threshold": threshold, "min mL": min_ml, "metal rule": max_hu or "-",
+                rule = {"symmetry rule": sym_hu or "-"} if symmetry else {"metal rule": max_hu or "-"}
+                rows.append({"threshold": threshold, "min mL": min_ml, **rule,
                              "findings per real scan": round(float(np.mean(n_real)), 2),
                              "per scan": " / ".join(map(str, n_real)), "called metastatic": metastatic,
                              "largest mL": round(largest, 1), "inserted >= 10 mm found": f"{found}/{total}",
@@ -133,5 +148,5 @@ def _option(name: str) -> Path | None:
 
 if __name__ == "__main__":
     models = _option("--models")
-    args = [a for a in sys.argv[1:] if a not in ("--tta", "--models", str(models))]
-    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv, models)
+    args = [a for a in sys.argv[1:] if a not in ("--tta", "--models", "--symmetry", str(models))]
+    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv, models, "--symmetry" in sys.argv)
