@@ -185,12 +185,12 @@ def test_symmetry_rule_drops_a_component_whose_mirror_image_matches_it() -> None
     for rule in (None, 25.0):
         stats: dict = {}
         found, _ = find_lesions(mask, prob, hu, bone, spacing, min_voxels=1, min_volume_ml=0, stats=stats,
-                                symmetric_hu=rule)
+                                symmetry_hu=rule)
         kept_hu[rule] = (sorted(les.mean_hu for les in found), stats["symmetric"])
     assert kept_hu == {None: ([700.0, 800.0, 900.0, 900.0], 0), 25.0: ([700.0, 800.0], 2)}
     moved = mask.copy(), hu.copy()
     moved[0][47:51, 5:9, 2:6], moved[1][47:51, 5:9, 2:6] = False, 40.0
     moved[0][47:51, 7:11, 2:6], moved[1][47:51, 7:11, 2:6] = True, 900.0  # 2 mm from the exact mirror position
     found, _ = find_lesions(moved[0], moved[0].astype(np.float16), moved[1], bone, spacing, min_voxels=1,
-                            min_volume_ml=0, symmetric_hu=25.0)
+                            min_volume_ml=0, symmetry_hu=25.0)
     assert sorted(les.mean_hu for les in found) == [700.0, 800.0]

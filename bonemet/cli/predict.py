@@ -91,7 +91,7 @@ def predict(
                           min_volume_ml=min_volume, dicom_seg=not no_dicom_seg, overwrite=overwrite,
                           series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device,
                           bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta, viewer=viewer,
-                          max_mean_hu=None if no_metal_rule else max_mean_hu, symmetric_hu=symmetry_hu,
+                          max_mean_hu=None if no_metal_rule else max_mean_hu, symmetry_hu=symmetry_hu,
                           viewer_max_mb=viewer_max_mb)
     many = batch or is_manifest(input)
     if not many and (jobs > 1 or num_parts > 1 or dask):

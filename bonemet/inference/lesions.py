@@ -101,7 +101,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
                  spacing: tuple[float, float, float] | None, min_voxels: int = 10,
                  min_volume_ml: float = 0.05, voxel_mm3: float | None = None, bone_margin_mm: float | None = None,
                  stats: dict | None = None, max_mean_hu: float | None = None,
-                 symmetric_hu: float | None = None) -> tuple[list[Lesion], np.ndarray]:
+                 symmetry_hu: float | None = None) -> tuple[list[Lesion], np.ndarray]:
     """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
     volume of the kept ones numbered by lesion id.
 
@@ -111,7 +111,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     component that comes no closer than this to the bone mask is dropped too (a bone metastasis lies in bone; in
     pixels when the spacing is unknown); ``stats["off_bone"]`` then counts them. ``max_mean_hu`` (with HU): a
     component whose mean is at least this many HU is dropped as metal (an implant, a wire, a scanner's clipped
-    maximum): bone and blastic metastases stay well below; ``stats["metal"]`` counts them. ``symmetric_hu`` (with
+    maximum): bone and blastic metastases stay well below; ``stats["metal"]`` counts them. ``symmetry_hu`` (with
     HU): a component whose mirror image across the body's midline (``sagittal_midline``, within
     ``MIRROR_SHIFT_MM``) has a mean within this many HU of its own is dropped as normal, symmetric anatomy
     (``mirror_mean_hu``); ``stats["symmetric"]`` counts them.
@@ -131,7 +131,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
         counts += np.bincount(labels[:, :, k].ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
     off_bone = metal = symmetric = 0
-    midline = sagittal_midline(hu) if measure and symmetric_hu is not None else None
+    midline = sagittal_midline(hu) if measure and symmetry_hu is not None else None
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         count = int(counts[idx])
         if box is None or count < min_voxels or (voxel_ml and count * voxel_ml < min_volume_ml):
@@ -146,7 +146,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
             continue
         if midline is not None:
             mirror = mirror_mean_hu(hu, labels, idx, origin, box, midline, spacing)
-            if mirror is not None and abs(mirror - m["hu_sum"] / count) < symmetric_hu:
+            if mirror is not None and abs(mirror - m["hu_sum"] / count) < symmetry_hu:
                 symmetric += 1
                 continue
         centroid = tuple(int(round(v)) for v in m["center"])

@@ -50,7 +50,7 @@ class PredictOptions:
     device: str = "auto"
     bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
     max_mean_hu: float | None = 2000.0  # a lesion this dense on average is metal, not bone (None: no such rule)
-    symmetric_hu: float | None = None  # a lesion this close in HU to its mirror image is normal anatomy (None: off)
+    symmetry_hu: float | None = None  # a lesion this close in HU to its mirror image is normal anatomy (None: off)
     tta: bool = False  # also run every model on the left-right mirrored slices and average
     viewer: bool = True  # the interactive viewer in report.html
     viewer_max_mb: float = 64.0  # embedded images above which the report keeps still images only
@@ -215,7 +215,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
                                  opts.min_volume_ml,
                                  voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None,
                                  bone_margin_mm=opts.bone_margin_mm, stats=gate, max_mean_hu=opts.max_mean_hu,
-                                 symmetric_hu=opts.symmetric_hu)
+                                 symmetry_hu=opts.symmetry_hu)
     truth = None
     if opts.truth is not None:
         if scan.volume is None:
@@ -305,12 +305,12 @@ def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
 
 def _symmetry_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
     """What the symmetry rule did, in words, for the summary."""
-    if opts.symmetric_hu is None:
+    if opts.symmetry_hu is None:
         return "off"
     if not scan.has_hu:
         return "not applied: image slices carry no HU"
     return (f"a component whose mirror image across the body's midline (within {MIRROR_SHIFT_MM:g} mm) has a mean "
-            f"within {opts.symmetric_hu:g} HU of its own is normal anatomy, not a lesion; "
+            f"within {opts.symmetry_hu:g} HU of its own is normal anatomy, not a lesion; "
             f"{gate.get('symmetric', 0)} dropped")
 
 

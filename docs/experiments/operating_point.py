@@ -50,12 +50,12 @@ def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] 
 
 
 def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None,
-             symmetric_hu: float | None = None) -> tuple[list, np.ndarray]:
+             symmetry_hu: float | None = None) -> tuple[list, np.ndarray]:
     """The kept lesions and their label volume (canonical grid), as predict finds them at this operating point."""
     vol = case["volume"]
     lesions, kept = find_lesions(case["p"] >= threshold, case["p"], vol.array, case["bone"] >= threshold,
                                  vol.spacing, 10, min_ml, voxel_mm3=vol.voxel_volume_mm3, bone_margin_mm=3.0,
-                                 symmetric_hu=symmetric_hu)
+                                 symmetry_hu=symmetry_hu)
     if max_mean_hu is not None:
         for les in [les for les in lesions if les.mean_hu is not None and les.mean_hu >= max_mean_hu]:
             kept[kept == les.id] = 0

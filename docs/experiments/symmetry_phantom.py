@@ -21,7 +21,7 @@ def main(build: Path, tolerance: float) -> None:
     for rule in (None, tolerance):
         predictor, rows = None, []
         for case in sorted(test.iterdir()):
-            opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, symmetric_hu=rule,
+            opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, symmetry_hu=rule,
                                   truth=case / "lesion_mask.nii.gz")
             predictor = predictor or Predictor(opts)  # the members, loaded once
             t = analyse(read_scan(case / "ct.nii.gz"), opts, predictor.seg, predictor.clf).summary["truth"]
