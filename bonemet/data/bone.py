@@ -100,5 +100,5 @@ def partial_label_map(label: np.ndarray, unknown: float | None = None) -> np.nda
     return out
 
 
-__all__ = ["insertion_bone_mask", "partial_bone_labels", "partial_label_map", "LOW_HU", "DENSE_HU", "SEED_ML", "NOT_BONE",
-           "UNKNOWN_BONE", "BONE", "FAR_MM"]
+__all__ = ["insertion_bone_mask", "partial_bone_labels", "partial_label_map", "LOW_HU", "DENSE_HU", "SEED_ML",
+           "NOT_BONE", "UNKNOWN_BONE", "BONE", "FAR_MM"]

@@ -53,9 +53,9 @@ BONE_MODELS = ("hybrid-attunet++", "sequential")  # learn bone too: a bone head,
 
 def refuse_missing_bone(cfg: SegConfig, slices: list[SegSlice], root: Path) -> None:
     """A model that learns bone cannot train without bone masks: one clear line instead. The sequential model
-    needs every slice's, whole (it multiplies its input by the bone mask); Hybrid-AttUnet++ leaves the slices without one
-    out of its bone term (``seg_loss``), so it needs some. A slice can lack a bone mask only on purpose: the data
-    check refuses a missing file unless ``patients.csv`` says ``bone`` = ``none`` for it."""
+    needs every slice's, whole (it multiplies its input by the bone mask); Hybrid-AttUnet++ leaves the slices
+    without one out of its bone term (``seg_loss``), so it needs some. A slice can lack a bone mask only on purpose:
+    the data check refuses a missing file unless ``patients.csv`` says ``bone`` = ``none`` for it."""
     lacking = [s for s in slices if s.bone is None or (cfg.model == "sequential" and s.bone_partial)]
     if cfg.model in BONE_MODELS and lacking and (cfg.model == "sequential" or len(lacking) == len(slices)):
         kind = "no full bone mask" if any(s.bone is not None for s in lacking) else "no bone mask"
@@ -79,14 +79,18 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
         return lesion_loss
     has, partial = batch.get("has_bone"), batch.get("bone_partial")
     whole = not isinstance(has, torch.Tensor) or bool(has.all())
-    if whole and not (isinstance(partial, torch.Tensor) and bool(partial.any())):
+    partial = isinstance(partial, torch.Tensor) and bool(partial.any())
+    if whole and not partial:
         bone_loss = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"])
     else:
-        known = (batch["bone"] != UNKNOWN_BONE_TARGET).to(bone_logits.dtype)
-        per = (F.binary_cross_entropy_with_logits(bone_logits, batch["bone"], reduction="none") * known).sum(
-            dim=(1, 2, 3)) / known.sum(dim=(1, 2, 3)).clamp(min=1.0)
-        w = torch.ones_like(per) if whole else has.to(device=per.device, dtype=per.dtype)
-        w = w * (known.sum(dim=(1, 2, 3)) > 0)
+        bce = F.binary_cross_entropy_with_logits(bone_logits, batch["bone"], reduction="none")
+        w = torch.ones(len(bce), device=bce.device, dtype=bce.dtype) if whole else has.to(bce.device, bce.dtype)
+        if partial:
+            known = (batch["bone"] != UNKNOWN_BONE_TARGET).to(bce.dtype)
+            per = (bce * known).sum(dim=(1, 2, 3)) / known.sum(dim=(1, 2, 3)).clamp(min=1.0)
+            w = w * (known.sum(dim=(1, 2, 3)) > 0)
+        else:
+            per = bce.mean(dim=(1, 2, 3))
         bone_loss = (per * w).sum() / w.sum().clamp(min=1.0)
     return cfg.lesion_weight * lesion_loss + cfg.bone_weight * bone_loss
 

@@ -48,7 +48,8 @@ def main(build: Path, models: Path | None = None) -> None:
         limits = " / ".join(f"{grid_limit(truth, vol.spacing, mm):.3f}" for mm in (3.0, 2.0, 1.5))
         print(f"| {ct} | {limits} | {same} of {truth.shape[2] - 1} | {phase:.0f} |")
     print()
-    print("| series | bone Dice | precision | recall | wrong bone: HU 10 / 50 / 90 % | missed bone: HU 10 / 50 / 90 % |")
+    print("| series | bone Dice | precision | recall | wrong bone: HU 10 / 50 / 90 % "
+          "| missed bone: HU 10 / 50 / 90 % |")
     print("| --- | --- | --- | --- | --- | --- |")
     for i, (ct, vol, truth) in enumerate(cases):
         run = models / f"without-background{i}" / "seg"

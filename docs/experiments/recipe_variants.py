@@ -19,9 +19,9 @@ build's own backgrounds are left out and measured. ``--real-in-every-member``: b
 from every real background and negative (the folds split the phantom patients only), as
 ``bonemet models build --real-in-every-member`` does. ``--lesion-prior=P``: each member's lesion-head bias starts at
 P's log-odds (``models build --lesion-prior P``). ``--partial-bone``: the real series' bone term from a
-partial bone label by HU (``models build --partial-bone``). ``--seen``: one model trained on every background, as the shipped
-model is, measured on the same test lesions: new lesions in anatomy it has seen (the background "as it is" was
-trained on, so its findings there say little).
+partial bone label by HU (``models build --partial-bone``). ``--seen``: one model trained on every background, as
+the shipped model is, measured on the same test lesions: new lesions in anatomy it has seen (the background "as it
+is" was trained on, so its findings there say little).
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
     python docs/experiments/recipe_variants.py multi 12 3 /tmp/variants/multi12    # 12 min
     python docs/experiments/operating_point.py runs/default-model --models OUT/work # then each lesion's probability
