@@ -149,9 +149,9 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
             missing = [s for s in slices if s.name not in mapping]
             for s in missing[:20]:
                 problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
-            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *mapping.get(s.name, (None, None))[:2],
-                               bone_partial=s.bone is not None and mapping.get(s.name, ("", "", ""))[2] == "partial")
-                      for s in slices]
+            listed = {s.name: mapping.get(s.name, (None, None, "")) for s in slices}
+            slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *listed[s.name][:2],
+                               bone_partial=s.bone is not None and listed[s.name][2] == "partial") for s in slices]
     else:
         layout = "grouped"
         slices = []
