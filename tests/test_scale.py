@@ -112,6 +112,11 @@ def test_checkpoints_hold_cpu_tensors(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c.pt", model={"w": torch.ones(2)}, optimizer={"state": {0: {"m": torch.ones(1)}}})
     ck = torch.load(tmp_path / "c.pt", weights_only=True)
     assert ck["model"]["w"].device.type == "cpu" and ck["optimizer"]["state"][0]["m"].device.type == "cpu"
+    # the same content, the same bytes, wherever it is written (a re-trained bundled model keeps its SHA-256)
+    (tmp_path / "again").mkdir()
+    save_checkpoint(tmp_path / "again" / "other.pt", model={"w": torch.ones(2)},
+                    optimizer={"state": {0: {"m": torch.ones(1)}}})
+    assert (tmp_path / "again" / "other.pt").read_bytes() == (tmp_path / "c.pt").read_bytes()
 
 
 # --- workers and the per-item augmentation ---------------------------------------------------------------------

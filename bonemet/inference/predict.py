@@ -293,25 +293,23 @@ def _bone_gate(opts: PredictOptions, bone_mask: np.ndarray | None, scan: Scan, g
             f"{gate.get('off_bone', 0)} component(s) dropped")
 
 
-def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
-    """What the metal rule did, in words, for the summary."""
-    if opts.max_mean_hu is None:
+def _hu_rule(value: float | None, scan: Scan, says: str) -> str:
+    """What a rule on the findings' HU did, in words, for the summary: off, not applied, or ``says``."""
+    if value is None:
         return "off"
-    if not scan.has_hu:
-        return "not applied: image slices carry no HU"
-    return (f"a component of mean {opts.max_mean_hu:g} HU or more is metal, not a lesion; "
-            f"{gate.get('metal', 0)} dropped")
+    return says if scan.has_hu else "not applied: image slices carry no HU"
+
+
+def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
+    return _hu_rule(opts.max_mean_hu, scan, f"a component of mean {opts.max_mean_hu or 0:g} HU or more is metal, not "
+                                            f"a lesion; {gate.get('metal', 0)} dropped")
 
 
 def _symmetry_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
-    """What the symmetry rule did, in words, for the summary."""
-    if opts.symmetry_hu is None:
-        return "off"
-    if not scan.has_hu:
-        return "not applied: image slices carry no HU"
-    return (f"a component whose mirror image across the body's midline (within {MIRROR_SHIFT_MM:g} mm) has a mean "
-            f"within {opts.symmetry_hu:g} HU of its own is normal anatomy, not a lesion; "
-            f"{gate.get('symmetric', 0)} dropped")
+    return _hu_rule(opts.symmetry_hu, scan, f"a component whose mirror image across the body's midline (within "
+                                            f"{MIRROR_SHIFT_MM:g} mm) has a mean within {opts.symmetry_hu or 0:g} HU "
+                                            f"of its own is normal anatomy, not a lesion; "
+                                            f"{gate.get('symmetric', 0)} dropped")
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:

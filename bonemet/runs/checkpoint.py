@@ -18,9 +18,11 @@ CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 def save_checkpoint(path: str | Path, **content: Any) -> None:
     """Write ``content`` (state dicts, numbers, strings, lists) atomically, every tensor as a CPU copy: a
-    checkpoint saved on a GPU loads on a machine without one."""
-    with atomic_path(path) as tmp:
-        torch.save(on_cpu(content), tmp)
+    checkpoint saved on a GPU loads on a machine without one. The same content gives the same bytes wherever it is
+    written (saved through a file object, the archive inside is not named after the temporary file), so a model
+    trained again gets the SHA-256 it had."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(on_cpu(content), fh)
 
 
 def on_cpu(obj: Any) -> Any:
