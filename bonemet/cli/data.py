@@ -37,7 +37,8 @@ def synth(
     window: Window = "bone",
     metastatic_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of metastatic patients.")] = 0.5,
     lesion_slices_only: Annotated[bool, typer.Option(help="BM-Seg export with lesion slices only, as the public "
-                                                           "BM-Seg (the default keeps lesion-free slices too).")] = False,
+                                                           "BM-Seg (the default keeps lesion-free slices too).")
+                                  ] = False,
     from_ct: Annotated[Path | None, typer.Option(help="Insert lesions into this real CT (NIfTI or DICOM folder) "
                                                       "instead of generating phantoms.")] = None,
     bone_mask: Annotated[Path | None, typer.Option(help="Bone mask (NIfTI) of --from-ct; without it, lesions go "

@@ -64,7 +64,8 @@ def refuse_missing_bone(cfg: SegConfig, slices: list[SegSlice], root: Path) -> N
                            "lesion-only model (unet, attunet, unet++ or attunet++)", root)
 
 
-def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batch: dict, cfg: SegConfig) -> torch.Tensor:
+def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batch: dict, cfg: SegConfig
+             ) -> torch.Tensor:
     """0.7 BCE(lesion) + 0.3 BCE(bone) for two-headed models, BCE(lesion) otherwise.
 
     ``pos_weight`` > 1 up-weights lesion pixels (an option for data far more imbalanced than BM-Seg,
@@ -111,7 +112,8 @@ def make_split(cfg: SegConfig, slices: list[SegSlice], flags: np.ndarray) -> dic
     return sp
 
 
-def _fold_items(split: dict, fold: dict, slices: list[SegSlice]) -> tuple[list[SegSlice], list[SegSlice], list[SegSlice]]:
+def _fold_items(split: dict, fold: dict, slices: list[SegSlice]
+                ) -> tuple[list[SegSlice], list[SegSlice], list[SegSlice]]:
     """(fit, selection, held-out) slices of a fold."""
     by_name = {s.name: s for s in slices}
     if split["protocol"] == "paper":
