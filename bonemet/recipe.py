@@ -242,18 +242,18 @@ def _epoch_seconds(work: Path) -> float:
                for r in read_rows(metrics, 10**9) if r.get("seconds"))
 
 
+OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone")  # recorded
+
+
 def _inputs(recipe: Recipe) -> dict:
     return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds],
-            "real": [str(p) for p in recipe.real],
-            "quick": recipe.quick, "epochs": recipe.epochs, "copies": recipe.copies, "window": recipe.window,
-            "real_in_every_member": recipe.real_in_every_member, "lesion_prior": recipe.lesion_prior,
-            "partial_bone": recipe.partial_bone}
+            "real": [str(p) for p in recipe.real], "quick": recipe.quick,
+            **{k: getattr(recipe, k) for k in OPTIONS}}
 
 
 def _recipe_from(inputs: dict) -> Recipe:
     """The recipe of recorded ``inputs`` (``_inputs``); an option a build did not record yet had its default."""
-    options = {k: inputs[k] for k in ("epochs", "copies", "window", "real_in_every_member", "lesion_prior",
-                                      "partial_bone") if k in inputs}
+    options = {k: inputs[k] for k in OPTIONS if k in inputs}
     return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]],
                   [Path(p) for p in inputs["real"]],
                   quick=inputs.get("quick", False), **options)

@@ -220,9 +220,12 @@ def load_seg_slice(s: SegSlice, threshold: int = 0, unknown_bone: float | None =
     image = read_image(s.image)
     shape = image.shape[:2]
     lesion = read_mask(s.lesion, threshold) if s.lesion else np.zeros(shape, bool)
-    bone = read_mask(s.bone, threshold) if s.bone and not s.bone_partial else None
-    if s.bone and s.bone_partial:
+    if s.bone is None:
+        bone = None
+    elif s.bone_partial:
         bone = partial_label_map(read_image(s.bone), unknown_bone)
+    else:
+        bone = read_mask(s.bone, threshold)
     for path, m in ((s.lesion, lesion), (s.bone, bone)):
         if m is not None and m.shape != shape:
             raise DataError(f"mask size {m.shape[::-1]} does not match image size {shape[::-1]}", path)

@@ -40,13 +40,14 @@ def convert_to_bmseg(input_path: str | Path, out: str | Path, bone_mask: str | P
         lesion = read_mask_like(lesion_mask, vol) if lesion_mask else None
         if lesion_free:
             lesion = np.zeros(vol.shape, bool)  # the user declares the scan free of metastases
+        sure = (bone == BONE) if partial_bone else bone  # the bone voxels the summary counts
         pid = patient or re.sub(r"(\.nii(\.gz)?)$", "", input_path.name) or "patient"
         rows = write_bmseg_slices(tmp, pid, vol, lesion, bone, window, bone_partial=partial_bone)
         write_csv(tmp / "patients.csv", rows, PATIENTS_CSV_FIELDS + (["bone"] if partial_bone else []))
         summary = {"source": str(input_path), "patient": pid, "window": window, "slices": len(rows),
                    "shape": list(vol.shape), "spacing_mm": list(vol.spacing),
                    "bone_mask": str(bone_mask) if bone_mask else "partial, from HU" if partial_bone else None,
-                   "bone_voxels": int((bone == BONE).sum() if partial_bone else bone.sum()) if bone is not None else 0,
+                   "bone_voxels": int(sure.sum()) if sure is not None else 0,
                    "lesion_mask": str(lesion_mask) if lesion_mask else None,
                    "lesion_voxels": int(lesion.sum()) if lesion is not None else 0,
                    "skipped_files": vol.meta.get("skipped_files", [])}

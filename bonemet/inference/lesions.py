@@ -145,8 +145,9 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
             metal += 1
             continue
         if midline is not None:
-            mirror = mirror_mean_hu(hu, labels, idx, origin, box, midline, spacing)
-            if mirror is not None and abs(mirror - m["hu_sum"] / count) < symmetry_hu:
+            own = m["hu_sum"] / count
+            mirror = mirror_mean_hu(hu, labels, idx, origin, box, midline, spacing, own)
+            if mirror is not None and abs(mirror - own) < symmetry_hu:
                 symmetric += 1
                 continue
         centroid = tuple(int(round(v)) for v in m["center"])
@@ -193,22 +194,22 @@ def sagittal_midline(hu: np.ndarray) -> int:
 
 
 def mirror_mean_hu(hu: np.ndarray, labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[slice, ...],
-                   midline: int, spacing: tuple[float, float, float]) -> float | None:
+                   midline: int, spacing: tuple[float, float, float], own: float) -> float | None:
     """The mean HU of component ``idx``'s mirror image across the column ``midline / 2``: of the shifts of up to
     ``MIRROR_SHIFT_MM`` along each in-plane axis (patients lie a little turned, their sides are not exact copies),
-    the one whose mean is closest to the component's own. Voxels of the component itself, and those that fall
-    outside the scan, are left out; None when they are more than half of its voxels (a component across the
-    midline, which has no other side to compare with)."""
+    the one whose mean is closest to ``own`` (the component's own mean). Voxels of the component itself, and those
+    that fall outside the scan, are left out; None when they are more than half of its voxels (a component across
+    the midline, which has no other side to compare with)."""
     ii, jj, kk = np.nonzero(labels[box] == idx)
     ii, jj, kk = (a + b.start + o for a, b, o in zip((ii, jj, kk), box, origin))
-    own = float(hu[ii, jj, kk].mean())
+    lk = kk - origin[2]  # the slices do not move
     ri, rj = (min(8, int(round(MIRROR_SHIFT_MM / s))) for s in spacing[:2])
     best = None
     for di in range(-ri, ri + 1):
         for dj in range(-rj, rj + 1):
             mi, mj = midline - ii + di, jj + dj
             ok = (mi >= 0) & (mi < hu.shape[0]) & (mj >= 0) & (mj < hu.shape[1])
-            li, lj, lk = mi - origin[0], mj - origin[1], kk - origin[2]
+            li, lj = mi - origin[0], mj - origin[1]
             inside = ok & (li >= 0) & (li < labels.shape[0]) & (lj >= 0) & (lj < labels.shape[1])
             self_hit = np.zeros_like(ok)
             self_hit[inside] = labels[li[inside], lj[inside], lk[inside]] == idx

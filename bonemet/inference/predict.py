@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,23 +294,23 @@ def _bone_gate(opts: PredictOptions, bone_mask: np.ndarray | None, scan: Scan, g
             f"{gate.get('off_bone', 0)} component(s) dropped")
 
 
-def _hu_rule(value: float | None, scan: Scan, says: str) -> str:
-    """What a rule on the findings' HU did, in words, for the summary: off, not applied, or ``says``."""
+def _hu_rule(value: float | None, scan: Scan, says: Callable[[float], str]) -> str:
+    """What a rule on the findings' HU did, in words, for the summary: off, not applied, or ``says(value)``."""
     if value is None:
         return "off"
-    return says if scan.has_hu else "not applied: image slices carry no HU"
+    return says(value) if scan.has_hu else "not applied: image slices carry no HU"
 
 
 def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
-    return _hu_rule(opts.max_mean_hu, scan, f"a component of mean {opts.max_mean_hu or 0:g} HU or more is metal, not "
-                                            f"a lesion; {gate.get('metal', 0)} dropped")
+    return _hu_rule(opts.max_mean_hu, scan, lambda hu: f"a component of mean {hu:g} HU or more is metal, not a "
+                                                       f"lesion; {gate.get('metal', 0)} dropped")
 
 
 def _symmetry_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
-    return _hu_rule(opts.symmetry_hu, scan, f"a component whose mirror image across the body's midline (within "
-                                            f"{MIRROR_SHIFT_MM:g} mm) has a mean within {opts.symmetry_hu or 0:g} HU "
-                                            f"of its own is normal anatomy, not a lesion; "
-                                            f"{gate.get('symmetric', 0)} dropped")
+    return _hu_rule(opts.symmetry_hu, scan, lambda hu: f"a component whose mirror image across the body's midline "
+                                                       f"(within {MIRROR_SHIFT_MM:g} mm) has a mean within {hu:g} HU "
+                                                       f"of its own is normal anatomy, not a lesion; "
+                                                       f"{gate.get('symmetric', 0)} dropped")
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:
