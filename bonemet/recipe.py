@@ -59,6 +59,7 @@ class Recipe:
     size: int = 128
     pixel_mm: float = 3.0
     intensity_aug: bool = True
+    scale_aug: float = 0.0  # random zoom of training samples by up to this fraction either way (seg train --scale-aug)
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own
@@ -87,7 +88,7 @@ def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = ()):
     return SegConfig(data=str(data), model="hybrid-attunet++", folds=2, test_patients=0.0, epochs=recipe.epochs,
                      size=recipe.size, width=recipe.width, batch_size=4, pixel_mm=recipe.pixel_mm, neg_ratio=1.0,
                      pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported(), eval_every=4,
-                     intensity_aug=recipe.intensity_aug,
+                     intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug,
                      train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [],
                      lesion_prior=recipe.lesion_prior)
 
@@ -233,6 +234,11 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
     return rows
 
 
+def _zoom(cfg: dict) -> str:
+    s = cfg.get("scale_aug", 0.0)
+    return f", zoom by up to {s:g} either way" if s else ""
+
+
 def _epoch_seconds(work: Path) -> float:
     """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
     that was interrupted and resumed still counts each training once)."""
@@ -242,7 +248,7 @@ def _epoch_seconds(work: Path) -> float:
                for r in read_rows(metrics, 10**9) if r.get("seconds"))
 
 
-OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone")  # recorded
+OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone", "scale_aug")  # recorded
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -397,7 +403,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; CT window
   {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels.
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
-  at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, rotations and flips, intensity
+  at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, rotations and flips{_zoom(cfg)}, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
 - The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
                    else "every patient, real series too: each real series trains one member"}.

@@ -95,7 +95,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
                    str(real_ct / "chest_abdomen_dicom")]
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
-               "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01", "--partial-bone")
+               "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01", "--partial-bone",
+               "--scale-aug", "0.2")
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -140,6 +141,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert "every slice a negative (a partial bone label from HU alone" in card
     assert json.loads((out / "recipe.json").read_text())["inputs"]["partial_bone"] is True
     assert {json.loads(c.read_text())["lesion_prior"] for c in work.glob("*/seg/config.json")} == {0.01}
+    assert {json.loads(c.read_text())["scale_aug"] for c in work.glob("*/seg/config.json")} == {0.2}
+    assert "rotations and flips, zoom by up to 0.2 either way" in card
     assert len(list(work.glob("*/seg/config.json"))) == 4  # without-real0, without-background0 and 1, all
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
     assert sum(int(c.split("/")[1]) for c in cells) == 6

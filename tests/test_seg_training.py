@@ -423,6 +423,40 @@ def test_augmentation_moves_masks_with_their_image_except_in_the_reference_run(m
                 assert torch.equal(out[key], mask)
 
 
+def test_zoom_scales_image_and_masks_alike_within_its_range():
+    """--scale-aug S: each sample zoomed about the centre by a factor in [1/(1+S), 1+S], both ways over the draws;
+    the masks follow the image, stay binary, and the block's area goes with the square of the factor; off (S = 0)
+    the generator gives the rotation and flips the same draws as before, so older runs train as they did."""
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from bonemet.training.augment import SegAugment
+
+    image = torch.zeros(1, 64, 64)
+    image[0, 16:48, 16:48] = 1.0  # a centred 32 px block
+    mask = torch.zeros(1, 64, 64)
+    mask[0, 24:40, 24:40] = 1.0  # a centred 16 px block: a quarter of the image block's area
+    aug = SegAugment(degrees=0.0, p_hflip=0.0, p_vflip=0.0, scale=0.3, generator=torch.Generator().manual_seed(5))
+    zooms = []
+    for _ in range(30):
+        out = aug({"image": image, "lesion": mask, "bone": mask})
+        zoom = float((out["image"] > 0.5).sum()) ** 0.5 / 32
+        assert set(out["lesion"].unique().tolist()) <= {0.0, 1.0} and torch.equal(out["lesion"], out["bone"])
+        assert abs(float(out["lesion"].sum()) ** 0.5 / 16 - zoom) < 0.07  # the mask zoomed as its image
+        zooms.append(zoom)
+    assert 1 / 1.3 - 0.04 < min(zooms) < 0.9 and 1.1 < max(zooms) < 1.3 + 0.04
+    plain = torch.rand(1, 32, 32)
+    for seed in range(8):  # off: one draw for the rotation, one for its angle, one per flip, as before the zoom
+        g = torch.Generator().manual_seed(seed)
+        draw = lambda: float(torch.rand((), generator=g))  # noqa: E731
+        assert draw() < 1.0
+        expected = TF.rotate(plain, (draw() * 2 - 1) * 35.0, InterpolationMode.BILINEAR, fill=0.0)
+        expected = TF.horizontal_flip(expected) if draw() < 0.5 else expected
+        expected = TF.vertical_flip(expected) if draw() < 0.1 else expected
+        assert torch.equal(SegAugment(generator=torch.Generator().manual_seed(seed))({"image": plain})["image"],
+                           expected)
+
+
 def test_slices_without_a_bone_mask_add_nothing_to_the_bone_loss():
     """A real negative without a bone mask (has_bone false) must not teach the bone head "no bone here": the loss
     of a batch equals the lesion term of both slices plus the bone term of the slice that has a mask."""

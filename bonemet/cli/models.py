@@ -80,6 +80,9 @@ def build(
     partial_bone: Annotated[bool, typer.Option(help="Give each --real series a partial bone label from HU alone "
                                                     "(sure bone, sure no bone; the rest left out of the bone term) "
                                                     "instead of none.")] = False,
+    scale_aug: Annotated[float, typer.Option(min=0, max=1, help="Zoom each training sample by a random factor "
+                                                                "between 1/(1+S) and 1+S (as `seg train "
+                                                                "--scale-aug`); 0: off.")] = 0.0,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
                                              "a model to use; overrides --epochs and --copies.")] = False,
 ) -> None:
@@ -92,7 +95,7 @@ def build(
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), epochs=epochs, copies=copies, window=window,
                     real_in_every_member=real_in_every_member, lesion_prior=lesion_prior, partial_bone=partial_bone,
-                    quick=quick)
+                    scale_aug=scale_aug, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

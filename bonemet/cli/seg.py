@@ -74,6 +74,9 @@ def train(
     intensity_aug: Annotated[bool, typer.Option(help="Also randomise intensities in training (contrast, offset, "
                                                      "noise, blur or sharpening): domain randomisation for real "
                                                      "CT of many scanners.")] = False,
+    scale_aug: Annotated[float, typer.Option(min=0, max=1, help="Also zoom each training sample by a random factor "
+                                                                "between 1/(1+S) and 1+S (patients of other "
+                                                                "sizes); 0: off.")] = 0.0,
     threshold: Annotated[int, typer.Option(help="Mask binarisation threshold (127 for noisy JPEG masks).")] = 0,
     neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many lesion-free slices per "
                                                           "lesion slice (CPU budgets).")] = None,
@@ -105,7 +108,8 @@ def train(
                     epochs=epochs, size=size, batch_size=batch_size, width=width, channels=channels, block=block,
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
-                    select=select, augment=not no_augment, intensity_aug=intensity_aug, threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
+                    select=select, augment=not no_augment, intensity_aug=intensity_aug, scale_aug=scale_aug,
+                    threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm,
                     lesion_prior=lesion_prior)
     given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})

@@ -43,6 +43,7 @@ class SegConfig(RunConfig):
     mask_resize: str = "nearest"
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
     intensity_aug: bool = False  # domain randomisation of intensities in training (training.augment.SegAugment)
+    scale_aug: float = 0.0  # random zoom in training by up to this fraction either way (training.augment.SegAugment)
     train_always: list = field(default_factory=list)  # patients in every fold's training part (data.splits)
     lesion_prior: float | None = None  # the lesion head's bias starts at its log-odds (models.set_lesion_prior)
 
@@ -65,6 +66,8 @@ class SegConfig(RunConfig):
              f"pixel_mm must be a pixel size in mm between 0.1 and 10, got {self.pixel_mm}"),
             (isinstance(self.train_always, list) and all(isinstance(p, str) for p in self.train_always),
              f"train_always must be a list of patient names, got {self.train_always!r}"),
+            (isinstance(self.scale_aug, (int, float)) and 0 <= self.scale_aug <= 1,
+             f"scale_aug must be a fraction between 0 and 1, got {self.scale_aug}"),
             (self.lesion_prior is None or (isinstance(self.lesion_prior, (int, float)) and 0 < self.lesion_prior < 1),
              f"lesion_prior must be a probability between 0 and 1, got {self.lesion_prior}"),
         ]

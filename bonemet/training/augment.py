@@ -1,5 +1,6 @@
 """Geometric augmentation applied identically to an image and its masks (the thesis' segmentation augmentation),
-and, as an option, domain randomisation of the image's intensities (scanner, dose and kernel differences).
+and, as options, a random zoom (patients of other sizes) and domain randomisation of the image's intensities
+(scanner, dose and kernel differences).
 
 The reference code passed its masks under names its augmentation library ignored, so its masks
 were never rotated or flipped with their images; here image, lesion and bone move together, except
@@ -7,6 +8,8 @@ under ``--protocol paper``, which reproduces the reference run (``masks_follow=F
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -25,17 +28,20 @@ P_SHARPEN, SHARPEN = 0.2, (0.3, 1.0)  # a sharper kernel (unsharp mask of this s
 
 class SegAugment:
     """Rotation up to ``degrees`` (every sample, zero border), horizontal flip p=0.5, vertical flip p=0.1;
-    with ``intensity`` also a random contrast and offset, Gaussian noise, and blur or sharpening of the image
-    (never of the masks), each drawn per sample.
+    with ``scale`` S > 0 also a zoom by a factor drawn log-uniformly from [1/(1+S), 1+S] (image and masks, with the
+    rotation); with ``intensity`` also a random contrast and offset, Gaussian noise, and blur or sharpening of the
+    image (never of the masks), each drawn per sample.
 
     Its draws come from ``generator``, which the training loader seeds for every item (``loop.SeededItems``)."""
 
     def __init__(self, degrees: float = 35.0, p_rotate: float = 1.0, p_hflip: float = 0.5, p_vflip: float = 0.1,
-                 generator: torch.Generator | None = None, masks_follow: bool = True, intensity: bool = False) -> None:
+                 generator: torch.Generator | None = None, masks_follow: bool = True, intensity: bool = False,
+                 scale: float = 0.0) -> None:
         self.degrees, self.p_rotate, self.p_hflip, self.p_vflip = degrees, p_rotate, p_hflip, p_vflip
         self.generator = generator
         self.mask_keys = MASK_KEYS if masks_follow else ()  # the reference code's masks stayed where they were
         self.intensity = intensity
+        self.scale = scale
 
     def _uniform(self, lo: float, hi: float) -> float:
         return lo + (hi - lo) * self._rand()
@@ -61,8 +67,15 @@ class SegAugment:
         out = dict(sample)
         if self.intensity:
             out["image"] = self._intensity(out["image"])
-        if self.degrees and self._rand() < self.p_rotate:
-            angle = (self._rand() * 2 - 1) * self.degrees
+        angle = (self._rand() * 2 - 1) * self.degrees if self.degrees and self._rand() < self.p_rotate else None
+        if self.scale:
+            zoom = math.exp(self._uniform(-1.0, 1.0) * math.log1p(self.scale))
+            for k in ("image", *self.mask_keys):
+                if k in out:
+                    out[k] = TF.affine(out[k], angle or 0.0, [0, 0], zoom, [0.0, 0.0], fill=0.0,
+                                       interpolation=InterpolationMode.BILINEAR if k == "image" else
+                                       InterpolationMode.NEAREST)
+        elif angle is not None:
             out["image"] = TF.rotate(out["image"], angle, InterpolationMode.BILINEAR, fill=0.0)
             for k in self.mask_keys:
                 if k in out:

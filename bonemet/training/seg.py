@@ -156,7 +156,7 @@ def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list
     """Train fold ``k`` on ``fit`` (``loop.fit_fold``); ``flags`` (lesion slice or not, per ``fit`` slice) serves
     --neg-ratio."""
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
-    aug = SegAugment(masks_follow=not paper, intensity=cfg.intensity_aug) if cfg.augment else None
+    aug = SegAugment(masks_follow=not paper, intensity=cfg.intensity_aug, scale=cfg.scale_aug) if cfg.augment else None
     if paper:
         sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
     if cfg.neg_ratio is None:

@@ -11,7 +11,7 @@ left out here (four more trainings). The whole recipe with such a variant, the r
 model packaged: ``bonemet models build OUT ... --window multi --copies 6 --epochs 36``.
 
     python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD] [--no-intensity-aug] [--insert-real]
-        [--real-in-every-member] [--lesion-prior=P] [--seen] [--partial-bone]
+        [--real-in-every-member] [--lesion-prior=P] [--seen] [--partial-bone] [--scale-aug=S]
 
 ``--insert-real``: the build's real series (``--real``) become backgrounds without a bone mask too (lesions placed
 by ``bonemet.data.bone``'s HU rule, no bone label), as ``bonemet models build --background CT`` makes them; only the
@@ -19,7 +19,8 @@ build's own backgrounds are left out and measured. ``--real-in-every-member``: b
 from every real background and negative (the folds split the phantom patients only), as
 ``bonemet models build --real-in-every-member`` does. ``--lesion-prior=P``: each member's lesion-head bias starts at
 P's log-odds (``models build --lesion-prior P``). ``--partial-bone``: the real series' bone term from a
-partial bone label by HU (``models build --partial-bone``). ``--seen``: one model trained on every background, as
+partial bone label by HU (``models build --partial-bone``). ``--scale-aug=S``: each training sample zoomed by up to
+S either way (``models build --scale-aug S``). ``--seen``: one model trained on every background, as
 the shipped model is, measured on the same test lesions: new lesions in anatomy it has seen (the background "as it
 is" was trained on, so its findings there say little).
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
@@ -41,11 +42,11 @@ import bonemet.recipe as recipe_module
 
 def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True,
          insert_real: bool = False, real_in_every_member: bool = False, lesion_prior: float | None = None,
-         seen: bool = False, partial_bone: bool = False) -> None:
+         seen: bool = False, partial_bone: bool = False, scale_aug: float = 0.0) -> None:
     build = build.resolve()
     recipe = replace(recipe_module.recipe_of(build), window=window, epochs=epochs, copies=copies,
                      intensity_aug=intensity_aug, real_in_every_member=real_in_every_member,
-                     lesion_prior=lesion_prior, partial_bone=partial_bone)
+                     lesion_prior=lesion_prior, partial_bone=partial_bone, scale_aug=scale_aug)
     measured = len(recipe.backgrounds)  # the build's backgrounds: their test lesions exist
     if insert_real:
         recipe = replace(recipe, backgrounds=recipe.backgrounds + [(p, None) for p in recipe.real], real=[])
@@ -80,4 +81,5 @@ if __name__ == "__main__":
     main(a[0], int(a[1]), int(a[2]), Path(a[3]), Path(a[4]) if len(a) > 4 else Path("runs/default-model"),
          "--no-intensity-aug" not in sys.argv, "--insert-real" in sys.argv, "--real-in-every-member" in sys.argv,
          next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--lesion-prior=")), None),
-         "--seen" in sys.argv, "--partial-bone" in sys.argv)
+         "--seen" in sys.argv, "--partial-bone" in sys.argv,
+         next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--scale-aug=")), 0.0))

@@ -5,6 +5,8 @@ and at each D (``operating_point.findings``, the metal rule on): inserted lesion
 findings that overlap no inserted lesion: NOT part of bonemet.
 
     .venv/bin/python docs/experiments/symmetry_inserted.py runs/default-model OUT [SEEDS]    # SEEDS: 6 by default
+
+``count_inserted`` serves ``inserted_variants.py`` too (the same lesions, other recipes' left-out models).
 """
 
 from __future__ import annotations
@@ -22,37 +24,50 @@ from bonemet.phantom.synth import synthesize_from_ct
 from bonemet.recipe import recipe_of
 
 RULES = (None, 25.0, 50.0)
+BANDS = (("10-20 mm", 10.0, 20.0), ("20 mm or more", 20.0, float("inf")))
 
 
-def main(build: Path, out: Path, seeds: int) -> None:
-    counts = {rule: {"found": 0, "big": 0, "fp": 0} for rule in RULES}
-    by_kind: dict = {}
+def count_inserted(build: Path, models: Path, out: Path, seeds: int, rules=RULES) -> dict:
+    """Per rule: inserted lesions of 10 mm or more (``big``), those found (``found``, and by ``kind`` and size
+    ``band``) and the findings on no inserted lesion (``fp``); ``models``: the folder of the ``without-background*``
+    trainings (a build's or a variant's ``work``). The copies are made once in ``out``."""
+    counts = {rule: {"found": 0, "big": 0, "fp": 0, "kind": {}, "band": {}} for rule in rules}
     for i, (ct, bone) in enumerate(recipe_of(build).backgrounds):
         for seed in range(2000, 2000 + seeds):
             case_dir = out / f"background{i}-{seed}"
             if not case_dir.exists():
                 synthesize_from_ct(ct, bone, case_dir, lesions=8, seed=seed, formats=("volumes",), patient="T")
             vol = case_dir / "volumes" / "T"
-            case = segment(build / "work" / f"without-background{i}" / "seg", vol / "ct.nii.gz")
+            case = segment(models / f"without-background{i}" / "seg", vol / "ct.nii.gz")
             ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
             with open(case_dir / "lesions.csv", newline="") as fh:
                 rows = {int(r["lesion_id"]): r for r in csv.DictReader(fh)}
             big = {k for k, r in rows.items() if float(r["diameter_mm"]) >= 10.0}
-            for rule in RULES:
+            for rule in rules:
                 lesions, kept = findings(case, 0.5, 0.05, 2000.0, rule)
                 native = case["volume"].to_native(kept)[0]
                 hit = set(np.unique(ids[native > 0]).tolist()) - {0}
                 touched = set(np.unique(native[ids > 0]).tolist())
-                counts[rule]["found"] += len(big & hit)
-                counts[rule]["big"] += len(big)
-                counts[rule]["fp"] += sum(1 for les in lesions if les.id not in touched)
-                for k in big & hit:
-                    by_kind.setdefault(rows[k]["kind"], {r: 0 for r in RULES})[rule] += 1
+                c = counts[rule]
+                c["found"] += len(big & hit)
+                c["big"] += len(big)
+                c["fp"] += sum(1 for les in lesions if les.id not in touched)
+                for k in big:
+                    band = next(name for name, lo, hi in BANDS if lo <= float(rows[k]["diameter_mm"]) < hi)
+                    for key, value in (("kind", rows[k]["kind"]), ("band", band)):
+                        n = c[key].setdefault(value, [0, 0])
+                        n[0] += k in hit
+                        n[1] += 1
             print(f"background {i} seed {seed}: " + ", ".join(
-                f"{'off' if r is None else r}: {counts[r]['found']}/{counts[r]['big']}" for r in RULES), flush=True)
+                f"{'off' if r is None else r}: {counts[r]['found']}/{counts[r]['big']}" for r in rules), flush=True)
+    return counts
+
+
+def main(build: Path, out: Path, seeds: int) -> None:
+    counts = count_inserted(build, build / "work", out, seeds)
     print(markdown_table([{"symmetry rule": "off" if r is None else f"{r:g} HU",
                            "inserted >= 10 mm found": f"{c['found']}/{c['big']}",
-                           **{f"{kind} found": n[r] for kind, n in sorted(by_kind.items())},
+                           **{f"{kind} found": n[0] for kind, n in sorted(c["kind"].items())},
                            "findings on no inserted lesion": c["fp"]} for r, c in counts.items()]))
 
 
