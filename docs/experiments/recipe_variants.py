@@ -12,6 +12,7 @@ model packaged: ``bonemet models build OUT ... --window multi --copies 6 --epoch
 
     python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD] [--no-intensity-aug] [--insert-real]
         [--real-in-every-member] [--lesion-prior=P] [--seen] [--partial-bone] [--scale-aug=S]
+        [--seed=N]
 
 ``--insert-real``: the build's real series (``--real``) become backgrounds without a bone mask too (lesions placed
 by ``bonemet.data.bone``'s HU rule, no bone label), as ``bonemet models build --background CT`` makes them; only the
@@ -20,9 +21,10 @@ from every real background and negative (the folds split the phantom patients on
 ``bonemet models build --real-in-every-member`` does. ``--lesion-prior=P``: each member's lesion-head bias starts at
 P's log-odds (``models build --lesion-prior P``). ``--partial-bone``: the real series' bone term from a
 partial bone label by HU (``models build --partial-bone``). ``--scale-aug=S``: each training sample zoomed by up to
-S either way (``models build --scale-aug S``). ``--seen``: one model trained on every background, as
-the shipped model is, measured on the same test lesions: new lesions in anatomy it has seen (the background "as it
-is" was trained on, so its findings there say little).
+S either way (``models build --scale-aug S``). ``--seed=N``: every training's seed (initial weights, order and
+augmentation draws; 0 in the recipe), to see how much a result moves with the seed alone. ``--seen``: one model
+trained on every background, as the shipped model is, measured on the same test lesions: new lesions in anatomy it
+has seen (the background "as it is" was trained on, so its findings there say little).
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
     python docs/experiments/recipe_variants.py multi 12 3 /tmp/variants/multi12    # 12 min
     python docs/experiments/operating_point.py runs/default-model --models OUT/work # then each lesion's probability
@@ -42,7 +44,10 @@ import bonemet.recipe as recipe_module
 
 def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True,
          insert_real: bool = False, real_in_every_member: bool = False, lesion_prior: float | None = None,
-         seen: bool = False, partial_bone: bool = False, scale_aug: float = 0.0) -> None:
+         seen: bool = False, partial_bone: bool = False, scale_aug: float = 0.0, seed: int = 0) -> None:
+    if seed:
+        seg_config = recipe_module._seg_config
+        recipe_module._seg_config = lambda *a, **k: replace(seg_config(*a, **k), seed=seed)
     build = build.resolve()
     recipe = replace(recipe_module.recipe_of(build), window=window, epochs=epochs, copies=copies,
                      intensity_aug=intensity_aug, real_in_every_member=real_in_every_member,
@@ -82,4 +87,5 @@ if __name__ == "__main__":
          "--no-intensity-aug" not in sys.argv, "--insert-real" in sys.argv, "--real-in-every-member" in sys.argv,
          next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--lesion-prior=")), None),
          "--seen" in sys.argv, "--partial-bone" in sys.argv,
-         next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--scale-aug=")), 0.0))
+         next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--scale-aug=")), 0.0),
+         next((int(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--seed=")), 0))

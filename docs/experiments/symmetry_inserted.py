@@ -27,28 +27,35 @@ RULES = (None, 25.0, 50.0)
 BANDS = (("10-20 mm", 10.0, 20.0), ("20 mm or more", 20.0, float("inf")))
 
 
-def count_inserted(build: Path, models: Path, out: Path, seeds: int, rules=RULES) -> dict:
-    """Per rule: inserted lesions of 10 mm or more (``big``), those found (``found``, and by ``kind`` and size
-    ``band``) and the findings on no inserted lesion (``fp``); ``models``: the folder of the ``without-background*``
-    trainings (a build's or a variant's ``work``). The copies are made once in ``out``."""
-    counts = {rule: {"found": 0, "big": 0, "fp": 0, "kind": {}, "band": {}} for rule in rules}
+def count_inserted(build: Path, models: list[Path], out: Path, seeds: int,
+                   points=tuple((0.5, r) for r in RULES)) -> dict:
+    """Per operating point (threshold, symmetry rule): inserted lesions of 10 mm or more (``big``), those found
+    (``found``, and by ``kind`` and size ``band``), the findings on no inserted lesion (``fp``) and each copy's
+    bone Dice against its mask by background (``bone``); ``models``: folders of ``without-background*`` trainings
+    (a build's or a variant's ``work``), their probabilities averaged when there are several (an ensemble of
+    their members). The copies are made once in ``out``."""
+    counts = {point: {"found": 0, "big": 0, "fp": 0, "kind": {}, "band": {}, "bone": {}} for point in points}
     for i, (ct, bone) in enumerate(recipe_of(build).backgrounds):
         for seed in range(2000, 2000 + seeds):
             case_dir = out / f"background{i}-{seed}"
             if not case_dir.exists():
                 synthesize_from_ct(ct, bone, case_dir, lesions=8, seed=seed, formats=("volumes",), patient="T")
             vol = case_dir / "volumes" / "T"
-            case = segment(models / f"without-background{i}" / "seg", vol / "ct.nii.gz")
+            cases = [segment(m / f"without-background{i}" / "seg", vol / "ct.nii.gz") for m in models]
+            case = {**cases[0], **{k: np.mean([c[k] for c in cases], axis=0) for k in ("p", "bone")}}
+            truth_bone = np.asarray(nib.load(vol / "bone_mask.nii.gz").dataobj) > 0
             ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
             with open(case_dir / "lesions.csv", newline="") as fh:
                 rows = {int(r["lesion_id"]): r for r in csv.DictReader(fh)}
             big = {k for k, r in rows.items() if float(r["diameter_mm"]) >= 10.0}
-            for rule in rules:
-                lesions, kept = findings(case, 0.5, 0.05, 2000.0, rule)
+            for point in points:
+                lesions, kept = findings(case, point[0], 0.05, 2000.0, point[1])
                 native = case["volume"].to_native(kept)[0]
                 hit = set(np.unique(ids[native > 0]).tolist()) - {0}
                 touched = set(np.unique(native[ids > 0]).tolist())
-                c = counts[rule]
+                c = counts[point]
+                bone = case["volume"].to_native((case["bone"] >= point[0]).astype(np.uint8))[0] > 0
+                c["bone"].setdefault(i, []).append(2 * (bone & truth_bone).sum() / (bone.sum() + truth_bone.sum()))
                 c["found"] += len(big & hit)
                 c["big"] += len(big)
                 c["fp"] += sum(1 for les in lesions if les.id not in touched)
@@ -59,16 +66,16 @@ def count_inserted(build: Path, models: Path, out: Path, seeds: int, rules=RULES
                         n[0] += k in hit
                         n[1] += 1
             print(f"background {i} seed {seed}: " + ", ".join(
-                f"{'off' if r is None else r}: {counts[r]['found']}/{counts[r]['big']}" for r in rules), flush=True)
+                f"{p}: {counts[p]['found']}/{counts[p]['big']}" for p in points), flush=True)
     return counts
 
 
 def main(build: Path, out: Path, seeds: int) -> None:
-    counts = count_inserted(build, build / "work", out, seeds)
+    counts = count_inserted(build, [build / "work"], out, seeds)
     print(markdown_table([{"symmetry rule": "off" if r is None else f"{r:g} HU",
                            "inserted >= 10 mm found": f"{c['found']}/{c['big']}",
                            **{f"{kind} found": n[0] for kind, n in sorted(c["kind"].items())},
-                           "findings on no inserted lesion": c["fp"]} for r, c in counts.items()]))
+                           "findings on no inserted lesion": c["fp"]} for (_, r), c in counts.items()]))
 
 
 if __name__ == "__main__":
