@@ -181,6 +181,28 @@ def test_non_finite_voxels(phantom, seg_run, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_a_label_mask_given_as_the_ct_is_one_line(phantom, seg_run, tmp_path):
+    """A bone or lesion mask passed where the CT goes is refused before any model runs (it would be read as
+    anatomy and answered "no metastasis"); a CT whose values are few but many enough still reads."""
+    pid = _metastatic_patient(phantom)
+    ct = nib.load(phantom / "volumes" / pid / "ct.nii.gz")
+    r = invoke("predict", phantom / "volumes" / pid / "bone_mask.nii.gz", "--seg", seg_run, "--out", tmp_path / "o")
+    one_line_failure(r, "bone_mask.nii.gz", "only 2 distinct value(s) (0, 1): a label mask or a blank image, not a CT")
+    assert not (tmp_path / "o").exists()
+    labels = np.zeros(ct.shape, np.int16)
+    labels[:, :, ::2] = np.arange(ct.shape[0])[:, None, None] % 7 * 40 - 100  # 7 levels, some below 0, and 0
+    nib.save(nib.Nifti1Image(labels, ct.affine), tmp_path / "labels.nii.gz")
+    r = invoke("data", "convert", tmp_path / "labels.nii.gz", tmp_path / "conv")
+    one_line_failure(r, "labels.nii.gz", "only 8 distinct value(s) (-100, -60, -20, 0, 20, 60, ...)")
+    assert not (tmp_path / "conv").exists()
+    from bonemet.data.ct import LABEL_LEVELS, read_volume
+
+    steps = np.zeros(ct.shape, np.int16)
+    steps[:] = (np.arange(ct.shape[0]) % (LABEL_LEVELS + 1) * 100 - 1000)[:, None, None]
+    nib.save(nib.Nifti1Image(steps, ct.affine), tmp_path / "steps.nii.gz")
+    assert len(np.unique(read_volume(tmp_path / "steps.nii.gz").array)) == LABEL_LEVELS + 1
+
+
 def test_write_json_never_writes_nan(tmp_path):
     from bonemet.fileio import write_json
 
