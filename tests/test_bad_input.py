@@ -189,6 +189,13 @@ def test_a_label_mask_given_as_the_ct_is_one_line(phantom, seg_run, tmp_path):
     r = invoke("predict", phantom / "volumes" / pid / "bone_mask.nii.gz", "--seg", seg_run, "--out", tmp_path / "o")
     one_line_failure(r, "bone_mask.nii.gz", "only 2 distinct value(s) (0, 1): a label mask or a blank image, not a CT")
     assert not (tmp_path / "o").exists()
+    import bonemet
+    from bonemet.errors import DataError
+
+    mask = nib.load(phantom / "volumes" / pid / "bone_mask.nii.gz")
+    for given in (mask, np.asarray(mask.dataobj)):  # the Python API: a nibabel image, or an array and its affine
+        with pytest.raises(DataError, match=r"only 2 distinct value\(s\) \(0, 1\): a label mask"):
+            bonemet.predict(given, seg=seg_run, affine=None if given is mask else ct.affine)
     labels = np.zeros(ct.shape, np.int16)
     labels[:, :, ::2] = np.arange(ct.shape[0])[:, None, None] % 7 * 40 - 100  # 7 levels, some below 0, and 0
     nib.save(nib.Nifti1Image(labels, ct.affine), tmp_path / "labels.nii.gz")
