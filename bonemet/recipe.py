@@ -234,9 +234,10 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
     return rows
 
 
-def _zoom(cfg: dict) -> str:
+def _geometry(cfg: dict) -> str:
+    """The card's words for a run's geometric augmentation."""
     s = cfg.get("scale_aug", 0.0)
-    return f", zoom by up to {s:g} either way" if s else ""
+    return "rotations and flips" + (f", zoom by up to {s:g} either way" if s else "")
 
 
 def _epoch_seconds(work: Path) -> float:
@@ -248,7 +249,8 @@ def _epoch_seconds(work: Path) -> float:
                for r in read_rows(metrics, 10**9) if r.get("seconds"))
 
 
-OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone", "scale_aug")  # recorded
+OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone",
+           "scale_aug")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -403,7 +405,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; CT window
   {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels.
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
-  at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, rotations and flips{_zoom(cfg)}, intensity
+  at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, {_geometry(cfg)}, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
 - The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
                    else "every patient, real series too: each real series trains one member"}.

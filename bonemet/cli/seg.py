@@ -107,7 +107,8 @@ def train(
     cfg = SegConfig(data=str(data), model=model, folds=folds, test_patients=test_patients, protocol=protocol,
                     epochs=epochs, size=size, batch_size=batch_size, width=width, channels=channels, block=block,
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
-                    lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer, lr_scale=lr_scale,
+                    lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer,
+                    lr_scale=lr_scale,
                     select=select, augment=not no_augment, intensity_aug=intensity_aug, scale_aug=scale_aug,
                     threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm,
@@ -171,7 +172,8 @@ def quantize(
 
 @app.command()
 def distill(
-    run: Annotated[Path, typer.Argument(help="Ensemble run (e.g. hybrid-attunet++ folds) with held-out test patients.")],
+    run: Annotated[Path, typer.Argument(help="Ensemble run (e.g. hybrid-attunet++ folds) with held-out test "
+                                             "patients.")],
     out: Annotated[Path, typer.Option(help="Student run folder (usable by 'bonemet predict --seg').")],
     student: Annotated[str, typer.Option(help="Student model of the family.")] = "unet++",
     width: Annotated[int | None, typer.Option(min=1, help="Student width (default: the teacher's).")] = None,
