@@ -79,6 +79,18 @@ def test_synth_from_real_ct_without_a_bone_mask(real_ct: Path, tmp_path):
     assert_clean_failure(bad, "water.nii.gz", "no voxel is surely bone")
 
 
+def test_check_reads_one_nifti_ct_as_predict_would(phantom: Path):
+    """``data check scan.nii.gz``: a CT is counted and ok; a mask given in its place is one problem line and exit 2,
+    before anything else reads it."""
+    pid = sorted(d.name for d in (phantom / "volumes").iterdir())[0]
+    ok = invoke("data", "check", phantom / "volumes" / pid / "ct.nii.gz")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == [f"{phantom / 'volumes' / pid / 'ct.nii.gz'}: NIfTI CT: 40 slices", "ok"]  # the fixture has 40
+    bad = invoke("data", "check", phantom / "volumes" / pid / "lesion_mask.nii.gz")
+    assert_clean_failure(bad, "lesion_mask.nii.gz", "a label mask or a blank image, not a ct in hu")
+    assert bad.returncode == 2
+
+
 def test_missing_mask(tmp_path):
     make_bmseg(tmp_path, {"A": 2}, grouped=False)
     (tmp_path / "lesion mask" / "A_1.png").unlink()

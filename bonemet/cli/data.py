@@ -114,7 +114,8 @@ def convert(
 
 @app.command()
 def check(
-    root: Annotated[Path, typer.Argument(help="BM-Seg, classification, volumes or DICOM folder, or a phantom root.")],
+    root: Annotated[Path, typer.Argument(help="BM-Seg, classification, volumes or DICOM folder, a phantom root, or "
+                                              "one NIfTI CT.")],
     threshold: Annotated[int, typer.Option(help="Mask pixels above this value are set (127 removes JPEG noise).")] = 0,
 ) -> None:
     """Check a data folder: one line per problem naming the file; exit 2 when the data is unusable."""

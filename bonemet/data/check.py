@@ -106,6 +106,18 @@ def check_dicom(root: Path) -> CheckReport:
     return rep
 
 
+def check_ct_file(path: Path) -> CheckReport:
+    """One NIfTI CT, as ``predict`` and ``data convert`` would read it (header, voxels, HU)."""
+    rep = CheckReport(path, "NIfTI CT")
+    try:
+        vol = read_volume(path)
+    except DataError as exc:
+        rep.problems.append(Problem(path, str(exc).split(": ", 1)[-1]))
+        return rep
+    rep.counts = {"slices": vol.n_slices}
+    return rep
+
+
 def _is_dicom_root(root: Path) -> bool:
     for f in list(root.rglob("*"))[:50]:
         if f.is_file():
@@ -117,12 +129,15 @@ def _is_dicom_root(root: Path) -> bool:
 
 
 def check_root(root: str | Path, threshold: int = 0) -> list[CheckReport]:
-    """Check a data root: BM-Seg, classification, volumes or DICOM, or a phantom root holding several."""
+    """Check a data root: BM-Seg, classification, volumes or DICOM, or a phantom root holding several; or one
+    NIfTI CT."""
     root = Path(root)
     if not root.exists():
         raise DataError("not found", root)
+    if root.is_file() and root.name.endswith((".nii", ".nii.gz")):
+        return [check_ct_file(root)]
     if not root.is_dir():
-        raise DataError("expected a folder (BM-Seg, classification, volumes or DICOM layout)", root)
+        raise DataError("expected a folder (BM-Seg, classification, volumes or DICOM layout) or a NIfTI CT", root)
     if not any(root.iterdir()):
         return [CheckReport(root, "unknown", [Problem(root, "empty folder")])]
     subs = {"bmseg": lambda r: check_bmseg(r, threshold), "classification": check_classification,
