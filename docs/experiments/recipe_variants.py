@@ -12,7 +12,7 @@ model packaged: ``bonemet models build OUT ... --window multi --copies 6 --epoch
 
     python docs/experiments/recipe_variants.py WINDOW EPOCHS COPIES OUT [BUILD] [--no-intensity-aug] [--insert-real]
         [--real-in-every-member] [--lesion-prior=P] [--seen] [--partial-bone] [--scale-aug=S]
-        [--seed=N]
+        [--seed=N] [--width=N]
 
 ``--insert-real``: the build's real series (``--real``) become backgrounds without a bone mask too (lesions placed
 by ``bonemet.data.bone``'s HU rule, no bone label), as ``bonemet models build --background CT`` makes them; only the
@@ -22,7 +22,8 @@ from every real background and negative (the folds split the phantom patients on
 P's log-odds (``models build --lesion-prior P``). ``--partial-bone``: the real series' bone term from a
 partial bone label by HU (``models build --partial-bone``). ``--scale-aug=S``: each training sample zoomed by up to
 S either way (``models build --scale-aug S``). ``--seed=N``: every training's seed (initial weights, order and
-augmentation draws; 0 in the recipe), to see how much a result moves with the seed alone. ``--seen``: one model
+augmentation draws; 0 in the recipe), to see how much a result moves with the seed alone. ``--width=N``: the
+members' width (8 in the recipe; the thesis' is 32). ``--seen``: one model
 trained on every background, as the shipped model is, measured on the same test lesions: new lesions in anatomy it
 has seen (the background "as it is" was trained on, so its findings there say little).
     python docs/experiments/recipe_variants.py bone 36 3 /tmp/variants/bone36      # 40 min on 2 cores
@@ -44,7 +45,8 @@ import bonemet.recipe as recipe_module
 
 def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensity_aug: bool = True,
          insert_real: bool = False, real_in_every_member: bool = False, lesion_prior: float | None = None,
-         seen: bool = False, partial_bone: bool = False, scale_aug: float = 0.0, seed: int = 0) -> None:
+         seen: bool = False, partial_bone: bool = False, scale_aug: float = 0.0, seed: int = 0,
+         width: int | None = None) -> None:
     if seed:
         seg_config = recipe_module._seg_config
         recipe_module._seg_config = lambda *a, **k: replace(seg_config(*a, **k), seed=seed)
@@ -52,6 +54,7 @@ def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensit
     recipe = replace(recipe_module.recipe_of(build), window=window, epochs=epochs, copies=copies,
                      intensity_aug=intensity_aug, real_in_every_member=real_in_every_member,
                      lesion_prior=lesion_prior, partial_bone=partial_bone, scale_aug=scale_aug)
+    recipe = replace(recipe, width=width or recipe.width)
     measured = len(recipe.backgrounds)  # the build's backgrounds: their test lesions exist
     if insert_real:
         recipe = replace(recipe, backgrounds=recipe.backgrounds + [(p, None) for p in recipe.real], real=[])
@@ -88,4 +91,5 @@ if __name__ == "__main__":
          next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--lesion-prior=")), None),
          "--seen" in sys.argv, "--partial-bone" in sys.argv,
          next((float(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--scale-aug=")), 0.0),
-         next((int(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--seed=")), 0))
+         next((int(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--seed=")), 0),
+         next((int(x.split("=", 1)[1]) for x in sys.argv if x.startswith("--width=")), None))
