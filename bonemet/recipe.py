@@ -250,7 +250,7 @@ def _epoch_seconds(work: Path) -> float:
 
 
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone",
-           "scale_aug")  # recorded in recipe.json
+           "scale_aug", "width")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:

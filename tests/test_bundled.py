@@ -85,6 +85,19 @@ def test_the_shipped_default_model_is_intact_and_has_its_card():
     assert shown.returncode == 0 and shown.stdout.strip() == card.strip()
 
 
+def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
+    """recipe.json records every option that changes a build (what --resume compares and recipe_of reads back);
+    an option an older build did not record reads back as its default."""
+    from bonemet import recipe as rc
+
+    given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"], epochs=3, copies=2, window="multi",
+                      real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16)
+    assert rc._recipe_from(rc._inputs(given)) == given
+    older = {k: v for k, v in rc._inputs(given).items() if k not in ("scale_aug", "width")}
+    back = rc._recipe_from(older)
+    assert (back.scale_aug, back.width, back.epochs) == (0.0, 8, 3)
+
+
 @pytest.mark.slow
 def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     """The recipe end to end at toy size: two backgrounds (each left out once; the second without a bone mask, so

@@ -83,8 +83,10 @@ def build(
     scale_aug: Annotated[float, typer.Option(min=0, max=1, help="Zoom each training sample by a random factor "
                                                                 "between 1/(1+S) and 1+S (as `seg train "
                                                                 "--scale-aug`); 0: off.")] = 0.0,
+    width: Annotated[int, typer.Option(min=1, help="Each member's width (channels of its first level; the thesis' "
+                                                   "is 32).")] = 8,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
-                                             "a model to use; overrides --epochs and --copies.")] = False,
+                                             "a model to use; overrides --epochs, --copies and --width.")] = False,
 ) -> None:
     """Re-build the bundled default model from a clean checkout: phantom, lesions inserted into real CT and real
     negatives; EH-AttUnet++ at 3 mm pixels; each real series left out once to count findings on it; the model on
@@ -95,7 +97,7 @@ def build(
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), epochs=epochs, copies=copies, window=window,
                     real_in_every_member=real_in_every_member, lesion_prior=lesion_prior, partial_bone=partial_bone,
-                    scale_aug=scale_aug, quick=quick)
+                    scale_aug=scale_aug, width=width, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")
