@@ -85,7 +85,8 @@ def test_check_reads_one_nifti_ct_as_predict_would(phantom: Path):
     pid = sorted(d.name for d in (phantom / "volumes").iterdir())[0]
     ok = invoke("data", "check", phantom / "volumes" / pid / "ct.nii.gz")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.splitlines() == [f"{phantom / 'volumes' / pid / 'ct.nii.gz'}: NIfTI CT: 40 slices", "ok"]  # the fixture has 40
+    ct = phantom / "volumes" / pid / "ct.nii.gz"
+    assert ok.stdout.splitlines() == [f"{ct}: NIfTI CT: 40 slices", "ok"]  # the fixture's 40 slices
     bad = invoke("data", "check", phantom / "volumes" / pid / "lesion_mask.nii.gz")
     assert_clean_failure(bad, "lesion_mask.nii.gz", "a label mask or a blank image, not a ct in hu")
     assert bad.returncode == 2
