@@ -202,7 +202,8 @@ def test_a_label_mask_given_as_the_ct_is_one_line(phantom, seg_run, tmp_path):
     r = invoke("data", "convert", tmp_path / "labels.nii.gz", tmp_path / "conv")
     one_line_failure(r, "labels.nii.gz", "only 8 distinct value(s) (-100, -60, -20, 0, 20, 60, ...)")
     assert not (tmp_path / "conv").exists()
-    from bonemet.data.ct import LABEL_LEVELS, read_volume
+    from bonemet.data.ct import read_volume
+    from bonemet.data.volume import LABEL_LEVELS
 
     steps = np.zeros(ct.shape, np.int16)
     steps[:] = (np.arange(ct.shape[0]) % (LABEL_LEVELS + 1) * 100 - 1000)[:, None, None]

@@ -238,15 +238,30 @@ def stored_values(raw: np.ndarray, slope: float = 1.0, inter: float = 0.0, dtype
     return out
 
 
-def finite_ct(vol: Volume) -> Volume:
+LABEL_LEVELS = 16  # a volume with no more distinct values than this is a label mask: a CT has hundreds
+LABEL_SAMPLE = 1 << 20  # voxels looked at for that count, evenly strided
+
+
+def usable_ct(vol: Volume) -> Volume:
     """A CT whose non-finite voxels (NaN, +-inf) are set to air (-1024 HU) and counted in ``meta``; a CT that is
-    mostly non-finite is refused."""
-    if not np.issubdtype(vol.array.dtype, np.floating):
-        return vol  # integers are always finite
+    mostly non-finite is refused, and so is a volume of a handful of distinct values (a bone or lesion mask or a
+    blank image given where the CT goes: a model run on it would answer as if it were anatomy)."""
+    if np.issubdtype(vol.array.dtype, np.floating):  # integers are always finite
+        _set_non_finite_to_air(vol)
+    flat = vol.array.reshape(-1)
+    levels = np.unique(flat[:: max(1, flat.size // LABEL_SAMPLE)])
+    if len(levels) <= LABEL_LEVELS:
+        shown = ", ".join(f"{v:g}" for v in levels[:6]) + (", ..." if len(levels) > 6 else "")
+        raise DataError(f"only {len(levels)} distinct value(s) ({shown}): a label mask or a blank image, "
+                        "not a CT in HU", vol.source)
+    return vol
+
+
+def _set_non_finite_to_air(vol: Volume) -> None:
     bad = ~np.isfinite(vol.array)
     n = int(np.count_nonzero(bad))
     if n == 0:
-        return vol
+        return
     share = n / vol.array.size
     if share > NON_FINITE_REFUSED:
         raise DataError(f"{share:.0%} of the voxels are not finite numbers (NaN or infinite): not a usable CT",
@@ -255,12 +270,11 @@ def finite_ct(vol: Volume) -> Volume:
     vol.meta["non_finite_voxels"] = n
     logger.warning("%s: %d voxel(s) (%.2g %%) were NaN or infinite; set to %g HU (air)", vol.source, n, 100 * share,
                    NON_FINITE_FILL)
-    return vol
 
 
 def volume_from_array(array: np.ndarray, affine: np.ndarray, source: str = "<array>") -> Volume:
     """A CT volume from a 3D array of HU and its 4x4 voxel-to-RAS affine (checked as a NIfTI header would be),
-    in canonical order, non-finite voxels set to air."""
+    in canonical order, checked as a CT read from a file is (``usable_ct``)."""
     array = np.asanyarray(array)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
@@ -274,7 +288,7 @@ def volume_from_array(array: np.ndarray, affine: np.ndarray, source: str = "<arr
                                                                         "shear_deg": shear_degrees(affine)})
     vol = vol.reoriented(copy=False)
     vol.array = np.ascontiguousarray(vol.array, dtype=dtype)
-    return finite_ct(vol)
+    return usable_ct(vol)
 
 
 def resample_like(moving: Volume, reference: Volume, order: int = 0) -> np.ndarray:

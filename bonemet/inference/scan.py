@@ -16,7 +16,7 @@ from ..data.classification import slice_sort_key
 from ..data.export import windowed_slice
 from ..data.images import is_image_file, read_image
 from ..data.dicom import is_dicomdir
-from ..data.ct import not_a_label_mask, read_volume
+from ..data.ct import read_volume
 from ..data.volume import Volume, volume_from_array
 from ..errors import DataError
 from ..log import logger
@@ -103,19 +103,19 @@ def read_scan(path: str | Path, series_uid: str | None = None) -> Scan:
 
 
 def as_scan(input, affine: np.ndarray | None = None, series_uid: str | None = None) -> Scan:
-    """A scan from a path (as :func:`read_scan`), a nibabel image, or a 3D HU array with its voxel-to-RAS affine; a
-    label mask given as the CT is refused (``data.ct.not_a_label_mask``)."""
+    """A scan from a path (as :func:`read_scan`), a nibabel image, or a 3D HU array with its voxel-to-RAS affine;
+    each checked as a CT (``data.volume.usable_ct``)."""
     if isinstance(input, (str, Path)):
         if affine is not None:
             raise DataError("an affine goes with an array, not with a file (the file has its own)", input)
         return read_scan(input, series_uid)
     if hasattr(input, "affine") and hasattr(input, "dataobj"):  # a nibabel image
         name = getattr(input, "get_filename", lambda: None)() or "<nibabel image>"
-        return Scan(Path(name), "nifti", volume=not_a_label_mask(volume_from_array(
-            np.asanyarray(input.dataobj), input.affine if affine is None else affine, source=name)))
+        return Scan(Path(name), "nifti", volume=volume_from_array(np.asanyarray(input.dataobj),
+                                                                  input.affine if affine is None else affine, name))
     if isinstance(input, np.ndarray):
         if affine is None:
             raise DataError("an array needs its 4x4 voxel-to-RAS affine (affine=...)", "<array>")
-        return Scan(Path("<array>"), "nifti", volume=not_a_label_mask(volume_from_array(input, affine)))
+        return Scan(Path("<array>"), "nifti", volume=volume_from_array(input, affine))
     raise DataError(f"cannot read a scan from a {type(input).__name__} (a path, a nibabel image or an array)",
                     "<input>")

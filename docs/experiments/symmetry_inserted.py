@@ -48,14 +48,17 @@ def count_inserted(build: Path, models: list[Path], out: Path, seeds: int,
             with open(case_dir / "lesions.csv", newline="") as fh:
                 rows = {int(r["lesion_id"]): r for r in csv.DictReader(fh)}
             big = {k for k, r in rows.items() if float(r["diameter_mm"]) >= 10.0}
+            bone_dice = {}  # by threshold: the rules at one threshold share it
+            for t in {point[0] for point in points}:
+                bone = case["volume"].to_native((case["bone"] >= t).astype(np.uint8))[0] > 0
+                bone_dice[t] = 2 * (bone & truth_bone).sum() / (bone.sum() + truth_bone.sum())
             for point in points:
                 lesions, kept = findings(case, point[0], 0.05, 2000.0, point[1])
                 native = case["volume"].to_native(kept)[0]
                 hit = set(np.unique(ids[native > 0]).tolist()) - {0}
                 touched = set(np.unique(native[ids > 0]).tolist())
                 c = counts[point]
-                bone = case["volume"].to_native((case["bone"] >= point[0]).astype(np.uint8))[0] > 0
-                c["bone"].setdefault(i, []).append(2 * (bone & truth_bone).sum() / (bone.sum() + truth_bone.sum()))
+                c["bone"].setdefault(i, []).append(bone_dice[point[0]])
                 c["found"] += len(big & hit)
                 c["big"] += len(big)
                 c["fp"] += sum(1 for les in lesions if les.id not in touched)
