@@ -211,6 +211,24 @@ def test_a_label_mask_given_as_the_ct_is_one_line(phantom, seg_run, tmp_path):
     assert len(np.unique(read_volume(tmp_path / "steps.nii.gz").array)) == LABEL_LEVELS + 1
 
 
+def test_a_ct_not_in_hu_is_one_line(phantom, seg_run, tmp_path):
+    """A CT whose values are not HU (stored without its rescale intercept, so air is 0; or in other units) has
+    neither air nor fat below -100: refused before any model runs, from a file and from the Python API."""
+    import bonemet
+    from bonemet.errors import DataError
+
+    ct = nib.load(phantom / "volumes" / _metastatic_patient(phantom) / "ct.nii.gz")
+    hu = np.asarray(ct.dataobj).astype(np.int16)
+    offset = np.clip(hu + 1024, 0, None).astype(np.uint16)
+    nib.save(nib.Nifti1Image(offset, ct.affine), tmp_path / "offset.nii.gz")
+    r = invoke("predict", tmp_path / "offset.nii.gz", "--seg", seg_run, "--out", tmp_path / "o")
+    one_line_failure(r, "offset.nii.gz", "no value below -100 (the lowest is 0): no air and no fat, so not a CT in HU")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(DataError, match=r"no value below -100 \(the lowest is -1.024\): no air and no fat"):
+        bonemet.predict(hu.astype(np.float32) / 1000.0, seg=seg_run, affine=ct.affine)  # HU / 1000: air at -1.024
+    assert hu.min() == -1024  # the phantom's air; the same CT in HU reads (the tests above run it)
+
+
 def test_write_json_never_writes_nan(tmp_path):
     from bonemet.fileio import write_json
 

@@ -72,7 +72,8 @@ def test_synth_from_real_ct_without_a_bone_mask(real_ct: Path, tmp_path):
     assert len((semi / "lesions.csv").read_text().splitlines()) == 4
     assert invoke("data", "check", semi).returncode == 0
     water = tmp_path / "water.nii.gz"
-    noise = np.random.default_rng(0).normal(40, 10, (32, 32, 4))  # water and a scanner's noise, nothing dense
+    noise = np.random.default_rng(0).normal(40, 10, (32, 32, 4))  # water and a scanner's noise, nothing dense,
+    noise[:4] -= 1040  # in air
     nib.save(nib.Nifti1Image(noise.astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), water)
     bad = invoke("data", "synth", tmp_path / "none", "--from-ct", water)
     assert bad.returncode == 2 and not (tmp_path / "none").exists()

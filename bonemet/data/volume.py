@@ -240,12 +240,15 @@ def stored_values(raw: np.ndarray, slope: float = 1.0, inter: float = 0.0, dtype
 
 LABEL_LEVELS = 16  # a volume with no more distinct values than this is a label mask: a CT has hundreds
 LABEL_SAMPLE = 1 << 20  # voxels looked at for that count, evenly strided
+LOWEST_CT_HU = -100.0  # a body CT in HU has fat (about -100 HU) or air (-1000) below this; a CT without is not in HU
 
 
 def usable_ct(vol: Volume) -> Volume:
     """A CT whose non-finite voxels (NaN, +-inf) are set to air (-1024 HU) and counted in ``meta``; a CT that is
     mostly non-finite is refused, and so is a volume of a handful of distinct values (a bone or lesion mask or a
-    blank image given where the CT goes: a model run on it would answer as if it were anatomy)."""
+    blank image given where the CT goes: a model run on it would answer as if it were anatomy), and so is a volume
+    with nothing below ``LOWEST_CT_HU`` (values not in HU: a rescale intercept or slope lost in a conversion, or
+    another modality)."""
     if np.issubdtype(vol.array.dtype, np.floating):  # integers are always finite
         _set_non_finite_to_air(vol)
     flat = vol.array.reshape(-1)
@@ -254,6 +257,9 @@ def usable_ct(vol: Volume) -> Volume:
         shown = ", ".join(f"{v:g}" for v in levels[:6]) + (", ..." if len(levels) > 6 else "")
         raise DataError(f"only {len(levels)} distinct value(s) ({shown}): a label mask or a blank image, "
                         "not a CT in HU", vol.source)
+    if levels[0] > LOWEST_CT_HU:
+        raise DataError(f"no value below {LOWEST_CT_HU:g} (the lowest is {levels[0]:g}): no air and no fat, so not a "
+                        "CT in HU (a rescale intercept or slope lost in a conversion, or another modality)", vol.source)
     return vol
 
 
