@@ -89,7 +89,7 @@ def _describe(series: dict[str, list[tuple[Path, pydicom.Dataset]]]) -> str:
     parts = []
     for uid, items in series.items():
         ds = items[0][1]
-        parts.append(f"{ds.get('Modality', '?')} series {uid} '{ds.get('SeriesDescription', '')}' "
+        parts.append(f"{ds.get('Modality', '?')} series {uid or '(no UID)'} '{ds.get('SeriesDescription', '')}' "
                      f"({len(items)} files)")
     return ", ".join(parts)
 
