@@ -125,6 +125,15 @@ def test_empty_folder(tmp_path):
     assert not (tmp_path / "out").exists(), "no half-written output"
 
 
+def test_an_image_folder_of_other_files_is_named_with_them(tmp_path):
+    """A folder whose ``ct/`` holds a DICOM series, not slices, is not called empty: the check says what it holds."""
+    (tmp_path / "study" / "ct").mkdir(parents=True)
+    for name in ("01.dcm", "02.dcm", "03.dcm", "04.dcm"):
+        (tmp_path / "study" / "ct" / name).write_bytes(b"\0" * 132)
+    res = invoke("data", "check", tmp_path / "study")
+    assert_clean_failure(res, "ct: no png / jpeg slice among its 4 file(s) (01.dcm, 02.dcm, 03.dcm, ...)")
+
+
 def test_convert_refuses_a_partial_bone_label_beside_a_bone_mask(phantom: Path, tmp_path):
     ct = phantom / "volumes" / "P000"
     res = invoke("data", "convert", ct / "ct.nii.gz", tmp_path / "out", "--partial-bone", "--bone-mask",

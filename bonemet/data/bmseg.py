@@ -83,7 +83,10 @@ def _scan_group(folder: Path, patient: str | None, problems: list[Problem],
         problems.append(Problem(folder, "no 'bone mask/' folder", fatal=False))
     images, lesions, bones = _index_files(img_dir), _index_files(lesion_dir), _index_files(bone_dir)
     if not images:
-        problems.append(Problem(img_dir, "empty folder: no image files"))
+        files = sorted(p.name for p in img_dir.iterdir() if p.is_file())
+        shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        problems.append(Problem(img_dir, f"no PNG / JPEG slice among its {len(files)} file(s) ({shown})" if files
+                                else "empty folder: no image files"))
     slices = []
     for stem, img in images.items():
         if lesion_dir is not None and stem not in lesions:
