@@ -163,6 +163,39 @@ def test_compile_path_matches_eager():
         assert torch.equal(a > 0.5, b > 0.5)
 
 
+def test_openvino_path_matches_eager_in_fp32_and_is_close_in_bf16():
+    """OpenVINO's CPU runtime on the ONNX graph: fp32 as eager (one graph per input shape), bf16 as plain autocast
+    (no fp32 islands), and a clear line where OpenVINO is missing."""
+    pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'bonemet[openvino]')")
+    from bonemet.inference import fast
+
+    model = _trained_like("hybrid-attunet++")
+    x = torch.rand(3, 3, 64, 64)
+    ref = _probs(model, x)
+    path = FastModel(model, ("fold_bn", "openvino"))
+    for a, b in zip(ref, _probs(path, x)):
+        assert float((a - b).abs().max()) < 1e-4
+        assert torch.equal(a > 0.5, b > 0.5)
+    for a, b in zip(_probs(model, x[:1]), _probs(path, x[:1])):  # another shape: compiled again, same answers
+        assert float((a - b).abs().max()) < 1e-4
+    assert sorted(path.ov_model.requests) == [(1, 3, 64, 64), (3, 3, 64, 64)]
+    bf16 = FastModel(model, ("fold_bn", "openvino", "bf16"))
+    autocast = FastModel(model, ("fold_bn", "channels_last", "bf16"), fp32_modules=())
+    for a, b, c in zip(ref, _probs(bf16, x), _probs(autocast, x)):
+        assert 1e-6 < float((a - b).abs().max()) < 2e-2  # rounded, as plain autocast is
+        assert float((a - b).abs().max()) < 4 * float((a - c).abs().max()) + 1e-3
+    assert fast.paths_problem(("fold_bn", "openvino", "channels_last")) == (
+        "the openvino path runs in OpenVINO: it combines with fold_bn and bf16 only (not with fuse, channels_last, "
+        "onnx, int8 or compile)")
+
+
+def test_openvino_path_without_openvino_is_one_line(monkeypatch):
+    from bonemet.inference import fast
+
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)
+    assert fast.paths_problem(("fold_bn", "openvino")) == "the openvino path needs OpenVINO: pip install openvino"
+
+
 def test_onnx_does_not_combine_with_compile():
     with pytest.raises(ValueError, match="does not combine"):
         FastModel(_trained_like("unet"), ("fold_bn", "onnx", "compile"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..inference.fast import (BF16_FP32_MODULES, FastModel, bf16_supported, default_paths, needs_calibration,
-                              ort_available)
+                              openvino_available, ort_available)
 from ..inference.fusion import fusion_available
 from ..models import create_model, split_outputs
 from ..models.cost import gmacs_per_slice
@@ -40,6 +40,10 @@ def path_variants(batch: int, compile_: bool = True, log: Callable[[str], None] 
         chosen += [("fold_bn", "onnx"), ("fold_bn", "int8")]
     else:
         log("ONNX Runtime not installed: the onnx and int8 paths are left out (pip install onnxruntime)")
+    if openvino_available():
+        chosen += [("fold_bn", "openvino")] + ([("fold_bn", "openvino", "bf16")] if bf16_supported() else [])
+    else:
+        log("OpenVINO not installed: the openvino paths are left out (pip install openvino)")
     if compile_:
         chosen.append(("fold_bn", "channels_last", "compile"))
         if bf16_supported():

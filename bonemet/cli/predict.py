@@ -35,7 +35,7 @@ def predict(
     include_phi: Annotated[bool, typer.Option(help="Show patient name, ID and birth date in the report.")] = False,
     no_dicom_seg: Annotated[bool, typer.Option(help="Do not write the DICOM-SEG object.")] = False,
     fast: Annotated[str | None, typer.Option(help="Inference path: comma-separated fold_bn, fuse, channels_last, "
-                                                  "bf16, onnx, int8, compile, or eager (default: "
+                                                  "bf16, onnx, int8, openvino, compile, or eager (default: "
                                                   "fold_bn,fuse,channels_last,bf16 where the CPU has native bf16, "
                                                   "else fold_bn,fuse,channels_last; on a GPU fold_bn,channels_last, "
                                                   "where fold_bn, channels_last, bf16 and compile run). int8 uses the "

@@ -23,6 +23,13 @@
   needs those slices: a run's stored graphs (``bonemet seg quantize``, ``inference.quantize``) or
   ``FastModel(..., calibration=x)``. Masks stay equal on more than 99.9 % of pixels, but a few probabilities
   move by more than 0.02 (measured by ``bonemet bench infer --check-run``), so it is not a default.
+* ``openvino``: the (BN-folded) ONNX graph compiled by OpenVINO's CPU runtime (``pip install openvino``), which
+  writes concatenations in place and fuses the element-wise work into the convolutions; fp32, exact up to rounding.
+  With ``bf16`` it runs at OpenVINO's bf16 inference precision: everything in bf16, with no fp32 islands (its CPU
+  runtime keeps no convolution in fp32 when asked), so it answers as plain autocast does. On a CPU with AMX it
+  ran at about twice the default path's speed (``docs/experiments/openvino_path.py``). An option, not the
+  default: it moves a trained member's probabilities by up to 0.08 where the default moves them by 0.02. Not
+  combinable with ``fuse``, ``channels_last``, ``onnx``, ``int8`` or ``compile``.
 * ``compile``: ``torch.compile`` (Inductor, which needs a C++ compiler); combines with the others except
   ``onnx``. Its first call compiles for about a minute, and on this project's CPU it was no faster than
   the eager path it wraps (``bonemet bench infer``), so it is an option, not the default.
@@ -47,7 +54,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..devices import cpu_bf16_supported
 from .fusion import fuse_for_inference, fusion_available
 
-PATHS = ("fold_bn", "fuse", "channels_last", "bf16", "onnx", "int8", "compile")
+PATHS = ("fold_bn", "fuse", "channels_last", "bf16", "onnx", "int8", "openvino", "compile")
 GPU_PATHS = ("fold_bn", "channels_last", "bf16", "compile")  # the others are oneDNN's or ONNX Runtime's (CPU)
 DEFAULT_PATH = ("fold_bn", "fuse", "channels_last") if fusion_available() else ("fold_bn", "channels_last")
 # on an NVIDIA H200 predict ran 1.6x eager fp32 end to end with it, bf16 no faster (``bench device --predict-slices``)
@@ -93,6 +100,12 @@ def ort_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def needs_calibration(paths: Iterable[str]) -> bool:
@@ -177,6 +190,7 @@ class FastModel(nn.Module):
         if needs_calibration(self.paths) and calibration is None and int8_onnx is None:
             raise ValueError("the int8 path needs calibration slices (calibration=...) or a quantized model")
         m = fold_batchnorm(model) if "fold_bn" in self.paths else copy.deepcopy(model).eval()
+        self.ov_model = OpenVinoModel(export_onnx(m), "bf16" in self.paths) if "openvino" in self.paths else None
         if "fuse" in self.paths:
             m = fuse_for_inference(m)
         if "bf16" in self.paths:
@@ -196,6 +210,8 @@ class FastModel(nn.Module):
             self.ort_model = load_ort(int8_onnx or quantize_int8(m, calibration))
 
     def forward(self, x: torch.Tensor, *args):
+        if self.ov_model is not None:
+            return self.ov_model(x)
         if self.ort_model is not None:
             outs = [torch.from_numpy(o) for o in self.ort_model.run(None, {"image": x.contiguous().numpy()})]
             return tuple(outs) if len(outs) > 1 else outs[0]
@@ -231,6 +247,11 @@ def paths_problem(paths: tuple[str, ...], device: torch.device | str = "cpu") ->
         return "the fuse path needs torch built with oneDNN (torch.backends.mkldnn)"
     if "onnx" in paths and {"channels_last", "bf16", "int8", "compile"} & set(paths):
         return "the onnx path runs fp32 in ONNX Runtime: it does not combine with channels_last, bf16, int8 or compile"
+    if "openvino" in paths and {"fuse", "channels_last", "onnx", "int8", "compile"} & set(paths):
+        return ("the openvino path runs in OpenVINO: it combines with fold_bn and bf16 only (not with fuse, "
+                "channels_last, onnx, int8 or compile)")
+    if "openvino" in paths and not openvino_available():
+        return "the openvino path needs OpenVINO: pip install openvino"
     if "int8" in paths and {"channels_last", "bf16", "compile"} & set(paths):
         return "the int8 path runs in ONNX Runtime: it does not combine with channels_last, bf16 or compile"
     if "compile" in paths and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
@@ -286,6 +307,30 @@ def load_ort(onnx_model: bytes):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     return ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+
+
+class OpenVinoModel:
+    """An ONNX graph compiled by OpenVINO for the CPU (at bf16 inference precision if ``bf16``, else fp32), once per input shape (static shapes run fastest there), with
+    torch's thread count and one stream; called with a torch batch, returns the outputs as torch tensors."""
+
+    def __init__(self, onnx_model: bytes, bf16: bool) -> None:
+        import openvino as ov
+
+        self.core, self.onnx = ov.Core(), onnx_model
+        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "NUM_STREAMS": 1,
+                       "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        self.requests: dict[tuple[int, ...], object] = {}
+
+    def __call__(self, x: torch.Tensor):
+        shape = tuple(x.shape)
+        if shape not in self.requests:
+            graph = self.core.read_model(self.onnx, b"")
+            graph.reshape({"image": list(shape)})
+            self.requests[shape] = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
+        request = self.requests[shape]
+        request.infer({"image": x.float().contiguous().numpy()})
+        outs = [torch.from_numpy(np.array(request.get_output_tensor(i).data)) for i in range(len(request.model_outputs))]
+        return tuple(outs) if len(outs) > 1 else outs[0]
 
 
 def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> bytes:
