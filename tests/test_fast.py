@@ -165,8 +165,21 @@ def test_compile_path_matches_eager():
 
 def test_openvino_path_matches_eager_in_fp32_and_is_close_in_bf16():
     """OpenVINO's CPU runtime on the ONNX graph: fp32 as eager (one graph per input shape), bf16 as plain autocast
-    (no fp32 islands), and a clear line where OpenVINO is missing."""
+    (no fp32 islands). In a fresh process: one that has run OpenVINO can crash when it later forks DataLoader
+    workers, as other tests in this worker may."""
     pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'bonemet[openvino]')")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import test_fast; test_fast.openvino_checks()"
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def openvino_checks() -> None:
+    """The checks of the test above, run in the fresh process it starts."""
     from bonemet.inference import fast
 
     model = _trained_like("hybrid-attunet++")

@@ -77,8 +77,9 @@ def test_bench_memory_harness(tmp_path):
 @pytest.mark.slow
 def test_bench_infer_quick(seg_run, tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size), and checks every
-    path's answers on a trained run."""
-    res = invoke("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
+    path's answers on a trained run. A fresh process: with OpenVINO installed its paths are among them, and a
+    process that has run OpenVINO can crash when it later forks DataLoader workers (as later tests here do)."""
+    res = run_cli("bench", "infer", "--quick", "--no-compile", "--size", "32", "--width", "2", "--slices", "2",
                  "--scan-slices", "8", "--members", "2", "--batch-size", "4", "--profile", "--top", "3",
                  "--check-run", seg_run, "--out", tmp_path)
     assert res.returncode == 0, res.stderr

@@ -29,7 +29,9 @@
   runtime keeps no convolution in fp32 when asked), so it answers as plain autocast does. On a CPU with AMX it
   ran at about twice the default path's speed (``docs/experiments/openvino_path.py``). An option, not the
   default: it moves a trained member's probabilities by up to 0.08 where the default moves them by 0.02. Not
-  combinable with ``fuse``, ``channels_last``, ``onnx``, ``int8`` or ``compile``.
+  combinable with ``fuse``, ``channels_last``, ``onnx``, ``int8`` or ``compile``. A Python process that has run it
+  crashed (segmentation fault) when it later forked DataLoader workers for training: use it in processes that
+  only predict, as ``bonemet predict`` is.
 * ``compile``: ``torch.compile`` (Inductor, which needs a C++ compiler); combines with the others except
   ``onnx``. Its first call compiles for about a minute, and on this project's CPU it was no faster than
   the eager path it wraps (``bonemet bench infer``), so it is an option, not the default.
