@@ -288,7 +288,7 @@ def export_onnx(model: nn.Module) -> bytes:
     import warnings
 
     if getattr(model, "needs_bone_input", False):
-        raise ValueError("the onnx and int8 paths do not support the sequential model")
+        raise ValueError("the onnx, int8 and openvino paths do not support the sequential model")
     buf = io.BytesIO()
     x = torch.rand(1, _in_channels(model), 64, 64)
     with torch.no_grad(), warnings.catch_warnings():
@@ -312,8 +312,9 @@ def load_ort(onnx_model: bytes):
 
 
 class OpenVinoModel:
-    """An ONNX graph compiled by OpenVINO for the CPU (at bf16 inference precision if ``bf16``, else fp32), once per input shape (static shapes run fastest there), with
-    torch's thread count and one stream; called with a torch batch, returns the outputs as torch tensors."""
+    """An ONNX graph compiled by OpenVINO for the CPU, at bf16 inference precision if ``bf16``, else fp32; once per
+    input shape (static shapes run fastest there), with torch's thread count and one stream. Called with a torch
+    batch, it returns the outputs as torch tensors."""
 
     def __init__(self, onnx_model: bytes, bf16: bool) -> None:
         import openvino as ov
@@ -331,7 +332,8 @@ class OpenVinoModel:
             self.requests[shape] = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
         request = self.requests[shape]
         request.infer({"image": x.float().contiguous().numpy()})
-        outs = [torch.from_numpy(np.array(request.get_output_tensor(i).data)) for i in range(len(request.model_outputs))]
+        outs = [torch.from_numpy(np.array(request.get_output_tensor(i).data))
+                for i in range(len(request.model_outputs))]
         return tuple(outs) if len(outs) > 1 else outs[0]
 
 
