@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -89,7 +90,11 @@ def test_bench_infer_quick(seg_run, tmp_path):
     assert "lesion max diff, worst member" in trained and "lesion max diff, ensemble" in trained
     for row in ("| fold_bn, batch 4 |", "| fold_bn + onnx, batch 4", "| fold_bn + int8, batch 4 |"):
         assert row in trained
-    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4 |"):
+    openvino = importlib.util.find_spec("openvino") is not None
+    assert ("| fold_bn + openvino, batch 4 |" in trained) == openvino
+    assert ("| --fast fold_bn,openvino" in text) == openvino  # predict end to end
+    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4 |") + (
+            ("| fold_bn + openvino, batch 4 |",) if openvino else ()):
         fp32 = next(line for line in trained.splitlines() if line.startswith(path))
         cells = [c.strip() for c in fp32.split("|")]
         assert float(cells[2]) < 1e-4 and float(cells[3]) < 1e-4  # worst member, ensemble
@@ -110,8 +115,12 @@ def test_bench_infer_quick(seg_run, tmp_path):
         prec = "int8" if "int8" in cells["path"] else "bf16" if "bf16" in cells["path"] else "fp32"
         if prec in floor:
             assert abs(float(cells["share of peak %"]) - 100 * float(cells["GFLOP/s"]) / floor[prec]) < 0.2
-    # --profile: the top operators of every torch path, none for ONNX Runtime's
-    assert text.count("Top operators of one pass") == len(rows) - 2
+    # --profile: the top operators of every torch path, none for ONNX Runtime's or OpenVINO's (torch sees no work)
+    outside = [r for r in rows if any(f"+ {p}" in r.split("|")[1] for p in ("onnx", "int8", "openvino"))]
+    from bonemet.inference.fast import bf16_supported
+
+    assert len(outside) == 2 + openvino * (1 + bf16_supported())  # onnx, int8; OpenVINO in fp32 (and bf16)
+    assert text.count("Top operators of one pass") == len(rows) - len(outside)
     assert "Top operators of one pass (2 slices), fold_bn + onnx" not in text
     ops = text.split("Top operators of one pass (2 slices), eager fp32, batch 1 (baseline):")[1].split("\n\n")[1]
     assert ops.splitlines()[0].startswith("| operator | ms | share % | calls |") and len(ops.splitlines()) == 5

@@ -99,7 +99,7 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
             times[i].append(time.perf_counter() - t0)
     floor = compute_floor(reps=3 if reps > 1 else 1, log=log)  # one repetition for --quick, as for the paths
     profiles = {name: op_profile(lambda: _probs(m, x, b), profile) for name, paths, m, b, _, _ in ready
-                if profile and not {"onnx", "int8"} & set(paths)}
+                if profile and not {"onnx", "int8", "openvino"} & set(paths)}  # run outside torch: not seen
     rows, base_t = [], None
     for (name, paths, _, _, p, setup), ts in zip(ready, times):
         t = sorted(ts)[len(ts) // 2]

@@ -78,7 +78,7 @@ def infer(
     from ..bench.peak import CONV_SHAPES, MATMUL_SIZES
     from ..bench.seg import machine_line
     from ..markdown import markdown_table
-    from ..inference.fast import auto_batch, default_paths, ort_available
+    from ..inference.fast import auto_batch, bf16_supported, default_paths, openvino_available, ort_available
     from ..inference.quantize import store_int8
 
     t0 = time.perf_counter()
@@ -106,6 +106,11 @@ def infer(
             t = time_predict(run, scan, Path(tmp) / f"out-{len(timings)}", scan_slices, p, b)
             timings.append((name, t))
             say(f"predict, {name}: {t:.0f} s per 100 slices")
+        if openvino_available():
+            ov = ("fold_bn", "openvino", "bf16") if bf16_supported() else ("fold_bn", "openvino")
+            t = time_predict(run, scan, Path(tmp) / "out-openvino", scan_slices, ov, batch_size)
+            timings.append((f"--fast {','.join(ov)}, batch {batch_size} (OpenVINO)", t))
+            say(f"predict, {','.join(ov)}: {t:.0f} s per 100 slices")
         if ort_available():
             from ..runs.seg import load_member, load_run
 
