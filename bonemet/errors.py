@@ -12,6 +12,7 @@ class BonemetError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
+        self.reason = message  # what is wrong, without the path (a checker's problem line names its own)
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 

@@ -186,7 +186,7 @@ def check_slice_files(s: SegSlice, threshold: int = 0) -> tuple[list[Problem], b
         try:
             arr = read_image(path)
         except DataError as exc:
-            problems.append(Problem(path, str(exc).split(": ", 1)[-1]))
+            problems.append(Problem(path, exc.reason))
             continue
         sizes[path] = arr.shape[:2]
         if path == s.lesion:

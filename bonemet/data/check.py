@@ -49,7 +49,7 @@ def check_classification(root: Path) -> CheckReport:
         try:
             read_image(s.path)
         except DataError as exc:
-            rep.problems.append(Problem(s.path, str(exc).split(": ", 1)[-1]))
+            rep.problems.append(Problem(s.path, exc.reason))
     pats = index.patients
     rep.counts = {"patients": len(pats), "metastatic patients": sum(pats.values()), "slices": len(index.slices),
                   "metastatic slices": sum(s.label for s in index.slices)}
@@ -69,7 +69,7 @@ def check_volumes(root: Path) -> CheckReport:
         try:
             ct = read_nifti(ct_path)
         except DataError as exc:
-            rep.problems.append(Problem(ct_path, str(exc).split(": ", 1)[-1]))
+            rep.problems.append(Problem(ct_path, exc.reason))
             continue
         for name in ("bone_mask.nii.gz", "lesion_mask.nii.gz"):
             if name.startswith("bone") and not (d / name).exists():  # lesions inserted into real CT without one
@@ -78,7 +78,7 @@ def check_volumes(root: Path) -> CheckReport:
             try:
                 m = read_nifti(d / name, dtype=np.uint8)
             except DataError as exc:
-                rep.problems.append(Problem(d / name, str(exc).split(": ", 1)[-1]))
+                rep.problems.append(Problem(d / name, exc.reason))
                 continue
             if m.shape != ct.shape or not np.allclose(m.affine, ct.affine, atol=1e-3):
                 rep.problems.append(Problem(d / name, f"grid {m.shape} does not match the CT's {ct.shape}"))
@@ -101,7 +101,7 @@ def check_dicom(root: Path) -> CheckReport:
             for msg in vol.meta.get("skipped_files", []):
                 rep.problems.append(Problem(d, f"unreadable slice {msg}", fatal=False))
         except DataError as exc:
-            rep.problems.append(Problem(d, str(exc).split(": ", 1)[-1]))
+            rep.problems.append(Problem(d, exc.reason))
     rep.counts = {"series": len(series_dirs), "slices": n}
     return rep
 
@@ -112,7 +112,7 @@ def check_ct_file(path: Path) -> CheckReport:
     try:
         vol = read_volume(path)
     except DataError as exc:
-        rep.problems.append(Problem(path, str(exc).split(": ", 1)[-1]))
+        rep.problems.append(Problem(path, exc.reason))
         return rep
     rep.counts = {"slices": vol.n_slices}
     return rep

@@ -98,16 +98,18 @@ def default_paths(device: torch.device | str = "cpu") -> tuple[str, ...]:
     return (*DEFAULT_PATH, "bf16") if bf16_supported() else DEFAULT_PATH
 
 
-def ort_available() -> bool:
+def _installed(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def ort_available() -> bool:
+    return _installed("onnxruntime")
 
 
 def openvino_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
+    return _installed("openvino")
 
 
 def needs_calibration(paths: Iterable[str]) -> bool:
@@ -195,7 +197,7 @@ class FastModel(nn.Module):
         self.ov_model = OpenVinoModel(export_onnx(m), "bf16" in self.paths) if "openvino" in self.paths else None
         if "fuse" in self.paths:
             m = fuse_for_inference(m)
-        if "bf16" in self.paths:
+        if "bf16" in self.paths and self.ov_model is None:  # OpenVINO keeps no fp32 islands (above)
             keep_fp32(m, fp32_modules)
         if "channels_last" in self.paths:
             m = m.to(memory_format=torch.channels_last)
