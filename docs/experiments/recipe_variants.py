@@ -62,7 +62,7 @@ def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensit
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     for i in range(measured):
-        if not (data / f"inserted-test{i}").exists():
+        if (build / "work" / "data" / f"inserted-test{i}").exists() and not (data / f"inserted-test{i}").exists():
             os.symlink(build / "work" / "data" / f"inserted-test{i}", data / f"inserted-test{i}")
     sources, negatives = recipe_module._sources(recipe, work)  # the recipe's own data, in this variant
     rows = []

@@ -7,6 +7,10 @@ An emulation, not the real CPUs: the same cores, caches and memory, with the vec
 
     git worktree add /tmp/before <commit>
     .venv/bin/python docs/experiments/without_amx.py /tmp/before
+    .venv/bin/python docs/experiments/without_amx.py /tmp/before --native   # on a real CPU without AMX
+
+``--native`` runs the points on the CPU as it is, with no instruction set limited: on a real CPU without AMX
+(AVX-512 BF16 or AVX2), the old and the new default against each other, and the fp32 paths beside them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ POINTS = {  # ISA: (code, paths, batch)
                              ("now", "fold_bn,fuse,channels_last,bf16", 8), ("before", "fold_bn,channels_last", 8),
                              ("now", "fold_bn,fuse,channels_last", 2)],
 }
+NATIVE = [("before", "", 1), ("now", "", 1), ("before", "channels_last", 8), ("now", "channels_last", 2),
+          ("before", "fold_bn,channels_last", 8), ("now", "fold_bn,channels_last", 8),
+          ("now", "fold_bn,channels_last", 2), ("now", "fold_bn,fuse,channels_last", 2),
+          ("before", "fold_bn,channels_last,bf16", 8), ("now", "fold_bn,channels_last,bf16", 8),
+          ("now", "fold_bn,fuse,channels_last,bf16", 2), ("now", "fold_bn,fuse,channels_last,bf16", 4)]
 
 
 def point(code: str, paths: tuple[str, ...], batch: int) -> float:
@@ -54,13 +63,14 @@ def point(code: str, paths: tuple[str, ...], batch: int) -> float:
     return 8 / min(times)
 
 
-def main(before: str) -> None:
+def main(before: str, native: bool) -> None:
     codes = {"before": before, "now": str(HERE)}
+    isas = {"native": (None, None)} if native else ISAS
     rows = []
     for rep in range(2):
-        for isa, (onednn, aten) in ISAS.items():
-            env = {**os.environ, "ONEDNN_MAX_CPU_ISA": onednn, "ATEN_CPU_CAPABILITY": aten}
-            for code, paths, batch in POINTS[isa]:
+        for isa, (onednn, aten) in isas.items():
+            env = {**os.environ, "ONEDNN_MAX_CPU_ISA": onednn, "ATEN_CPU_CAPABILITY": aten} if onednn else os.environ
+            for code, paths, batch in (NATIVE if native else POINTS[isa]):
                 out = subprocess.run([sys.executable, __file__, "--point", codes[code], paths, str(batch)], env=env,
                                      capture_output=True, text=True, check=True).stdout
                 rows.append({"ISA": isa, "code": code, "path": paths.replace(",", " + ") or "eager", "batch": batch,
@@ -77,4 +87,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--point":
         print(json.dumps(point(sys.argv[2], tuple(p for p in sys.argv[3].split(",") if p), int(sys.argv[4]))))
     else:
-        main(sys.argv[1])
+        main(sys.argv[1], "--native" in sys.argv[2:])
