@@ -161,7 +161,8 @@ def _predict_defaults() -> str:
 
     d = {f.name: f.default for f in fields(PredictOptions)}
     return (f"threshold {d['threshold']:g}, components from {d['min_volume_ml']:g} mL, the {d['bone_margin_mm']:g} mm "
-            f"bone gate, findings of mean {d['max_mean_hu']:g} HU or more left out as metal")
+            f"bone gate, findings of mean {d['max_mean_hu']:g} HU or more left out as metal"
+            + (", the bone mask by its HU rules" if d["refine_bone"] else ""))
 
 
 def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None) -> dict:

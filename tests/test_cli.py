@@ -202,7 +202,8 @@ def test_every_cli_default_is_its_config_fields_default():
         ("predict",): (PredictOptions, {"min_volume": ("min_volume_ml", same),
                                         "no_dicom_seg": ("dicom_seg", lambda v: not v),
                                         "fast": ("paths", lambda v: None if v is None else parse_paths(v)),
-                                        "bone_margin": ("bone_margin_mm", same)}, {"min_voxels"}),
+                                        "bone_margin": ("bone_margin_mm", same),
+                                        "raw_bone": ("refine_bone", lambda v: not v)}, {"min_voxels"}),
     }
     root = typer.main.get_command(app)
     for path, (config, renamed, unset) in commands.items():

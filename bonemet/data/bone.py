@@ -46,22 +46,74 @@ def _ball(spacing: tuple[float, ...], mm: float) -> np.ndarray:
     return sum(g ** 2 for g in grids) <= mm ** 2 + 1e-6
 
 
+def _box(mask: np.ndarray, pad: int | list[int] = 0) -> tuple[slice, ...] | None:
+    """The smallest box that holds ``mask``'s voxels, grown by ``pad`` on every side within the array; None when
+    ``mask`` is empty."""
+    pads = [pad] * mask.ndim if isinstance(pad, int) else pad
+    box = []
+    for d, (n, p) in enumerate(zip(mask.shape, pads)):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
+        if idx.size == 0:
+            return None
+        box.append(slice(max(0, int(idx[0]) - p), min(n, int(idx[-1]) + p + 1)))
+    return tuple(box)
+
+
+def dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``mask`` dilated by a symmetric ``footprint`` (odd sides), nothing taken from outside the array: as
+    ``ndimage.binary_dilation``, by one shifted OR per footprint voxel, within the box of ``mask``'s voxels."""
+    out = np.zeros_like(mask, dtype=bool)
+    half = [s // 2 for s in footprint.shape]
+    box = _box(mask, half)
+    if box is None:
+        return out
+    src, dst = mask[box], out[box]
+    for off in np.argwhere(footprint) - half:
+        s = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(off, src.shape))
+        d = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(off, src.shape))
+        dst[d] |= src[s]
+    return out
+
+
+def fill_holes_slices(mask: np.ndarray, max_pixels: float | None = None) -> np.ndarray:
+    """``mask`` with the holes of each axial slice (last axis) filled: as ``ndimage.binary_fill_holes`` slice by
+    slice (the background 4-connected within its slice), in one labelling; with ``max_pixels`` only the holes of at
+    most that many pixels. Holes lie inside the box of ``mask`` grown by one pixel, whose rim is background joined
+    to the slice's border, so only that box is labelled."""
+    out = mask.copy()
+    box = _box(mask, [1, 1, 0])
+    if box is None:
+        return out
+    structure = np.zeros((3, 3, 3), bool)
+    structure[:, :, 1] = ndi.generate_binary_structure(2, 1)
+    labels, n = ndi.label(~mask[box], structure)
+    hole = np.ones(n + 1, bool)
+    hole[np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(),
+                                   labels[:, 0].ravel(), labels[:, -1].ravel()]))] = False
+    if max_pixels is not None:
+        hole &= np.bincount(labels.ravel(), minlength=n + 1) <= max_pixels
+    hole[0] = False  # the mask's own voxels
+    out[box] |= hole[labels]
+    return out
+
+
 def insertion_bone_mask(vol: Volume) -> np.ndarray:
     """Voxels of ``vol`` (an HU volume, axial slices along its last axis) that are surely bone; may be empty."""
-    hu = np.asarray(vol.array, np.float32)
+    hu = np.ascontiguousarray(vol.array, np.float32)  # a reoriented volume is a strided view: slow to compare
     fine = max(vol.spacing[:2]) <= FINE_PIXEL_MM
     mask = hu >= LOW_HU
     if fine:
-        mask &= ndi.maximum_filter(hu, footprint=_ball(vol.spacing, NEAR_DENSE_MM)) >= DENSE_HU
-    labels, n = ndi.label(mask)
-    if n == 0:
+        mask &= dilate(hu >= DENSE_HU, _ball(vol.spacing, NEAR_DENSE_MM))
+    box = _box(mask)
+    if box is None:
         return mask
-    dense_ml = ndi.sum(hu >= DENSE_HU, labels, range(1, n + 1)) * float(np.prod(vol.spacing)) / 1000.0
+    labels, n = ndi.label(mask[box])
+    dense_ml = np.bincount(labels[hu[box] >= DENSE_HU], minlength=n + 1)[1:] * float(np.prod(vol.spacing)) / 1000.0
     keep = np.zeros(n + 1, bool)
     keep[1:] = dense_ml >= SEED_ML
-    mask = keep[labels]
-    for k in range(mask.shape[2]):
-        mask[:, :, k] = ndi.binary_fill_holes(mask[:, :, k])
+    mask = np.zeros_like(mask)
+    mask[box] = keep[labels]
+    mask = fill_holes_slices(mask)
     if fine:
         mask = ndi.binary_erosion(mask, _ball(vol.spacing, ERODE_MM))
     return mask
@@ -77,9 +129,7 @@ def partial_bone_labels(vol: Volume) -> np.ndarray:
     bone mask can still teach the bone head where its bones surely are and surely are not. Checked against
     TotalSegmentator's masks of the two real series that have one (``docs/real-ct-findings.md``)."""
     hu = np.asarray(vol.array, np.float32)
-    near = ndi.binary_dilation(hu >= LOW_HU, _ball(vol.spacing, FAR_MM))
-    for k in range(near.shape[2]):
-        near[:, :, k] = ndi.binary_fill_holes(near[:, :, k])
+    near = fill_holes_slices(dilate(hu >= LOW_HU, _ball(vol.spacing, FAR_MM)))
     labels = np.full(hu.shape, UNKNOWN_BONE, np.uint8)
     labels[~near] = NOT_BONE
     labels[insertion_bone_mask(vol)] = BONE
@@ -100,5 +150,5 @@ def partial_label_map(label: np.ndarray, unknown: float | None = None) -> np.nda
     return out
 
 
-__all__ = ["insertion_bone_mask", "partial_bone_labels", "partial_label_map", "LOW_HU", "DENSE_HU", "SEED_ML",
+__all__ = ["insertion_bone_mask", "dilate", "fill_holes_slices", "partial_bone_labels", "partial_label_map", "LOW_HU", "DENSE_HU", "SEED_ML",
            "NOT_BONE", "UNKNOWN_BONE", "BONE", "FAR_MM"]

@@ -22,6 +22,10 @@ from ..errors import BonemetError
 from ..fileio import atomic_dir, check_output, write_csv, write_json
 from ..log import console, logger
 from ..reporting.report import write_report
+from .bone import CUT as BONE_CUT
+from .bone import FLOOR_HU as BONE_FLOOR_HU
+from .bone import HOLE_MM2 as BONE_HOLE_MM2
+from .bone import refine_bone
 from .lesions import MIRROR_SHIFT_MM, find_lesions, match_truth
 from .runners import ClsRunner, SegRunner
 from .scan import Scan, read_scan
@@ -52,6 +56,7 @@ class PredictOptions:
     bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
     max_mean_hu: float | None = 2000.0  # a lesion this dense on average is metal, not bone (None: no such rule)
     symmetry_hu: float | None = None  # a lesion this close in HU to its mirror image is normal anatomy (None: off)
+    refine_bone: bool = True  # the bone mask by inference.bone's HU rules (False: the bone output at threshold)
     tta: bool = False  # also run every model on the left-right mirrored slices and average
     viewer: bool = True  # the interactive viewer in report.html
     viewer_max_mb: float = 64.0  # embedded images above which the report keeps still images only
@@ -208,7 +213,10 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
             times["classification s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     lesion_vol, bone_vol = _to_volume(lesion_p), (_to_volume(bone_p) if bone_p is not None else None)
-    bone_mask = bone_vol >= opts.threshold if bone_vol is not None else None
+    bone_mask = None
+    if bone_vol is not None:
+        refine = opts.refine_bone and scan.has_hu
+        bone_mask = refine_bone(bone_vol, scan.volume) if refine else bone_vol >= opts.threshold
     hu = scan.volume.array if scan.volume is not None else None
     spacing = scan.volume.spacing if scan.volume is not None else None
     gate: dict = {}
@@ -258,6 +266,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
         "versions": _versions(), "timings": times, "warnings": warnings,
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
                     "window": opts.window or "as trained", "test-time augmentation": "flip" if opts.tta else "none",
+                    "bone mask": _bone_rule(opts, bone_mask, scan),
                     "bone gate": _bone_gate(opts, bone_mask, scan, gate),
                     "metal rule": _metal_rule(opts, scan, gate), "symmetry rule": _symmetry_rule(opts, scan, gate)},
     }
@@ -299,6 +308,17 @@ def _hu_rule(value: float | None, scan: Scan, says: Callable[[float], str]) -> s
     if value is None:
         return "off"
     return says(value) if scan.has_hu else "not applied: image slices carry no HU"
+
+
+def _bone_rule(opts: PredictOptions, bone_mask: np.ndarray | None, scan: Scan) -> str:
+    """How the bone mask was made, in words, for the summary."""
+    if bone_mask is None:
+        return "none: the segmentation model has no bone output"
+    if opts.refine_bone and scan.has_hu:
+        return (f"the bone output at {BONE_CUT:g}, inside the body, at least {BONE_FLOOR_HU:g} HU, holes up to "
+                f"{BONE_HOLE_MM2:g} mm2 filled, with the bone HU alone is sure of")
+    why = "" if opts.refine_bone else " (--raw-bone)"
+    return f"the bone output at the threshold, {opts.threshold:g}{why}"
 
 
 def _metal_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:

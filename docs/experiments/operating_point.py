@@ -8,9 +8,14 @@ threshold, smallest lesion volume and a metal rule (a finding whose mean is at l
 and the scanner's clipped maximum, not bone).
 
     .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta] [--models DIR] [--symmetry]
+        [--bone-rules]
 
 ``--symmetry``: the third choice is the symmetry rule instead (``predict --symmetry-hu D`` for each D of
 SYMMETRIC_HU, none first), the metal rule on as ``predict``'s default has it.
+
+``--bone-rules``: the third choice is the bone mask the bone gate uses: the bone output at the threshold
+(``predict --raw-bone``) or the bone mask of ``bonemet.inference.bone``'s HU rules (``predict``'s default), the
+metal rule on.
 
 ``--tta``: the models also run on the left-right mirrored slices and the two are averaged (``predict --tta``).
 ``--models DIR``: leave-one-out models from another folder laid out like ``BUILD/work`` (``without-real*/seg``,
@@ -28,6 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bonemet.inference.bone import refine_bone
 from bonemet.inference.lesions import find_lesions
 from bonemet.inference.predict import PredictOptions, Predictor
 from bonemet.inference.scan import read_scan
@@ -50,10 +56,15 @@ def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] 
 
 
 def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None,
-             symmetry_hu: float | None = None) -> tuple[list, np.ndarray]:
-    """The kept lesions and their label volume (canonical grid), as predict finds them at this operating point."""
+             symmetry_hu: float | None = None, bone_rules: bool = False) -> tuple[list, np.ndarray]:
+    """The kept lesions and their label volume (canonical grid), as predict finds them at this operating point;
+    ``bone_rules``: the bone gate on the bone mask of ``bonemet.inference.bone`` (``predict``'s default) instead of
+    the bone output at the threshold (``predict --raw-bone``)."""
     vol = case["volume"]
-    lesions, kept = find_lesions(case["p"] >= threshold, case["p"], vol.array, case["bone"] >= threshold,
+    if bone_rules and "refined" not in case:
+        case["refined"] = refine_bone(case["bone"], vol)
+    bone = case["refined"] if bone_rules else case["bone"] >= threshold
+    lesions, kept = find_lesions(case["p"] >= threshold, case["p"], vol.array, bone,
                                  vol.spacing, 10, min_ml, voxel_mm3=vol.voxel_volume_mm3, bone_margin_mm=3.0,
                                  symmetry_hu=symmetry_hu)
     if max_mean_hu is not None:
@@ -90,16 +101,22 @@ def held_out_cases(build: Path, tta: bool = False, models: Path | None = None) -
     return cases
 
 
-def main(build: Path, tta: bool = False, models: Path | None = None, symmetry: bool = False) -> None:
+def main(build: Path, tta: bool = False, models: Path | None = None, symmetry: bool = False,
+         bone_rules: bool = False) -> None:
     cases = held_out_cases(build, tta, models)
     rows = []
-    rules = [(2000.0, d) for d in SYMMETRIC_HU] if symmetry else [(m, None) for m in MAX_MEAN_HU]
+    if bone_rules:
+        rules = [(2000.0, None, False), (2000.0, None, True)]
+    elif symmetry:
+        rules = [(2000.0, d, False) for d in SYMMETRIC_HU]
+    else:
+        rules = [(m, None, False) for m in MAX_MEAN_HU]
     for threshold in THRESHOLDS:
         for min_ml in MIN_VOLUMES:
-            for max_hu, sym_hu in rules:
+            for max_hu, sym_hu, refined in rules:
                 n_real, metastatic, largest, found, total, fp = [], 0, 0.0, 0, 0, 0
                 for case in cases:
-                    lesions, kept = findings(case, threshold, min_ml, max_hu, sym_hu)
+                    lesions, kept = findings(case, threshold, min_ml, max_hu, sym_hu, refined)
                     if case["kind"] == "real":
                         n_real.append(len(lesions))
                         metastatic += bool(lesions)
@@ -112,7 +129,8 @@ def main(build: Path, tta: bool = False, models: Path | None = None, symmetry: b
                     total += len(big)
                     touched = set(np.unique(native[ids > 0]).tolist())
                     fp += sum(1 for les in lesions if les.id not in touched)
-                rule = {"symmetry rule": sym_hu or "-"} if symmetry else {"metal rule": max_hu or "-"}
+                rule = ({"bone mask": "HU rules" if refined else "raw"} if bone_rules else
+                        {"symmetry rule": sym_hu or "-"} if symmetry else {"metal rule": max_hu or "-"})
                 rows.append({"threshold": threshold, "min mL": min_ml, **rule,
                              "findings per real scan": round(float(np.mean(n_real)), 2),
                              "per scan": " / ".join(map(str, n_real)), "called metastatic": metastatic,
@@ -148,5 +166,6 @@ def _option(name: str) -> Path | None:
 
 if __name__ == "__main__":
     models = _option("--models")
-    args = [a for a in sys.argv[1:] if a not in ("--tta", "--models", "--symmetry", str(models))]
-    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv, models, "--symmetry" in sys.argv)
+    args = [a for a in sys.argv[1:] if a not in ("--tta", "--models", "--symmetry", "--bone-rules", str(models))]
+    main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv, models, "--symmetry" in sys.argv,
+         "--bone-rules" in sys.argv)
