@@ -36,8 +36,8 @@ def _torso() -> tuple[Volume, np.ndarray, dict[str, np.ndarray]]:
     n = 160
     y, x = np.mgrid[:n, :n] + 0.5
     r_body, r_v, r_rib = np.hypot(x - 80, y - 70), np.hypot(x - 80, y - 90), np.hypot(x - 50, y - 60)
-    parts = {"body": r_body <= 60, "cortex": (r_v <= 9) & (r_v > 6), "marrow": r_v <= 6, "rim": (r_v > 9) & (r_v <= 11),
-             "rib": r_rib <= 4, "table": (y >= 140) & (y < 146) & (x > 20) & (x < 140)}
+    parts = {"body": r_body <= 60, "cortex": (r_v <= 9) & (r_v > 6), "marrow": r_v <= 6,
+             "rim": (r_v > 9) & (r_v <= 11), "rib": r_rib <= 4, "table": (y >= 140) & (y < 146) & (x > 20) & (x < 140)}
     hu = np.full((n, n), -1000.0)
     hu[parts["body"]] = 40.0
     hu[parts["marrow"]] = 60.0
@@ -48,9 +48,8 @@ def _torso() -> tuple[Volume, np.ndarray, dict[str, np.ndarray]]:
     prob[parts["marrow"]] = 0.2
     prob[parts["table"]] = 0.8
     prob[parts["rib"]] = 0.1
-    # rows along y, as the tests of data.bone lay slices out
     vol = Volume(np.repeat(hu[:, :, None], 5, axis=2).astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
-    return vol, np.repeat(prob[:, :, None], 5, axis=2), {k: v for k, v in parts.items()}
+    return vol, np.repeat(prob[:, :, None], 5, axis=2), parts
 
 
 def test_refine_bone_keeps_bone_and_drops_rim_and_table() -> None:

@@ -79,7 +79,7 @@ def fill_holes_slices(mask: np.ndarray, max_pixels: float | None = None) -> np.n
     """``mask`` with the holes of each axial slice (last axis) filled: as ``ndimage.binary_fill_holes`` slice by
     slice (the background 4-connected within its slice), in one labelling; with ``max_pixels`` only the holes of at
     most that many pixels. Holes lie inside the box of ``mask`` grown by one pixel, whose rim is background joined
-    to the slice's border, so only that box is labelled."""
+    to the slice's border (or is that border), so only that box is labelled."""
     out = mask.copy()
     box = _box(mask, [1, 1, 0])
     if box is None:
@@ -150,5 +150,5 @@ def partial_label_map(label: np.ndarray, unknown: float | None = None) -> np.nda
     return out
 
 
-__all__ = ["insertion_bone_mask", "dilate", "fill_holes_slices", "partial_bone_labels", "partial_label_map", "LOW_HU", "DENSE_HU", "SEED_ML",
-           "NOT_BONE", "UNKNOWN_BONE", "BONE", "FAR_MM"]
+__all__ = ["insertion_bone_mask", "dilate", "fill_holes_slices", "partial_bone_labels", "partial_label_map", "LOW_HU",
+           "DENSE_HU", "SEED_ML", "NOT_BONE", "UNKNOWN_BONE", "BONE", "FAR_MM"]
