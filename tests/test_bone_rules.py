@@ -98,3 +98,15 @@ def test_predict_reports_the_refined_bone_mask_and_raw_bone_gives_the_output(pha
     assert summary["options"]["bone mask"] == "the bone output at the threshold, 0.5 (--raw-bone)"
     written = np.asarray(nib.load(tmp_path / "out" / "bone_mask.nii.gz").dataobj) > 0
     assert np.array_equal(written, raw.native_masks()["bone"][0] > 0)
+
+
+def test_without_sure_bone_predict_falls_back_to_the_output_and_says_so(phantom, seg_run) -> None:
+    vol, prob, parts = _torso()
+    vol.array[vol.array > 500] = 500.0  # no cortex of 600 HU: the body rule would keep nothing
+    assert refine_bone(prob, vol) is None
+    img = nib.load(phantom / "volumes" / "P001" / "ct.nii.gz")
+    soft = nib.Nifti1Image(np.minimum(np.asarray(img.dataobj), 500).astype(np.int16), img.affine)
+    pred = bonemet.predict(soft, seg=seg_run, probabilities=True, device="cpu")
+    assert pred.bone_mask is not None and np.array_equal(pred.bone_mask, pred.bone_probability >= 0.5)
+    assert pred.summary["options"]["bone mask"].startswith("the bone output at the threshold, 0.5: no bone dense")
+    assert any("no bone dense enough" in w for w in pred.summary["warnings"])

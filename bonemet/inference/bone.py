@@ -43,11 +43,14 @@ def body_mask(hu: np.ndarray, sure: np.ndarray) -> np.ndarray:
     return fill_holes_slices(keep[labels])
 
 
-def refine_bone(prob: np.ndarray, vol: Volume) -> np.ndarray:
+def refine_bone(prob: np.ndarray, vol: Volume) -> np.ndarray | None:
     """The bone mask of the network's bone probability ``prob`` on ``vol``'s grid (``vol`` in HU), by the rules
-    above."""
+    above; None when HU alone is sure of no bone in ``vol`` (no 0.05 mL of cortex at 600 HU or more: a scan too
+    coarse or too soft), where the body rule would keep nothing."""
     hu = np.ascontiguousarray(vol.array, np.float32)  # a reoriented volume is a strided view: slow to compare
     sure = insertion_bone_mask(Volume(hu, vol.affine))
+    if not sure.any():
+        return None
     bone = (np.ascontiguousarray(prob) >= CUT) & body_mask(hu, sure) & (hu >= FLOOR_HU)
     return fill_holes_slices(bone, HOLE_MM2 / (vol.spacing[0] * vol.spacing[1])) | sure
 
