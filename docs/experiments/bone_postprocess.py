@@ -13,10 +13,11 @@ this table. Rules tried, alone and together (each on the canonical grid of the s
   around a cortex goes; marrow inside a ring comes back);
 * ``sure``: the bone that HU alone is sure of (``bonemet.data.bone.insertion_bone_mask``) added.
 
-    .venv/bin/python docs/experiments/bone_postprocess.py MODELS [CACHE]
+    .venv/bin/python docs/experiments/bone_postprocess.py MODELS [CACHE] [--tta]
 
 ``MODELS``: a folder with ``without-background0/seg`` and ``without-background1/seg`` (a build's ``work`` folder,
-or ``recipe_variants.py``'s ``OUT/work``); ``CACHE``: where the probabilities are kept between runs.
+or ``recipe_variants.py``'s ``OUT/work``); ``CACHE``: where the probabilities are kept between runs; ``--tta``: the
+models also run on the mirrored slices (``predict --tta``).
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     return 2 * both / (pred.sum() + truth.sum()), both / max(1, pred.sum()), both / truth.sum()
 
 
-def main(models: Path, cache: Path) -> None:
+def main(models: Path, cache: Path, tta: bool = False) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     cases = []
     for i, (ct, mask) in enumerate(SERIES):
         vol = read_volume(REAL / ct)
         f = cache / f"bone{i}.npy"
         if not f.exists():
-            np.save(f, segment(models / f"without-background{i}" / "seg", REAL / ct)["bone"])
+            np.save(f, segment(models / f"without-background{i}" / "seg", REAL / ct, tta)["bone"])
         hu, sure = np.asarray(vol.array, np.float32), insertion_bone_mask(vol)
         cases.append({"name": ct, "p": np.load(f), "hu": hu, "spacing": vol.spacing, "vol": vol,
                       "truth": read_mask_like(REAL / mask, vol), "body": body_mask(hu, sure), "sure": sure})
@@ -84,4 +85,5 @@ def main(models: Path, cache: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/bone_postprocess"))
+    args = [a for a in sys.argv[1:] if a != "--tta"]
+    main(Path(args[0]), Path(args[1]) if len(args) > 1 else Path("/tmp/bone_postprocess"), "--tta" in sys.argv)
