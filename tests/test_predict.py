@@ -109,6 +109,24 @@ def test_dicom_seg_reads_back_and_references_the_source(phantom, seg_run, tmp_pa
     assert np.array_equal(frame > 0, lesion[:, :, k].T)
 
 
+def test_an_empty_specific_character_set_still_gets_a_seg(phantom, seg_run, tmp_path):
+    """An empty SpecificCharacterSet (seen in a public series) means the default repertoire; highdicom refuses the
+    empty value, so it is dropped from the headers the SEG copies."""
+    import highdicom as hd
+
+    src = tmp_path / "series"
+    src.mkdir()
+    for f in sorted((phantom / "dicom" / _metastatic_patient(phantom)).iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet = ""
+        ds.save_as(src / f.name)
+    r = invoke("predict", src, "--seg", seg_run, "--out", tmp_path / "pred", "--no-viewer")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert not any("DICOM-SEG" in w for w in summary["warnings"]), summary["warnings"]
+    assert hd.seg.segread(tmp_path / "pred" / "lesions_seg.dcm").Modality == "SEG"
+
+
 def test_dicom_seg_survives_negated_direction_cosines(phantom, tmp_path):
     """A series stored right-to-left and posterior-to-anterior: SEG frames must follow the source pixels."""
     from bonemet.data.dicom import read_dicom_series

@@ -95,6 +95,8 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         for key in TYPE2_COPIED:  # type-2 attributes the SEG copies from its source: present, possibly empty
             if key not in ds:
                 setattr(ds, key, "")
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty, which the standard does not allow: the default repertoire
         if str(ds.get("PatientSex", "")) not in ("M", "F", "O", ""):
             ds.PatientSex = ""  # a value outside the standard's three would stop the SEG; unknown is allowed
     algo = hd.AlgorithmIdentificationSequence(name="bonemet", version=__version__,
