@@ -28,7 +28,7 @@ from ..data.bone import fill_holes_slices, insertion_bone_mask
 from ..data.volume import Volume
 
 CUT = 0.4
-BODY_HU = -300.0
+BODY_HU = -300.0  # fat's lower edge: denser than this is body (the lesion sites' body outline too)
 FLOOR_HU = 100.0
 HOLE_MM2 = 150.0
 

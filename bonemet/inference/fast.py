@@ -217,8 +217,7 @@ class FastModel(nn.Module):
         if self.ov_model is not None:
             return self.ov_model(x)
         if self.ort_model is not None:
-            outs = [torch.from_numpy(o) for o in self.ort_model.run(None, {"image": x.contiguous().numpy()})]
-            return tuple(outs) if len(outs) > 1 else outs[0]
+            return _outputs([torch.from_numpy(o) for o in self.ort_model.run(None, {"image": x.contiguous().numpy()})])
         if "channels_last" in self.paths:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16) if "bf16" in self.paths
@@ -334,9 +333,13 @@ class OpenVinoModel:
             self.requests[shape] = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
         request = self.requests[shape]
         request.infer({"image": x.float().contiguous().numpy()})
-        outs = [torch.from_numpy(np.array(request.get_output_tensor(i).data))
-                for i in range(len(request.model_outputs))]
-        return tuple(outs) if len(outs) > 1 else outs[0]
+        return _outputs([torch.from_numpy(np.array(request.get_output_tensor(i).data))
+                         for i in range(len(request.model_outputs))])
+
+
+def _outputs(outs: list[torch.Tensor]):
+    """A runtime's outputs as the torch model gives them: (lesion, bone), or lesion alone."""
+    return tuple(outs) if len(outs) > 1 else outs[0]
 
 
 def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> bytes:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.measure import largest_axial_diameter
+from .bone import BODY_HU
 
 DELTA_HU = 100.0
 RING = 3  # voxels of surrounding bone compared with a lesion
@@ -67,7 +68,7 @@ def lesion_type(values: np.ndarray | list[np.ndarray], surrounding: float) -> st
 
 def body_slice(hu_k: np.ndarray) -> np.ndarray:
     """The body of one axial slice (i, j): everything denser than fat's lower edge, holes filled."""
-    return ndimage.binary_fill_holes(hu_k > -300, structure=np.ones((3, 3), bool))
+    return ndimage.binary_fill_holes(hu_k > BODY_HU, structure=np.ones((3, 3), bool))
 
 
 def rough_site(center: tuple[float, float, float], bone: np.ndarray | None, hu: np.ndarray) -> str:

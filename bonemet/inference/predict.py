@@ -214,12 +214,12 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
             times["classification s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     lesion_vol, bone_vol = _to_volume(lesion_p), (_to_volume(bone_p) if bone_p is not None else None)
-    bone_mask, bone_rule = None, _bone_rule(opts, bone_vol is not None, scan)
+    bone_mask, no_sure_bone = None, False
     if bone_vol is not None:
         if opts.refine_bone and scan.has_hu:
             bone_mask = refine_bone(bone_vol, scan.volume)
-            if bone_mask is None:
-                bone_rule = f"the bone output at the threshold, {opts.threshold:g}: {NO_SURE_BONE}"
+            no_sure_bone = bone_mask is None
+            if no_sure_bone:
                 warnings.append(f"{NO_SURE_BONE}: the bone mask is the network's output at the threshold")
         if bone_mask is None:
             bone_mask = bone_vol >= opts.threshold
@@ -272,7 +272,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
         "versions": _versions(), "timings": times, "warnings": warnings,
         "options": {"threshold": opts.threshold, "min_volume_ml": opts.min_volume_ml, "min_voxels": opts.min_voxels,
                     "window": opts.window or "as trained", "test-time augmentation": "flip" if opts.tta else "none",
-                    "bone mask": bone_rule,
+                    "bone mask": _bone_rule(opts, bone_mask is not None, scan, no_sure_bone),
                     "bone gate": _bone_gate(opts, bone_mask, scan, gate),
                     "metal rule": _metal_rule(opts, scan, gate), "symmetry rule": _symmetry_rule(opts, scan, gate)},
     }
@@ -316,10 +316,12 @@ def _hu_rule(value: float | None, scan: Scan, says: Callable[[float], str]) -> s
     return says(value) if scan.has_hu else "not applied: image slices carry no HU"
 
 
-def _bone_rule(opts: PredictOptions, has_bone: bool, scan: Scan) -> str:
-    """How the bone mask is made, in words, for the summary."""
+def _bone_rule(opts: PredictOptions, has_bone: bool, scan: Scan, no_sure_bone: bool) -> str:
+    """How the bone mask was made, in words, for the summary."""
     if not has_bone:
         return "none: the segmentation model has no bone output"
+    if no_sure_bone:
+        return f"the bone output at the threshold, {opts.threshold:g}: {NO_SURE_BONE}"
     if opts.refine_bone and scan.has_hu:
         return (f"the bone output at {BONE_CUT:g}, inside the body, at least {BONE_FLOOR_HU:g} HU, holes up to "
                 f"{BONE_HOLE_MM2:g} mm2 filled, with the bone HU alone is sure of")
