@@ -8,7 +8,9 @@
    (lytic, blastic and mixed; one patient per real scan, so that its copies share a
    fold; its slices without an inserted lesion are real negatives); each ``--real`` series (real CT without
    labelled lesions and without a bone mask) whole, as negatives whose bone term is left out of the loss, or with
-   ``--partial-bone`` taken from a partial bone label by HU (``data.bone.partial_bone_labels``);
+   ``--partial-bone`` taken from a partial bone label by HU (``data.bone.partial_bone_labels``); a series of a
+   background's own patient (``--same-patient SERIES:BACKGROUND``: another series or a longer stretch of the same
+   body) the same way, as that patient's, so that it shares the background's fold and is left out with it;
 2. leave one real patient out: for each ``--real`` series, an EH-AttUnet++ (2 x Hybrid-AttUnet++, width 8,
    physical scale: 3 mm pixels, a 384 mm field; intensity randomisation; 12 epochs, ``--epochs``) trained on
    everything but that series,
@@ -49,6 +51,8 @@ class Recipe:
 
     backgrounds: list[tuple[Path, Path | None]]  # real CT and its bone mask (or None: the HU rule of data.bone)
     real: list[Path] = field(default_factory=list)  # real CT without labels: negatives, and left out one at a time
+    # real CT without labels of a background's own patient: (series, that background's CT); negatives of that patient
+    same_patient: list[tuple[Path, Path]] = field(default_factory=list)
     copies: int = 3
     lesions: int = 6
     phantom_patients: int = 8
@@ -119,7 +123,27 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
             convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window=recipe.window,
                              partial_bone=recipe.partial_bone)
         negatives[scan] = (out, f"real{j}", f"N{j}")
+    for k, (scan, ct) in enumerate(recipe.same_patient):
+        out = data / f"same-patient{k}"
+        patient = f"B{background_index(recipe, ct)}"
+        if not out.exists():
+            convert_to_bmseg(scan, out, lesion_free=True, patient=patient, window=recipe.window,
+                             partial_bone=recipe.partial_bone)
+        negatives[scan] = (out, f"same-patient{k}", patient)
     return sources, negatives
+
+
+def background_index(recipe: Recipe, ct: Path) -> int:
+    """The index of background ``ct`` in ``recipe.backgrounds`` (paths compared resolved)."""
+    found = [i for i, (c, _) in enumerate(recipe.backgrounds) if c.resolve() == ct.resolve()]
+    if not found:
+        raise BonemetError("--same-patient names a background that is not a --background", ct)
+    return found[0]
+
+
+def without_patient(sources: Sequence[tuple], negatives: dict, patient: str) -> list[tuple]:
+    """Every training source but those of ``patient`` (a background's copies and its own patient's negatives)."""
+    return [s for s in [*sources, *negatives.values()] if s[2] != patient]
 
 
 def _merge(recipe: Recipe, folder: Path, sources: list) -> Path:
@@ -257,6 +281,7 @@ OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior",
 def _inputs(recipe: Recipe) -> dict:
     return {"backgrounds": [[str(c), str(b) if b else None] for c, b in recipe.backgrounds],
             "real": [str(p) for p in recipe.real], "quick": recipe.quick,
+            "same_patient": [[str(p), str(c)] for p, c in recipe.same_patient],
             **{k: getattr(recipe, k) for k in OPTIONS}}
 
 
@@ -265,6 +290,7 @@ def _recipe_from(inputs: dict) -> Recipe:
     options = {k: inputs[k] for k in OPTIONS if k in inputs}
     return Recipe([(Path(c), Path(b) if b else None) for c, b in inputs["backgrounds"]],
                   [Path(p) for p in inputs["real"]],
+                  [(Path(p), Path(c)) for p, c in inputs.get("same_patient", [])],
                   quick=inputs.get("quick", False), **options)
 
 
@@ -289,6 +315,14 @@ def _check(recipe: Recipe) -> None:
                                "left out", p)
     if len({p.resolve() for p in recipe.real}) < len(recipe.real):
         raise BonemetError("a --real series is given twice")
+    given = trained | {p.resolve() for p in recipe.real}
+    for p, ct in recipe.same_patient:
+        if not p.exists():
+            raise BonemetError("--same-patient series not found", p)
+        if p.resolve() in given:
+            raise BonemetError("the --same-patient series is also a --background or a --real series", p)
+        given.add(p.resolve())
+        background_index(recipe, ct)
 
 
 def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False) -> Path:
@@ -300,16 +334,16 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
 
     _check(recipe)
     if not resume:
-        check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b if p), *recipe.real])
+        check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b if p), *recipe.real,
+                                                  *(p for p, _ in recipe.same_patient)])
     elif not (out / "recipe.json").exists():
         raise BonemetError("--resume needs a folder an earlier 'bonemet models build' started (no recipe.json)", out)
     else:
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
-            raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member, --lesion-prior, --partial-bone or --quick than the build in "
-                               "this folder was "
-                               f"started with: {started['command']}",
+            raise BonemetError("--resume with other backgrounds, real series, --same-patient, --epochs, --copies, "
+                               "--window, --real-in-every-member, --lesion-prior, --partial-bone or --quick than the "
+                               f"build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
     work = out / "work"
@@ -330,8 +364,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     for i, (ct, bone) in enumerate(left_out):
         console.print(f"[bold]leave one background out[/bold] ({i + 1}/{len(recipe.backgrounds)}): "
                       f"trained without {ct}")
-        others = [src for src in sources if src[2] != f"B{i}"]
-        run = _train(recipe, work / f"without-background{i}", others + list(negatives.values()))
+        run = _train(recipe, work / f"without-background{i}", without_patient(sources, negatives, f"B{i}"))
         row = _findings(run, ct, work / f"without-background{i}" / "predict", bone)
         by_background.append({**row, **_inserted(run, recipe, ct, bone, i, work)})
     console.print("[bold]the model[/bold]: trained on all of it")
@@ -379,7 +412,9 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
     backgrounds = "\n".join(f"  - `{series_label(Path(c))}` " + (f"(bone mask `{Path(b).name}`)" if b else
                                                                   "(no bone mask: placed by HU, no bone label)")
                             for c, b in recipe.backgrounds)
-    real = "\n".join(f"  - `{series_label(p)}`" for p in recipe.real) or "  - none"
+    real = "\n".join([*(f"  - `{series_label(p)}`" for p in recipe.real),
+                      *(f"  - `{series_label(p)}`, the same patient as `{series_label(c)}`: in its fold, left out with "
+                        "it, not measured on its own" for p, c in recipe.same_patient)]) or "  - none"
     real_bone = ("a partial bone label from HU alone: sure bone, sure no bone, and the unknown pixels left out of "
                  "the bone term, `bonemet/data/bone.py`" if recipe.partial_bone
                  else "no bone mask: the bone term leaves them out")

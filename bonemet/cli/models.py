@@ -57,6 +57,14 @@ def _pair(text: str) -> tuple[Path, Path | None]:
     return Path(ct), Path(mask)
 
 
+def _same(text: str) -> tuple[Path, Path]:
+    """SERIES:BACKGROUND_CT."""
+    series, sep, ct = text.rpartition(":")
+    if not sep or not series or not ct:
+        raise typer.BadParameter(f"'{text}' is not SERIES:BACKGROUND_CT")
+    return Path(series), Path(ct)
+
+
 @app.command()
 def build(
     out: Annotated[Path, typer.Argument(help="New folder: the stages' outputs (work/) and the bundled model.")],
@@ -65,6 +73,11 @@ def build(
                                                        "bone is sure); lesions are inserted into it (repeatable).")],
     real: Annotated[list[Path], typer.Option(help="A real CT series without labels: its slices are negatives, and "
                                                   "each is left out once to count findings on it (repeatable).")]
+        = [],  # noqa: B006
+    same_patient: Annotated[list[str], typer.Option(help="SERIES:BACKGROUND_CT: a real CT series of a background's "
+                                                         "own patient (another series, or a longer stretch of the "
+                                                         "same body): negatives like --real, but in that patient's "
+                                                         "fold and left out with it (repeatable).")]
         = [],  # noqa: B006
     resume: Annotated[bool, typer.Option(help="Go on with an interrupted build in OUT.")] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of each training (a GPU affords more).")] = 12,
@@ -95,8 +108,8 @@ def build(
     from .data import check_window
 
     check_window(window)
-    recipe = Recipe([_pair(b) for b in background], list(real), epochs=epochs, copies=copies, window=window,
-                    real_in_every_member=real_in_every_member, lesion_prior=lesion_prior, partial_bone=partial_bone,
+    recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
+                    copies=copies, window=window, real_in_every_member=real_in_every_member, lesion_prior=lesion_prior, partial_bone=partial_bone,
                     scale_aug=scale_aug, width=width, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)

@@ -69,8 +69,9 @@ def main(window: str, epochs: int, copies: int, out: Path, build: Path, intensit
     for i, (ct, bone) in enumerate(recipe.backgrounds[:measured]):
         folder = work / ("with-every-background" if seen else f"without-background{i}")
         t = time.perf_counter()
-        kept = [s for s in sources if seen or s[2] != f"B{i}"]
-        run = recipe_module._train(recipe, folder, kept + list(negatives.values()))
+        kept = ([*sources, *negatives.values()] if seen else
+                recipe_module.without_patient(sources, negatives, f"B{i}"))
+        run = recipe_module._train(recipe, folder, kept)
         row = recipe_module._findings(run, ct, folder / (f"predict{i}" if seen else "predict"), bone)
         row.update(recipe_module._inserted(run, recipe, ct, bone, i, work))
         row["minutes"] = round((time.perf_counter() - t) / 60, 1)
