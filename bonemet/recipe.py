@@ -341,9 +341,9 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     else:
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
-            raise BonemetError("--resume with other backgrounds, real series, --same-patient, --epochs, --copies, "
-                               "--window, --real-in-every-member, --lesion-prior, --partial-bone or --quick than the "
-                               f"build in this folder was started with: {started['command']}",
+            raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
+                               "--real-in-every-member, --lesion-prior, --partial-bone, --same-patient or --quick "
+                               f"than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
     work = out / "work"

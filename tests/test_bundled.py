@@ -90,12 +90,38 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
     an option an older build did not record reads back as its default."""
     from bonemet import recipe as rc
 
-    given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"], epochs=3, copies=2, window="multi",
+    given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"],
+                      [(tmp_path / "longer.nii.gz", tmp_path / "ct.nii.gz")], epochs=3, copies=2, window="multi",
                       real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16)
     assert rc._recipe_from(rc._inputs(given)) == given
-    older = {k: v for k, v in rc._inputs(given).items() if k not in ("scale_aug", "width")}
+    older = {k: v for k, v in rc._inputs(given).items() if k not in ("scale_aug", "width", "same_patient")}
     back = rc._recipe_from(older)
-    assert (back.scale_aug, back.width, back.epochs) == (0.0, 8, 3)
+    assert (back.scale_aug, back.width, back.epochs, back.same_patient) == (0.0, 8, 3, [])
+
+
+def test_a_series_of_a_backgrounds_patient_trains_in_its_fold_and_is_left_out_with_it(real_ct, tmp_path):
+    """``--same-patient SERIES:BACKGROUND``: the series' slices are negatives named as the background's patient
+    (so the patient-level folds keep them together), every training that leaves that background out leaves them
+    out too, and it is never left out (measured) on its own; a series given twice or a background not given is
+    refused."""
+    from bonemet import recipe as rc
+
+    abdomen = real_ct / "abdomen_3mm_ct.nii.gz"
+    chest = real_ct / "chest_abdomen_dicom"
+    torso = real_ct / "torso_3mm_ct.nii.gz"  # slices 82-111 are abdomen_3mm_ct's, voxel for voxel
+    recipe = rc.Recipe([(chest, real_ct / "chest_abdomen_dicom_bone_mask.nii.gz"),
+                        (abdomen, real_ct / "abdomen_3mm_bone_mask.nii.gz")], [], [(torso, abdomen)], quick=True)
+    rc._check(recipe)
+    sources, negatives = rc._sources(recipe, tmp_path)
+    assert [(s[1], s[2]) for s in negatives.values()] == [("same-patient0", "B1")]
+    rows = (negatives[torso][0] / "patients.csv").read_text().splitlines()[1:]
+    assert len(rows) == 112 and {r.split(",")[1] for r in rows} == {"B1"}
+    assert [s[1] for s in rc.without_patient(sources, negatives, "B1")] == ["ph", "background0-0"]
+    assert [s[1] for s in rc.without_patient(sources, negatives, "B0")] == ["ph", "background1-0", "same-patient0"]
+    for bad, message in (((torso, real_ct / "torso_3mm_ct.nii.gz"), "not a --background"),
+                         ((abdomen, abdomen), "also a --background or a --real series")):
+        with pytest.raises(BonemetError, match=message):
+            rc._check(rc.Recipe(recipe.backgrounds, [], [bad], quick=True))
 
 
 @pytest.mark.slow
