@@ -5,10 +5,16 @@ seed moves them? NOT part of bonemet.
 For each ``BUILD`` (a ``bonemet models build`` folder: its recipe, and its ``work/data``, linked, not made again),
 each seed and each real series named (``--real=J,K``: indices into the build's ``--real`` list; all by default):
 the build's leave-one-out model for that series trained again at that seed (``without-realJ-seedS``), then
-``predict`` on the series with its default options. Seed 0 is the build's own model (not trained again). Prints
-one row per series and seed, then a table: findings per series, builds as columns.
+``predict`` on the series with its default options. Seed 0 is the build's own model (not trained again). With
+several seeds, also their models as one ensemble (every seed's members' probabilities averaged, then the lesions
+found as ``predict`` finds them: ``operating_point.findings`` with the bone rules and the metal rule; seed "all").
+Prints one row per series and seed, then a table: findings per series, builds as columns.
 
     .venv/bin/python docs/experiments/left_out_seeds.py OUT BUILD [BUILD ...] [--seeds=0,1,2] [--real=2,3]
+        [--neg-ratio=R] [--pos-weight=W]
+
+``--neg-ratio`` / ``--pos-weight``: every training with that ``seg train`` option instead of the recipe's (1 and 10);
+seed 0 is then trained too.
 """
 
 from __future__ import annotations
@@ -19,18 +25,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 import bonemet.recipe as recipe_module
+from operating_point import findings, segment
 from bonemet.markdown import markdown_table
 
 
-def _at_seed(seed: int) -> None:
-    """Every training the recipe starts from now on uses ``seed`` (as ``recipe_variants.py --seed``)."""
+def _configure(seed: int, overrides: dict) -> None:
+    """Every training the recipe starts from now on uses ``seed`` (as ``recipe_variants.py --seed``) and the
+    training options ``overrides`` (``neg_ratio``, ``pos_weight``)."""
     original = getattr(recipe_module, "_original_seg_config", recipe_module._seg_config)
     recipe_module._original_seg_config = original
-    recipe_module._seg_config = lambda *a, **k: replace(original(*a, **k), seed=seed)
+    recipe_module._seg_config = lambda *a, **k: replace(original(*a, **k), seed=seed, **overrides)
 
 
-def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None) -> None:
+def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None, overrides: dict) -> None:
     rows = []
     for build in builds:
         build = build.resolve()
@@ -42,24 +52,33 @@ def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None
         sources, negatives = recipe_module._sources(recipe, work)  # all made already: read, not written
         for j in real if real is not None else range(len(recipe.real)):
             scan = recipe.real[j]
+            runs = []
             for seed in seeds:
                 t = time.perf_counter()
-                if seed == 0:
+                if seed == 0 and not overrides:
                     run, folder = build / "work" / f"without-real{j}" / "seg", work / f"without-real{j}-seed0"
                 else:
-                    _at_seed(seed)
+                    _configure(seed, overrides)
                     folder = work / f"without-real{j}-seed{seed}"
                     run = recipe_module._train(recipe, folder, sources + [v for k, v in negatives.items()
                                                                           if k != scan])
+                runs.append(run)
                 row = recipe_module._findings(run, scan, folder / "predict")
                 row.update(build=build.name, seed=seed, minutes=round((time.perf_counter() - t) / 60, 1))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if len(runs) > 1:
+                cases = [segment(run, scan) for run in runs]
+                case = {**cases[0], **{k: np.mean([c[k] for c in cases], axis=0) for k in ("p", "bone")}}
+                lesions, _ = findings(case, 0.5, 0.05, 2000.0, bone_rules=True)
+                rows.append({"series": rows[-1]["series"], "findings": len(lesions), "largest mL": round(max(
+                    [les.volume_ml for les in lesions], default=0.0), 1), "build": build.name, "seed": "all"})
+                print(json.dumps(rows[-1]), flush=True)
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     names = [b.resolve().name for b in builds]
     table = []
     for series in dict.fromkeys(r["series"] for r in rows):
-        for seed in seeds:
+        for seed in [*seeds, "all"]:
             cells = {r["build"]: f"{r['findings']} ({r['largest mL']} mL)" for r in rows
                      if r["series"] == series and r["seed"] == seed}
             table.append({"series": series, "seed": seed, **{n: cells.get(n, "-") for n in names}})
@@ -70,4 +89,5 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     main(Path(args[0]), [Path(b) for b in args[1:]], [int(s) for s in opts.get("seeds", "0,1").split(",")],
-         [int(j) for j in opts["real"].split(",")] if "real" in opts else None)
+         [int(j) for j in opts["real"].split(",")] if "real" in opts else None,
+         {k.replace("-", "_"): float(opts[k]) for k in ("neg-ratio", "pos-weight") if k in opts})
