@@ -5,7 +5,8 @@ seed moves them? NOT part of bonemet.
 For each ``BUILD`` (a ``bonemet models build`` folder: its recipe, and its ``work/data``, linked, not made again),
 each seed and each real series named (``--real=J,K``: indices into the build's ``--real`` list; all by default):
 the build's leave-one-out model for that series trained again at that seed (``without-realJ-seedS``), then
-``predict`` on the series with its default options. Seed 0 is the build's own model (not trained again). With
+``predict`` on the series with its default options. Seed 0 is the build's own model where it has one (not trained
+again; ``BUILD`` may also be a folder with only a ``recipe.json``, whose data are then made in ``work/data``). With
 several seeds, also their models as one ensemble (every seed's members' probabilities averaged, then the lesions
 found as ``predict`` finds them: ``operating_point.findings`` with the bone rules and the metal rule; seed "all").
 Prints one row per series and seed, then a table: findings per series, builds as columns.
@@ -47,6 +48,7 @@ def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None
         recipe = recipe_module.recipe_of(build)
         work = out.resolve() / build.name / "work"
         work.mkdir(parents=True, exist_ok=True)
+        (build / "work" / "data").mkdir(parents=True, exist_ok=True)
         if not (work / "data").exists():
             (work / "data").symlink_to(build / "work" / "data")
         sources, negatives = recipe_module._sources(recipe, work)  # all made already: read, not written
@@ -55,8 +57,9 @@ def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None
             runs = []
             for seed in seeds:
                 t = time.perf_counter()
-                if seed == 0 and not overrides:
-                    run, folder = build / "work" / f"without-real{j}" / "seg", work / f"without-real{j}-seed0"
+                own = build / "work" / f"without-real{j}" / "seg"
+                if seed == 0 and not overrides and (own / "fold1" / "done.json").exists():
+                    run, folder = own, work / f"without-real{j}-seed0"
                 else:
                     _configure(seed, overrides)
                     folder = work / f"without-real{j}-seed{seed}"
