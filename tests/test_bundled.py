@@ -122,6 +122,10 @@ def test_a_series_of_a_backgrounds_patient_trains_in_its_fold_and_is_left_out_wi
                          ((abdomen, abdomen), "also a --background or a --real series")):
         with pytest.raises(BonemetError, match=message):
             rc._check(rc.Recipe(recipe.backgrounds, [], [bad], quick=True))
+    missing = invoke("models", "build", tmp_path / "b", "--quick", "--background", chest, "--same-patient",
+                     f"{tmp_path / 'none.nii.gz'}:{chest}")
+    assert missing.returncode == 2 and not (tmp_path / "b").exists()
+    assert_clean_failure(missing, "--same-patient series not found")
 
 
 @pytest.mark.slow
