@@ -51,7 +51,7 @@ def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None
         (build / "work" / "data").mkdir(parents=True, exist_ok=True)
         if not (work / "data").exists():
             (work / "data").symlink_to(build / "work" / "data")
-        sources, negatives = recipe_module._sources(recipe, work)  # all made already: read, not written
+        sources, negatives = recipe_module._sources(recipe, work)  # made once, in BUILD/work/data
         for j in real if real is not None else range(len(recipe.real)):
             scan = recipe.real[j]
             runs = []
