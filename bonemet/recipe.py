@@ -323,6 +323,39 @@ def _check(recipe: Recipe) -> None:
             raise BonemetError("the --same-patient series is also a --background or a --real series", p)
         given.add(p.resolve())
         background_index(recipe, ct)
+    _check_patients_apart(recipe)
+
+
+def _check_patients_apart(recipe: Recipe) -> None:
+    """Refuse two patients of the recipe (a background with its ``same_patient`` series, or a ``--real`` series)
+    that share an axial slice voxel for voxel: one scan cut into two (a longer series and a stretch of it) is one
+    patient, and as two it would leak a "held-out" series into the training that measures it."""
+    import hashlib
+
+    import numpy as np
+
+    from .data.ct import read_volume
+
+    patients = [(f"B{i}", ct) for i, (ct, _) in enumerate(recipe.backgrounds)]
+    patients += [(f"B{background_index(recipe, ct)}", p) for p, ct in recipe.same_patient]
+    patients += [(f"N{j}", p) for j, p in enumerate(recipe.real)]
+    seen: dict[bytes, tuple[str, Path]] = {}
+    for patient, path in patients:
+        arr = read_volume(path).array
+        shared: dict[Path, int] = {}
+        for k in range(arr.shape[2]):
+            plane = np.ascontiguousarray(arr[..., k])
+            if plane.min() == plane.max():
+                continue  # a blank slice says nothing about the patient
+            key = hashlib.blake2b(repr(plane.shape).encode() + plane.tobytes(), digest_size=16).digest()
+            other = seen.setdefault(key, (patient, path))
+            if other[0] != patient:
+                shared[other[1]] = shared.get(other[1], 0) + 1
+        if shared:
+            other, n = next(iter(shared.items()))
+            raise BonemetError(f"shares {n} axial slice(s), voxel for voxel, with {other}: one patient, which would "
+                               "leak into the training that leaves it out (give a series of a background's patient "
+                               "as --same-patient SERIES:BACKGROUND_CT, or leave it out)", path)
 
 
 def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False) -> Path:
