@@ -117,20 +117,24 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
                                    patient=f"B{i}", window=recipe.window)
             sources.append((out / "bmseg", f"background{i}-{c}", f"B{i}"))  # the patient names the background
     negatives = {}
-    for j, scan in enumerate(recipe.real):
-        out = data / f"real{j}"
+    patients = _patients(recipe)
+    for name, scan in [*((f"real{j}", s) for j, s in enumerate(recipe.real)),
+                       *((f"same-patient{k}", s) for k, (s, _) in enumerate(recipe.same_patient))]:
+        out = data / name
         if not out.exists():
-            convert_to_bmseg(scan, out, lesion_free=True, patient=f"N{j}", window=recipe.window,
+            convert_to_bmseg(scan, out, lesion_free=True, patient=patients[scan], window=recipe.window,
                              partial_bone=recipe.partial_bone)
-        negatives[scan] = (out, f"real{j}", f"N{j}")
-    for k, (scan, ct) in enumerate(recipe.same_patient):
-        out = data / f"same-patient{k}"
-        patient = f"B{background_index(recipe, ct)}"
-        if not out.exists():
-            convert_to_bmseg(scan, out, lesion_free=True, patient=patient, window=recipe.window,
-                             partial_bone=recipe.partial_bone)
-        negatives[scan] = (out, f"same-patient{k}", patient)
+        negatives[scan] = (out, name, patients[scan])
     return sources, negatives
+
+
+def _patients(recipe: Recipe) -> dict[Path, str]:
+    """Every series of the recipe and its patient: ``B{i}`` for background ``i`` and the ``same_patient`` series of
+    it, ``N{j}`` for ``--real`` series ``j``."""
+    patients = {ct: f"B{i}" for i, (ct, _) in enumerate(recipe.backgrounds)}
+    patients.update({p: f"B{background_index(recipe, ct)}" for p, ct in recipe.same_patient})
+    patients.update({p: f"N{j}" for j, p in enumerate(recipe.real)})
+    return patients
 
 
 def background_index(recipe: Recipe, ct: Path) -> int:
@@ -336,11 +340,8 @@ def _check_patients_apart(recipe: Recipe) -> None:
 
     from .data.ct import read_volume
 
-    patients = [(f"B{i}", ct) for i, (ct, _) in enumerate(recipe.backgrounds)]
-    patients += [(f"B{background_index(recipe, ct)}", p) for p, ct in recipe.same_patient]
-    patients += [(f"N{j}", p) for j, p in enumerate(recipe.real)]
     seen: dict[bytes, tuple[str, Path]] = {}
-    for patient, path in patients:
+    for path, patient in _patients(recipe).items():
         arr = read_volume(path).array
         shared: dict[Path, int] = {}
         for k in range(arr.shape[2]):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .measure import bounding_box
 from .volume import Volume
 
 # a partial bone label: what a PNG bone mask holds where the rule is sure of bone, sure of no bone, or neither
@@ -46,25 +47,12 @@ def _ball(spacing: tuple[float, ...], mm: float) -> np.ndarray:
     return sum(g ** 2 for g in grids) <= mm ** 2 + 1e-6
 
 
-def _box(mask: np.ndarray, pad: int | list[int] = 0) -> tuple[slice, ...] | None:
-    """The smallest box that holds ``mask``'s voxels, grown by ``pad`` on every side within the array; None when
-    ``mask`` is empty."""
-    pads = [pad] * mask.ndim if isinstance(pad, int) else pad
-    box = []
-    for d, (n, p) in enumerate(zip(mask.shape, pads)):
-        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
-        if idx.size == 0:
-            return None
-        box.append(slice(max(0, int(idx[0]) - p), min(n, int(idx[-1]) + p + 1)))
-    return tuple(box)
-
-
 def dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """``mask`` dilated by a symmetric ``footprint`` (odd sides), nothing taken from outside the array: as
     ``ndimage.binary_dilation``, by one shifted OR per footprint voxel, within the box of ``mask``'s voxels."""
     out = np.zeros_like(mask, dtype=bool)
     half = [s // 2 for s in footprint.shape]
-    box = _box(mask, half)
+    box = bounding_box(mask, half)
     if box is None:
         return out
     src, dst = mask[box], out[box]
@@ -81,7 +69,7 @@ def fill_holes_slices(mask: np.ndarray, max_pixels: float | None = None) -> np.n
     most that many pixels. Holes lie inside the box of ``mask`` grown by one pixel, whose rim is background joined
     to the slice's border (or is that border), so only that box is labelled."""
     out = mask.copy()
-    box = _box(mask, [1, 1, 0])
+    box = bounding_box(mask, [1, 1, 0])
     if box is None:
         return out
     structure = np.zeros((3, 3, 3), bool)
@@ -104,7 +92,7 @@ def insertion_bone_mask(vol: Volume) -> np.ndarray:
     mask = hu >= LOW_HU
     if fine:
         mask &= dilate(hu >= DENSE_HU, _ball(vol.spacing, NEAR_DENSE_MM))
-    box = _box(mask)
+    box = bounding_box(mask)
     if box is None:
         return mask
     labels, n = ndi.label(mask[box])

@@ -9,6 +9,19 @@ from scipy.spatial import ConvexHull, QhullError
 __all__ = ["largest_axial_diameter"]
 
 
+def bounding_box(mask: np.ndarray, pad: int | list[int] = 0) -> tuple[slice, ...] | None:
+    """The smallest box that holds ``mask``'s voxels, grown by ``pad`` (one for all axes, or one per axis) on every
+    side within the array; None when ``mask`` is empty."""
+    pads = [pad] * mask.ndim if isinstance(pad, int) else pad
+    box = []
+    for d, (n, p) in enumerate(zip(mask.shape, pads)):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
+        if idx.size == 0:
+            return None
+        box.append(slice(max(0, int(idx[0]) - p), min(n, int(idx[-1]) + p + 1)))
+    return tuple(box)
+
+
 def largest_axial_diameter(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
     """Largest in-plane distance (mm) between two voxels of ``mask`` on one axial slice (i, j, k order)."""
     best = 0.0

@@ -24,13 +24,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.bone import fill_holes_slices, insertion_bone_mask
+from ..data.bone import DENSE_HU, SEED_ML, fill_holes_slices, insertion_bone_mask
 from ..data.volume import Volume
 
 CUT = 0.4
 BODY_HU = -300.0  # fat's lower edge: denser than this is body (the lesion sites' body outline too)
 FLOOR_HU = 100.0
 HOLE_MM2 = 150.0
+IN_WORDS = (f"the bone output at {CUT:g}, inside the body, at least {FLOOR_HU:g} HU, holes up to {HOLE_MM2:g} mm2 "
+            "filled, with the bone HU alone is sure of")  # for predict's summary
+NO_SURE_BONE = (f"no bone dense enough for the bone mask's HU rules (no {SEED_ML:g} mL of {DENSE_HU:g} HU or "
+                "more)")  # why refine_bone gave None
 
 
 def body_mask(hu: np.ndarray, sure: np.ndarray) -> np.ndarray:
@@ -55,4 +59,4 @@ def refine_bone(prob: np.ndarray, vol: Volume) -> np.ndarray | None:
     return fill_holes_slices(bone, HOLE_MM2 / (vol.spacing[0] * vol.spacing[1])) | sure
 
 
-__all__ = ["refine_bone", "body_mask", "CUT", "BODY_HU", "FLOOR_HU", "HOLE_MM2"]
+__all__ = ["refine_bone", "body_mask", "CUT", "BODY_HU", "FLOOR_HU", "HOLE_MM2", "IN_WORDS", "NO_SURE_BONE"]

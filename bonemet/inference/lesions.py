@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..data.measure import largest_axial_diameter
+from ..data.measure import bounding_box, largest_axial_diameter
 from .bone import BODY_HU
 
 DELTA_HU = 100.0
@@ -118,7 +118,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     (``mirror_mean_hu``); ``stats["symmetric"]`` counts them.
     """
     kept = np.zeros(lesion_mask.shape, np.int16)
-    box0 = _bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
+    box0 = bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
     if box0 is None:
         return [], kept
     labels, n = _label(lesion_mask[box0])
@@ -296,17 +296,6 @@ def _measure(labels: np.ndarray, idx: int, origin: tuple[int, ...], box: tuple[s
             result["surrounding"] = sur = round(float(np.median(np.concatenate(ring))), 1)
             result["type"] = lesion_type(vals, sur)
     return result
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """The smallest box holding every set voxel of ``mask``, or None when none is set."""
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:

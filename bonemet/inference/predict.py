@@ -22,16 +22,13 @@ from ..errors import BonemetError
 from ..fileio import atomic_dir, check_output, write_csv, write_json
 from ..log import console, logger
 from ..reporting.report import write_report
-from .bone import CUT as BONE_CUT
-from .bone import FLOOR_HU as BONE_FLOOR_HU
-from .bone import HOLE_MM2 as BONE_HOLE_MM2
-from .bone import refine_bone
+from .bone import IN_WORDS as BONE_RULES
+from .bone import NO_SURE_BONE, refine_bone
 from .lesions import MIRROR_SHIFT_MM, find_lesions, match_truth
 from .runners import ClsRunner, SegRunner
 from .scan import Scan, read_scan
 
 TOP_K_SLICES = 3
-NO_SURE_BONE = "no bone dense enough for the bone mask's HU rules (no 0.05 mL of 600 HU or more)"
 
 
 @dataclass
@@ -323,8 +320,7 @@ def _bone_rule(opts: PredictOptions, has_bone: bool, scan: Scan, no_sure_bone: b
     if no_sure_bone:
         return f"the bone output at the threshold, {opts.threshold:g}: {NO_SURE_BONE}"
     if opts.refine_bone and scan.has_hu:
-        return (f"the bone output at {BONE_CUT:g}, inside the body, at least {BONE_FLOOR_HU:g} HU, holes up to "
-                f"{BONE_HOLE_MM2:g} mm2 filled, with the bone HU alone is sure of")
+        return BONE_RULES
     why = "" if opts.refine_bone else " (--raw-bone)"
     return f"the bone output at the threshold, {opts.threshold:g}{why}"
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..data.measure import largest_axial_diameter
+from ..data.measure import bounding_box, largest_axial_diameter
 
 LESION_TYPES = ("lytic", "blastic", "mixed")
 SITES = {1: "spine", 2: "rib", 3: "pelvis", 4: "long bone", 5: "other"}
@@ -127,13 +127,9 @@ def bone_depth_mm(bone: np.ndarray, spacing: tuple[float, float, float]) -> np.n
     the whole volume's (a real CT's bone fills a fraction of its field)."""
     bone = np.asarray(bone, bool)
     depth = np.zeros(bone.shape, np.float32)
-    if not bone.any():
-        return depth
-    box = []
-    for axis in range(bone.ndim):
-        hit = np.flatnonzero(bone.any(axis=tuple(a for a in range(bone.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, bone.shape[axis])))
-    depth[tuple(box)] = ndimage.distance_transform_edt(bone[tuple(box)], sampling=spacing)
+    box = bounding_box(bone, 1)
+    if box is not None:
+        depth[box] = ndimage.distance_transform_edt(bone[box], sampling=spacing)
     return depth
 
 
