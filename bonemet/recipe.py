@@ -217,6 +217,7 @@ def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: P
     import nibabel as nib
     import numpy as np
 
+    from .evaluation.metrics import lesions_found
     from .phantom.synth import synthesize_from_ct
 
     case = work / "data" / f"inserted-test{i}"
@@ -227,11 +228,14 @@ def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: P
     pred = _predict(model, vol / "ct.nii.gz", work / f"without-background{i}" / "predict-inserted",
                     truth=vol / "lesion_mask.nii.gz")
     ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
-    found = set(np.unique(ids[pred.native_masks()["lesion"][0] > 0]).tolist()) - {0}
+    kept = pred.scan.volume.to_native(pred.labels)[0]
+    found, localised, _ = lesions_found(kept, ids, {les.id: les.voxels for les in pred.lesions})
     with open(case / "lesions.csv", newline="") as fh:
-        lesions = [{"kind": r["kind"], "diameter_mm": float(r["diameter_mm"]), "found": int(r["lesion_id"]) in found}
-                   for r in csv.DictReader(fh)]
-    return {"lesions": lesions, "false_positives": pred.summary["truth"]["false_positive_lesions"]}
+        lesions = [{"kind": r["kind"], "diameter_mm": float(r["diameter_mm"]), "found": int(r["lesion_id"]) in found,
+                    "localised": int(r["lesion_id"]) in localised} for r in csv.DictReader(fh)]
+    truth = pred.summary["truth"]
+    return {"lesions": lesions, "false_positives": truth["false_positive_lesions"],
+            "off_target": truth["off_target_lesions"]}
 
 
 def sensitivity_table(lesions: list[dict]) -> list[dict]:
@@ -415,6 +419,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     results = {"leave_one_out": lopo, "leave_background_out": by_background,
                "inserted_sensitivity": sensitivity_table(inserted),
                "inserted_sensitivity_10mm": round(sum(les["found"] for les in big) / len(big), 3) if big else None,
+               "inserted_localised_sensitivity_10mm": (round(sum(les["localised"] for les in big) / len(big), 3)
+                                                       if big else None),
                "inserted_false_positives_per_scan": (round(sum(r["false_positives"] for r in by_background)
                                                            / len(by_background), 2) if by_background else None),
                "leave_one_out_mean_findings": round(sum(r["findings"] for r in lopo) / len(lopo), 2) if lopo else None,
@@ -438,6 +444,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
 
 def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
     from .data.bone import DENSE_HU, LOW_HU
+    from .evaluation.metrics import LOCALISED_SHARE
 
     lopo = "\n".join(f"| {x['series']} | {x['slices']} | {x['findings']} | {x['largest mL']} | "
                      f"{x['verdict']} ({x['probability']}) |" for x in r["leave_one_out"])
@@ -536,7 +543,9 @@ Inserted lesions found, by largest axial diameter and type (the left-out backgro
 {sens_table}
 
 Sensitivity for lesions of 10 mm or more: {r['inserted_sensitivity_10mm']}; false positives per scan with inserted
-lesions: {r['inserted_false_positives_per_scan']}.
+lesions: {r['inserted_false_positives_per_scan']}. Counted only when the finding is localised (at least
+{LOCALISED_SHARE:.0%} of its voxels in inserted lesions: a long stretch of normal bone that touches a lesion does not
+count): {r['inserted_localised_sensitivity_10mm']}.
 
 ## Measured on phantom patients of another seed
 

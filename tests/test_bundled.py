@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import bonemet
 from bonemet.errors import BonemetError
@@ -182,9 +183,20 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
         assert sum(les["found"] for les in row["lesions"]) == len(set(np.unique(ids[written]).tolist()) - {0})
         assert truth["found"] <= sum(les["found"] for les in row["lesions"])
         assert row["false_positives"] == truth["false_positive_lesions"]
+        # localised: some component of the written mask that overlaps it has a quarter of its voxels in lesions
+        comp, n = ndimage.label(written, np.ones((3, 3, 3), bool))
+        share = {c: ((comp == c) & (ids > 0)).sum() / (comp == c).sum() for c in range(1, n + 1)}
+        ids_in_order = sorted(set(np.unique(ids).tolist()) - {0})
+        assert [les["localised"] for les in row["lesions"]] == [
+            any(share[c] >= 0.25 for c in set(np.unique(comp[ids == i]).tolist()) - {0}) for i in ids_in_order]
+        assert row["off_target"] == sum(v < 0.25 for v in share.values()) == truth["off_target_lesions"]
     assert 0.0 <= results["leave_background_out"][0]["bone Dice"] <= 1.0
     assert "bone Dice" not in results["leave_background_out"][1] and "| real_ct/chest_abdomen_dicom | - |" in card
     assert "(no bone mask: placed by HU, no bone label)" in card
+    localised = [les["localised"] for row in results["leave_background_out"] for les in row["lesions"]
+                 if les["diameter_mm"] >= 10.0]
+    assert results["inserted_localised_sensitivity_10mm"] == round(sum(localised) / len(localised), 3)
+    assert f"does not\ncount): {results['inserted_localised_sensitivity_10mm']}." in card
     assert "every real series trains both members" in card
     assert "The lesion head's bias starts at the log-odds of 0.01" in card
     assert "every slice a negative (a partial bone label from HU alone" in card

@@ -77,13 +77,40 @@ def test_match_truth_counts_found_missed_and_false_lesions():
     truth[2:5, 2:5, 2:5] = True  # true lesion A
     truth[12:15, 12:15, 2:5] = True  # true lesion B, missed
     mask = np.zeros(truth.shape, bool)
-    mask[3:7, 3:7, 3:6] = True  # overlaps A
+    mask[3:7, 3:7, 3:6] = True  # overlaps A: 8 of its 48 voxels, so not localised
     mask[2:6, 14:18, 6:9] = True  # overlaps nothing
     prob = mask.astype(np.float16)
     found, kept = find_lesions(mask, prob, None, None, None, min_voxels=1)
     m = match_truth(found, kept, truth)
-    assert m == {"true_lesions": 2, "found": 1, "lesion_recall": 0.5, "false_positive_lesions": 1,
-                 "predicted_lesions": 2}
+    assert m == {"true_lesions": 2, "found": 1, "lesion_recall": 0.5, "found_localised": 0, "localised_recall": 0.0,
+                 "false_positive_lesions": 1, "off_target_lesions": 2, "predicted_lesions": 2}
+
+
+def test_a_large_finding_that_only_touches_a_lesion_finds_it_but_is_not_localised():
+    """Lesion A marked by a component twice its size (half of it in A: localised); lesion B touched by a long
+    stretch of which B is a tenth (found by overlap, not localised, off target); lesion C marked by a component of
+    exactly the cut's share (localised); no component overlaps nothing."""
+    from bonemet.evaluation.metrics import lesions_found
+    from bonemet.inference.lesions import match_truth
+
+    truth = np.zeros((40, 40, 40), bool)
+    truth[2:6, 2:6, 2:6] = True  # A: 64 voxels
+    truth[20:22, 20:22, 20:25] = True  # B: 20 voxels
+    truth[30:32, 2:4, 30:32] = True  # C: 8 voxels
+    mask = np.zeros(truth.shape, bool)
+    mask[2:6, 2:6, 2:10] = True  # 128 voxels, 64 in A
+    mask[20:22, 20:22, 20:40] = True  # 80 voxels, 20 in B ...
+    mask[20:22, 22:24, 20:40] = True  # ... and 80 beside: 160 voxels, 20 in B (1/8)
+    mask[30:32, 2:10, 30:32] = True  # 32 voxels, 8 in C (exactly 1/4)
+    found, kept = find_lesions(mask, mask.astype(np.float16), None, None, None, min_voxels=1)
+    m = match_truth(found, kept, truth)
+    assert (m["found"], m["found_localised"], m["false_positive_lesions"], m["off_target_lesions"]) == (3, 2, 0, 1)
+    assert m["localised_recall"] == pytest.approx(2 / 3)
+    tlab = np.zeros(truth.shape, np.int16)
+    tlab[2:6, 2:6, 2:6], tlab[20:22, 20:22, 20:25], tlab[30:32, 2:4, 30:32] = 7, 8, 9
+    hit, localised, off_target = lesions_found(kept, tlab, {les.id: les.voxels for les in found})
+    stretch = next(les.id for les in found if les.voxels == 160)
+    assert (hit, localised, off_target) == ({7, 8, 9}, {7, 9}, {stretch})
 
 
 def test_rough_site_on_a_drawn_body():

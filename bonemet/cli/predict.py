@@ -122,9 +122,9 @@ def predict(
     typer.echo(f"{s['verdict']} (probability {s['probability']:.2f}); {s['lesions']} lesion(s), "
                f"{s['lesion_slices']} slice(s) with lesion")
     if s.get("truth"):
-        t = s["truth"]
-        typer.echo(f"against the truth: {t['found']}/{t['true_lesions']} lesions found, "
-                   f"{t['false_positive_lesions']} false positive lesion(s)")
+        from ..reporting.report import truth_in_words
+
+        typer.echo(f"against the truth: {truth_in_words(s['truth'])}")
     if s.get("bone_truth"):
         typer.echo(f"bone Dice against the given mask: {s['bone_truth']['dice']:.3f}")
     typer.echo(f"report: {out / 'report.html'}")

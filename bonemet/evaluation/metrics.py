@@ -142,6 +142,25 @@ def detect(pred: np.ndarray, truth: np.ndarray) -> Detection:
     return det
 
 
+LOCALISED_SHARE = 0.25  # a finding marks a true lesion when at least this share of its voxels lie in true lesions
+
+
+def lesions_found(kept: np.ndarray, truth_ids: np.ndarray, voxels: Mapping[int, int],
+                  share: float = LOCALISED_SHARE) -> tuple[set[int], set[int], set[int]]:
+    """Which true lesions (ids of ``truth_ids``, 0 = none) the kept components (ids of ``kept``, on the same grid;
+    ``voxels``: each one's size) find in 3D: those any component overlaps; those a *localised* component overlaps,
+    one with at least ``share`` of its voxels in true lesions; and the ids of the components that are not localised
+    (off target). A 100 mL stretch of normal bone that touches a 1 mL lesion finds it by the first rule, not by the
+    second, and is off target."""
+    inside = truth_ids > 0
+    k, t = kept[inside], truth_ids[inside]
+    in_truth = np.bincount(k, minlength=max(voxels, default=0) + 1)  # each component's voxels in true lesions
+    localised = [i for i, n in voxels.items() if in_truth[i] >= share * n]
+    hit = set(np.unique(t[k > 0]).tolist())
+    hit_localised = set(np.unique(t[np.isin(k, localised)]).tolist())
+    return hit, hit_localised, set(voxels) - set(localised)
+
+
 def bootstrap_ci(groups: Mapping[str, object], statistic: Callable[[list[object]], float], n: int = 1000,
                  seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of ``statistic`` over resamples of the groups (patients) with replacement."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.figures import plt
+from ..evaluation.metrics import LOCALISED_SHARE
 from ..fileio import write_text
 from .viewer import DEFAULT_MAX_MB, viewer_section
 
@@ -25,6 +26,13 @@ th{background:#f3f3f3}.verdict{font-size:1.3em;padding:.6em 1em;border-radius:6p
 .pos{background:#fde2e1;color:#8a1010}.neg{background:#e3f4e4;color:#145a1c}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}figcaption{font-size:.8em;color:#555}
 .note{font-size:.8em;color:#666}"""
+
+
+def truth_in_words(t: dict) -> str:
+    """A lesion match against a truth mask (``summary["truth"]``) in one line, for the terminal and the report."""
+    return (f"{t['found']} of {t['true_lesions']} lesions found, {t['found_localised']} by a localised finding "
+            f"({LOCALISED_SHARE:.0%} of it or more in true lesions); {t['false_positive_lesions']} false positive "
+            f"lesion(s), {t['off_target_lesions']} finding(s) off target")
 
 
 def _png(fig) -> str:
@@ -100,8 +108,7 @@ def write_report(path: Path, scan, summary: dict, lesions: list, kept: np.ndarra
         facts.append(("classifier", summary["models"]["classification"]["model"]))
     if summary.get("truth"):
         t = summary["truth"]
-        facts.append(("against the given truth", f"{t['found']} of {t['true_lesions']} lesions found, "
-                                                 f"{t['false_positive_lesions']} false positive lesion(s)"))
+        facts.append(("against the given truth", truth_in_words(t)))
     parts.append("<h2>Summary</h2>" + _table([dict(facts)], [(k, k) for k, _ in facts]))
     for w in summary.get("warnings", []):
         parts.append(f"<p class='note'>warning: {html.escape(w)}</p>")
