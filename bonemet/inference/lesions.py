@@ -312,9 +312,9 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
 def match_truth(found: list[Lesion], kept: np.ndarray, truth: np.ndarray) -> dict:
     """Lesion-level recall against a truth mask: a true lesion (a 3D component of ``truth``) is ``found`` when a
     kept component overlaps it, and ``found_localised`` when one that overlaps it has at least ``LOCALISED_SHARE``
-    of its voxels in true lesions (``evaluation.metrics.lesions_found``); ``false_positive_lesions`` overlap no true lesion,
-    ``off_target_lesions`` have less than that share in true lesions (the false positives and the components that
-    only touch a lesion)."""
+    of its voxels in true lesions (``evaluation.metrics.lesions_found``); ``false_positive_lesions`` overlap no true
+    lesion, ``off_target_lesions`` have less than that share in true lesions (the false positives and the
+    components that only touch a lesion)."""
     tlab, nt = ndimage.label(truth, np.ones((3, 3, 3), bool))
     hit, hit_localised, off_target = lesions_found(kept, tlab, {les.id: les.voxels for les in found})
     touched = set(np.unique(kept[tlab > 0]).tolist()) - {0}
@@ -323,4 +323,3 @@ def match_truth(found: list[Lesion], kept: np.ndarray, truth: np.ndarray) -> dic
             "found_localised": len(hit_localised),
             "localised_recall": float(len(hit_localised) / nt) if nt else None,
             "false_positive_lesions": fp, "off_target_lesions": len(off_target), "predicted_lesions": len(found)}
-
