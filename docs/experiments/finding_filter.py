@@ -1,26 +1,31 @@
-"""Can a second stage tell the left-out models' findings on normal bone from their findings on inserted lesions?
-The false-positive-reduction stage of classic CAD: each finding (a 3D component that ``predict`` keeps) is
-described by a few measured features, and a classifier trained on other patients' findings keeps or drops it.
-NOT part of bonemet.
+"""How many inserted lesions do the leave-one-out models find on patients they never saw, counted by findings that
+mark them; and can a second stage tell their findings on normal bone from those on inserted lesions (the
+false-positive-reduction stage of classic CAD: each finding described by a few measured features, a classifier
+trained on other patients' findings keeps or drops it)? NOT part of bonemet.
 
-``collect``: for each held-out patient of one or more ``bonemet models build`` folders' leave-one-out models (each
-``MODELS`` folder laid out like ``BUILD/work``: ``without-real*/seg``, ``without-background*/seg``, for example one
-per training seed), the model that never saw that patient segments its series as it is and COPIES copies of it
-with 6 new lesions inserted (seeds 3000.., no training or test used; through the background's bone mask, or the HU
-rule of ``bonemet.data.bone`` for a ``--real`` series); each finding ``predict`` would keep (threshold 0.5, the bone
-rules, the metal rule) is measured and written to ``OUT/findings.csv``: label 1 when it overlaps an inserted lesion.
+``collect``: for each held-out patient of a ``bonemet models build`` folder's recipe and each ``MODELS`` folder of
+leave-one-out models laid out like ``BUILD/work`` (``without-real*/seg``, ``without-background*/seg``; for example
+one per training seed), the model that never saw that patient segments its series as it is and COPIES copies of it
+with 6 new lesions inserted (seeds 3000.., used by no training or test; through the background's bone mask, or the
+HU rule of ``bonemet.data.bone`` without one). Each finding ``predict`` would keep at each of THRESHOLDS (the bone
+rules and the metal rule on) is measured and written to ``OUT/findings-T.csv``, with the inserted lesions it
+overlaps and the share of its voxels in them; the lesions to ``OUT/lesions.csv``. Patients and copies are named by
+series, so two builds' folders hold the same lesions.
 
-``evaluate``: leave one patient out at this stage too: for each patient, a classifier fitted on the other patients'
-findings, its cut set so that it keeps SENS of their inserted lesions of 10 mm or more; on the held-out patient:
-findings per scan as it is, and its inserted lesions of 10 mm or more that a kept finding still overlaps.
+``table``: the network alone: per held-out patient, findings per scan as it is, and inserted lesions of 10 mm or
+more found by any overlap and by a localised finding (at least SHARE of its voxels in inserted lesions); then the
+localised ones by lesion type.
+
+``evaluate``: the second stage, leave one patient out: for each patient, a classifier (logistic regression or
+gradient boosting) fitted on the other patients' findings (positive: localised on an inserted lesion), its cut set
+to keep SENS of their localised lesions of 10 mm or more; on the held-out patient: findings per scan as it is,
+kept, and its inserted lesions still found localised.
 
     .venv/bin/python docs/experiments/finding_filter.py collect OUT BUILD MODELS [MODELS ...] [--copies=4]
+        [--thresholds=0.5,0.35]
+    .venv/bin/python docs/experiments/finding_filter.py table OUT [OUT ...] [--threshold=0.5] [--share=0.25]
     .venv/bin/python docs/experiments/finding_filter.py evaluate OUT [--sens=0.85] [--threshold=0.5] [--clf=lr|gb]
         [--share=0.25]
-    .venv/bin/python docs/experiments/finding_filter.py table OUT [OUT ...] [--threshold=0.5] [--share=0.25]
-
-``table``: the network alone, without a filter: findings per scan as it is, and inserted lesions found by any
-overlap and by a localised finding (at least SHARE of its voxels in inserted lesions), per patient and by type.
 """
 
 from __future__ import annotations
