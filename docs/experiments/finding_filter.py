@@ -93,6 +93,9 @@ def collect(out: Path, build: Path, model_dirs: list[Path], copies: int, thresho
     rows: dict = {t: [] for t in thresholds}
     lesions = []
     for folder, scan, bone in patients:
+        if not all((models / folder / "seg").exists() for models in model_dirs):
+            print(f"skipped {scan}: no model without it in every MODELS folder")
+            continue
         name = series_label(scan)  # the same series has the same name and the same copies in every build
         scans = [("as is", scan, None)]
         for c in range(copies):
