@@ -57,7 +57,9 @@ def measure(case: dict, threshold: float = 0.5) -> list[dict]:
     lesions, kept = findings(case, threshold, 0.05, 2000.0, None, bone_rules=True)
     vol = case["volume"]
     hu, sp = vol.array, vol.spacing
-    midline = sagittal_midline(hu)
+    if "midline" not in case:  # one scan, measured at several thresholds
+        case["midline"] = sagittal_midline(hu)
+    midline = case["midline"]
     boxes = ndimage.find_objects(kept)
     native = vol.to_native(kept)[0] if "truth" in case else None
     rows = []

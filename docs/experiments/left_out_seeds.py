@@ -26,10 +26,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 import bonemet.recipe as recipe_module
-from operating_point import findings, segment
+from operating_point import averaged, findings, segment
 from bonemet.markdown import markdown_table
 
 
@@ -72,7 +70,7 @@ def main(out: Path, builds: list[Path], seeds: list[int], real: list[int] | None
                 print(json.dumps(row), flush=True)
             if len(runs) > 1:
                 cases = [segment(run, scan) for run in runs]
-                case = {**cases[0], **{k: np.mean([c[k] for c in cases], axis=0) for k in ("p", "bone")}}
+                case = averaged(cases)
                 lesions, _ = findings(case, 0.5, 0.05, 2000.0, bone_rules=True)
                 rows.append({"series": rows[-1]["series"], "findings": len(lesions), "largest mL": round(max(
                     [les.volume_ml for les in lesions], default=0.0), 1), "build": build.name, "seed": "all"})

@@ -55,6 +55,12 @@ def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] 
             "bone": np.asarray(pred.bone_probability, np.float32), "volume": vol}
 
 
+def averaged(cases: list[dict]) -> dict:
+    """Several models' ``segment`` outputs on one scan as one ensemble: their lesion and bone probabilities
+    averaged."""
+    return {**cases[0], **{k: np.mean([c[k] for c in cases], axis=0) for k in ("p", "bone")}}
+
+
 def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None,
              symmetry_hu: float | None = None, bone_rules: bool = False) -> tuple[list, np.ndarray]:
     """The kept lesions and their label volume (canonical grid), as predict finds them at this operating point;

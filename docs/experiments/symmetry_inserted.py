@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from operating_point import findings, segment
+from operating_point import averaged, findings, segment
 from bonemet.markdown import markdown_table
 from bonemet.phantom.synth import synthesize_from_ct
 from bonemet.recipe import recipe_of
@@ -42,7 +42,7 @@ def count_inserted(build: Path, models: list[Path], out: Path, seeds: int,
                 synthesize_from_ct(ct, bone, case_dir, lesions=8, seed=seed, formats=("volumes",), patient="T")
             vol = case_dir / "volumes" / "T"
             cases = [segment(m / f"without-background{i}" / "seg", vol / "ct.nii.gz") for m in models]
-            case = {**cases[0], **{k: np.mean([c[k] for c in cases], axis=0) for k in ("p", "bone")}}
+            case = averaged(cases)
             truth_bone = np.asarray(nib.load(vol / "bone_mask.nii.gz").dataobj) > 0
             ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
             with open(case_dir / "lesions.csv", newline="") as fh:
