@@ -40,7 +40,8 @@ from .errors import BonemetError
 from .fileio import read_json, write_json, write_text
 from .log import console
 
-NAME = "ehattunet-3mm-v1"
+NAME = "ehattunet-3mm-v1"  # the shipped default; a build at other pixels names its bundle by them (model_name)
+FIELD_MM = 384  # the field a member sees at any pixel size (size = FIELD_MM / pixel_mm, a multiple of 16)
 DESCRIPTION = ("EH-AttUnet++ (2 x Hybrid-AttUnet++) at physical scale, trained on the CT phantom, lesions inserted "
                "into real CT and real negatives; research use only, not a medical device")
 
@@ -60,7 +61,6 @@ class Recipe:
     test_lesions: int = 8  # inserted into a left-out background to measure sensitivity
     epochs: int = 12
     width: int = 8
-    size: int = 128
     pixel_mm: float = 3.0
     intensity_aug: bool = True
     scale_aug: float = 0.0  # random zoom of training samples by up to this fraction either way (seg train --scale-aug)
@@ -71,6 +71,12 @@ class Recipe:
     quick: bool = False
 
     @property
+    def size(self) -> int:
+        """Pixels of a member's square field: about ``FIELD_MM`` at ``pixel_mm`` (128 at 3 mm), a multiple of 16
+        (four halvings in the network)."""
+        return 64 if self.quick else max(16, 16 * round(FIELD_MM / self.pixel_mm / 16))
+
+    @property
     def phantom_shape(self) -> tuple[int, int]:
         """Pixels and slices of the phantom patients, for training and for the test patients alike."""
         return (128, 24) if self.quick else (256, 48)
@@ -78,7 +84,12 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.quick:
             self.copies, self.lesions, self.phantom_patients, self.test_patients, self.test_lesions = 1, 3, 3, 2, 3
-            self.epochs, self.width, self.size, self.pixel_mm = 1, 4, 64, 6.0
+            self.epochs, self.width, self.pixel_mm = 1, 4, 6.0
+
+
+def model_name(recipe: Recipe) -> str:
+    """The bundle's name: ``NAME`` at the default 3 mm pixels, the pixel size in it otherwise."""
+    return NAME if recipe.pixel_mm == 3.0 else NAME.replace("3mm", f"{recipe.pixel_mm:g}mm")
 
 
 def series_label(path: Path) -> str:
@@ -283,7 +294,7 @@ def _epoch_seconds(work: Path) -> float:
 
 
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone",
-           "scale_aug", "width")  # recorded in recipe.json
+           "scale_aug", "width", "pixel_mm")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -364,8 +375,8 @@ def _check_patients_apart(recipe: Recipe) -> None:
 
 
 def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False) -> Path:
-    """Run the recipe into ``out`` (``out/work``: every stage's output; ``out/NAME``: the bundled model, with its
-    card). Returns the bundled model's folder."""
+    """Run the recipe into ``out`` (``out/work``: every stage's output; ``out/`` and ``model_name(recipe)``: the
+    bundled model, with its card). Returns the bundled model's folder."""
     from .bench.seg import cpu_name
     from .fileio import check_output
     from .runs.bundled import package_run
@@ -380,7 +391,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member, --lesion-prior, --partial-bone, --same-patient or --quick "
+                               "--real-in-every-member, --lesion-prior, --partial-bone, --scale-aug, --width, "
+                               "--pixel-mm, --same-patient or --quick "
                                f"than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
@@ -409,7 +421,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     run = _train(recipe, work / "all", sources + list(negatives.values()))
     staged = work / "bundle"
     shutil.rmtree(staged, ignore_errors=True)  # a bundle of an interrupted build: made again from the run
-    package_run(run, staged, NAME, DESCRIPTION)
+    name = model_name(recipe)
+    package_run(run, staged, name, DESCRIPTION)
     console.print("[bold]measuring[/bold] on phantom patients of another seed")
     phantom = _phantom_test(staged, recipe, work)
     shutil.rmtree(staged)
@@ -434,11 +447,11 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
                "cpu": cpu_name(), "bonemet": __version__, "python": platform.python_version()}
     write_json(work / "results.json", results)
     write_text(work / "MODEL_CARD.md", model_card(recipe, results, read_json(run / "config.json", "run config")))
-    bundle = out / NAME
+    bundle = out / name
     shutil.rmtree(bundle, ignore_errors=True)  # this build's own earlier bundle (OUT is a models-build folder)
-    package_run(run, bundle, NAME, DESCRIPTION,
+    package_run(run, bundle, name, DESCRIPTION,
                 extra={"MODEL_CARD.md": work / "MODEL_CARD.md", "results.json": work / "results.json"})
-    console.print(f"bundled model: {bundle} (copy it to bonemet/pretrained/{NAME} to ship it)")
+    console.print(f"bundled model: {bundle} (copy it to bonemet/pretrained/{name} to ship it)")
     return bundle
 
 
@@ -466,7 +479,7 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
     kinds = [k for k in (sens[0] if sens else {}) if k != "size"]
     sens_table = "\n".join(["| size | " + " | ".join(kinds) + " |", "| --- " * (len(kinds) + 1) + "|",
                             *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
-    return f"""# {NAME}
+    return f"""# {model_name(recipe)}
 
 {DESCRIPTION}.
 

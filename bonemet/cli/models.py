@@ -98,19 +98,24 @@ def build(
                                                                 "--scale-aug`); 0: off.")] = 0.0,
     width: Annotated[int, typer.Option(min=1, help="Each member's width (channels of its first level; the thesis' "
                                                    "is 32).")] = 8,
+    pixel_mm: Annotated[float, typer.Option(min=0.5, max=6, help="Pixel size in mm of every member (the field stays "
+                                                               "about 384 mm: 128 px at 3 mm, 192 at 2); a bundle at "
+                                                               "other than 3 mm is named by it.")] = 3.0,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
-                                             "a model to use; overrides --epochs, --copies and --width.")] = False,
+                                             "a model to use; overrides --epochs, --copies, --width and "
+                                             "--pixel-mm.")] = False,
 ) -> None:
     """Re-build the bundled default model from a clean checkout: phantom, lesions inserted into real CT and real
-    negatives; EH-AttUnet++ at 3 mm pixels; each real series left out once to count findings on it; the model on
-    all of it, packaged with a SHA-256 manifest and its model card."""
+    negatives; EH-AttUnet++ at 3 mm pixels (--pixel-mm); each real series left out once to count findings on it;
+    the model on all of it, packaged with a SHA-256 manifest and its model card."""
     from ..recipe import Recipe, build_default_model
     from .data import check_window
 
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
                     copies=copies, window=window, real_in_every_member=real_in_every_member,
-                    lesion_prior=lesion_prior, partial_bone=partial_bone, scale_aug=scale_aug, width=width, quick=quick)
+                    lesion_prior=lesion_prior, partial_bone=partial_bone, scale_aug=scale_aug, width=width,
+                    pixel_mm=pixel_mm, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")
