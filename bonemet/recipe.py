@@ -375,8 +375,8 @@ def _check_patients_apart(recipe: Recipe) -> None:
 
 
 def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False) -> Path:
-    """Run the recipe into ``out`` (``out/work``: every stage's output; ``out/`` and ``model_name(recipe)``: the
-    bundled model, with its card). Returns the bundled model's folder."""
+    """Run the recipe into ``out`` (``out/work``: every stage's output; ``out/<model_name(recipe)>``: the bundled
+    model, with its card). Returns the bundled model's folder."""
     from .bench.seg import cpu_name
     from .fileio import check_output
     from .runs.bundled import package_run

@@ -93,7 +93,8 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
 
     given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"],
                       [(tmp_path / "longer.nii.gz", tmp_path / "ct.nii.gz")], epochs=3, copies=2, window="multi",
-                      real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16, pixel_mm=2.0)
+                      real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16,
+                      pixel_mm=2.0)
     assert rc._recipe_from(rc._inputs(given)) == given
     assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-v1")  # the 384 mm field at 2 mm pixels
     older = {k: v for k, v in rc._inputs(given).items() if k not in ("scale_aug", "width", "same_patient", "pixel_mm")}
