@@ -249,8 +249,9 @@ def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: P
             "off_target": truth["off_target_lesions"]}
 
 
-def sensitivity_table(lesions: list[dict]) -> list[dict]:
-    """Found / true by size band (rows) and lesion type (columns)."""
+def sensitivity_table(lesions: list[dict], key: str = "found") -> list[dict]:
+    """Found / true by size band (rows) and lesion type (columns); ``key``: which flag counts a lesion as found
+    (``found``: any overlap, ``localised``: a finding that marks it)."""
     kinds = sorted({les["kind"] for les in lesions})
     rows = []
     for lo, hi, name in SIZE_BANDS:
@@ -258,7 +259,7 @@ def sensitivity_table(lesions: list[dict]) -> list[dict]:
         row = {"size": name}
         for kind in [*kinds, "all"]:
             sel = [les for les in band if kind in ("all", les["kind"])]
-            row[kind] = f"{sum(les['found'] for les in sel)}/{len(sel)}" if sel else "-"
+            row[kind] = f"{sum(les[key] for les in sel)}/{len(sel)}" if sel else "-"
         rows.append(row)
     return rows
 
@@ -431,6 +432,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     big = [les for les in inserted if les["diameter_mm"] >= 10.0]
     results = {"leave_one_out": lopo, "leave_background_out": by_background,
                "inserted_sensitivity": sensitivity_table(inserted),
+               "inserted_localised_sensitivity": sensitivity_table(inserted, "localised"),
                "inserted_sensitivity_10mm": round(sum(les["found"] for les in big) / len(big), 3) if big else None,
                "inserted_localised_sensitivity_10mm": (round(sum(les["localised"] for les in big) / len(big), 3)
                                                        if big else None),
@@ -475,10 +477,10 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
     held_bg = "\n".join(f"| {x['series']} | {x.get('bone Dice', '-')} | {x['findings']} | {x['largest mL']} | "
                         f"{sum(les['found'] for les in x['lesions'])}/{len(x['lesions'])} | {x['false_positives']} |"
                         for x in r["leave_background_out"])
-    sens = r["inserted_sensitivity"]
-    kinds = [k for k in (sens[0] if sens else {}) if k != "size"]
-    sens_table = "\n".join(["| size | " + " | ".join(kinds) + " |", "| --- " * (len(kinds) + 1) + "|",
-                            *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
+    def sens_table(sens: list[dict]) -> str:
+        kinds = [k for k in (sens[0] if sens else {}) if k != "size"]
+        return "\n".join(["| size | " + " | ".join(kinds) + " |", "| --- " * (len(kinds) + 1) + "|",
+                          *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
     return f"""# {model_name(recipe)}
 
 {DESCRIPTION}.
@@ -551,9 +553,15 @@ none):
 | --- | --- | --- | --- | --- | --- |
 {held_bg}
 
-Inserted lesions found, by largest axial diameter and type (the left-out backgrounds together):
+Inserted lesions found by a localised finding (at least {LOCALISED_SHARE:.0%} of its voxels in inserted lesions: a
+long stretch of normal bone that touches a lesion does not count), by largest axial diameter and type (the
+left-out backgrounds together):
 
-{sens_table}
+{sens_table(r["inserted_localised_sensitivity"])}
+
+Found by any overlap:
+
+{sens_table(r["inserted_sensitivity"])}
 
 Sensitivity for lesions of 10 mm or more: {r['inserted_sensitivity_10mm']}; false positives per scan with inserted
 lesions: {r['inserted_false_positives_per_scan']}. Counted only when the finding is localised (at least

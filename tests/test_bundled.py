@@ -142,6 +142,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     """The recipe end to end at toy size: two backgrounds (each left out once; the second without a bone mask, so
     its lesions are placed by HU and it has no bone label), one real series as negatives (left out once) with a
     partial bone label, the bundle, its card and results; then the refusals."""
+    from bonemet.recipe import model_card, recipe_of, sensitivity_table
+
     left_out = real_ct.parent / "real_ct_more" / "ibsi-sts-001" / "CT_image.nii.gz"  # another patient's thigh
     if not left_out.exists():
         pytest.skip(f"real CT test data not found at {left_out} (it sits beside the repository in CI)")
@@ -211,6 +213,15 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert len(list(work.glob("*/seg/config.json"))) == 4  # without-real0, without-background0 and 1, all
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
     assert sum(int(c.split("/")[1]) for c in cells) == 6
+    # the card's first table counts the localised ones, by band
+    every = [les for row in results["leave_background_out"] for les in row["lesions"]]
+    assert results["inserted_localised_sensitivity"] == sensitivity_table(every, "localised")
+    marked = [{**row, "all": f"{i}/9"} for i, row in enumerate(results["inserted_localised_sensitivity"])]
+    made = model_card(recipe_of(out), {**results, "inserted_localised_sensitivity": marked},
+                      json.loads((work / "all" / "seg" / "config.json").read_text()))
+    first, second = made.split("does not count), by largest axial diameter")[1].split("Found by any overlap")
+    assert all(f"| {row['size']} |" in first and f"| {row['all']} |" in first for row in marked)
+    assert not any(f"| {row['all']} |" in second for row in marked)
     # the manifest's hashes are the files' own, and the bundle is a run predict can use
     assert all(bundled.sha256(b.folder / f) == h for f, h in b.manifest["files"].items())
     pred = bonemet.predict(left_out, seg=b.verified(), device="cpu")
@@ -265,11 +276,15 @@ def test_models_build_window_reaches_every_training_image(real_ct, tmp_path):
 def test_sensitivity_table_counts_each_lesion_in_its_band_and_type():
     from bonemet.recipe import sensitivity_table
 
-    lesions = [{"kind": "lytic", "diameter_mm": 9.9, "found": False},
-               {"kind": "lytic", "diameter_mm": 10.0, "found": True},
-               {"kind": "blastic", "diameter_mm": 15.0, "found": False},
-               {"kind": "mixed", "diameter_mm": 25.0, "found": True},
-               {"kind": "lytic", "diameter_mm": 31.0, "found": True}]
+    lesions = [{"kind": "lytic", "diameter_mm": 9.9, "found": False, "localised": False},
+               {"kind": "lytic", "diameter_mm": 10.0, "found": True, "localised": False},
+               {"kind": "blastic", "diameter_mm": 15.0, "found": False, "localised": False},
+               {"kind": "mixed", "diameter_mm": 25.0, "found": True, "localised": True},
+               {"kind": "lytic", "diameter_mm": 31.0, "found": True, "localised": False}]
+    assert sensitivity_table(lesions, "localised") == [
+        {"size": "under 10 mm", "blastic": "-", "lytic": "0/1", "mixed": "-", "all": "0/1"},
+        {"size": "10-20 mm", "blastic": "0/1", "lytic": "0/1", "mixed": "-", "all": "0/2"},
+        {"size": "20 mm or more", "blastic": "-", "lytic": "0/1", "mixed": "1/1", "all": "1/2"}]
     assert sensitivity_table(lesions) == [
         {"size": "under 10 mm", "blastic": "-", "lytic": "0/1", "mixed": "-", "all": "0/1"},
         {"size": "10-20 mm", "blastic": "0/1", "lytic": "1/1", "mixed": "-", "all": "1/2"},
