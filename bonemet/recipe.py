@@ -40,7 +40,8 @@ from .errors import BonemetError
 from .fileio import read_json, write_json, write_text
 from .log import console
 
-NAME = "ehattunet-3mm-v1"  # the shipped default; a build at other pixels names its bundle by them (model_name)
+NAME_PATTERN = "ehattunet-{:g}mm-v1"  # a build's bundle, named by its pixel size (model_name)
+NAME = NAME_PATTERN.format(3.0)  # the shipped default: ehattunet-3mm-v1
 FIELD_MM = 384  # the field a member sees at any pixel size (size = FIELD_MM / pixel_mm, a multiple of 16)
 DESCRIPTION = ("EH-AttUnet++ (2 x Hybrid-AttUnet++) at physical scale, trained on the CT phantom, lesions inserted "
                "into real CT and real negatives; research use only, not a medical device")
@@ -88,8 +89,8 @@ class Recipe:
 
 
 def model_name(recipe: Recipe) -> str:
-    """The bundle's name: ``NAME`` at the default 3 mm pixels, the pixel size in it otherwise."""
-    return NAME if recipe.pixel_mm == 3.0 else NAME.replace("3mm", f"{recipe.pixel_mm:g}mm")
+    """The bundle's name, with its pixel size in it: ``NAME`` at the default 3 mm."""
+    return NAME_PATTERN.format(recipe.pixel_mm)
 
 
 def series_label(path: Path) -> str:
@@ -481,6 +482,7 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
         kinds = [k for k in (sens[0] if sens else {}) if k != "size"]
         return "\n".join(["| size | " + " | ".join(kinds) + " |", "| --- " * (len(kinds) + 1) + "|",
                           *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
+
     return f"""# {model_name(recipe)}
 
 {DESCRIPTION}.

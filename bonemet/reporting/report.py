@@ -107,8 +107,7 @@ def write_report(path: Path, scan, summary: dict, lesions: list, kept: np.ndarra
     if summary["models"]["classification"]:
         facts.append(("classifier", summary["models"]["classification"]["model"]))
     if summary.get("truth"):
-        t = summary["truth"]
-        facts.append(("against the given truth", truth_in_words(t)))
+        facts.append(("against the given truth", truth_in_words(summary["truth"])))
     parts.append("<h2>Summary</h2>" + _table([dict(facts)], [(k, k) for k, _ in facts]))
     for w in summary.get("warnings", []):
         parts.append(f"<p class='note'>warning: {html.escape(w)}</p>")
