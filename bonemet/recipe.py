@@ -63,6 +63,7 @@ class Recipe:
     epochs: int = 12
     width: int = 8
     pixel_mm: float = 3.0
+    context_mm: float = 0.0  # neighbouring slices this far below and above as input channels (seg train --context-mm)
     intensity_aug: bool = True
     scale_aug: float = 0.0  # random zoom of training samples by up to this fraction either way (seg train --scale-aug)
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
@@ -106,7 +107,7 @@ def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = ()):
                      pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported(), eval_every=4,
                      intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug,
                      train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [],
-                     lesion_prior=recipe.lesion_prior)
+                     lesion_prior=recipe.lesion_prior, context_mm=recipe.context_mm)
 
 
 def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
@@ -286,6 +287,13 @@ def _geometry(cfg: dict) -> str:
     return "rotations and flips" + (f", zoom by up to {s:g} either way" if s else "")
 
 
+def _channels(cfg: dict) -> str:
+    """The card's words for a member's input channels."""
+    c = cfg.get("context_mm", 0.0)
+    return (f"3 channels: the slices about {c:g} mm below and above and the slice, in grey" if c
+            else "3 channels")
+
+
 def _epoch_seconds(work: Path) -> float:
     """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
     that was interrupted and resumed still counts each training once)."""
@@ -296,7 +304,7 @@ def _epoch_seconds(work: Path) -> float:
 
 
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone",
-           "scale_aug", "width", "pixel_mm")  # recorded in recipe.json
+           "scale_aug", "width", "pixel_mm", "context_mm")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -497,7 +505,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   probabilities averaged; lesion and bone outputs.
 - Physical scale: every axial slice resampled to {cfg['pixel_mm']} mm pixels, a {cfg['size']} px window
   ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; CT window
-  {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels.
+  {json.dumps(cfg['preprocessing'].get('window'))}, {_channels(cfg)}.
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
   at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, {_geometry(cfg)}, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).

@@ -94,14 +94,16 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
     given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"],
                       [(tmp_path / "longer.nii.gz", tmp_path / "ct.nii.gz")], epochs=3, copies=2, window="multi",
                       real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16,
-                      pixel_mm=2.0)
+                      pixel_mm=2.0, context_mm=10.0)
     assert rc._recipe_from(rc._inputs(given)) == given
     assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-v1")  # the 384 mm field at 2 mm pixels
-    older = {k: v for k, v in rc._inputs(given).items() if k not in ("scale_aug", "width", "same_patient", "pixel_mm")}
+    older = {k: v for k, v in rc._inputs(given).items()
+             if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm")}
     back = rc._recipe_from(older)
-    assert (back.scale_aug, back.width, back.epochs, back.same_patient) == (0.0, 8, 3, [])
+    assert (back.scale_aug, back.width, back.epochs, back.same_patient, back.context_mm) == (0.0, 8, 3, [], 0.0)
     assert (back.pixel_mm, back.size, rc.model_name(back)) == (3.0, 128, rc.NAME)
     assert rc._seg_config(given, tmp_path).size == 192 and rc._seg_config(back, tmp_path).pixel_mm == 3.0
+    assert (rc._seg_config(given, tmp_path).context_mm, rc._seg_config(back, tmp_path).context_mm) == (10.0, 0.0)
 
 
 def test_a_series_of_a_backgrounds_patient_trains_in_its_fold_and_is_left_out_with_it(real_ct, tmp_path):

@@ -104,6 +104,51 @@ def test_a_bad_spacing_in_patients_csv_is_one_problem(tmp_path: Path) -> None:
     assert "row a.png: row_mm,col_mm must be pixel sizes in mm, got '0.8','x'" in problems
 
 
+def test_neighbouring_slices_lie_about_the_same_distance_away_whatever_the_slice_spacing() -> None:
+    from bonemet.data.physical import context_neighbours, context_step
+
+    # 10 mm at the real series' slice spacings and the phantom's: 10, 9, 8.5, 10, 8 and 22.7 mm away
+    assert [context_step(10, s) for s in (2, 3, 4.25, 5, 8, 22.7)] == [5, 3, 2, 2, 1, 1]
+    assert context_neighbours(0, range(10), 3) == (0, 0, 3)  # the first slice is its own neighbour below
+    assert context_neighbours(8, range(10), 3) == (5, 8, 9)
+    assert context_neighbours(5, [0, 1, 2, 3, 5, 8, 9], 2) == (3, 5, 8)  # a gap: the slice nearest to 7
+
+
+def _series(root: Path, rows: list[tuple[str, str, float, list[int]]]) -> None:
+    """A flat BM-Seg root: for each (file prefix, patient, slice_mm, grey levels) slices PREFIX_s0000... of 16 x 16
+    pixels, slice k of one grey level."""
+    from bonemet.data.images import write_image
+
+    lines = ["file,patient,slice,row_mm,col_mm,slice_mm"]
+    for prefix, patient, slice_mm, levels in rows:
+        for k, level in enumerate(levels):
+            name = f"{prefix}_s{k:04d}.png"
+            write_image(root / "image" / name, np.full((16, 16), level, np.uint8))
+            write_image(root / "lesion mask" / name, np.zeros((16, 16), np.uint8))
+            lines.append(f"{name},{patient},{k},1.0,1.0,{slice_mm}")
+    (root / "patients.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_slices_input_holds_its_neighbours_of_its_own_series(tmp_path: Path) -> None:
+    """Each copy of a patient is its own series (a merge's prefix): a slice's neighbours come from its series only,
+    about ``context_mm`` away at that series' slice spacing, the end slice repeated past either end."""
+    from bonemet.data.bmseg import scan_bmseg
+
+    _series(tmp_path, [("copy0_B0", "B0", 2.5, [10, 20, 30, 40, 50, 60]), ("copy1_B0", "B0", 5.0, [100, 110, 120])])
+    slices = {s.name: s for s in scan_bmseg(tmp_path).slices}
+    assert slices["copy0_B0_s0001"].slice_mm == 2.5 and slices["copy1_B0_s0000"].slice_mm == 5.0
+    picked = [slices[n] for n in ("copy0_B0_s0001", "copy0_B0_s0004", "copy1_B0_s0001", "copy1_B0_s0002")]
+    ds = SegmentationDataset(picked, 16, context_mm=5.0)  # 2 slices at 2.5 mm, 1 at 5 mm
+    levels = [[round(float(ds[i]["image"][c].mean()) * 255) for c in range(3)] for i in range(len(ds))]
+    assert levels == [[10, 20, 40], [30, 50, 60], [100, 110, 120], [110, 120, 120]]
+    assert ds[0]["lesion"].shape == (1, 16, 16)
+    assert SegmentationDataset(picked, 16)[0]["image"].shape == (3, 16, 16)  # without context: the slice alone
+    bare = [s.__class__(s.name, s.image, s.lesion, s.bone, s.patient) for s in picked]
+    with pytest.raises(DataError, match="neighbouring slices as context need slices named PATIENT_sNNNN with their "
+                                        "slice spacing in patients.csv's column slice_mm"):
+        SegmentationDataset(bare, 16, context_mm=5.0)
+
+
 @pytest.fixture(scope="module")
 def physical_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two folds of 1 epoch at 6.25 mm pixels (half the phantom's resolution), a 32 px (200 mm) field: the
@@ -159,6 +204,42 @@ def test_tiling_puts_every_window_back_where_it_came_from(phantom: Path, physica
         img = image_to_tensor(scan.model_slice(k, "bone"), 3)[:1]
         expected = to_grid(to_grid(img, (64, 64)), (128, 128))[0].clamp(1e-4, 1 - 1e-4).numpy()
         assert float(np.abs(lesion[k].astype(np.float32) - expected).max()) < 0.03  # 0 beyond the region
+
+
+class _Neighbours(torch.nn.Module):
+    """A "model" whose lesion probability is its input's first channel and whose bone probability is its last."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.logit(x[:, c:c + 1].clamp(1e-4, 1 - 1e-4)) for c in (0, 2))
+
+
+def test_predict_gives_a_context_model_the_slices_it_trained_with(phantom: Path, tmp_path: Path) -> None:
+    """``seg train --context-mm``: the run records it, and predict feeds each slice with the slices that far below
+    and above (the first slice as its own neighbour below), as training did."""
+    from bonemet.data.datasets import image_to_tensor
+    from bonemet.inference.runners import SegRunner
+    from bonemet.inference.scan import read_scan
+
+    run = tmp_path / "run"
+    r = invoke("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
+               "--size", "32", "--width", "4", "--pixel-mm", "6.25", "--context-mm", "30", "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["context_mm"] == 30.0
+    scan = read_scan(phantom / "volumes" / "P001" / "ct.nii.gz")
+    step = round(30 / scan.volume.spacing[2])  # 13.2 mm slices: 2
+    assert step >= 2
+    runner = SegRunner(run, paths=())
+    runner.models = [_Neighbours()]
+    lesion, bone = runner.predict(scan)
+    for k, below, above in ((0, 0, step), (scan.n_slices // 2, scan.n_slices // 2 - step, scan.n_slices // 2 + step)):
+        for probs, j in ((lesion, below), (bone, above)):
+            img = image_to_tensor(scan.model_slice(j, "bone"), 1)
+            expected = to_grid(to_grid(img, (64, 64)), (128, 128))[0].clamp(1e-4, 1 - 1e-4).numpy()
+            assert float(np.abs(probs[k].astype(np.float32) - expected).max()) < 0.03
+    r = invoke("seg", "train", "--data", phantom / "bmseg", "--epochs", "1", "--context-mm", "30",
+               "--out", tmp_path / "thesis-scale")
+    assert r.returncode == 2 and "context_mm) need physical scale (pixel_mm) and 3 channels" in r.stderr
+    assert not (tmp_path / "thesis-scale").exists()
 
 
 def test_physical_run_refuses_image_slices_and_native_size_scoring(phantom: Path, physical_run: Path,

@@ -101,6 +101,9 @@ def build(
     pixel_mm: Annotated[float, typer.Option(min=0.5, max=6, help="Pixel size in mm of every member (the field stays "
                                                                "about 384 mm: 128 px at 3 mm, 192 at 2); a bundle at "
                                                                "other than 3 mm is named by it.")] = 3.0,
+    context_mm: Annotated[float, typer.Option(min=0, max=100, help="Neighbouring slices about this many mm below and "
+                                              "above as the input's outer channels (as `seg train --context-mm`); "
+                                              "0: the slice alone.")] = 0.0,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
                                              "a model to use; overrides --epochs, --copies, --width and "
                                              "--pixel-mm.")] = False,
@@ -115,7 +118,7 @@ def build(
     recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
                     copies=copies, window=window, real_in_every_member=real_in_every_member,
                     lesion_prior=lesion_prior, partial_bone=partial_bone, scale_aug=scale_aug, width=width,
-                    pixel_mm=pixel_mm, quick=quick)
+                    pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

@@ -90,6 +90,11 @@ def train(
                                                    "on the body (each slice's spacing from patients.csv); predict "
                                                    "tiles whole slices at that scale. Default: the thesis' "
                                                    "whole-slice resize.")] = None,
+    context_mm: Annotated[float, typer.Option(min=0, max=100, help="With --pixel-mm: the input's three channels are "
+                                              "the slice about this many mm below, the slice and the slice as far "
+                                              "above, in grey (each series' slice spacing from patients.csv), so "
+                                              "the model sees whether a structure goes on along the scan; predict "
+                                              "does the same. 0: the slice alone.")] = 0.0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
     fold: Fold = None,
     device: Device = "auto",
@@ -112,7 +117,7 @@ def train(
                     select=select, augment=not no_augment, intensity_aug=intensity_aug, scale_aug=scale_aug,
                     threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm,
-                    lesion_prior=lesion_prior)
+                    lesion_prior=lesion_prior, context_mm=context_mm)
     given = given_options(ctx, {"single_decoder": "dual_decoder", "no_augment": "augment"})
     rt = runtime(device, workers, sync_bn)
     run = train_segmentation(cfg, out, resume=resume, given=given, fold=fold, rt=rt)

@@ -26,8 +26,9 @@ LESION_DIRS = {"lesion mask", "lesion", "lesion label", "lesionmask", "mask", "m
 @dataclass(frozen=True)
 class SegSlice:
     """One annotated slice: image file, mask files (None when absent), patient id (None when unknown), pixel
-    spacing (row, column mm; None when unknown: BM-Seg's PNG slices have none), and whether its bone mask is a
-    partial label (``data.bone.partial_bone_labels``: 255 bone, 0 no bone, anything between unknown)."""
+    spacing (row, column mm; None when unknown: BM-Seg's PNG slices have none), whether its bone mask is a
+    partial label (``data.bone.partial_bone_labels``: 255 bone, 0 no bone, anything between unknown), and the
+    slice spacing of its series in mm (column ``slice_mm``; None when unknown)."""
 
     name: str
     image: Path
@@ -36,6 +37,7 @@ class SegSlice:
     patient: str | None
     pixel_mm: tuple[float, float] | None = None
     bone_partial: bool = False
+    slice_mm: float | None = None  # distance between this slice and the next of its series (None when unknown)
 
 
 @dataclass
@@ -116,11 +118,26 @@ def _spacing(row: dict, path: Path, problems: list[Problem]) -> tuple[float, flo
     return spacing
 
 
+def _slice_mm(row: dict, path: Path, problems: list[Problem]) -> float | None:
+    """A row's optional slice spacing (column slice_mm), checked."""
+    if not row.get("slice_mm"):
+        return None
+    try:
+        value = float(row["slice_mm"])
+    except (TypeError, ValueError):
+        value = 0.0
+    if not 0 < value < 100:
+        problems.append(Problem(path, f"row {row.get('file')}: slice_mm must be a slice spacing in mm, got "
+                                      f"'{row.get('slice_mm')}'"))
+        return None
+    return value
+
+
 def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[str, tuple[float, float] | None,
-                                                                         str]]:
+                                                                         str, float | None]]:
     """File stem -> (patient, pixel spacing or None, what its bone mask is: an optional column ``bone`` that says
     ``none`` for slices nobody outlined the bones of, such as real negatives (no bone mask on purpose), and
-    ``partial`` for a partial bone label; empty for a bone mask)."""
+    ``partial`` for a partial bone label; empty for a bone mask; slice spacing or None)."""
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -131,7 +148,7 @@ def _read_patients_csv(path: Path, problems: list[Problem]) -> dict[str, tuple[s
         problems.append(Problem(path, "patients.csv needs the columns 'file,patient'"))
         return {}
     return {Path(r["file"]).stem: (r["patient"].strip(), _spacing(r, path, problems),
-                                   (r.get("bone") or "").strip().lower())
+                                   (r.get("bone") or "").strip().lower(), _slice_mm(r, path, problems))
             for r in rows if r.get("file") and r.get("patient")}
 
 
@@ -152,9 +169,10 @@ def scan_bmseg(root: str | Path) -> BMSegIndex:
             missing = [s for s in slices if s.name not in mapping]
             for s in missing[:20]:
                 problems.append(Problem(s.image, "not listed in patients.csv", fatal=False))
-            listed = {s.name: mapping.get(s.name, (None, None, "")) for s in slices}
+            listed = {s.name: mapping.get(s.name, (None, None, "", None)) for s in slices}
             slices = [SegSlice(s.name, s.image, s.lesion, s.bone, *listed[s.name][:2],
-                               bone_partial=s.bone is not None and listed[s.name][2] == "partial") for s in slices]
+                               bone_partial=s.bone is not None and listed[s.name][2] == "partial",
+                               slice_mm=listed[s.name][3]) for s in slices]
     else:
         layout = "grouped"
         slices = []
@@ -258,8 +276,9 @@ def merge_bmseg(sources: list[tuple[Path, str, str | None]], out: Path, descript
                 partial = (r.get("bone") or "").strip().lower() == "partial"
                 rows.append({"file": name, "patient": patient or r["patient"], "slice": r.get("slice", ""),
                              "row_mm": r.get("row_mm", ""), "col_mm": r.get("col_mm", ""),
+                             "slice_mm": r.get("slice_mm", ""),
                              "bone": "none" if not has_bone else "partial" if partial else ""})
-    write_csv(out / "patients.csv", rows, ["file", "patient", "slice", "row_mm", "col_mm", "bone"])
+    write_csv(out / "patients.csv", rows, ["file", "patient", "slice", "row_mm", "col_mm", "slice_mm", "bone"])
     write_json(out / "conversion.json", description)
     return out
 

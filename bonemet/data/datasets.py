@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from ..errors import DataError
 from .bmseg import SegSlice, load_seg_slice
 from .classification import ClsSlice, context_paths
 from .images import read_image, read_mask
-from .physical import BODY_THRESHOLD, body_box, cut, physical_field
+from .physical import BODY_THRESHOLD, body_box, context_neighbours, context_step, cut, physical_field
 
 Sample = dict[str, object]
 
@@ -90,6 +92,44 @@ def resize_mask(m: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tens
     raise ValueError(f"unknown mask resize mode '{mode}'")
 
 
+def context_image(images: Sequence[np.ndarray], where: str | Path | None = None) -> torch.Tensor:
+    """A slice and its neighbours (uint8 images, the slice in the middle) as one (len(images), H, W) tensor in
+    [0, 1], each in grey (the mean of a multi-window image's channels): the input of a model trained with
+    neighbouring slices as context (``data.physical``). ``where`` names the input in the error for unequal
+    sizes."""
+    shapes = {im.shape[:2] for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"its neighbouring slices differ in size {sorted(shapes)}: context needs one size per "
+                        "series", where)
+    return torch.cat([image_to_tensor(im, 1) for im in images])
+
+
+SLICE_STEM = re.compile(r"^(?P<series>.+)_s(?P<k>\d+)$")  # data.export.slice_name: PATIENT_sNNNN
+
+
+def context_files(slices: Sequence[SegSlice], context_mm: float) -> list[tuple[Path, Path, Path]]:
+    """For each slice, the image files of its neighbours about ``context_mm`` below and above and its own, found
+    in its image folder by the name ``data.export`` gives slice k of a series (``PATIENT_sNNNN``, a merge's
+    prefix kept), at the slice spacing of ``patients.csv``'s column ``slice_mm``."""
+    series: dict[tuple[Path, str, str], dict[int, Path]] = defaultdict(dict)
+    for folder in {s.image.parent for s in slices}:
+        for p in folder.iterdir():
+            m = SLICE_STEM.match(p.stem)
+            if m:
+                series[folder, m["series"], p.suffix][int(m["k"])] = p
+    out = []
+    for s in slices:
+        m = SLICE_STEM.match(s.image.stem)
+        if m is None or s.slice_mm is None:
+            raise DataError("neighbouring slices as context need slices named PATIENT_sNNNN with their slice "
+                            "spacing in patients.csv's column slice_mm (bonemet data convert and data synth write "
+                            "both)", s.image)
+        files = series[s.image.parent, m["series"], s.image.suffix]
+        below, k, above = context_neighbours(int(m["k"]), sorted(files), context_step(context_mm, s.slice_mm))
+        out.append((files[below], files[k], files[above]))
+    return out
+
+
 UNKNOWN_BONE_TARGET = 0.5  # a partial bone label's unknown pixels in a sample's ``bone`` (training leaves them out)
 
 
@@ -100,13 +140,15 @@ class SegmentationDataset(Dataset):
     ``transform`` receives and returns the sample dict, so geometric augmentation can move the image
     and both masks together. ``pixel_mm``: physical scale (``data.physical``): each slice resampled to pixels of
     that size (its own spacing from ``patients.csv``) and the S x S field centred on the body cut out, instead
-    of the whole slice resized to S x S (the thesis).
+    of the whole slice resized to S x S (the thesis). ``context_mm``: the image is the slice about that far below,
+    the slice and the slice as far above, in grey (``context_image``; three channels), the masks the slice's.
     """
 
     def __init__(self, slices: Sequence[SegSlice], size: int = 224, channels: int = 3, threshold: int = 0,
                  mask_resize: str = "nearest", transform: Callable[[Sample], Sample] | None = None,
-                 pixel_mm: float | None = None) -> None:
+                 pixel_mm: float | None = None, context_mm: float = 0.0) -> None:
         self.slices = list(slices)
+        self.context = context_files(self.slices, context_mm) if context_mm and self.slices else None
         self.size, self.channels, self.threshold = size, channels, threshold
         self.mask_resize, self.transform, self.pixel_mm = mask_resize, transform, pixel_mm
         if pixel_mm is not None:
@@ -122,7 +164,11 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         s = self.slices[i]
         image, lesion, bone, patient = load_seg_slice(s, self.threshold, unknown_bone=UNKNOWN_BONE_TARGET)
-        img = image_to_tensor(image, self.channels)
+        if self.context is None:
+            img = image_to_tensor(image, self.channels)
+        else:
+            below, _, above = self.context[i]
+            img = context_image([read_image(below), image, read_image(above)], s.image)
         les = torch.from_numpy(lesion).float()[None]
         bon = torch.from_numpy(bone if bone is not None else np.zeros_like(lesion)).float()[None]
         partial = bone is not None and s.bone_partial

@@ -27,14 +27,15 @@ def windowed_slice(vol: Volume, k: int, window: str) -> np.ndarray:
     return to_uint8(apply_window(vol.axial(k), window))
 
 
-PATIENTS_CSV_FIELDS = ["file", "patient", "slice", "row_mm", "col_mm"]
+PATIENTS_CSV_FIELDS = ["file", "patient", "slice", "row_mm", "col_mm", "slice_mm"]
 
 
 def write_bmseg_slices(root: Path, patient: str, vol: Volume, lesion: np.ndarray | None, bone: np.ndarray | None,
                        window: str = "bone", slices: Sequence[int] | None = None, ext: str = "png",
                        bone_partial: bool = False) -> list[dict]:
     """Write a volume's axial slices in the BM-Seg layout under ``root``; return ``patients.csv`` rows (columns
-    ``PATIENTS_CSV_FIELDS``: with each slice's pixel spacing, which physical scale needs). ``bone_partial``:
+    ``PATIENTS_CSV_FIELDS``: with each slice's pixel spacing, which physical scale needs, and the slice spacing,
+    which neighbouring slices as context need). ``bone_partial``:
     ``bone`` is a partial label (``data.bone.partial_bone_labels``), written as it is, and each row has the
     column ``bone`` = ``partial``."""
     rows = []
@@ -48,6 +49,7 @@ def write_bmseg_slices(root: Path, patient: str, vol: Volume, lesion: np.ndarray
         if bone is not None:
             write_image(root / "bone mask" / name, bone[:, :, k].T if bone_partial else bone[:, :, k].T > 0)
         rows.append({"file": name, "patient": patient, "slice": k, "row_mm": row_mm, "col_mm": col_mm,
+                     "slice_mm": f"{vol.spacing[2]:.4f}",
                      **({"bone": "partial"} if bone is not None and bone_partial else {})})
     return rows
 

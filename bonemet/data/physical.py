@@ -6,9 +6,17 @@ The thesis resizes each slice's whole field of view to the model's size, so a bo
 At physical scale every pixel is ``pixel_mm`` wide whatever the scanner's field of view: training cuts a square
 of ``size`` pixels centred on the body out of the resampled slice, and prediction tiles the body with such
 squares (``inference.runners``) and maps the probabilities back to the slice's own grid.
+
+Neighbouring slices as context (``context_mm``): the model's three input channels are the slice about that
+many millimetres below, the slice, and the slice as far above, each in grey, so that it sees whether a
+structure goes on along the scan (a vertebral endplate, a femoral cortex) or ends (a focal lesion), whatever
+the scan's slice spacing.
 """
 
 from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,3 +94,21 @@ def physical_field(t: torch.Tensor, spacing: tuple[float, float], pixel_mm: floa
     top, left = centred_field(body_box(image), shape, size)
     return (cut(image, top, left, size, size),
             tuple(cut(to_grid(m, shape, mask=True), top, left, size, size) for m in masks))
+
+
+def context_step(context_mm: float, slice_mm: float) -> int:
+    """Slices between a slice and its neighbour about ``context_mm`` away along the scan (at least one)."""
+    return max(1, round(context_mm / slice_mm))
+
+
+def context_neighbours(k: int, indices: Sequence[int], step: int) -> tuple[int, int, int]:
+    """Slice ``k`` and its neighbours ``step`` slices below and above, among a series' slice ``indices``
+    (sorted): past either end the end slice (a scan's first slice is its own neighbour below), and where the
+    series has a gap the slice nearest the one wanted."""
+
+    def nearest(j: int) -> int:
+        i = bisect.bisect_left(indices, j)
+        near = [indices[n] for n in (i - 1, i) if 0 <= n < len(indices)]
+        return min(near, key=lambda x: (abs(x - j), abs(x - k)))
+
+    return nearest(k - step), k, nearest(k + step)

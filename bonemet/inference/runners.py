@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.classification import neighbour_indices
-from ..data.datasets import image_to_tensor, prepare_image, stack_slices
-from ..data.physical import body_box, cut, physical_shape, region_around, to_grid, union_box
+from ..data.datasets import context_image, image_to_tensor, prepare_image, stack_slices
+from ..data.physical import (body_box, context_neighbours, context_step, cut, physical_shape, region_around, to_grid,
+                             union_box)
 from ..data.windows import WINDOW_NAMES
 from ..errors import BonemetError
 from ..log import logger
@@ -174,9 +175,16 @@ class SegRunner:
             fr, fc = grid[0] / shape[0], grid[1] / shape[1]
             box = (math.floor(box[0] * fr), math.ceil(box[1] * fr), math.floor(box[2] * fc), math.ceil(box[3] * fc))
         top, left, height, width = region_around(box, grid, size)
+        step = context_step(self.cfg.context_mm, sp[2]) if self.cfg.context_mm else 0
         for start in range(0, scan.n_slices, batch):
             ks = list(range(start, min(scan.n_slices, start + batch)))
-            x = to_grid(torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks]), grid)
+            if step:  # each slice of the batch and its neighbours read and windowed once
+                near = {k: context_neighbours(k, range(scan.n_slices), step) for k in ks}
+                images = {j: scan.model_slice(j, window) for js in near.values() for j in js}
+                x = torch.stack([context_image([images[j] for j in near[k]], scan.source) for k in ks])
+            else:
+                x = torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks])
+            x = to_grid(x, grid)
             yield ks, cut(x, top, left, height, width), lambda p: to_grid(cut(p, -top, -left, *grid), shape)
 
 

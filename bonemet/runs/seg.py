@@ -46,6 +46,7 @@ class SegConfig(RunConfig):
     scale_aug: float = 0.0  # random zoom in training by up to this fraction either way (training.augment.SegAugment)
     train_always: list = field(default_factory=list)  # patients in every fold's training part (data.splits)
     lesion_prior: float | None = None  # the lesion head's bias starts at its log-odds (models.set_lesion_prior)
+    context_mm: float = 0.0  # the slices about this far below and above as the input's outer channels (data.physical)
 
     def checks(self) -> list[tuple[bool, str]]:
         from ..models import SEQUENTIAL_LESION_MODELS, model_names
@@ -70,6 +71,11 @@ class SegConfig(RunConfig):
              f"scale_aug must be a fraction between 0 and 1, got {self.scale_aug}"),
             (self.lesion_prior is None or (isinstance(self.lesion_prior, (int, float)) and 0 < self.lesion_prior < 1),
              f"lesion_prior must be a probability between 0 and 1, got {self.lesion_prior}"),
+            (isinstance(self.context_mm, (int, float)) and 0 <= self.context_mm <= 100,
+             f"context_mm must be a distance in mm between 0 and 100, got {self.context_mm}"),
+            (not self.context_mm or (self.pixel_mm is not None and self.channels == 3),
+             "neighbouring slices as context (context_mm) need physical scale (pixel_mm) and 3 channels: the slices "
+             "below and above fill the outer two"),
         ]
 
     def model_opts(self) -> dict:
@@ -80,7 +86,7 @@ class SegConfig(RunConfig):
 def seg_dataset(cfg: SegConfig, slices: list, transform=None) -> SegmentationDataset:
     """``slices`` as the run's models see them (size, channels, mask threshold and resize, physical scale)."""
     return SegmentationDataset(slices, cfg.size, cfg.channels, cfg.threshold, cfg.mask_resize, transform=transform,
-                               pixel_mm=cfg.pixel_mm)
+                               pixel_mm=cfg.pixel_mm, context_mm=cfg.context_mm)
 
 
 Probs = tuple[np.ndarray, np.ndarray | None]  # (lesion, bone or None) probabilities
