@@ -40,8 +40,8 @@ from .errors import BonemetError
 from .fileio import read_json, write_json, write_text
 from .log import console
 
-NAME_PATTERN = "ehattunet-{:g}mm-v1"  # a build's bundle, named by its pixel size (model_name)
-NAME = NAME_PATTERN.format(3.0)  # the shipped default: ehattunet-3mm-v1
+NAME_PATTERN = "ehattunet-{pixel:g}mm{context}-v1"  # a build's bundle, named by its input (model_name)
+NAME = NAME_PATTERN.format(pixel=3.0, context="")  # the shipped default: ehattunet-3mm-v1
 FIELD_MM = 384  # the field a member sees at any pixel size (size = FIELD_MM / pixel_mm, a multiple of 16)
 DESCRIPTION = ("EH-AttUnet++ (2 x Hybrid-AttUnet++) at physical scale, trained on the CT phantom, lesions inserted "
                "into real CT and real negatives; research use only, not a medical device")
@@ -90,8 +90,9 @@ class Recipe:
 
 
 def model_name(recipe: Recipe) -> str:
-    """The bundle's name, with its pixel size in it: ``NAME`` at the default 3 mm."""
-    return NAME_PATTERN.format(recipe.pixel_mm)
+    """The bundle's name, with its pixel size and its neighbouring slices' distance in it (``ehattunet-2mm-ctx10-v1``):
+    ``NAME`` at the default 3 mm and one slice."""
+    return NAME_PATTERN.format(pixel=recipe.pixel_mm, context=f"-ctx{recipe.context_mm:g}" if recipe.context_mm else "")
 
 
 def series_label(path: Path) -> str:

@@ -96,7 +96,7 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
                       real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16,
                       pixel_mm=2.0, context_mm=10.0)
     assert rc._recipe_from(rc._inputs(given)) == given
-    assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-v1")  # the 384 mm field at 2 mm pixels
+    assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-ctx10-v1")  # the 384 mm field at 2 mm pixels
     older = {k: v for k, v in rc._inputs(given).items()
              if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm")}
     back = rc._recipe_from(older)

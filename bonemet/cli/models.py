@@ -103,7 +103,7 @@ def build(
                                                                "other than 3 mm is named by it.")] = 3.0,
     context_mm: Annotated[float, typer.Option(min=0, max=100, help="Neighbouring slices about this many mm below and "
                                               "above as the input's outer channels (as `seg train --context-mm`); "
-                                              "0: the slice alone.")] = 0.0,
+                                              "a bundle with them is named by it. 0: the slice alone.")] = 0.0,
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
                                              "a model to use; overrides --epochs, --copies, --width and "
                                              "--pixel-mm.")] = False,
