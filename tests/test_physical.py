@@ -78,6 +78,7 @@ def test_physical_scale_needs_each_slices_spacing(phantom: Path, tmp_path: Path)
     rows = list(csv.DictReader(open(phantom / "bmseg" / "patients.csv", newline="")))
     ct = nib.load(phantom / "volumes" / rows[0]["patient"] / "ct.nii.gz")
     assert (float(rows[0]["row_mm"]), float(rows[0]["col_mm"])) == pytest.approx(ct.header.get_zooms()[1::-1], abs=1e-4)
+    assert float(rows[0]["slice_mm"]) == pytest.approx(ct.header.get_zooms()[2], abs=1e-4)
     index = load_bmseg(phantom / "bmseg")
     assert index.slices[0].pixel_mm == pytest.approx((400 / 128, 400 / 128))
     bare = [s.__class__(s.name, s.image, s.lesion, s.bone, s.patient) for s in index.slices[:2]]
@@ -114,28 +115,31 @@ def test_neighbouring_slices_lie_about_the_same_distance_away_whatever_the_slice
     assert context_neighbours(5, [0, 1, 2, 3, 5, 8, 9], 2) == (3, 5, 8)  # a gap: the slice nearest to 7
 
 
-def _series(root: Path, rows: list[tuple[str, str, float, list[int]]]) -> None:
-    """A flat BM-Seg root: for each (file prefix, patient, slice_mm, grey levels) slices PREFIX_s0000... of 16 x 16
-    pixels, slice k of one grey level."""
+def _series(root: Path, patient: str, slice_mm: float, levels: list[int]) -> Path:
+    """A flat BM-Seg root of one series as ``data synth`` names it: slices PATIENT_s0000... of 16 x 16 pixels, slice k
+    of one grey level, at ``slice_mm``."""
     from bonemet.data.images import write_image
 
     lines = ["file,patient,slice,row_mm,col_mm,slice_mm"]
-    for prefix, patient, slice_mm, levels in rows:
-        for k, level in enumerate(levels):
-            name = f"{prefix}_s{k:04d}.png"
-            write_image(root / "image" / name, np.full((16, 16), level, np.uint8))
-            write_image(root / "lesion mask" / name, np.zeros((16, 16), np.uint8))
-            lines.append(f"{name},{patient},{k},1.0,1.0,{slice_mm}")
+    for k, level in enumerate(levels):
+        name = f"{patient}_s{k:04d}.png"
+        write_image(root / "image" / name, np.full((16, 16), level, np.uint8))
+        write_image(root / "lesion mask" / name, np.zeros((16, 16), np.uint8))
+        lines.append(f"{name},{patient},{k},1.0,1.0,{slice_mm}")
     (root / "patients.csv").write_text("\n".join(lines) + "\n")
+    return root
 
 
 def test_a_slices_input_holds_its_neighbours_of_its_own_series(tmp_path: Path) -> None:
-    """Each copy of a patient is its own series (a merge's prefix): a slice's neighbours come from its series only,
-    about ``context_mm`` away at that series' slice spacing, the end slice repeated past either end."""
-    from bonemet.data.bmseg import scan_bmseg
+    """Two copies of one patient with the same file names, merged as the default model's recipe merges them (a
+    prefix each, one patient): a slice's neighbours come from its own copy only, about ``context_mm`` away at that
+    copy's slice spacing, the end slice repeated past either end."""
+    from bonemet.data.bmseg import merge_bmseg, scan_bmseg
 
-    _series(tmp_path, [("copy0_B0", "B0", 2.5, [10, 20, 30, 40, 50, 60]), ("copy1_B0", "B0", 5.0, [100, 110, 120])])
-    slices = {s.name: s for s in scan_bmseg(tmp_path).slices}
+    copies = [(_series(tmp_path / "c0", "B0", 2.5, [10, 20, 30, 40, 50, 60]), "copy0", "B0"),
+              (_series(tmp_path / "c1", "B0", 5.0, [100, 110, 120]), "copy1", "B0")]
+    merged = merge_bmseg(copies, tmp_path / "merged", {"window": "bone"})
+    slices = {s.name: s for s in scan_bmseg(merged).slices}
     assert slices["copy0_B0_s0001"].slice_mm == 2.5 and slices["copy1_B0_s0000"].slice_mm == 5.0
     picked = [slices[n] for n in ("copy0_B0_s0001", "copy0_B0_s0004", "copy1_B0_s0001", "copy1_B0_s0002")]
     ds = SegmentationDataset(picked, 16, context_mm=5.0)  # 2 slices at 2.5 mm, 1 at 5 mm
