@@ -228,7 +228,10 @@ def test_predict_gives_a_context_model_the_slices_it_trained_with(phantom: Path,
     r = invoke("seg", "train", "--data", phantom / "bmseg", "--folds", "2", "--test-patients", "0.25", "--epochs", "1",
                "--size", "32", "--width", "4", "--pixel-mm", "6.25", "--context-mm", "30", "--out", run)
     assert r.returncode == 0, r.stderr
-    assert json.loads((run / "config.json").read_text())["context_mm"] == 30.0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["context_mm"] == 30.0  # and predict's summary says it, from the run's preprocessing
+    assert cfg["preprocessing"]["context"] == ("the slices about 30 mm below and above as the first and last "
+                                               "channels, in grey")
     scan = read_scan(phantom / "volumes" / "P001" / "ct.nii.gz")
     step = round(30 / scan.volume.spacing[2])  # 13.2 mm slices: 2
     assert step >= 2

@@ -221,6 +221,8 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
                          "intensity": "pixel / 255", "mask_threshold": cfg.threshold, "mask_resize": cfg.mask_resize,
                          "scale": (f"physical: {cfg.pixel_mm} mm pixels, a {cfg.size * cfg.pixel_mm:g} mm field "
                                    "centred on the body" if cfg.pixel_mm else "whole slice resized to the model size"),
+                         **({"context": f"the slices about {cfg.context_mm:g} mm below and above as the first and last "
+                                        "channels, in grey"} if cfg.context_mm else {}),
                          "schedule": PiecewiseLR("seg", cfg.epochs, cfg.lr_scale).describe()})
     if world.main:
         write_json(run / "config.json", asdict(cfg))
