@@ -176,11 +176,13 @@ class SegRunner:
             box = (math.floor(box[0] * fr), math.ceil(box[1] * fr), math.floor(box[2] * fc), math.ceil(box[3] * fc))
         top, left, height, width = region_around(box, grid, size)
         step = context_step(self.cfg.context_mm, sp[2]) if self.cfg.context_mm else 0
+        images: dict[int, np.ndarray] = {}  # windowed slices that this batch or a later one still needs
         for start in range(0, scan.n_slices, batch):
             ks = list(range(start, min(scan.n_slices, start + batch)))
-            if step:  # each slice of the batch and its neighbours read and windowed once
+            if step:  # each slice read and windowed once, however many slices have it as a neighbour
                 near = {k: context_neighbours(k, range(scan.n_slices), step) for k in ks}
-                images = {j: scan.model_slice(j, window) for js in near.values() for j in js}
+                images = {j: im for j, im in images.items() if j >= start - step}
+                images.update({j: scan.model_slice(j, window) for js in near.values() for j in js if j not in images})
                 x = torch.stack([context_image([images[j] for j in near[k]], scan.source) for k in ks])
             else:
                 x = torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks])
