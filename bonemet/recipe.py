@@ -288,13 +288,6 @@ def _geometry(cfg: dict) -> str:
     return "rotations and flips" + (f", zoom by up to {s:g} either way" if s else "")
 
 
-def _channels(cfg: dict) -> str:
-    """The card's words for a member's input channels."""
-    c = cfg.get("context_mm", 0.0)
-    return (f"3 channels: the slices about {c:g} mm below and above and the slice, in grey" if c
-            else "3 channels")
-
-
 def _epoch_seconds(work: Path) -> float:
     """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
     that was interrupted and resumed still counts each training once)."""
@@ -492,6 +485,7 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
         return "\n".join(["| size | " + " | ".join(kinds) + " |", "| --- " * (len(kinds) + 1) + "|",
                           *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
 
+    context = f" ({cfg['preprocessing']['context']})" if cfg["preprocessing"].get("context") else ""
     return f"""# {model_name(recipe)}
 
 {DESCRIPTION}.
@@ -506,7 +500,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   probabilities averaged; lesion and bone outputs.
 - Physical scale: every axial slice resampled to {cfg['pixel_mm']} mm pixels, a {cfg['size']} px window
   ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; CT window
-  {json.dumps(cfg['preprocessing'].get('window'))}, {_channels(cfg)}.
+  {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels{context}.
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
   at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, {_geometry(cfg)}, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).

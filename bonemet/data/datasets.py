@@ -92,18 +92,6 @@ def resize_mask(m: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tens
     raise ValueError(f"unknown mask resize mode '{mode}'")
 
 
-def context_image(images: Sequence[np.ndarray], where: str | Path | None = None) -> torch.Tensor:
-    """A slice and its neighbours (uint8 images, the slice in the middle) as one (len(images), H, W) tensor in
-    [0, 1], each in grey (the mean of a multi-window image's channels): the input of a model trained with
-    neighbouring slices as context (``data.physical``). ``where`` names the input in the error for unequal
-    sizes."""
-    shapes = {im.shape[:2] for im in images}
-    if len(shapes) > 1:
-        raise DataError(f"its neighbouring slices differ in size {sorted(shapes)}: context needs one size per "
-                        "series", where)
-    return torch.cat([image_to_tensor(im, 1) for im in images])
-
-
 SLICE_STEM = re.compile(r"^(?P<series>.+)_s(?P<k>\d+)$")  # data.export.slice_name: PATIENT_sNNNN
 
 
@@ -141,7 +129,7 @@ class SegmentationDataset(Dataset):
     and both masks together. ``pixel_mm``: physical scale (``data.physical``): each slice resampled to pixels of
     that size (its own spacing from ``patients.csv``) and the S x S field centred on the body cut out, instead
     of the whole slice resized to S x S (the thesis). ``context_mm``: the image is the slice about that far below,
-    the slice and the slice as far above, in grey (``context_image``; three channels), the masks the slice's.
+    the slice and the slice as far above, one grey channel each (``stack_slices``), the masks the slice's.
     """
 
     def __init__(self, slices: Sequence[SegSlice], size: int = 224, channels: int = 3, threshold: int = 0,
@@ -168,7 +156,7 @@ class SegmentationDataset(Dataset):
             img = image_to_tensor(image, self.channels)
         else:
             below, _, above = self.context[i]
-            img = context_image([read_image(below), image, read_image(above)], s.image)
+            img = stack_slices([read_image(below), image, read_image(above)], 1, s.image)
         les = torch.from_numpy(lesion).float()[None]
         bon = torch.from_numpy(bone if bone is not None else np.zeros_like(lesion)).float()[None]
         partial = bone is not None and s.bone_partial

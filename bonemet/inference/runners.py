@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.classification import neighbour_indices
-from ..data.datasets import context_image, image_to_tensor, prepare_image, stack_slices
+from ..data.datasets import image_to_tensor, prepare_image, stack_slices
 from ..data.physical import (body_box, context_neighbours, context_step, cut, physical_shape, region_around, to_grid,
                              union_box)
 from ..data.windows import WINDOW_NAMES
@@ -183,7 +183,7 @@ class SegRunner:
                 near = {k: context_neighbours(k, range(scan.n_slices), step) for k in ks}
                 images = {j: im for j, im in images.items() if j >= start - step}
                 images.update({j: scan.model_slice(j, window) for js in near.values() for j in js if j not in images})
-                x = torch.stack([context_image([images[j] for j in near[k]], scan.source) for k in ks])
+                x = torch.stack([stack_slices([images[j] for j in near[k]], 1, scan.source) for k in ks])
             else:
                 x = torch.stack([image_to_tensor(scan.model_slice(k, window), channels) for k in ks])
             x = to_grid(x, grid)
