@@ -88,38 +88,58 @@ def measure(case: dict, threshold: float = 0.5) -> list[dict]:
     return rows
 
 
-def collect(out: Path, build: Path, model_dirs: list[Path], copies: int, thresholds: list[float]) -> None:
+def held_out_patients(build: Path) -> list[tuple[str, str, str | None]]:
+    """(leave-one-out folder, series, bone mask or None) of each real patient of a build's recipe."""
     recipe = recipe_of(build)
     patients = [(f"without-real{k}", scan, None) for k, scan in enumerate(recipe.real)]
-    patients += [(f"without-background{i}", ct, bone) for i, (ct, bone) in enumerate(recipe.backgrounds)]
+    return patients + [(f"without-background{i}", ct, bone) for i, (ct, bone) in enumerate(recipe.backgrounds)]
+
+
+def test_scans(out: Path, scan: str, bone: str | None, copies: int) -> tuple[str, list[tuple], list[dict]]:
+    """A held-out patient's name, its scans to read ((label, path, copy folder or None): as it is, then ``copies``
+    copies with 6 test lesions each, made in ``OUT/copies`` when not there yet) and their lesions."""
+    name = series_label(scan)  # the same series has the same name and the same copies in every build
+    scans, lesions = [("as is", scan, None)], []
+    for c in range(copies):
+        case_dir = out / "copies" / f"{name.replace('/', '_')}-{3000 + c}"
+        if not case_dir.exists():
+            synthesize_from_ct(scan, bone, case_dir, lesions=6, seed=3000 + c, formats=("volumes",), patient="T")
+        scans.append((f"copy {c}", case_dir / "volumes" / "T" / "ct.nii.gz", case_dir))
+        with open(case_dir / "lesions.csv", newline="") as fh:
+            lesions += [{**r, "patient": name, "copy": c} for r in csv.DictReader(fh)]
+    return name, scans, lesions
+
+
+def truth_of(case_dir: Path) -> np.ndarray:
+    """The test lesions' label volume of a copy."""
+    return np.asarray(nib.load(case_dir / "volumes" / "T" / "lesion_mask.nii.gz").dataobj)
+
+
+def collect(out: Path, build: Path, model_dirs: list[Path], copies: int, thresholds: list[float]) -> None:
     rows: dict = {t: [] for t in thresholds}
     lesions = []
-    for folder, scan, bone in patients:
+    for folder, scan, bone in held_out_patients(build):
         if not all((models / folder / "seg").exists() for models in model_dirs):
             print(f"skipped {scan}: no model without it in every MODELS folder")
             continue
-        name = series_label(scan)  # the same series has the same name and the same copies in every build
-        scans = [("as is", scan, None)]
-        for c in range(copies):
-            case_dir = out / "copies" / f"{name.replace('/', '_')}-{3000 + c}"
-            if not case_dir.exists():
-                synthesize_from_ct(scan, bone, case_dir, lesions=6, seed=3000 + c, formats=("volumes",),
-                                   patient="T")
-            scans.append((f"copy {c}", case_dir / "volumes" / "T" / "ct.nii.gz", case_dir))
-            with open(case_dir / "lesions.csv", newline="") as fh:
-                lesions += [{**r, "patient": name, "copy": c} for r in csv.DictReader(fh)]
+        name, scans, inserted = test_scans(out, scan, bone, copies)
+        lesions += inserted
         for m, models in enumerate(model_dirs):
             for label, path, case_dir in scans:
                 case = segment(models / folder / "seg", path)
                 if case_dir is not None:
-                    case["truth"] = np.asarray(nib.load(case_dir / "volumes" / "T" / "lesion_mask.nii.gz").dataobj)
+                    case["truth"] = truth_of(case_dir)
                 for t in thresholds:
                     found = measure(case, t)
                     print(f"{name} model {m} {label} threshold {t:g}: {len(found)} findings", flush=True)
                     rows[t] += [{"patient": name, "model": m, "scan": label, **r} for r in found]
     out.mkdir(parents=True, exist_ok=True)
-    tables = [(out / f"findings-{t:g}.csv", rows[t]) for t in thresholds]
-    for path, table in [*tables, (out / "lesions.csv", lesions)]:
+    write_tables(out, [*[(out / f"findings-{t:g}.csv", rows[t]) for t in thresholds], (out / "lesions.csv", lesions)])
+
+
+def write_tables(out: Path, tables: list[tuple[Path, list[dict]]]) -> None:
+    """Each (path, rows) as a CSV file, its columns every key of its rows in order of first appearance."""
+    for path, table in tables:
         keys = list(dict.fromkeys(k for r in table for k in r))
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, keys)
