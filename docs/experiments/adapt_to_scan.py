@@ -9,14 +9,17 @@ femoral cortex): anatomy of a patient they never saw. Here each model is first s
   with LESIONS lesions inserted (HU rule of ``bonemet.data.bone``; seeds 7000..), the slices without an inserted
   lesion as negatives (lesion head only: nothing labels this scan's bone);
 - the set's slices are then segmented by those copies, so that no slice is read by a model that was told its
-  voxels are lesion-free (a real metastasis is never labelled normal for the model that reads it).
+  voxels are lesion-free (a real metastasis is never labelled normal for the model that reads it, except for the
+  part of one that crosses into the other set).
 
 Measured as ``finding_filter.py collect`` measures the models as they are, on the same scans (each held-out
 patient as it is and its COPIES copies with 6 test lesions, seeds 3000..; OUT/copies may link to another collect
 folder's copies), with the adaptation made on each scan under test itself, test lesions included, as a user's scan
-would be. Writes ``OUT/findings-T.csv`` and ``OUT/lesions.csv``: ``finding_filter.py table OUT`` reads them.
+would be. Writes ``OUT/findings-0.5.csv`` (``predict``'s threshold) and ``OUT/lesions.csv``, which
+``finding_filter.py table OUT`` reads, and each scan's findings in ``OUT/scans`` as soon as they are measured (a
+scan found there is not read again).
 
-    .venv/bin/python docs/experiments/adapt_to_scan.py OUT BUILD MODELS [--copies=4] [--steps=120] [--adapt=2]
+    .venv/bin/python docs/experiments/adapt_to_scan.py OUT BUILD MODELS [--copies=4] [--steps=80] [--adapt=2]
         [--lesions=12] [--block=40] [--lr=0.0003] [--patients=N,...] [--scans=is,0,1]
 """
 
@@ -149,7 +152,7 @@ if __name__ == "__main__":
     if len(args) != 3:
         sys.exit(__doc__)
     torch.manual_seed(0)
-    main(Path(args[0]), Path(args[1]), Path(args[2]), int(opts.get("copies", 4)), int(opts.get("steps", 120)),
+    main(Path(args[0]), Path(args[1]), Path(args[2]), int(opts.get("copies", 4)), int(opts.get("steps", 80)),
          int(opts.get("adapt", 2)), int(opts.get("lesions", 12)), float(opts.get("block", 40)),
          float(opts.get("lr", 3e-4)),
          [int(x) for x in opts["patients"].split(",")] if "patients" in opts else None,
