@@ -69,6 +69,7 @@ class Recipe:
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own
+    lesion_dice: float = 0.0  # a soft Dice term's weight in each member's lesion loss (seg train --lesion-dice)
     partial_bone: bool = False  # the real series' bone term from a partial label by HU (data.bone) instead of none
     quick: bool = False
 
@@ -99,16 +100,19 @@ def series_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = ()):
-    from .devices import cpu_bf16_supported
+def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = (), device: str = "auto"):
+    """One training's configuration: in mixed precision on a GPU (``device``), and on a CPU that has bf16."""
+    from .devices import cpu_bf16_supported, resolve_device
     from .runs.seg import SegConfig
 
+    on_cpu = resolve_device(device).type == "cpu"
     return SegConfig(data=str(data), model="hybrid-attunet++", folds=2, test_patients=0.0, epochs=recipe.epochs,
                      size=recipe.size, width=recipe.width, batch_size=4, pixel_mm=recipe.pixel_mm, neg_ratio=1.0,
-                     pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported(), eval_every=4,
+                     pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported() if on_cpu else True, eval_every=4,
                      intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug,
                      train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [],
-                     lesion_prior=recipe.lesion_prior, context_mm=recipe.context_mm)
+                     lesion_prior=recipe.lesion_prior, lesion_dice=recipe.lesion_dice,
+                     context_mm=recipe.context_mm)
 
 
 def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
@@ -175,24 +179,29 @@ def _merge(recipe: Recipe, folder: Path, sources: list) -> Path:
     return data
 
 
-def _train(recipe: Recipe, folder: Path, sources: list) -> Path:
-    """A run trained on ``sources`` merged (``folder/mixed``) into ``folder/seg``; goes on where it stopped."""
+def _train(recipe: Recipe, folder: Path, sources: list, device: str = "auto") -> Path:
+    """A run trained on ``sources`` merged (``folder/mixed``) into ``folder/seg`` on ``device``; goes on where it
+    stopped."""
+    from .devices import resolve_device
+    from .training.loop import Runtime
     from .training.seg import train_segmentation
 
     data = _merge(recipe, folder, sources)
     run = folder / "seg"
     if not all((run / f"fold{k}" / "done.json").exists() for k in range(2)):
         real = [s[2] for s in sources if s[2]]  # the real backgrounds' and negatives' patients
-        train_segmentation(_seg_config(recipe, data, real), run, resume=(run / "config.json").exists())
+        train_segmentation(_seg_config(recipe, data, real, device), run, resume=(run / "config.json").exists(),
+                           rt=Runtime(resolve_device(device)))
     return run
 
 
-def _predict(model: Path, scan: Path, out: Path, **truth):
-    """``predict`` with its default options (no viewer, no DICOM-SEG), ``truth`` / ``bone_truth`` to score against."""
+def _predict(model: Path, scan: Path, out: Path, device: str = "auto", **truth):
+    """``predict`` with its default options (no viewer, no DICOM-SEG) on ``device``, ``truth`` / ``bone_truth`` to
+    score against."""
     from .inference.predict import PredictOptions, Predictor
 
-    return Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, **truth)).predict(
-        scan, out)
+    return Predictor(PredictOptions(seg=model, viewer=False, dicom_seg=False, overwrite=True, device=device,
+                                    **truth)).predict(scan, out)
 
 
 def _predict_defaults() -> str:
@@ -207,10 +216,10 @@ def _predict_defaults() -> str:
             + (", the bone mask by its HU rules" if d["refine_bone"] else ""))
 
 
-def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None) -> dict:
+def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None, device: str = "auto") -> dict:
     """``model`` on a real series without labelled lesions: findings, the largest, the verdict; with ``bone``
     (its bone mask) also the bone Dice."""
-    pred = _predict(model, scan, out, bone_truth=bone)
+    pred = _predict(model, scan, out, device, bone_truth=bone)
     row = {"series": series_label(scan), "slices": pred.summary["input"]["slices"], "findings": len(pred.lesions),
            "largest mL": round(pred.largest_ml, 1),
            "verdict": pred.verdict, "probability": pred.probability}
@@ -222,7 +231,7 @@ def _findings(model: Path, scan: Path, out: Path, bone: Path | None = None) -> d
 SIZE_BANDS = ((0.0, 10.0, "under 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, float("inf"), "20 mm or more"))
 
 
-def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: Path) -> dict:
+def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: Path, device: str = "auto") -> dict:
     """``model`` on background ``i`` with ``test_lesions`` new lesions inserted (a seed no training used): each
     true lesion found or not (a kept finding overlaps it), with its type and largest axial diameter, and the
     findings that overlap none."""
@@ -239,7 +248,7 @@ def _inserted(model: Path, recipe: Recipe, ct: Path, bone: Path, i: int, work: P
         synthesize_from_ct(ct, bone, case, lesions=recipe.test_lesions, seed=999, formats=("volumes",),
                            patient="T")
     vol = case / "volumes" / "T"
-    pred = _predict(model, vol / "ct.nii.gz", work / f"without-background{i}" / "predict-inserted",
+    pred = _predict(model, vol / "ct.nii.gz", work / f"without-background{i}" / "predict-inserted", device,
                     truth=vol / "lesion_mask.nii.gz")
     ids = np.asarray(nib.load(vol / "lesion_mask.nii.gz").dataobj)
     kept = pred.scan.volume.to_native(pred.labels)[0]
@@ -267,7 +276,7 @@ def sensitivity_table(lesions: list[dict], key: str = "found") -> list[dict]:
     return rows
 
 
-def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
+def _phantom_test(model: Path, recipe: Recipe, work: Path, device: str = "auto") -> list[dict]:
     from .phantom.synth import synthesize
 
     test = work / "data" / "phantom-test"
@@ -276,7 +285,7 @@ def _phantom_test(model: Path, recipe: Recipe, work: Path) -> list[dict]:
         synthesize(test, patients=recipe.test_patients, seed=12, size=size, slices=slices, formats=("volumes",))
     rows = []
     for case in sorted((test / "volumes").iterdir()):
-        pred = _predict(model, case / "ct.nii.gz", work / "predict-phantom" / case.name,
+        pred = _predict(model, case / "ct.nii.gz", work / "predict-phantom" / case.name, device,
                         truth=case / "lesion_mask.nii.gz")
         rows.append({"patient": case.name, **pred.summary["truth"], "verdict": pred.verdict})
     return rows
@@ -297,7 +306,7 @@ def _epoch_seconds(work: Path) -> float:
                for r in read_rows(metrics, 10**9) if r.get("seconds"))
 
 
-OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "partial_bone",
+OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "lesion_dice", "partial_bone",
            "scale_aug", "width", "pixel_mm", "context_mm")  # recorded in recipe.json
 
 
@@ -378,13 +387,17 @@ def _check_patients_apart(recipe: Recipe) -> None:
                                "as --same-patient SERIES:BACKGROUND_CT, or leave it out)", path)
 
 
-def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False) -> Path:
+def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = False, device: str = "auto"
+                        ) -> Path:
     """Run the recipe into ``out`` (``out/work``: every stage's output; ``out/<model_name(recipe)>``: the bundled
-    model, with its card). Returns the bundled model's folder."""
+    model, with its card), training and predicting on ``device``. Returns the bundled model's folder."""
     from .bench.seg import cpu_name
+    from .devices import describe_device, resolve_device
     from .fileio import check_output
     from .runs.bundled import package_run
 
+    dev = resolve_device(device)
+    device = str(dev)
     _check(recipe)
     if not resume:
         check_output(out, "models build", False, [*(p for b in recipe.backgrounds for p in b if p), *recipe.real,
@@ -395,8 +408,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member, --lesion-prior, --partial-bone, --scale-aug, --width, "
-                               "--pixel-mm, --same-patient or --quick "
+                               "--real-in-every-member, --lesion-prior, --lesion-dice, --partial-bone, --scale-aug, "
+                               "--width, --pixel-mm, --context-mm, --same-patient or --quick "
                                f"than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
@@ -411,24 +424,25 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     lopo = []
     for j, scan in enumerate(recipe.real):
         console.print(f"[bold]leave one out[/bold] ({j + 1}/{len(recipe.real)}): trained without {scan}")
-        run = _train(recipe, work / f"without-real{j}", sources + [v for k, v in negatives.items() if k != scan])
-        lopo.append(_findings(run, scan, work / f"without-real{j}" / "predict"))
+        run = _train(recipe, work / f"without-real{j}", sources + [v for k, v in negatives.items() if k != scan],
+                     device)
+        lopo.append(_findings(run, scan, work / f"without-real{j}" / "predict", device=device))
     by_background = []
     left_out = recipe.backgrounds if len(recipe.backgrounds) > 1 else []  # with one, no lesions left to train on
     for i, (ct, bone) in enumerate(left_out):
         console.print(f"[bold]leave one background out[/bold] ({i + 1}/{len(recipe.backgrounds)}): "
                       f"trained without {ct}")
-        run = _train(recipe, work / f"without-background{i}", without_patient(sources, negatives, f"B{i}"))
-        row = _findings(run, ct, work / f"without-background{i}" / "predict", bone)
-        by_background.append({**row, **_inserted(run, recipe, ct, bone, i, work)})
+        run = _train(recipe, work / f"without-background{i}", without_patient(sources, negatives, f"B{i}"), device)
+        row = _findings(run, ct, work / f"without-background{i}" / "predict", bone, device)
+        by_background.append({**row, **_inserted(run, recipe, ct, bone, i, work, device)})
     console.print("[bold]the model[/bold]: trained on all of it")
-    run = _train(recipe, work / "all", sources + list(negatives.values()))
+    run = _train(recipe, work / "all", sources + list(negatives.values()), device)
     staged = work / "bundle"
     shutil.rmtree(staged, ignore_errors=True)  # a bundle of an interrupted build: made again from the run
     name = model_name(recipe)
     package_run(run, staged, name, DESCRIPTION)
     console.print("[bold]measuring[/bold] on phantom patients of another seed")
-    phantom = _phantom_test(staged, recipe, work)
+    phantom = _phantom_test(staged, recipe, work, device)
     shutil.rmtree(staged)
     true = sum(r["true_lesions"] for r in phantom)
     inserted = [les for row in by_background for les in row["lesions"]]
@@ -449,7 +463,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
                                                          / max(1, len(phantom)), 2),
                "recipe_command": command, "minutes": round((time.perf_counter() - t0) / 60, 1),
                "training_minutes": round(_epoch_seconds(work) / 60, 1), "date": time.strftime("%Y-%m-%d"),
-               "cpu": cpu_name(), "bonemet": __version__, "python": platform.python_version()}
+               "cpu": cpu_name(), "device": describe_device(dev), "bonemet": __version__,
+               "python": platform.python_version()}
     write_json(work / "results.json", results)
     write_text(work / "MODEL_CARD.md", model_card(recipe, results, read_json(run / "config.json", "run config")))
     bundle = out / name
@@ -486,6 +501,7 @@ def model_card(recipe: Recipe, r: dict, cfg: dict) -> str:
                           *("| " + " | ".join(str(row[k]) for k in ["size", *kinds]) + " |" for row in sens)])
 
     context = f" ({cfg['preprocessing']['context']})" if cfg["preprocessing"].get("context") else ""
+    dice = f" plus {cfg['lesion_dice']:g} x a soft Dice loss over the batch" if cfg.get("lesion_dice") else ""
     return f"""# {model_name(recipe)}
 
 {DESCRIPTION}.
@@ -501,7 +517,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 - Physical scale: every axial slice resampled to {cfg['pixel_mm']} mm pixels, a {cfg['size']} px window
   ({cfg['size'] * cfg['pixel_mm']:.0f} mm) tiled over the body with Gaussian blending; CT window
   {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels{context}.
-- Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']},
+- Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']}{dice},
   at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, {_geometry(cfg)}, intensity
   randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
 - The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
@@ -530,8 +546,8 @@ made with this model.
     {r['recipe_command']}
 
 Its {len(recipe.real) + len(r['leave_background_out']) + 1} trainings took {r['training_minutes']} min (the epochs'
-times in their metrics.csv), the last invocation {r['minutes']} min in all; {r['date']}, {r['cpu']}, bonemet
-{r['bonemet']}. Training is seeded; on another CPU figures can differ.
+times in their metrics.csv), the last invocation {r['minutes']} min in all; {r['date']}, {r['cpu']}, trained on
+{r.get('device', 'cpu')}, bonemet {r['bonemet']}. Training is seeded; on another CPU or a GPU figures can differ.
 
 ## Measured on real anatomy it never saw: leave one patient out
 

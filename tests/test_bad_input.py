@@ -396,10 +396,21 @@ def test_models_that_learn_bone_refuse_data_without_bone_masks(tmp_path):
     assert not (tmp_path / "seq").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_build_on_a_gpu_this_machine_lacks_is_one_line_and_writes_nothing(phantom, tmp_path):
+    out = tmp_path / "build"
+    r = invoke("models", "build", out, "--background", phantom / "bmseg", "--device", "cuda", "--quick")
+    one_line_failure(r, "--device cuda: no CUDA GPU is visible")
+    assert not out.exists()
+
+
 def test_a_lesion_prior_outside_zero_to_one_is_one_line(phantom, tmp_path):
     run, build = tmp_path / "run", tmp_path / "build"
     r = invoke("seg", "train", "--data", phantom / "bmseg", "--out", run, "--lesion-prior", "1.5")
     one_line_failure(r, "lesion_prior must be a probability between 0 and 1, got 1.5")
+    assert not run.exists()
+    r = invoke("seg", "train", "--data", phantom / "bmseg", "--out", run, "--lesion-dice", "-1")
+    assert r.returncode == 2 and "--lesion-dice" in r.stderr and "Traceback" not in r.stderr
     assert not run.exists()
     r = invoke("models", "build", build, "--background", phantom / "bmseg", "--lesion-prior", "0")
     one_line_failure(r, "--lesion-prior must be a probability between 0 and 1, got 0.0")

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 import bonemet
@@ -94,16 +95,17 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
     given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"],
                       [(tmp_path / "longer.nii.gz", tmp_path / "ct.nii.gz")], epochs=3, copies=2, window="multi",
                       real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16,
-                      pixel_mm=2.0, context_mm=10.0)
+                      pixel_mm=2.0, context_mm=10.0, lesion_dice=0.5)
     assert rc._recipe_from(rc._inputs(given)) == given
     assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-ctx10-v1")  # the 384 mm field at 2 mm pixels
     older = {k: v for k, v in rc._inputs(given).items()
-             if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm")}
+             if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm", "lesion_dice")}
     back = rc._recipe_from(older)
     assert (back.scale_aug, back.width, back.epochs, back.same_patient, back.context_mm) == (0.0, 8, 3, [], 0.0)
     assert (back.pixel_mm, back.size, rc.model_name(back)) == (3.0, 128, rc.NAME)
     assert rc._seg_config(given, tmp_path).size == 192 and rc._seg_config(back, tmp_path).pixel_mm == 3.0
     assert (rc._seg_config(given, tmp_path).context_mm, rc._seg_config(back, tmp_path).context_mm) == (10.0, 0.0)
+    assert (rc._seg_config(given, tmp_path).lesion_dice, rc._seg_config(back, tmp_path).lesion_dice) == (0.5, 0.0)
 
 
 def test_a_series_of_a_backgrounds_patient_trains_in_its_fold_and_is_left_out_with_it(real_ct, tmp_path):
@@ -154,7 +156,7 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
                "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01", "--partial-bone",
-               "--scale-aug", "0.2")
+               "--scale-aug", "0.2", "--lesion-dice", "0.5", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -211,6 +213,9 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert json.loads((out / "recipe.json").read_text())["inputs"]["partial_bone"] is True
     assert {json.loads(c.read_text())["lesion_prior"] for c in work.glob("*/seg/config.json")} == {0.01}
     assert {json.loads(c.read_text())["scale_aug"] for c in work.glob("*/seg/config.json")} == {0.2}
+    assert {json.loads(c.read_text())["lesion_dice"] for c in work.glob("*/seg/config.json")} == {0.5}
+    assert "lesion pos-weight 10.0 plus 0.5 x a soft Dice loss over the batch," in card
+    assert results["device"].startswith("cpu (") and f"trained on\n{results['device']}, bonemet" in card
     assert "rotations and flips, zoom by up to 0.2 either way" in card
     assert len(list(work.glob("*/seg/config.json"))) == 4  # without-real0, without-background0 and 1, all
     cells = [c for row in results["inserted_sensitivity"] for k, c in row.items() if k == "all" and c != "-"]
@@ -244,6 +249,18 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
                   real_ct / "abdomen_3mm_ct.nii.gz")
     assert same.returncode == 2 and not (tmp_path / "b2").exists()
     assert_clean_failure(same, "is also a background")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (runs where one is)")
+def test_models_build_trains_and_measures_on_the_gpu(real_ct, tmp_path):
+    """``models build --device cuda``: every training runs on the GPU in mixed precision, and the card says where."""
+    out = tmp_path / "build"
+    r = invoke("models", "build", out, "--quick", "--device", "cuda", "--background",
+               f"{real_ct / 'abdomen_3mm_ct.nii.gz'}:{real_ct / 'abdomen_3mm_bone_mask.nii.gz'}")
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "work" / "results.json").read_text())
+    assert results["device"].startswith("cuda") and results["phantom_test"]
+    assert {json.loads(c.read_text())["bf16"] for c in (out / "work").glob("*/seg/config.json")} == {True}
 
 
 def test_models_build_window_reaches_every_training_image(real_ct, tmp_path):

@@ -478,6 +478,29 @@ def test_slices_without_a_bone_mask_add_nothing_to_the_bone_loss():
     assert torch.allclose(none, cfg.lesion_weight * lesion)
 
 
+def test_the_lesion_dice_term_is_the_batchs_soft_dice_added_to_the_bce():
+    """``lesion_dice`` W: the lesion loss is BCE + W (1 - 2 sum(p t) / (sum p + sum t)) over every pixel of the
+    batch at once (known answers by hand), so a lesion-free slice's false positives count against the lesions of
+    the others; with W = 0 it is the BCE alone."""
+    import torch.nn.functional as F
+
+    lo = torch.tensor([[[[2.0, -1.0], [0.0, -3.0]]], [[[1.0, -2.0], [-2.0, -2.0]]]])
+    t = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    p = torch.sigmoid(lo)
+    dice = 1 - 2 * (p * t).sum() / (p.sum() + t.sum())
+    bce = F.binary_cross_entropy_with_logits(lo, t)
+    batch = {"lesion": t}
+    assert torch.allclose(seg_mod.seg_loss(lo, None, batch, SegConfig(data="x", model="unet")), bce)
+    got = seg_mod.seg_loss(lo, None, batch, SegConfig(data="x", model="unet", lesion_dice=0.5))
+    assert torch.allclose(got, bce + 0.5 * dice, atol=1e-6)
+    # by hand: sum p = 2.7858, sum t = 2, sum p t = 1.3808, so Dice 0.5770 and its loss 0.4230; BCE 0.3595
+    assert abs(float(got) - (0.3595 + 0.5 * 0.4230)) < 1e-3
+    # the lesion-free second slice's probabilities (0.73, 0.12, 0.12, 0.12) are in the sum: its first slice alone
+    # has a Dice loss of 1 - 2 x 1.3808 / (1.6971 + 2) = 0.2530
+    alone = seg_mod.seg_loss(lo[:1], None, {"lesion": t[:1]}, SegConfig(data="x", model="unet", lesion_dice=1.0))
+    assert abs(float(alone - F.binary_cross_entropy_with_logits(lo[:1], t[:1])) - 0.2530) < 1e-3
+
+
 def test_a_partial_bone_label_adds_only_the_pixels_it_knows_to_the_bone_loss():
     """A partial bone label (a real series' sure bone and sure no-bone by HU): its unknown pixels add nothing to the
     bone term, whatever the bone head says there; its known pixels count as a whole mask's pixels do."""

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from .options import Device
+
 app = typer.Typer(help="Bundled models: list them, read their cards, re-build the default one.",
                   invoke_without_command=True)
 
@@ -90,6 +92,9 @@ def build(
     lesion_prior: Annotated[float | None, typer.Option(help="Start each member's lesion-head bias at this "
                                                             "probability's log-odds (e.g. 0.01; as `seg train "
                                                             "--lesion-prior`).")] = None,
+    lesion_dice: Annotated[float, typer.Option(min=0, help="Add this weight times a soft Dice loss of the lesion "
+                                                           "output to each member's lesion BCE (as `seg train "
+                                                           "--lesion-dice`); 0: off.")] = 0.0,
     partial_bone: Annotated[bool, typer.Option(help="Give each --real series a partial bone label from HU alone "
                                                     "(sure bone, sure no bone; the rest left out of the bone term) "
                                                     "instead of none.")] = False,
@@ -104,6 +109,7 @@ def build(
     context_mm: Annotated[float, typer.Option(min=0, max=100, help="Neighbouring slices about this many mm below and "
                                               "above as the input's outer channels (as `seg train --context-mm`); "
                                               "a bundle with them is named by it. 0: the slice alone.")] = 0.0,
+    device: Device = "auto",
     quick: Annotated[bool, typer.Option(help="Every stage tiny (1 epoch, width 4, one copy): checks the recipe, not "
                                              "a model to use; overrides --epochs, --copies, --width and "
                                              "--pixel-mm.")] = False,
@@ -117,8 +123,8 @@ def build(
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
                     copies=copies, window=window, real_in_every_member=real_in_every_member,
-                    lesion_prior=lesion_prior, partial_bone=partial_bone, scale_aug=scale_aug, width=width,
+                    lesion_prior=lesion_prior, lesion_dice=lesion_dice, partial_bone=partial_bone, scale_aug=scale_aug, width=width,
                     pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    bundle = build_default_model(out, recipe, command, resume=resume)
+    bundle = build_default_model(out, recipe, command, resume=resume, device=device)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

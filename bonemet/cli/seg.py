@@ -63,6 +63,9 @@ def train(
     bone_weight: Annotated[float, typer.Option(help="Loss weight of the bone head.")] = 0.3,
     pos_weight: Annotated[float, typer.Option(help="BCE weight of lesion pixels (1 = the thesis' plain BCE).")]
         = 1.0,
+    lesion_dice: Annotated[float, typer.Option(min=0, help="Add this weight times a soft Dice loss of the lesion "
+                                                           "output over the whole batch (nnU-Net's Dice + "
+                                                           "cross-entropy); 0: BCE alone, as the thesis.")] = 0.0,
     lesion_prior: Annotated[float | None, typer.Option(help="Start the lesion head's bias at this probability's "
                                                             "log-odds (e.g. 0.01), so that a pixel with no active "
                                                             "feature means no lesion. Default: torch's own "
@@ -113,7 +116,7 @@ def train(
                     epochs=epochs, size=size, batch_size=batch_size, width=width, channels=channels, block=block,
                     dual_decoder=False if single_decoder else None, lesion_model=lesion_model,
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer,
-                    lr_scale=lr_scale,
+                    lr_scale=lr_scale, lesion_dice=lesion_dice,
                     select=select, augment=not no_augment, intensity_aug=intensity_aug, scale_aug=scale_aug,
                     threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm,

@@ -38,6 +38,7 @@ class SegConfig(RunConfig):
     lesion_model: str = "attunet++"
     lesion_weight: float = 0.7
     pos_weight: float = 1.0
+    lesion_dice: float = 0.0  # weight of a soft Dice term over the batch's lesion pixels added to the lesion BCE
     bone_weight: float = 0.3
     threshold: int = 0
     mask_resize: str = "nearest"
@@ -71,6 +72,8 @@ class SegConfig(RunConfig):
              f"scale_aug must be a fraction between 0 and 1, got {self.scale_aug}"),
             (self.lesion_prior is None or (isinstance(self.lesion_prior, (int, float)) and 0 < self.lesion_prior < 1),
              f"lesion_prior must be a probability between 0 and 1, got {self.lesion_prior}"),
+            (isinstance(self.lesion_dice, (int, float)) and self.lesion_dice >= 0,
+             f"lesion_dice must be a loss weight of 0 or more, got {self.lesion_dice}"),
             (isinstance(self.context_mm, (int, float)) and 0 <= self.context_mm <= 100,
              f"context_mm must be a distance in mm between 0 and 100, got {self.context_mm}"),
             (not self.context_mm or (self.pixel_mm is not None and self.channels == 3),

@@ -69,13 +69,17 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
     """0.7 BCE(lesion) + 0.3 BCE(bone) for two-headed models, BCE(lesion) otherwise.
 
     ``pos_weight`` > 1 up-weights lesion pixels (an option for data far more imbalanced than BM-Seg,
-    whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE). Slices without a bone mask
+    whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE). ``lesion_dice`` > 0 adds that
+    weight times MONAI's soft Dice loss of the lesion output, over all pixels of the batch at once (nnU-Net's
+    Dice + cross-entropy; a batch of lesion-free slices then costs only its false positives). Slices without a bone mask
     (``has_bone`` false: real negatives nobody outlined the bones of) add nothing to the bone term, instead of
     teaching the bone head that they hold no bone; a partial bone label (``bone_partial``) adds the mean over the
     pixels it knows, its unknown ones (``UNKNOWN_BONE_TARGET``) left out.
     """
     pw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight, device=lesion_logits.device)
     lesion_loss = F.binary_cross_entropy_with_logits(lesion_logits, batch["lesion"], pos_weight=pw)
+    if cfg.lesion_dice:
+        lesion_loss = lesion_loss + cfg.lesion_dice * _batch_dice(lesion_logits.float(), batch["lesion"].float())
     if bone_logits is None:
         return lesion_loss
     has, partial = batch.get("has_bone"), batch.get("bone_partial")
@@ -94,6 +98,13 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
             per = bce.mean(dim=(1, 2, 3))
         bone_loss = (per * w).sum() / w.sum().clamp(min=1.0)
     return cfg.lesion_weight * lesion_loss + cfg.bone_weight * bone_loss
+
+
+def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MONAI's soft Dice loss of ``sigmoid(logits)`` against ``target``, the batch's pixels taken as one set."""
+    from monai.losses import DiceLoss
+
+    return DiceLoss(sigmoid=True, batch=True)(logits, target)
 
 
 def make_split(cfg: SegConfig, slices: list[SegSlice], flags: np.ndarray) -> dict:
