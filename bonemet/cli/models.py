@@ -123,8 +123,8 @@ def build(
     check_window(window)
     recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
                     copies=copies, window=window, real_in_every_member=real_in_every_member,
-                    lesion_prior=lesion_prior, lesion_dice=lesion_dice, partial_bone=partial_bone, scale_aug=scale_aug, width=width,
-                    pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
+                    lesion_prior=lesion_prior, lesion_dice=lesion_dice, partial_bone=partial_bone, scale_aug=scale_aug,
+                    width=width, pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume, device=device)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

@@ -71,10 +71,10 @@ def seg_loss(lesion_logits: torch.Tensor, bone_logits: torch.Tensor | None, batc
     ``pos_weight`` > 1 up-weights lesion pixels (an option for data far more imbalanced than BM-Seg,
     whose lesions cover about 2.7 % of the pixels; the thesis uses plain BCE). ``lesion_dice`` > 0 adds that
     weight times MONAI's soft Dice loss of the lesion output, over all pixels of the batch at once (nnU-Net's
-    Dice + cross-entropy; a batch of lesion-free slices then costs only its false positives). Slices without a bone mask
-    (``has_bone`` false: real negatives nobody outlined the bones of) add nothing to the bone term, instead of
-    teaching the bone head that they hold no bone; a partial bone label (``bone_partial``) adds the mean over the
-    pixels it knows, its unknown ones (``UNKNOWN_BONE_TARGET``) left out.
+    Dice + cross-entropy; a batch of lesion-free slices then costs only its false positives). Slices without a
+    bone mask (``has_bone`` false: real negatives nobody outlined the bones of) add nothing to the bone term,
+    instead of teaching the bone head that they hold no bone; a partial bone label (``bone_partial``) adds the
+    mean over the pixels it knows, its unknown ones (``UNKNOWN_BONE_TARGET``) left out.
     """
     pw = None if cfg.pos_weight == 1.0 else torch.tensor(cfg.pos_weight, device=lesion_logits.device)
     lesion_loss = F.binary_cross_entropy_with_logits(lesion_logits, batch["lesion"], pos_weight=pw)
