@@ -144,7 +144,8 @@ def main(out: Path, build: Path, models: Path, copies: int, steps: int, adapt: i
                 print(f"{name} {label}: {len(found)} findings ({time.perf_counter() - t0:.0f} s)", flush=True)
                 write_json(done, [{"patient": name, "model": 0, "scan": label, **r} for r in found])
             rows += read_json(done)
-    write_tables(out, [(out / "findings-0.5.csv", rows), (out / "lesions.csv", lesion_rows)])
+    write_tables([(out / "findings-0.5.csv", rows), (out / "lesions.csv", lesion_rows)])
+
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]

@@ -134,10 +134,10 @@ def collect(out: Path, build: Path, model_dirs: list[Path], copies: int, thresho
                     print(f"{name} model {m} {label} threshold {t:g}: {len(found)} findings", flush=True)
                     rows[t] += [{"patient": name, "model": m, "scan": label, **r} for r in found]
     out.mkdir(parents=True, exist_ok=True)
-    write_tables(out, [*[(out / f"findings-{t:g}.csv", rows[t]) for t in thresholds], (out / "lesions.csv", lesions)])
+    write_tables([*[(out / f"findings-{t:g}.csv", rows[t]) for t in thresholds], (out / "lesions.csv", lesions)])
 
 
-def write_tables(out: Path, tables: list[tuple[Path, list[dict]]]) -> None:
+def write_tables(tables: list[tuple[Path, list[dict]]]) -> None:
     """Each (path, rows) as a CSV file, its columns every key of its rows in order of first appearance."""
     for path, table in tables:
         keys = list(dict.fromkeys(k for r in table for k in r))
