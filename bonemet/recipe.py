@@ -66,6 +66,7 @@ class Recipe:
     context_mm: float = 0.0  # neighbouring slices this far below and above as input channels (seg train --context-mm)
     intensity_aug: bool = True
     scale_aug: float = 0.0  # random zoom of training samples by up to this fraction either way (seg train --scale-aug)
+    density_aug: float = 0.0  # bone density of training samples scaled by up to this fraction (seg train --density-aug)
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own
@@ -109,7 +110,7 @@ def _seg_config(recipe: Recipe, data: Path, real_patients: Sequence[str] = (), d
     return SegConfig(data=str(data), model="hybrid-attunet++", folds=2, test_patients=0.0, epochs=recipe.epochs,
                      size=recipe.size, width=recipe.width, batch_size=4, pixel_mm=recipe.pixel_mm, neg_ratio=1.0,
                      pos_weight=10.0, lr_scale=0.3, bf16=cpu_bf16_supported() if on_cpu else True, eval_every=4,
-                     intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug,
+                     intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug, density_aug=recipe.density_aug,
                      train_always=sorted(set(real_patients)) if recipe.real_in_every_member else [],
                      lesion_prior=recipe.lesion_prior, lesion_dice=recipe.lesion_dice,
                      context_mm=recipe.context_mm)
@@ -297,6 +298,12 @@ def _geometry(cfg: dict) -> str:
     return "rotations and flips" + (f", zoom by up to {s:g} either way" if s else "")
 
 
+def _density(cfg: dict) -> str:
+    """The card's words for a run's bone density randomisation."""
+    d = cfg.get("density_aug", 0.0)
+    return f", bone density (HU above 100) scaled by up to {d:g} either way" if d else ""
+
+
 def _epoch_seconds(work: Path) -> float:
     """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
     that was interrupted and resumed still counts each training once)."""
@@ -307,7 +314,7 @@ def _epoch_seconds(work: Path) -> float:
 
 
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "lesion_dice", "partial_bone",
-           "scale_aug", "width", "pixel_mm", "context_mm")  # recorded in recipe.json
+           "scale_aug", "density_aug", "width", "pixel_mm", "context_mm")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -409,7 +416,7 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
                                "--real-in-every-member, --lesion-prior, --lesion-dice, --partial-bone, --scale-aug, "
-                               "--width, --pixel-mm, --context-mm, --same-patient or --quick "
+                               "--density-aug, --width, --pixel-mm, --context-mm, --same-patient or --quick "
                                f"than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
@@ -519,7 +526,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
   {json.dumps(cfg['preprocessing'].get('window'))}, 3 channels{context}.
 - Trained {cfg['epochs']} epoch(s) per fold, batch {cfg['batch_size']}, lesion pos-weight {cfg['pos_weight']}{dice},
   at most one lesion-free slice per lesion slice each epoch, bf16 {cfg['bf16']}, {_geometry(cfg)}, intensity
-  randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening).
+  randomisation {cfg.get('intensity_aug', False)} (contrast, offset, noise, blur or sharpening){_density(cfg)}.
 - The folds split {"the phantom patients only: every real series trains both members" if cfg.get('train_always')
                    else "every patient, real series too: each real series trains one member"}.
 - The lesion head's bias starts at {f"the log-odds of {cfg['lesion_prior']} (a pixel with no active feature means "

@@ -101,6 +101,10 @@ def build(
     scale_aug: Annotated[float, typer.Option(min=0, max=1, help="Zoom each training sample by a random factor "
                                                                 "between 1/(1+S) and 1+S (as `seg train "
                                                                 "--scale-aug`); 0: off.")] = 0.0,
+    density_aug: Annotated[float, typer.Option(min=0, max=2, help="Scale the bone above 100 HU of each training "
+                                                                  "sample by a random factor between 1/(1+D) and "
+                                                                  "1+D (as `seg train --density-aug`); 0: off.")]
+        = 0.0,
     width: Annotated[int, typer.Option(min=1, help="Each member's width (channels of its first level; the thesis' "
                                                    "is 32).")] = 8,
     pixel_mm: Annotated[float, typer.Option(min=0.5, max=6, help="Pixel size in mm of every member (the field stays "
@@ -124,7 +128,7 @@ def build(
     recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
                     copies=copies, window=window, real_in_every_member=real_in_every_member,
                     lesion_prior=lesion_prior, lesion_dice=lesion_dice, partial_bone=partial_bone, scale_aug=scale_aug,
-                    width=width, pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
+                    density_aug=density_aug, width=width, pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume, device=device)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

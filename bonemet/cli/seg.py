@@ -80,6 +80,10 @@ def train(
     scale_aug: Annotated[float, typer.Option(min=0, max=1, help="Also zoom each training sample by a random factor "
                                                                 "between 1/(1+S) and 1+S (patients of other "
                                                                 "sizes); 0: off.")] = 0.0,
+    density_aug: Annotated[float, typer.Option(min=0, max=2, help="Also scale what lies above 100 HU (marrow, "
+                                                                  "cortex, and a lesion with them) by a random factor "
+                                                                  "between 1/(1+D) and 1+D (patients whose normal "
+                                                                  "bone is denser or thinner); 0: off.")] = 0.0,
     threshold: Annotated[int, typer.Option(help="Mask binarisation threshold (127 for noisy JPEG masks).")] = 0,
     neg_ratio: Annotated[float | None, typer.Option(help="Per epoch, at most this many lesion-free slices per "
                                                           "lesion slice (CPU budgets).")] = None,
@@ -118,6 +122,7 @@ def train(
                     lesion_weight=lesion_weight, bone_weight=bone_weight, pos_weight=pos_weight, optimizer=optimizer,
                     lr_scale=lr_scale, lesion_dice=lesion_dice,
                     select=select, augment=not no_augment, intensity_aug=intensity_aug, scale_aug=scale_aug,
+                    density_aug=density_aug,
                     threshold=threshold, neg_ratio=neg_ratio, eval_every=eval_every, seed=seed,
                     bf16=bf16, mask_resize="paper" if protocol == "paper" else "nearest", pixel_mm=pixel_mm,
                     lesion_prior=lesion_prior, context_mm=context_mm)

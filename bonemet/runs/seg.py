@@ -45,6 +45,7 @@ class SegConfig(RunConfig):
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
     intensity_aug: bool = False  # domain randomisation of intensities in training (training.augment.SegAugment)
     scale_aug: float = 0.0  # random zoom in training by up to this fraction either way (training.augment.SegAugment)
+    density_aug: float = 0.0  # bone density (HU above 100) scaled in training by up to this fraction either way
     train_always: list = field(default_factory=list)  # patients in every fold's training part (data.splits)
     lesion_prior: float | None = None  # the lesion head's bias starts at its log-odds (models.set_lesion_prior)
     context_mm: float = 0.0  # the slices about this far below and above as the input's outer channels (data.physical)
@@ -70,6 +71,8 @@ class SegConfig(RunConfig):
              f"train_always must be a list of patient names, got {self.train_always!r}"),
             (isinstance(self.scale_aug, (int, float)) and 0 <= self.scale_aug <= 1,
              f"scale_aug must be a fraction between 0 and 1, got {self.scale_aug}"),
+            (isinstance(self.density_aug, (int, float)) and 0 <= self.density_aug <= 2,
+             f"density_aug must be between 0 and 2, got {self.density_aug}"),
             (self.lesion_prior is None or (isinstance(self.lesion_prior, (int, float)) and 0 < self.lesion_prior < 1),
              f"lesion_prior must be a probability between 0 and 1, got {self.lesion_prior}"),
             (isinstance(self.lesion_dice, (int, float)) and self.lesion_dice >= 0,

@@ -32,7 +32,7 @@ from ..models import forward
 from ..devices import model_device, on_device
 from ..log import console
 from ..runs.seg import SegConfig, build_model, seg_dataset
-from .augment import SegAugment
+from .augment import SegAugment, density_pivots
 from .distributed import barrier, unwrap
 from .loop import (FoldRecipe, Runtime, announce_distributed, fit_fold, folds_to_train, make_optimizer, run_split,
                    sampling_flags, start_run)
@@ -162,12 +162,26 @@ def quick_scores(model: torch.nn.Module, ds: SegmentationDataset, cfg: SegConfig
     return {"loss": loss_sum / n, "lesion_f1": pixel_scores(total)["F1"]}
 
 
+def _density_pivots(cfg: SegConfig, window: str) -> list[float] | None:
+    """The image value of ``augment.DENSITY_PIVOT_HU`` in each input channel of images in ``window``, for
+    ``cfg.density_aug``."""
+    if not cfg.density_aug:
+        return None
+    pivots = density_pivots(window, cfg.channels)
+    if pivots is None:
+        raise BonemetError(f"--density-aug needs images in a known CT window (bone, soft, wide or multi), but the "
+                           f"images' window is {window}", Path(cfg.data))
+    return pivots
+
+
 def train_fold(cfg: SegConfig, run: Path, k: int, fit: list[SegSlice], sel: list[SegSlice], held: list[SegSlice],
                resume: bool, flags: np.ndarray | None = None, rt: Runtime = Runtime()) -> dict:
     """Train fold ``k`` on ``fit`` (``loop.fit_fold``); ``flags`` (lesion slice or not, per ``fit`` slice) serves
     --neg-ratio."""
     paper = cfg.protocol == "paper"  # the reference run, leaks and all, so that they can be measured
-    aug = SegAugment(masks_follow=not paper, intensity=cfg.intensity_aug, scale=cfg.scale_aug) if cfg.augment else None
+    pivots = _density_pivots(cfg, cfg.preprocessing.get("window", "unknown"))
+    aug = SegAugment(masks_follow=not paper, intensity=cfg.intensity_aug, scale=cfg.scale_aug,
+                     density=cfg.density_aug, pivots=pivots) if cfg.augment else None
     if paper:
         sel = held  # the reference keeps the epoch with the best F1 on the very fold it reports
     if cfg.neg_ratio is None:
@@ -221,6 +235,7 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
     index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
     slices = index.slices
     refuse_missing_bone(cfg, slices, index.root)
+    _density_pivots(cfg, data_preprocessing(Path(cfg.data))["window"])  # an unknown window refused as early
     flags = lesion_slice_flags(slices, cfg.threshold)  # read every mask once
     flag_of = {s.name: bool(f) for s, f in zip(slices, flags)}
     split = make_split(cfg, slices, flags)
