@@ -404,6 +404,16 @@ def test_a_build_on_a_gpu_this_machine_lacks_is_one_line_and_writes_nothing(phan
     assert not out.exists()
 
 
+def test_density_aug_on_images_of_unknown_window_is_one_line_and_writes_nothing(phantom, tmp_path):
+    """--density-aug scales HU above 100, so it needs to know the HU of the images' values: a data root without
+    bonemet's description of its window (BM-Seg's PNG slices) is refused before the run folder is made."""
+    data, run = tmp_path / "bmseg", tmp_path / "run"
+    shutil.copytree(phantom / "bmseg", data)  # without the phantom's description beside it
+    r = invoke("seg", "train", "--data", data, "--out", run, "--density-aug", "0.5", "--epochs", "1")
+    one_line_failure(r, "--density-aug needs images in a known CT window", "unknown (images used as given)")
+    assert not run.exists()
+
+
 def test_a_lesion_prior_outside_zero_to_one_is_one_line(phantom, tmp_path):
     run, build = tmp_path / "run", tmp_path / "build"
     r = invoke("seg", "train", "--data", phantom / "bmseg", "--out", run, "--lesion-prior", "1.5")

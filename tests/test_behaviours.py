@@ -39,7 +39,8 @@ def test_probability_maps_hold_the_slices_probabilities(phantom, seg_run, tmp_pa
 def test_window_override_is_applied_and_said(phantom, seg_run, tmp_path):
     series = phantom / "dicom" / _metastatic_patient(phantom)
     outs = {}
-    for window, metal in (("bone", ()), ("soft", ("--no-metal-rule", "--symmetry-hu", "25"))):
+    for window, metal in (("bone", ()), ("soft", ("--no-metal-rule", "--symmetry-hu", "25", "--min-contrast-hu",
+                                                  "30"))):
         out = tmp_path / window
         r = invoke("predict", series, "--seg", seg_run, "--out", out, "--window", window, "--no-dicom-seg", *metal)
         assert r.returncode == 0, r.stderr
@@ -52,6 +53,9 @@ def test_window_override_is_applied_and_said(phantom, seg_run, tmp_path):
         symmetry = outs[window]["options"]["symmetry rule"]
         assert symmetry == "off" if not metal else symmetry.startswith(
             "a component whose mirror image across the body's midline (within 3 mm) has a mean within 25 HU")
+        contrast = outs[window]["options"]["contrast rule"]
+        assert contrast == "off" if not metal else contrast.startswith(
+            "a component whose mean is within 30 HU of the bone around it shows no lesion on CT; ")
     from bonemet.inference.runners import _inputs
     from bonemet.inference.scan import read_scan
 

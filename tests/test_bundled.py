@@ -95,17 +95,19 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
     given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"],
                       [(tmp_path / "longer.nii.gz", tmp_path / "ct.nii.gz")], epochs=3, copies=2, window="multi",
                       real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16,
-                      pixel_mm=2.0, context_mm=10.0, lesion_dice=0.5)
+                      pixel_mm=2.0, context_mm=10.0, lesion_dice=0.5, density_aug=1.5)
     assert rc._recipe_from(rc._inputs(given)) == given
     assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-ctx10-v1")  # the 384 mm field at 2 mm pixels
     older = {k: v for k, v in rc._inputs(given).items()
-             if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm", "lesion_dice")}
+             if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm", "lesion_dice",
+                          "density_aug")}
     back = rc._recipe_from(older)
     assert (back.scale_aug, back.width, back.epochs, back.same_patient, back.context_mm) == (0.0, 8, 3, [], 0.0)
     assert (back.pixel_mm, back.size, rc.model_name(back)) == (3.0, 128, rc.NAME)
     assert rc._seg_config(given, tmp_path).size == 192 and rc._seg_config(back, tmp_path).pixel_mm == 3.0
     assert (rc._seg_config(given, tmp_path).context_mm, rc._seg_config(back, tmp_path).context_mm) == (10.0, 0.0)
     assert (rc._seg_config(given, tmp_path).lesion_dice, rc._seg_config(back, tmp_path).lesion_dice) == (0.5, 0.0)
+    assert (rc._seg_config(given, tmp_path).density_aug, rc._seg_config(back, tmp_path).density_aug) == (1.5, 0.0)
 
 
 def test_a_series_of_a_backgrounds_patient_trains_in_its_fold_and_is_left_out_with_it(real_ct, tmp_path):
@@ -156,7 +158,7 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     out = tmp_path / "build"
     r = invoke("models", "build", out, "--quick", "--background", backgrounds[0], "--background", backgrounds[1],
                "--real", left_out, "--real-in-every-member", "--lesion-prior", "0.01", "--partial-bone",
-               "--scale-aug", "0.2", "--lesion-dice", "0.5", "--device", "cpu")
+               "--scale-aug", "0.2", "--lesion-dice", "0.5", "--density-aug", "0.5", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     b = bundled.bundled_models(out)[0]
     assert b.problems() == [] and b.default and b.manifest["members"] == 2
@@ -214,6 +216,8 @@ def test_models_build_makes_a_verified_bundle_with_its_card(real_ct, tmp_path):
     assert {json.loads(c.read_text())["lesion_prior"] for c in work.glob("*/seg/config.json")} == {0.01}
     assert {json.loads(c.read_text())["scale_aug"] for c in work.glob("*/seg/config.json")} == {0.2}
     assert {json.loads(c.read_text())["lesion_dice"] for c in work.glob("*/seg/config.json")} == {0.5}
+    assert {json.loads(c.read_text())["density_aug"] for c in work.glob("*/seg/config.json")} == {0.5}
+    assert "blur or sharpening), bone density (HU above 100) scaled by up to 0.5 either way." in " ".join(card.split())
     assert "lesion pos-weight 10.0 plus 0.5 x a soft Dice loss over the batch," in card
     assert results["device"].startswith("cpu (") and f"trained on\n{results['device']}, bonemet" in card
     assert "rotations and flips, zoom by up to 0.2 either way" in card

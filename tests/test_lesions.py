@@ -221,3 +221,30 @@ def test_symmetry_rule_drops_a_component_whose_mirror_image_matches_it() -> None
     found, _ = find_lesions(moved[0], moved[0].astype(np.float16), moved[1], bone, spacing, min_voxels=1,
                             min_volume_ml=0, symmetry_hu=25.0)
     assert sorted(les.mean_hu for les in found) == [700.0, 800.0]
+
+
+def test_contrast_rule_drops_a_component_as_dense_as_the_bone_around_it() -> None:
+    """Marrow of 200 HU holds three components: one of the marrow's own 200 HU (normal bone called a lesion), a
+    lytic one of 60 HU and a blastic one of 700 HU; a fourth of 210 HU lies in soft tissue, with no bone around it.
+    At 30 HU the rule drops the first (its mean equals the median of the bone around it), counts it, and keeps the
+    lytic and blastic ones and the one it cannot judge; at 150 HU the lytic one (140 HU below) goes too; off, all
+    four stay."""
+    shape = (60, 30, 8)
+    hu = np.full(shape, 40.0, np.float32)
+    bone = np.zeros(shape, bool)
+    bone[:40, 5:25, :] = True
+    hu[bone] = 200.0
+    mask = np.zeros(shape, bool)
+    for cols, value in ((slice(4, 8), 200.0), (slice(16, 20), 60.0), (slice(28, 32), 700.0), (slice(50, 54), 210.0)):
+        mask[cols, 12:16, 2:6] = True
+        hu[cols, 12:16, 2:6] = value
+    prob = mask.astype(np.float16)
+    kept = {}
+    for rule in (None, 30.0, 150.0):
+        stats: dict = {}
+        found, _ = find_lesions(mask, prob, hu, bone, (1.0, 1.0, 1.0), min_voxels=1, min_volume_ml=0, stats=stats,
+                                bone_margin_mm=None, min_contrast_hu=rule)
+        kept[rule] = (sorted(les.mean_hu for les in found), stats["faint"])
+        assert all(les.surrounding_bone_hu == 200.0 for les in found if les.mean_hu != 210.0)
+    assert kept == {None: ([60.0, 200.0, 210.0, 700.0], 0), 30.0: ([60.0, 210.0, 700.0], 1),
+                    150.0: ([210.0, 700.0], 2)}

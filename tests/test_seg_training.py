@@ -457,6 +457,45 @@ def test_zoom_scales_image_and_masks_alike_within_its_range():
                            expected)
 
 
+def test_density_scales_only_what_lies_above_the_pivot_each_channel_at_its_own():
+    """--density-aug D: each channel's values above its pivot (100 HU in that channel's window) move about it by
+    one factor per sample, drawn from [1/(1+D), 1+D] (both ways over the draws); soft tissue below stays as it is,
+    the masks stay as they are, and a blastic lesion stays as much denser than its marrow in proportion."""
+    from bonemet.data.windows import PRESETS
+    from bonemet.training.augment import SegAugment, density_pivots
+
+    bone = PRESETS["bone"]
+    assert density_pivots("bone", 3) == [pytest.approx(600 / 1800)] * 3  # (100 - -500) / 1800
+    assert density_pivots("multi", 3) == [pytest.approx(v) for v in (600 / 1800, 260 / 400, 1100 / 2400)]
+    assert density_pivots("unknown (images used as given)", 3) is None and density_pivots("multi", 1) is None
+    hu = torch.tensor([[40.0, 100.0, 200.0, 700.0]])  # muscle, the pivot, marrow, a blastic lesion
+    image = torch.from_numpy(bone(hu.numpy())).view(1, 1, 4).repeat(3, 1, 1)
+    mask = (hu > 600).float().view(1, 1, 4)
+    aug = SegAugment(degrees=0.0, p_hflip=0.0, p_vflip=0.0, density=0.5, pivots=density_pivots("bone", 3),
+                     generator=torch.Generator().manual_seed(1))
+    factors = []
+    for _ in range(40):
+        out = aug({"image": image, "lesion": mask})
+        back = out["image"] * 1800 - 500  # to HU
+        assert torch.equal(out["lesion"], mask) and torch.allclose(back[0], back[2])
+        assert torch.allclose(back[0, 0, :2], hu[0, :2], atol=0.01)
+        k = float((back[0, 0, 2] - 100) / 100)
+        assert float(back[0, 0, 3]) == pytest.approx(100 + 600 * k, abs=0.05)
+        factors.append(k)
+    assert 1 / 1.5 - 1e-4 < min(factors) < 0.8 and 1.25 < max(factors) < 1.5 + 1e-4
+    multi = SegAugment(degrees=0.0, p_hflip=0.0, p_vflip=0.0, density=0.5, pivots=density_pivots("multi", 3),
+                       generator=torch.Generator().manual_seed(1))
+    three = torch.stack([torch.from_numpy(PRESETS[n](hu.numpy())) for n in ("bone", "soft", "wide")])
+    out = multi({"image": three})["image"]
+    for c, name in enumerate(("bone", "soft", "wide")):  # each channel about its own window's 100 HU
+        w = PRESETS[name]
+        back = out[c, 0] * w.width + w.low
+        assert float(back[0]) == pytest.approx(40.0, abs=0.01) and float(back[1]) == pytest.approx(100.0, abs=0.01)
+        assert float(back[2]) == pytest.approx(100 + 100 * factors[0], abs=0.05)  # the same seed: the same factor
+    with pytest.raises(ValueError, match="pivot"):
+        SegAugment(density=0.5)
+
+
 def test_slices_without_a_bone_mask_add_nothing_to_the_bone_loss():
     """A real negative without a bone mask (has_bone false) must not teach the bone head "no bone here": the loss
     of a batch equals the lesion term of both slices plus the bone term of the slice that has a mask."""

@@ -61,6 +61,10 @@ def predict(
                                                                     "this many HU of its own: normal anatomy is "
                                                                     "symmetric (e.g. 25; off by default: symmetric "
                                                                     "metastases would go too).")] = None,
+    min_contrast_hu: Annotated[float | None, typer.Option(min=0.0, help="Drop a lesion whose mean is within this "
+                                                                        "many HU of the bone around it: CT shows it "
+                                                                        "neither lytic nor blastic (e.g. 30; off by "
+                                                                        "default).")] = None,
     raw_bone: Annotated[bool, typer.Option(help="The bone mask as the network gives it, cut at --threshold, "
                                                 "without the HU rules (inside the body, at least 100 HU, small "
                                                 "holes filled, sure bone added) that take it closer to the bone "
@@ -96,7 +100,7 @@ def predict(
                           series_uid=series_uid, paths=None if fast is None else parse_paths(fast), device=device,
                           bone_margin_mm=None if no_bone_gate else bone_margin, tta=tta, viewer=viewer,
                           max_mean_hu=None if no_metal_rule else max_mean_hu, symmetry_hu=symmetry_hu,
-                          viewer_max_mb=viewer_max_mb, refine_bone=not raw_bone)
+                          min_contrast_hu=min_contrast_hu, viewer_max_mb=viewer_max_mb, refine_bone=not raw_bone)
     many = batch or is_manifest(input)
     if not many and (jobs > 1 or num_parts > 1 or dask):
         raise BonemetError("--jobs, --num-parts and --dask spread the cases of a batch: add --batch (a folder of "

@@ -103,7 +103,8 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
                  spacing: tuple[float, float, float] | None, min_voxels: int = 10,
                  min_volume_ml: float = 0.05, voxel_mm3: float | None = None, bone_margin_mm: float | None = None,
                  stats: dict | None = None, max_mean_hu: float | None = None,
-                 symmetry_hu: float | None = None) -> tuple[list[Lesion], np.ndarray]:
+                 symmetry_hu: float | None = None, min_contrast_hu: float | None = None
+                 ) -> tuple[list[Lesion], np.ndarray]:
     """3D components (26-connected) of ``lesion_mask`` in canonical (i, j, k) order, largest first, and a label
     volume of the kept ones numbered by lesion id.
 
@@ -116,7 +117,10 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     maximum): bone and blastic metastases stay well below; ``stats["metal"]`` counts them. ``symmetry_hu`` (with
     HU): a component whose mirror image across the body's midline (``sagittal_midline``, within
     ``MIRROR_SHIFT_MM``) has a mean within this many HU of its own is dropped as normal, symmetric anatomy
-    (``mirror_mean_hu``); ``stats["symmetric"]`` counts them.
+    (``mirror_mean_hu``); ``stats["symmetric"]`` counts them. ``min_contrast_hu`` (with HU): a component whose
+    mean is within this many HU of the median of the bone around it (its ``surrounding_bone_hu``) is dropped: CT
+    shows no lesion there, neither lytic nor blastic (a component with no bone around it is kept);
+    ``stats["faint"]`` counts them.
     """
     kept = np.zeros(lesion_mask.shape, np.int16)
     box0 = bounding_box(lesion_mask)  # components are labelled inside the mask's box only: far less memory
@@ -132,7 +136,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # bincount works in int64: slice by slice, not a whole-volume copy
         counts += np.bincount(labels[:, :, k].ravel(), minlength=n + 1)
     out: list[tuple[Lesion, int]] = []
-    off_bone = metal = symmetric = 0
+    off_bone = metal = symmetric = faint = 0
     midline = sagittal_midline(hu) if measure and symmetry_hu is not None else None
     for idx, box in enumerate(ndimage.find_objects(labels), start=1):
         count = int(counts[idx])
@@ -145,6 +149,10 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
         m = _measure(labels, idx, origin, box, prob, hu if measure else None, bone, spacing)
         if measure and max_mean_hu is not None and m["hu_sum"] / count >= max_mean_hu:
             metal += 1
+            continue
+        if measure and min_contrast_hu is not None and m["surrounding"] is not None and \
+                abs(m["hu_sum"] / count - m["surrounding"]) < min_contrast_hu:
+            faint += 1
             continue
         if midline is not None:
             own = m["hu_sum"] / count
@@ -173,7 +181,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
     for k in range(labels.shape[2]):  # slice by slice: no second full-size label array
         region[:, :, k] = relabel[labels[:, :, k]]
     if stats is not None:
-        stats["off_bone"], stats["metal"], stats["symmetric"] = off_bone, metal, symmetric
+        stats["off_bone"], stats["metal"], stats["symmetric"], stats["faint"] = off_bone, metal, symmetric, faint
     return [les for les, _ in out], kept
 
 

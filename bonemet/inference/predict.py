@@ -54,6 +54,7 @@ class PredictOptions:
     bone_margin_mm: float | None = 3.0  # a lesion must come this close to the predicted bone (None: no such rule)
     max_mean_hu: float | None = 2000.0  # a lesion this dense on average is metal, not bone (None: no such rule)
     symmetry_hu: float | None = None  # a lesion this close in HU to its mirror image is normal anatomy (None: off)
+    min_contrast_hu: float | None = None  # a lesion this close in HU to the bone around it is not seen (None: off)
     refine_bone: bool = True  # the bone mask by inference.bone's HU rules (False: the bone output at threshold)
     tta: bool = False  # also run every model on the left-right mirrored slices and average
     viewer: bool = True  # the interactive viewer in report.html
@@ -227,7 +228,7 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
                                  opts.min_volume_ml,
                                  voxel_mm3=scan.volume.voxel_volume_mm3 if scan.volume is not None else None,
                                  bone_margin_mm=opts.bone_margin_mm, stats=gate, max_mean_hu=opts.max_mean_hu,
-                                 symmetry_hu=opts.symmetry_hu)
+                                 symmetry_hu=opts.symmetry_hu, min_contrast_hu=opts.min_contrast_hu)
     truth = None
     if opts.truth is not None:
         if scan.volume is None:
@@ -271,7 +272,8 @@ def analyse(scan: Scan, opts: PredictOptions, seg: SegRunner, clf: ClsRunner | N
                     "window": opts.window or "as trained", "test-time augmentation": "flip" if opts.tta else "none",
                     "bone mask": _bone_rule(opts, bone_mask is not None, scan, no_sure_bone),
                     "bone gate": _bone_gate(opts, bone_mask, scan, gate),
-                    "metal rule": _metal_rule(opts, scan, gate), "symmetry rule": _symmetry_rule(opts, scan, gate)},
+                    "metal rule": _metal_rule(opts, scan, gate), "symmetry rule": _symmetry_rule(opts, scan, gate),
+                    "contrast rule": _contrast_rule(opts, scan, gate)},
     }
     return Prediction(summary, lesions, kept > 0, bone_mask, scan, lesion_vol, bone_vol, slice_rows, kept)
 
@@ -335,6 +337,12 @@ def _symmetry_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
                                                        f"(within {MIRROR_SHIFT_MM:g} mm) has a mean within {hu:g} HU "
                                                        f"of its own is normal anatomy, not a lesion; "
                                                        f"{gate.get('symmetric', 0)} dropped")
+
+
+def _contrast_rule(opts: PredictOptions, scan: Scan, gate: dict) -> str:
+    return _hu_rule(opts.min_contrast_hu, scan, lambda hu: f"a component whose mean is within {hu:g} HU of the bone "
+                                                           f"around it shows no lesion on CT; "
+                                                           f"{gate.get('faint', 0)} dropped")
 
 
 def _count(lesions: list, key: str) -> dict[str, int]:

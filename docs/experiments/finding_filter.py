@@ -16,6 +16,8 @@ series, so two builds' folders hold the same lesions.
 more found by any overlap and by a localised finding (at least SHARE of its voxels in inserted lesions); then the
 localised ones by lesion type.
 
+``contrast``: ``predict --min-contrast-hu`` at several settings, from the same findings (the table of ``table``).
+
 ``evaluate``: the second stage, leave one patient out: for each patient, a classifier (logistic regression or
 gradient boosting) fitted on the other patients' findings (positive: localised on an inserted lesion), its cut set
 to keep SENS of their localised lesions of 10 mm or more; on the held-out patient: findings per scan as it is,
@@ -26,6 +28,7 @@ kept, and its inserted lesions still found localised.
     .venv/bin/python docs/experiments/finding_filter.py table OUT [OUT ...] [--threshold=0.5] [--share=0.25]
     .venv/bin/python docs/experiments/finding_filter.py evaluate OUT [--sens=0.85] [--threshold=0.5] [--clf=lr|gb]
         [--share=0.25]
+    .venv/bin/python docs/experiments/finding_filter.py contrast OUT [OUT ...] [--threshold=0.5] [--share=0.25]
 """
 
 from __future__ import annotations
@@ -245,6 +248,35 @@ def table(outs: list[Path], threshold: float, share: float) -> None:
     print(markdown_table(per_kind))
 
 
+CONTRAST_CUTS = (0.0, 20.0, 30.0, 50.0, 75.0, 100.0)
+
+
+def contrast(outs: list[Path], threshold: float, share: float) -> None:
+    """``predict --min-contrast-hu C`` for each C of CONTRAST_CUTS, from the findings ``collect`` measured (the rule
+    drops a finding whose mean is within C HU of the bone around it, after every rule ``predict`` applies by
+    default): per build and model, findings per scan as it is / inserted lesions of 10 mm or more found by any
+    overlap / found localised, and the types of the localised lesions the rule loses at 30 HU."""
+    table = []
+    for out in outs:
+        rows, big = _rows(out, threshold, share)
+        kinds = {(r["patient"], r["copy"], r["lesion_id"]): r["kind"] for r in _read(out / "lesions.csv")}
+        patients = {k[0] for k in big}
+        for m in sorted({r["model"] for r in rows}):
+            row = {"build": out.name, "model": m}
+            found = {}
+            for c in CONTRAST_CUTS:
+                kept = [r for r in rows if r["model"] == m and float(r["abs_contrast"]) >= c]
+                found[c] = set().union(set(), *(r["big"] for r in kept))
+                row[f"{c:g} HU"] = "{:.1f} / {} / {}".format(
+                    sum(r["scan"] == "as is" for r in kept) / len(patients),
+                    len(set().union(set(), *(r["touched"] for r in kept))), len(found[c]))
+            row["lost at 30 HU"] = ", ".join(sorted(kinds[k] for k in found[0.0] - found[30.0])) or "-"
+            table.append(row)
+    print(f"threshold {threshold:g}; at each contrast rule: findings per scan as is / found by any overlap / found "
+          "localised")
+    print(markdown_table(table))
+
+
 def _cut(clf, train: list[dict], sens: float) -> float:
     """The highest score cut that keeps ``sens`` of the training patients' inserted lesions of 10 mm or more that
     the network found (a lesion is kept when its best-scoring finding is)."""
@@ -265,6 +297,8 @@ if __name__ == "__main__":
                 [float(t) for t in opts.get("thresholds", "0.5").split(",")])
     elif args[0] == "table":
         table([Path(a) for a in args[1:]], float(opts.get("threshold", 0.5)), float(opts.get("share", 0.25)))
+    elif args[0] == "contrast":
+        contrast([Path(a) for a in args[1:]], float(opts.get("threshold", 0.5)), float(opts.get("share", 0.25)))
     else:
         evaluate(Path(args[1]), float(opts.get("sens", 0.85)), float(opts.get("threshold", 0.5)),
                  float(opts.get("share", 0.25)), opts.get("clf", "lr"))
