@@ -1,8 +1,9 @@
-"""The symmetry rule (``predict --symmetry-hu D``) on the phantom test patients of a ``bonemet models build``, which
-have true lesion masks: lesion-level recall and false positives per scan of the build's model with the rule off
-and on, as the model card's phantom table counts them: NOT part of bonemet.
+"""The symmetry rule (``predict --symmetry-hu D``), or with ``--contrast`` the contrast rule (``predict
+--min-contrast-hu D``), on the phantom test patients of a ``bonemet models build``, which have true lesion masks:
+lesion-level recall and false positives per scan of the build's model with the rule off and on, as the model
+card's phantom table counts them: NOT part of bonemet.
 
-    .venv/bin/python docs/experiments/symmetry_phantom.py runs/default-model [D]     # D: 25 HU by default
+    .venv/bin/python docs/experiments/symmetry_phantom.py runs/default-model [D] [--contrast]  # D: 25 HU by default
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from bonemet.inference.predict import PredictOptions, Predictor, analyse
 from bonemet.inference.scan import read_scan
 
 
-def main(build: Path, tolerance: float) -> None:
+def main(build: Path, tolerance: float, option: str = "symmetry_hu") -> None:
     test, model = build / "work" / "data" / "phantom-test" / "volumes", build / "work" / "all" / "seg"
-    print("| symmetry rule | per patient: true / found / false positives | lesion recall | false positives per scan |")
+    print(f"| {'symmetry' if option == 'symmetry_hu' else 'contrast'} rule | per patient: true / found / false positives | lesion recall | false positives per scan |")
     print("| --- | --- | --- | --- |")
     for rule in (None, tolerance):
         predictor, rows = None, []
         for case in sorted(test.iterdir()):
-            opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, symmetry_hu=rule,
-                                  truth=case / "lesion_mask.nii.gz")
+            opts = PredictOptions(seg=model, viewer=False, dicom_seg=False, truth=case / "lesion_mask.nii.gz",
+                                  **{option: rule})
             predictor = predictor or Predictor(opts)  # the members, loaded once
             t = analyse(read_scan(case / "ct.nii.gz"), opts, predictor.seg, predictor.clf).summary["truth"]
             rows.append((t["true_lesions"], t["found"], t["false_positive_lesions"]))
@@ -33,5 +34,6 @@ def main(build: Path, tolerance: float) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(Path(args[0]) if args else Path("runs/default-model"), float(args[1]) if len(args) > 1 else 25.0)
+    args = [a for a in sys.argv[1:] if a != "--contrast"]
+    main(Path(args[0]) if args else Path("runs/default-model"), float(args[1]) if len(args) > 1 else 25.0,
+         "min_contrast_hu" if "--contrast" in sys.argv else "symmetry_hu")
