@@ -17,7 +17,8 @@ from bonemet.inference.scan import read_scan
 
 def main(build: Path, tolerance: float, option: str = "symmetry_hu") -> None:
     test, model = build / "work" / "data" / "phantom-test" / "volumes", build / "work" / "all" / "seg"
-    print(f"| {'symmetry' if option == 'symmetry_hu' else 'contrast'} rule | per patient: true / found / false positives | lesion recall | false positives per scan |")
+    print(f"| {'symmetry' if option == 'symmetry_hu' else 'contrast'} rule | per patient: true / found / false "
+          "positives | lesion recall | false positives per scan |")
     print("| --- | --- | --- | --- |")
     for rule in (None, tolerance):
         predictor, rows = None, []
