@@ -66,7 +66,7 @@ class Recipe:
     context_mm: float = 0.0  # neighbouring slices this far below and above as input channels (seg train --context-mm)
     intensity_aug: bool = True
     scale_aug: float = 0.0  # random zoom of training samples by up to this fraction either way (seg train --scale-aug)
-    density_aug: float = 0.0  # bone density of training samples scaled by up to this fraction (seg train --density-aug)
+    density_aug: float = 0.0  # bone density of training samples scaled by up to 1+D either way (seg train --density-aug)
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own

@@ -45,7 +45,7 @@ class SegConfig(RunConfig):
     pixel_mm: float | None = None  # physical scale (data.physical); None: the thesis' whole-slice resize
     intensity_aug: bool = False  # domain randomisation of intensities in training (training.augment.SegAugment)
     scale_aug: float = 0.0  # random zoom in training by up to this fraction either way (training.augment.SegAugment)
-    density_aug: float = 0.0  # bone density (HU above 100) scaled in training by up to this fraction either way
+    density_aug: float = 0.0  # bone (HU above 100) scaled in training by a factor in [1/(1+D), 1+D] (augment)
     train_always: list = field(default_factory=list)  # patients in every fold's training part (data.splits)
     lesion_prior: float | None = None  # the lesion head's bias starts at its log-odds (models.set_lesion_prior)
     context_mm: float = 0.0  # the slices about this far below and above as the input's outer channels (data.physical)
