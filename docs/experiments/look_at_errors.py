@@ -2,9 +2,10 @@
 NOT part of bonemet.
 
 ``bone``: each leave-one-background-out model (``MODELS/without-background*/seg``: a build's ``work`` folder) on its
-left-out series, ``predict``'s bone mask against TotalSegmentator's, slice by slice (Dice, and whether the
-reference repeats the slice before it, as a mask drawn on a coarser grid does), and a picture of the 1 mm chest
-series: the slice with the most wrong bone and the one with the least, cropped to the spine, and a sagittal
+left-out series, ``predict``'s bone mask against TotalSegmentator's, slice by slice (Dice, whether the reference
+repeats the slice before it, as a mask drawn on a coarser grid does, and the voxels of 100 HU or more within 23 mm
+of the spine's middle), the median HU of the reference's bone there, the largest connected piece of wrong bone and
+the Dice without it; and a picture of the 1 mm chest series: the slice with the most wrong bone and the one with the least, cropped to the spine, and a sagittal
 reformat through the spine (green: both; red: the model only; blue: the reference only).
 
 ``findings``: each leave-one-real-out model (``MODELS/without-real*/seg``) on its left-out series, ``predict``'s
