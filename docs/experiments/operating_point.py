@@ -8,7 +8,7 @@ threshold, smallest lesion volume and a metal rule (a finding whose mean is at l
 and the scanner's clipped maximum, not bone).
 
     .venv/bin/python docs/experiments/operating_point.py runs/default-model [--tta] [--models DIR] [--symmetry]
-        [--bone-rules]
+        [--bone-rules] [--contrast]
 
 ``--symmetry``: the third choice is the symmetry rule instead (``predict --symmetry-hu D`` for each D of
 SYMMETRIC_HU, none first), the metal rule on as ``predict``'s default has it.
@@ -16,6 +16,9 @@ SYMMETRIC_HU, none first), the metal rule on as ``predict``'s default has it.
 ``--bone-rules``: the third choice is the bone mask the bone gate uses: the bone output at the threshold
 (``predict --raw-bone``) or the bone mask of ``bonemet.inference.bone``'s HU rules (``predict``'s default), the
 metal rule on.
+
+``--contrast``: the third choice is the contrast rule (``predict --min-contrast-hu C`` for each C of CONTRAST_HU),
+with the symmetry rule off and at 25 HU, the metal rule and the bone rules on as ``predict``'s defaults have them.
 
 ``--tta``: the models also run on the left-right mirrored slices and the two are averaged (``predict --tta``).
 ``--models DIR``: leave-one-out models from another folder laid out like ``BUILD/work`` (``without-real*/seg``,
@@ -44,6 +47,7 @@ THRESHOLDS = (0.5, 0.6, 0.7)
 MIN_VOLUMES = (0.05, 0.25, 0.5, 1.0)
 MAX_MEAN_HU = (None, 2000.0)
 SYMMETRIC_HU = (None, 25.0, 50.0)
+CONTRAST_HU = (None, 30.0)
 
 
 def segment(model: Path, scan_path: Path, tta: bool = False, members: list[int] | None = None) -> dict:
@@ -62,7 +66,8 @@ def averaged(cases: list[dict]) -> dict:
 
 
 def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | None,
-             symmetry_hu: float | None = None, bone_rules: bool = False) -> tuple[list, np.ndarray]:
+             symmetry_hu: float | None = None, bone_rules: bool = False, min_contrast_hu: float | None = None
+             ) -> tuple[list, np.ndarray]:
     """The kept lesions and their label volume (canonical grid), as predict finds them at this operating point;
     ``bone_rules``: the bone gate on the bone mask of ``bonemet.inference.bone`` (``predict``'s default) instead of
     the bone output at the threshold (``predict --raw-bone``)."""
@@ -72,7 +77,7 @@ def findings(case: dict, threshold: float, min_ml: float, max_mean_hu: float | N
     bone = case["refined"] if bone_rules else case["bone"] >= threshold
     lesions, kept = find_lesions(case["p"] >= threshold, case["p"], vol.array, bone,
                                  vol.spacing, 10, min_ml, voxel_mm3=vol.voxel_volume_mm3, bone_margin_mm=3.0,
-                                 symmetry_hu=symmetry_hu)
+                                 symmetry_hu=symmetry_hu, min_contrast_hu=min_contrast_hu)
     if max_mean_hu is not None:
         for les in [les for les in lesions if les.mean_hu is not None and les.mean_hu >= max_mean_hu]:
             kept[kept == les.id] = 0
@@ -108,21 +113,23 @@ def held_out_cases(build: Path, tta: bool = False, models: Path | None = None) -
 
 
 def main(build: Path, tta: bool = False, models: Path | None = None, symmetry: bool = False,
-         bone_rules: bool = False) -> None:
+         bone_rules: bool = False, contrast: bool = False) -> None:
     cases = held_out_cases(build, tta, models)
     rows = []
-    if bone_rules:
-        rules = [(2000.0, None, False), (2000.0, None, True)]
+    if contrast:
+        rules = [(2000.0, d, True, c) for d in (None, 25.0) for c in CONTRAST_HU]
+    elif bone_rules:
+        rules = [(2000.0, None, False, None), (2000.0, None, True, None)]
     elif symmetry:
-        rules = [(2000.0, d, False) for d in SYMMETRIC_HU]
+        rules = [(2000.0, d, False, None) for d in SYMMETRIC_HU]
     else:
-        rules = [(m, None, False) for m in MAX_MEAN_HU]
+        rules = [(m, None, False, None) for m in MAX_MEAN_HU]
     for threshold in THRESHOLDS:
         for min_ml in MIN_VOLUMES:
-            for max_hu, sym_hu, refined in rules:
+            for max_hu, sym_hu, refined, min_contrast in rules:
                 n_real, metastatic, largest, found, total, fp = [], 0, 0.0, 0, 0, 0
                 for case in cases:
-                    lesions, kept = findings(case, threshold, min_ml, max_hu, sym_hu, refined)
+                    lesions, kept = findings(case, threshold, min_ml, max_hu, sym_hu, refined, min_contrast)
                     if case["kind"] == "real":
                         n_real.append(len(lesions))
                         metastatic += bool(lesions)
@@ -135,7 +142,8 @@ def main(build: Path, tta: bool = False, models: Path | None = None, symmetry: b
                     total += len(big)
                     touched = set(np.unique(native[ids > 0]).tolist())
                     fp += sum(1 for les in lesions if les.id not in touched)
-                rule = ({"bone mask": "HU rules" if refined else "raw"} if bone_rules else
+                rule = ({"symmetry rule": sym_hu or "-", "contrast rule": min_contrast or "-"} if contrast else
+                        {"bone mask": "HU rules" if refined else "raw"} if bone_rules else
                         {"symmetry rule": sym_hu or "-"} if symmetry else {"metal rule": max_hu or "-"})
                 rows.append({"threshold": threshold, "min mL": min_ml, **rule,
                              "findings per real scan": round(float(np.mean(n_real)), 2),
@@ -172,6 +180,7 @@ def _option(name: str) -> Path | None:
 
 if __name__ == "__main__":
     models = _option("--models")
-    args = [a for a in sys.argv[1:] if a not in ("--tta", "--models", "--symmetry", "--bone-rules", str(models))]
+    flags = ("--tta", "--models", "--symmetry", "--bone-rules", "--contrast", str(models))
+    args = [a for a in sys.argv[1:] if a not in flags]
     main(Path(args[0]) if args else Path("runs/default-model"), "--tta" in sys.argv, models, "--symmetry" in sys.argv,
-         "--bone-rules" in sys.argv)
+         "--bone-rules" in sys.argv, "--contrast" in sys.argv)
