@@ -12,8 +12,14 @@ reformat through the spine (green: both; red: the model only; blue: the referenc
 defaults: every finding cropped at its middle slice (120 mm square, bone window, the finding outlined), with its
 volume, slices, mean HU and the median HU of the bone around it, one sheet per series.
 
+``lesions``: the inserted test lesions of a ``finding_filter.py collect`` folder (``FILTER``, made with ``BUILD``'s
+recipe): how much each changed the HU of its voxels (the copy against the series as it is), by type, and how many
+of them the models found localised (per model, from ``collect``'s findings); and a picture of two lytic lesions of
+10 mm or more per patient, outlined.
+
     .venv/bin/python docs/experiments/look_at_errors.py bone MODELS OUT
     .venv/bin/python docs/experiments/look_at_errors.py findings BUILD OUT [--models DIR]
+    .venv/bin/python docs/experiments/look_at_errors.py lesions FILTER BUILD OUT
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from bone_threshold import REAL, SERIES  # noqa: E402
+from finding_filter import _read, _rows, held_out_patients  # noqa: E402
 from operating_point import findings as find, segment  # noqa: E402
 from bonemet.data.ct import read_volume  # noqa: E402
-from bonemet.data.volume import read_mask_like  # noqa: E402
+from bonemet.data.volume import read_mask_like, read_nifti  # noqa: E402
 from bonemet.inference.bone import refine_bone  # noqa: E402
 from bonemet.recipe import recipe_of, series_label  # noqa: E402
 
@@ -140,10 +147,58 @@ def findings(build: Path, out: Path, models: Path | None = None) -> None:
         plt.close(fig)
 
 
+def lesions(filt: Path, build: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows, big = _rows(filt, 0.5, 0.25)
+    info = {(r["patient"], r["copy"], r["lesion_id"]): r for r in _read(filt / "lesions.csv")}
+    models = sorted({r["model"] for r in rows})
+    found = {m: set().union(set(), *(r["big"] for r in rows if r["model"] == m)) for m in models}
+    change, crops = {}, []
+    for _, scan, _ in held_out_patients(build):
+        name = series_label(Path(scan))
+        original = np.asarray(read_volume(Path(scan)).array, np.float32)
+        for copy in sorted({k[1] for k in info if k[0] == name}):
+            case = filt / "copies" / f"{name.replace('/', '_')}-{3000 + int(copy)}" / "volumes" / "T"
+            hu = np.asarray(read_volume(case / "ct.nii.gz").array, np.float32)
+            labels = np.asarray(read_nifti(case / "lesion_mask.nii.gz", dtype=None).array)
+            for key in [k for k in big if k[0] == name and k[1] == copy]:
+                on = labels == int(key[2])
+                change[key] = float(np.abs(hu[on] - original[on]).mean())
+                if info[key]["kind"] == "lytic" and sum(c[0] == name for c in crops) < 2:
+                    crops.append((name, hu, on, info[key]))
+    print("| type | lesions >= 10 mm | mean HU change, 10 / 50 / 90 % | localised (all models): change under 100 HU "
+          "| change of 100 HU or more |")
+    print("| --- | --- | --- | --- | --- |")
+    for kind in ("lytic", "blastic", "mixed"):
+        keys = [k for k in change if info[k]["kind"] == kind]
+        small, large = ([k for k in keys if (change[k] < 100) == s] for s in (True, False))
+        share = [f"{sum(k in found[m] for m in models for k in ks)} of {len(models) * len(ks)}" for ks in (small, large)]
+        spread = " / ".join(f"{v:.0f}" for v in np.percentile([change[k] for k in keys], (10, 50, 90)))
+        print(f"| {kind} | {len(keys)} | {spread} | {share[0]} | {share[1]} |")
+    fig, axs = plt.subplots(2, 6, figsize=(18, 6.4), squeeze=False)
+    for a in axs.flat:
+        a.axis("off")
+    for a, (name, hu, on, r) in zip(axs.flat, crops):
+        at = np.argwhere(on)
+        k, (cx, cy) = int(np.median(at[:, 2])), (int(c) for c in at[:, :2].mean(0))
+        h = 40  # voxels either way
+        box = (slice(max(0, cx - h), cx + h), slice(max(0, cy - h), cy + h), k)
+        rgb = grey(hu[box].T)
+        rgb[on[box].T & ~ndimage.binary_erosion(on[box].T)] = (1.0, 0.15, 0.15)
+        a.imshow(rgb, interpolation="nearest")
+        a.set_title(f"{name.split('/')[0][:14]}: {r['diameter_mm']} mm, {float(r['mean_hu']):.0f} HU", fontsize=9)
+    fig.suptitle("inserted lytic test lesions of 10 mm or more (outlined), two per patient", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "lytic-lesions.png", dpi=60)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
     if args[0] == "bone":
         bone(Path(args[1]), Path(args[2]))
+    elif args[0] == "lesions":
+        lesions(Path(args[1]), Path(args[2]), Path(args[3]))
     else:
         findings(Path(args[1]), Path(args[2]), Path(opts["models"]) if "models" in opts else None)
