@@ -57,7 +57,7 @@ class Recipe:
     same_patient: list[tuple[Path, Path]] = field(default_factory=list)
     copies: int = 3
     lesions: int = 6
-    phantom_patients: int = 8
+    phantom_patients: int = 8  # phantom patients in the training data (models build --phantom-patients; 0: none)
     test_patients: int = 4
     test_lesions: int = 8  # inserted into a left-out background to measure sensitivity
     epochs: int = 12
@@ -66,7 +66,7 @@ class Recipe:
     context_mm: float = 0.0  # neighbouring slices this far below and above as input channels (seg train --context-mm)
     intensity_aug: bool = True
     scale_aug: float = 0.0  # random zoom of training samples by up to this fraction either way (seg train --scale-aug)
-    density_aug: float = 0.0  # bone density of training samples scaled by up to 1+D either way (seg train --density-aug)
+    density_aug: float = 0.0  # training samples' bone density scaled by up to 1+D either way (seg train --density-aug)
     window: str = "bone"  # the CT window of every training image (``data.windows``; ``multi``: three windows)
     real_in_every_member: bool = False  # real data in both members' training (the folds split the phantom only)
     lesion_prior: float | None = None  # the lesion head's starting bias (models.set_lesion_prior); None: torch's own
@@ -124,10 +124,10 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
 
     data = work / "data"
     size, slices = recipe.phantom_shape
-    if not (data / "phantom").exists():
+    if recipe.phantom_patients and not (data / "phantom").exists():
         synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
                    formats=("bmseg",), window=recipe.window)
-    sources = [(data / "phantom" / "bmseg", "ph", None)]
+    sources = [(data / "phantom" / "bmseg", "ph", None)] if recipe.phantom_patients else []
     for i, (ct, bone) in enumerate(recipe.backgrounds):
         for c in range(recipe.copies):
             out = data / f"background{i}-{c}"
@@ -314,7 +314,7 @@ def _epoch_seconds(work: Path) -> float:
 
 
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "lesion_dice", "partial_bone",
-           "scale_aug", "density_aug", "width", "pixel_mm", "context_mm")  # recorded in recipe.json
+           "scale_aug", "density_aug", "width", "pixel_mm", "context_mm", "phantom_patients")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -339,6 +339,9 @@ def recipe_of(out: Path) -> Recipe:
 
 
 def _check(recipe: Recipe) -> None:
+    if recipe.phantom_patients == 0 and recipe.real_in_every_member:
+        raise BonemetError("--real-in-every-member lets the folds split the phantom patients only: it needs "
+                           "--phantom-patients 1 or more")
     if recipe.lesion_prior is not None and not 0 < recipe.lesion_prior < 1:
         raise BonemetError(f"--lesion-prior must be a probability between 0 and 1, got {recipe.lesion_prior}")
     for ct, bone in recipe.backgrounds:
@@ -416,7 +419,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
             raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
                                "--real-in-every-member, --lesion-prior, --lesion-dice, --partial-bone, --scale-aug, "
-                               "--density-aug, --width, --pixel-mm, --context-mm, --same-patient or --quick "
+                               "--density-aug, --width, --pixel-mm, --context-mm, --phantom-patients, --same-patient "
+                               "or --quick "
                                f"than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
@@ -534,7 +538,8 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 
 ## Training data
 
-- The bonemet CT phantom: {recipe.phantom_patients} patients (seed 11), half of them with metastases.
+- The bonemet CT phantom: {f"{recipe.phantom_patients} patients (seed 11), half of them with metastases" if
+                            recipe.phantom_patients else "none (--phantom-patients 0): real CT only"}.
 - Lesions inserted into real CT ({recipe.copies} copies x {recipe.lesions} lesions each; lytic, blastic, mixed; one
   patient per scan), through each one's bone mask, or where bone is sure from HU alone (voxels of {LOW_HU:g} HU or
   more near cortex of {DENSE_HU:g} HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked
