@@ -425,3 +425,7 @@ def test_a_lesion_prior_outside_zero_to_one_is_one_line(phantom, tmp_path):
     r = invoke("models", "build", build, "--background", phantom / "bmseg", "--lesion-prior", "0")
     one_line_failure(r, "--lesion-prior must be a probability between 0 and 1, got 0.0")
     assert not build.exists()
+    r = invoke("models", "build", build, "--background", phantom / "bmseg", "--phantom-patients", "0",
+               "--real-in-every-member")
+    one_line_failure(r, "--real-in-every-member lets the folds split the phantom patients only")
+    assert not build.exists()
