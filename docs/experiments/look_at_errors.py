@@ -5,8 +5,9 @@ NOT part of bonemet.
 left-out series, ``predict``'s bone mask against TotalSegmentator's, slice by slice (Dice, whether the reference
 repeats the slice before it, as a mask drawn on a coarser grid does, and the voxels of 100 HU or more within 23 mm
 of the spine's middle), the median HU of the reference's bone there, the largest connected piece of wrong bone and
-the Dice without it; and a picture of the 1 mm chest series: the slice with the most wrong bone and the one with the least, cropped to the spine, and a sagittal
-reformat through the spine (green: both; red: the model only; blue: the reference only).
+the Dice without it; and a picture of the 1 mm chest series: the slice with the most wrong bone and the one with
+the least, cropped to the spine, and a sagittal reformat through the spine (green: both; red: the model only; blue:
+the reference only).
 
 ``findings``: each leave-one-real-out model (``MODELS/without-real*/seg``) on its left-out series, ``predict``'s
 defaults: every finding cropped at its middle slice (120 mm square, bone window, the finding outlined), with its
@@ -172,7 +173,8 @@ def lesions(filt: Path, build: Path, out: Path) -> None:
     for kind in ("lytic", "blastic", "mixed"):
         keys = [k for k in change if info[k]["kind"] == kind]
         small, large = ([k for k in keys if (change[k] < 100) == s] for s in (True, False))
-        share = [f"{sum(k in found[m] for m in models for k in ks)} of {len(models) * len(ks)}" for ks in (small, large)]
+        share = [f"{sum(k in found[m] for m in models for k in ks)} of {len(models) * len(ks)}"
+                 for ks in (small, large)]
         spread = " / ".join(f"{v:.0f}" for v in np.percentile([change[k] for k in keys], (10, 50, 90)))
         print(f"| {kind} | {len(keys)} | {spread} | {share[0]} | {share[1]} |")
     fig, axs = plt.subplots(2, 6, figsize=(18, 6.4), squeeze=False)
