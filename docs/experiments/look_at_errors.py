@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from bone_threshold import REAL, SERIES  # noqa: E402
-from finding_filter import _read, _rows, held_out_patients  # noqa: E402
+from finding_filter import _read, _rows, held_out_patients, test_scans  # noqa: E402
 from operating_point import findings as find, segment  # noqa: E402
 from bonemet.data.ct import read_volume  # noqa: E402
 from bonemet.data.volume import read_mask_like, read_nifti  # noqa: E402
@@ -155,14 +155,15 @@ def lesions(filt: Path, build: Path, out: Path) -> None:
     models = sorted({r["model"] for r in rows})
     found = {m: set().union(set(), *(r["big"] for r in rows if r["model"] == m)) for m in models}
     change, crops = {}, []
-    for _, scan, _ in held_out_patients(build):
-        name = series_label(Path(scan))
+    for _, scan, bone_mask in held_out_patients(build):
+        copies = len({k[1] for k in info if k[0] == series_label(Path(scan))})
+        name, scans, _ = test_scans(filt, scan, bone_mask, copies)  # the copies collect made, as it found them
         original = np.asarray(read_volume(Path(scan)).array, np.float32)
-        for copy in sorted({k[1] for k in info if k[0] == name}):
-            case = filt / "copies" / f"{name.replace('/', '_')}-{3000 + int(copy)}" / "volumes" / "T"
-            hu = np.asarray(read_volume(case / "ct.nii.gz").array, np.float32)
-            labels = np.asarray(read_nifti(case / "lesion_mask.nii.gz", dtype=None).array)
-            for key in [k for k in big if k[0] == name and k[1] == copy]:
+        for label, path, _ in scans[1:]:
+            copy = label.split()[-1]
+            hu = np.asarray(read_volume(path).array, np.float32)
+            labels = np.asarray(read_nifti(path.parent / "lesion_mask.nii.gz", dtype=None).array)
+            for key in sorted(k for k in big if k[0] == name and k[1] == copy):
                 on = labels == int(key[2])
                 change[key] = float(np.abs(hu[on] - original[on]).mean())
                 if info[key]["kind"] == "lytic" and sum(c[0] == name for c in crops) < 2:
