@@ -147,15 +147,15 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
             off_bone += 1
             continue
         m = _measure(labels, idx, origin, box, prob, hu if measure else None, bone, spacing)
-        if measure and max_mean_hu is not None and m["hu_sum"] / count >= max_mean_hu:
+        own = m["hu_sum"] / count  # the component's mean HU (meaningful with ``measure``)
+        if measure and max_mean_hu is not None and own >= max_mean_hu:
             metal += 1
             continue
         if measure and min_contrast_hu is not None and m["surrounding"] is not None and \
-                abs(m["hu_sum"] / count - m["surrounding"]) < min_contrast_hu:
+                abs(own - m["surrounding"]) < min_contrast_hu:
             faint += 1
             continue
         if midline is not None:
-            own = m["hu_sum"] / count
             mirror = mirror_mean_hu(hu, labels, idx, origin, box, midline, spacing, own)
             if mirror is not None and abs(mirror - own) < symmetry_hu:
                 symmetric += 1
@@ -166,7 +166,7 @@ def find_lesions(lesion_mask: np.ndarray, prob: np.ndarray, hu: np.ndarray | Non
         out.append((Lesion(
             id=0, voxels=count, volume_ml=round(count * voxel_ml, 3) if voxel_ml else None,
             diameter_mm=round(m["diameter"], 1) if spacing else None, area_px_max=int(m["areas"].max()),
-            mean_hu=None if not measure else round(m["hu_sum"] / count, 1),
+            mean_hu=None if not measure else round(own, 1),
             max_hu=None if not measure else round(float(m["hu_max"]), 1),
             surrounding_bone_hu=sur, type=m["type"], site=rough_site(m["center"], bone, hu) if measure else NA,
             slice_start=int(ks[0]) + 1, slice_end=int(ks[-1]) + 1,

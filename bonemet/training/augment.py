@@ -81,9 +81,13 @@ class SegAugment:
 
     def _density(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` (C, H, W) with what lies above each channel's pivot scaled about it by one drawn factor."""
-        k = math.exp(self._uniform(-1.0, 1.0) * math.log1p(self.density))
+        k = self._factor(self.density)
         p = torch.tensor(self.pivots, dtype=image.dtype).view(-1, 1, 1)
         return torch.where(image > p, p + (image - p) * k, image).clamp(0.0, 1.0)
+
+    def _factor(self, span: float) -> float:
+        """A factor drawn log-uniformly from [1/(1+span), 1+span]."""
+        return math.exp(self._uniform(-1.0, 1.0) * math.log1p(span))
 
     def _rand(self) -> float:
         return float(torch.rand((), generator=self.generator))
@@ -96,7 +100,7 @@ class SegAugment:
             out["image"] = self._intensity(out["image"])
         angle = (self._rand() * 2 - 1) * self.degrees if self.degrees and self._rand() < self.p_rotate else None
         if self.scale:
-            zoom = math.exp(self._uniform(-1.0, 1.0) * math.log1p(self.scale))
+            zoom = self._factor(self.scale)
             for k in ("image", *self.mask_keys):
                 if k in out:
                     out[k] = TF.affine(out[k], angle or 0.0, [0, 0], zoom, [0.0, 0.0], fill=0.0,

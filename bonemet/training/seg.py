@@ -235,7 +235,8 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
     index = load_bmseg(cfg.data, require_patients=cfg.protocol == "patient")
     slices = index.slices
     refuse_missing_bone(cfg, slices, index.root)
-    _density_pivots(cfg, data_preprocessing(Path(cfg.data))["window"])  # an unknown window refused as early
+    prep = data_preprocessing(Path(cfg.data))
+    _density_pivots(cfg, prep["window"])  # an unknown window is refused before anything is written
     flags = lesion_slice_flags(slices, cfg.threshold)  # read every mask once
     flag_of = {s.name: bool(f) for s, f in zip(slices, flags)}
     split = make_split(cfg, slices, flags)
@@ -243,7 +244,7 @@ def train_segmentation(cfg: SegConfig, run: str | Path, resume: bool = False,
     if split["protocol"] == "patient":
         check_no_leakage(split)
     split = run_split(run, split, resume, fold, world)
-    cfg = cfg.with_(preprocessing={**data_preprocessing(Path(cfg.data)), "size": cfg.size, "channels": cfg.channels,
+    cfg = cfg.with_(preprocessing={**prep, "size": cfg.size, "channels": cfg.channels,
                          "intensity": "pixel / 255", "mask_threshold": cfg.threshold, "mask_resize": cfg.mask_resize,
                          "scale": (f"physical: {cfg.pixel_mm} mm pixels, a {cfg.size * cfg.pixel_mm:g} mm field "
                                    "centred on the body" if cfg.pixel_mm else "whole slice resized to the model size"),
