@@ -58,6 +58,7 @@ class Recipe:
     copies: int = 3
     lesions: int = 6
     phantom_patients: int = 8  # phantom patients in the training data (models build --phantom-patients; 0: none)
+    phantom_thighs: bool = False  # the training phantom's scans run on to mid-thigh (models build --phantom-thighs)
     test_patients: int = 4
     test_lesions: int = 8  # inserted into a left-out background to measure sensitivity
     epochs: int = 12
@@ -120,13 +121,16 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
     """Every stage-1 data set (made once, shared by all trainings): the phantom and inserted-lesion sources, and
     each real series' negatives by its path."""
     from .data.convert import convert_to_bmseg
+    from .phantom.anatomy import THIGH_REACH
     from .phantom.synth import synthesize, synthesize_from_ct
 
     data = work / "data"
     size, slices = recipe.phantom_shape
     if recipe.phantom_patients and not (data / "phantom").exists():
+        if recipe.phantom_thighs:  # the same slice spacing over the longer scan
+            slices = round(slices * (1 + THIGH_REACH))
         synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
-                   formats=("bmseg",), window=recipe.window)
+                   formats=("bmseg",), window=recipe.window, thighs=recipe.phantom_thighs)
     sources = [(data / "phantom" / "bmseg", "ph", None)] if recipe.phantom_patients else []
     for i, (ct, bone) in enumerate(recipe.backgrounds):
         for c in range(recipe.copies):
@@ -314,7 +318,8 @@ def _epoch_seconds(work: Path) -> float:
 
 
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "lesion_dice", "partial_bone",
-           "scale_aug", "density_aug", "width", "pixel_mm", "context_mm", "phantom_patients")  # recorded in recipe.json
+           "scale_aug", "density_aug", "width", "pixel_mm", "context_mm", "phantom_patients",
+           "phantom_thighs")  # recorded in recipe.json
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -339,6 +344,9 @@ def recipe_of(out: Path) -> Recipe:
 
 
 def _check(recipe: Recipe) -> None:
+    if recipe.phantom_patients == 0 and recipe.phantom_thighs:
+        raise BonemetError("--phantom-thighs draws the phantom's patients on to mid-thigh: it needs --phantom-patients "
+                           "1 or more")
     if recipe.phantom_patients == 0 and recipe.real_in_every_member:
         raise BonemetError("--real-in-every-member lets the folds split the phantom patients only: it needs "
                            "--phantom-patients 1 or more")
@@ -539,7 +547,10 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 ## Training data
 
 - The bonemet CT phantom: {f"{recipe.phantom_patients} patients (seed 11), half of them with metastases" if
-                            recipe.phantom_patients else "none (--phantom-patients 0): real CT only"}.
+                            recipe.phantom_patients else "none (--phantom-patients 0): real CT only"}{
+                            ", each scan on to mid-thigh (--phantom-thighs: femoral shafts with a thick, fully "
+                            "dense cortex around a fatty canal)" if recipe.phantom_patients and recipe.phantom_thighs
+                            else ""}.
 - Lesions inserted into real CT ({recipe.copies} copies x {recipe.lesions} lesions each; lytic, blastic, mixed; one
   patient per scan), through each one's bone mask, or where bone is sure from HU alone (voxels of {LOW_HU:g} HU or
   more near cortex of {DENSE_HU:g} HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked

@@ -95,12 +95,13 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
     given = rc.Recipe([(tmp_path / "ct.nii.gz", None)], [tmp_path / "real"],
                       [(tmp_path / "longer.nii.gz", tmp_path / "ct.nii.gz")], epochs=3, copies=2, window="multi",
                       real_in_every_member=True, lesion_prior=0.01, partial_bone=True, scale_aug=0.2, width=16,
-                      pixel_mm=2.0, context_mm=10.0, lesion_dice=0.5, density_aug=1.5, phantom_patients=5)
+                      pixel_mm=2.0, context_mm=10.0, lesion_dice=0.5, density_aug=1.5, phantom_patients=5,
+                      phantom_thighs=True)
     assert rc._recipe_from(rc._inputs(given)) == given
     assert (given.size, rc.model_name(given)) == (192, "ehattunet-2mm-ctx10-v1")  # the 384 mm field at 2 mm pixels
     older = {k: v for k, v in rc._inputs(given).items()
              if k not in ("scale_aug", "width", "same_patient", "pixel_mm", "context_mm", "lesion_dice",
-                          "density_aug", "phantom_patients")}
+                          "density_aug", "phantom_patients", "phantom_thighs")}
     back = rc._recipe_from(older)
     assert (back.scale_aug, back.width, back.epochs, back.same_patient, back.context_mm) == (0.0, 8, 3, [], 0.0)
     assert (back.pixel_mm, back.size, rc.model_name(back)) == (3.0, 128, rc.NAME)
@@ -109,6 +110,7 @@ def test_a_builds_recorded_options_give_back_its_recipe(tmp_path):
     assert (rc._seg_config(given, tmp_path).lesion_dice, rc._seg_config(back, tmp_path).lesion_dice) == (0.5, 0.0)
     assert (rc._seg_config(given, tmp_path).density_aug, rc._seg_config(back, tmp_path).density_aug) == (1.5, 0.0)
     assert (given.phantom_patients, back.phantom_patients) == (5, 8)
+    assert (given.phantom_thighs, back.phantom_thighs) == (True, False)
 
 
 def test_a_recipe_without_phantom_patients_trains_on_real_ct_only(tmp_path):
@@ -125,6 +127,22 @@ def test_a_recipe_without_phantom_patients_trains_on_real_ct_only(tmp_path):
     assert not (tmp_path / "work" / "data" / "phantom").exists()
     with pytest.raises(BonemetError, match="needs --phantom-patients 1 or more"):
         rc._check(rc.Recipe([], [], real_in_every_member=True, phantom_patients=0))
+    with pytest.raises(BonemetError, match="--phantom-thighs .* needs --phantom-patients 1 or more"):
+        rc._check(rc.Recipe([], [], phantom_thighs=True, phantom_patients=0))
+
+
+def test_a_recipe_with_phantom_thighs_trains_on_longer_phantom_scans(tmp_path):
+    """--phantom-thighs: the training phantom's scans run on to mid-thigh at the recipe's slice spacing (more
+    slices), and it is the phantom among the training sources."""
+    from bonemet import recipe as rc
+    from bonemet.phantom.anatomy import THIGH_REACH
+
+    recipe = rc.Recipe([], [], phantom_thighs=True, quick=True)
+    sources, _ = rc._sources(recipe, tmp_path / "work")
+    described = json.loads((tmp_path / "work" / "data" / "phantom" / "phantom.json").read_text())
+    slices = recipe.phantom_shape[1]
+    assert (described["thighs"], described["slices"]) == (True, round(slices * (1 + THIGH_REACH)))
+    assert [s[1] for s in sources] == ["ph"]
 
 
 def test_a_series_of_a_backgrounds_patient_trains_in_its_fold_and_is_left_out_with_it(real_ct, tmp_path):

@@ -38,6 +38,22 @@ def test_synth_check_stats_split(phantom: Path, tmp_path):
     assert res.returncode == 0 and "patients leak" in json.loads((tmp_path / "paper.json").read_text())["label"]
 
 
+def test_synth_thighs_runs_the_scans_on_to_mid_thigh(tmp_path):
+    """``data synth --thighs``: the lowest slice cuts two thighs, each with a femoral shaft (two bone components),
+    and the data set's description says so."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    res = invoke("data", "synth", tmp_path / "t", "--patients", "1", "--size", "64", "--slices", "13", "--formats",
+                 "volumes", "--thighs")
+    assert res.returncode == 0, res.stderr
+    case = tmp_path / "t" / "volumes" / "P000"
+    low = np.asarray(nib.load(case / "ct.nii.gz").dataobj)[:, :, 0]
+    bone = np.asarray(nib.load(case / "bone_mask.nii.gz").dataobj)[:, :, 0] > 0
+    assert ndimage.label(low > -500)[1] == 2 and ndimage.label(bone)[1] == 2
+    assert json.loads((tmp_path / "t" / "phantom.json").read_text())["thighs"] is True
+
+
 def test_stats_compares_phantom_with_real_ct(phantom: Path, real_ct: Path):
     res = invoke("data", "stats", phantom / "volumes", "--reference", real_ct / "abdomen_3mm_ct.nii.gz",
                  "--reference-bone-mask", real_ct / "abdomen_3mm_bone_mask.nii.gz")

@@ -95,6 +95,29 @@ def test_every_lesion_type_behaves(tmp_path):
             assert hu[m].mean() > info.surrounding_bone_hu + 200
 
 
+def test_thighs_add_femoral_shafts_below_the_same_torso():
+    """``thighs``: the scan runs on to mid-thigh at the same slice spacing; its torso slices are those of the scan
+    without thighs, voxel for voxel, and below them two thighs each hold a femoral shaft whose thick cortex is as
+    dense as real long-bone cortex (1300 HU and more, which no other phantom bone reaches) around a fatty canal that
+    counts as bone (as in TotalSegmentator's femur)."""
+    from bonemet.phantom.anatomy import SITE_LABEL, THIGH_REACH
+
+    params = draw_patient("X", "healthy", np.random.default_rng(3))
+    torso = render_patient(params, size=128, n_slices=40)
+    both = render_patient(params, size=128, n_slices=round(40 * (1 + THIGH_REACH)), thighs=True)
+    extra = both.hu.shape[2] - 40
+    assert extra == 12 and np.allclose(both.spacing, torso.spacing)
+    for a, b in ((torso.hu, both.hu), (torso.bone, both.bone), (torso.site, both.site)):
+        assert np.array_equal(a, b[:, :, extra:])
+    assert np.allclose(both.affine[:3, 3] + [0, 0, extra * both.spacing[2]], torso.affine[:3, 3])
+    low = both.hu[:, :, 0]
+    assert ndimage.label(low > -500)[1] == 2, "two thighs, apart at mid-thigh"
+    bone = both.bone[:, :, 0]
+    assert ndimage.label(bone)[1] == 2 and (both.site[:, :, 0][bone] == SITE_LABEL["long bone"]).all()
+    assert (low[bone] >= 1300).sum() > 20 and (low[bone] < 0).sum() > 20, "dense cortex around a fatty canal"
+    assert torso.hu[torso.bone].max() < 1300 <= low[bone].max()
+
+
 def test_discs_present_and_not_bone(healthy_patient):
     p = healthy_patient
     assert p.disc.any(), "intervertebral discs must appear"

@@ -39,6 +39,8 @@ def synth(
     lesion_slices_only: Annotated[bool, typer.Option(help="BM-Seg export with lesion slices only, as the public "
                                                            "BM-Seg (the default keeps lesion-free slices too).")
                                   ] = False,
+    thighs: Annotated[bool, typer.Option(help="Scans run on to mid-thigh (--slices in all): femoral shafts with "
+                                              "a thick, fully dense cortex around a fatty canal.")] = False,
     from_ct: Annotated[Path | None, typer.Option(help="Insert lesions into this real CT (NIfTI or DICOM folder) "
                                                       "instead of generating phantoms.")] = None,
     bone_mask: Annotated[Path | None, typer.Option(help="Bone mask (NIfTI) of --from-ct; without it, lesions go "
@@ -84,7 +86,7 @@ def synth(
 
             synthesize(out, patients=patients, seed=seed, size=size, slices=slices, formats=fmts, window=window,
                        metastatic_fraction=metastatic_fraction, lesion_slices_only=lesion_slices_only,
-                       overwrite=overwrite, lesion_mm=(lo, hi), progress=step)
+                       overwrite=overwrite, lesion_mm=(lo, hi), progress=step, thighs=thighs)
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
 

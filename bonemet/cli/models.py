@@ -108,6 +108,9 @@ def build(
     phantom_patients: Annotated[int, typer.Option(min=0, help="Phantom patients in the training data (half of them "
                                                               "with metastases; --quick makes it 3); 0: real CT "
                                                               "only.")] = 8,
+    phantom_thighs: Annotated[bool, typer.Option(help="The training phantom's scans run on to mid-thigh: femoral "
+                                                      "shafts with a thick, fully dense cortex around a fatty canal "
+                                                      "(the phantom's other bones have thin shells).")] = False,
     width: Annotated[int, typer.Option(min=1, help="Each member's width (channels of its first level; the thesis' "
                                                    "is 32).")] = 8,
     pixel_mm: Annotated[float, typer.Option(min=0.5, max=6, help="Pixel size in mm of every member (the field stays "
@@ -131,8 +134,8 @@ def build(
     recipe = Recipe([_pair(b) for b in background], list(real), [_same(s) for s in same_patient], epochs=epochs,
                     copies=copies, window=window, real_in_every_member=real_in_every_member,
                     lesion_prior=lesion_prior, lesion_dice=lesion_dice, partial_bone=partial_bone, scale_aug=scale_aug,
-                    density_aug=density_aug, phantom_patients=phantom_patients, width=width, pixel_mm=pixel_mm,
-                    context_mm=context_mm, quick=quick)
+                    density_aug=density_aug, phantom_patients=phantom_patients, phantom_thighs=phantom_thighs,
+                    width=width, pixel_mm=pixel_mm, context_mm=context_mm, quick=quick)
     command = "bonemet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bundle = build_default_model(out, recipe, command, resume=resume, device=device)
     typer.echo(f"model card: {bundle / 'MODEL_CARD.md'}")

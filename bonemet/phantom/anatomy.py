@@ -4,7 +4,8 @@ Numbers follow measurements on real CT (``shared/docs/ct-reference-stats.md``): 
 muscle 30-50, liver 45-55 (+50 with contrast), lungs about -850, vertebral bodies with a thin
 cortical shell (90th percentile about 650 HU) around trabecular bone of 100-250 HU, ribs with a
 median about 200 HU. The scan runs from the mid thorax to the proximal femurs so that lesions can
-sit in vertebrae, ribs, pelvis and long bones. Benign look-alikes named by the thesis are built in:
+sit in vertebrae, ribs, pelvis and long bones (``thighs``: on to mid-thigh, femoral shafts with the thick,
+fully dense cortex that the other bones lack). Benign look-alikes named by the thesis are built in:
 intervertebral discs (60-100 HU where the vertebral body was), end-plate sclerosis and osteophytes.
 
 Images are drawn in display orientation: rows run anterior to posterior, columns from the
@@ -184,11 +185,16 @@ class Rendered:
     segments: list[Segment]
 
 
-def render_patient(p: PatientParams, size: int = 256, n_slices: int = 96, fov_mm: float = 400.0) -> Rendered:
-    """Render the healthy anatomy of patient ``p`` (no blur, no noise: see :func:`finish`)."""
+def render_patient(p: PatientParams, size: int = 256, n_slices: int = 96, fov_mm: float = 400.0,
+                   thighs: bool = False) -> Rendered:
+    """Render the healthy anatomy of patient ``p`` (no blur, no noise: see :func:`finish`). ``thighs``: the scan
+    runs on below the hips to mid-thigh (``THIGH_REACH`` more of its length, at the same slice spacing when
+    ``n_slices`` grows by as much); the slices of the torso are the same either way."""
     rng = np.random.default_rng(p.seed_anatomy)
     canvas = Canvas(size, fov_mm)
-    dz = p.length_mm / n_slices
+    length = p.length_mm * (1.0 + THIGH_REACH) if thighs else p.length_mm
+    dz = length / n_slices
+    thigh = draw_thighs(p) if thighs else None
     segs = spine_segments(p.length_mm, rng)
     rib_jitter = rng.normal(0, 4, size=(2, 12))
     bowel = [(rng.uniform(-0.6, 0.6), rng.uniform(-0.75, 0.1), rng.uniform(9, 22), rng.uniform(0.45, 0.7),
@@ -202,12 +208,15 @@ def render_patient(p: PatientParams, size: int = 256, n_slices: int = 96, fov_mm
     disc = np.zeros(shape, bool)
     scler = np.zeros(shape, bool)
     for k in range(n_slices):
-        d = p.length_mm - (k + 0.5) * dz  # depth from the top: k = 0 is the most inferior slice
-        img, b, s, dm, sm = _render_slice(canvas, p, d / p.length_mm, d, segs, rib_jitter, bowel,
-                                          osteo_levels, sclerotic_levels, rng)
+        d = length - (k + 0.5) * dz  # depth from the top: k = 0 is the most inferior slice
+        if d > p.length_mm and thigh is not None:
+            img, b, s, dm, sm = _render_thigh_slice(canvas, p, (d / p.length_mm - 1.0) / THIGH_REACH, thigh)
+        else:
+            img, b, s, dm, sm = _render_slice(canvas, p, d / p.length_mm, d, segs, rib_jitter, bowel,
+                                              osteo_levels, sclerotic_levels, rng)
         hu[:, :, k], bone[:, :, k], site[:, :, k], disc[:, :, k], scler[:, :, k] = img.T, b.T, s.T, dm.T, sm.T
     lps = np.diag([canvas.px, canvas.px, dz, 1.0])
-    lps[:3, 3] = [-fov_mm / 2 + canvas.px / 2, -fov_mm / 2 + canvas.px / 2, -p.length_mm + dz / 2]
+    lps[:3, 3] = [-fov_mm / 2 + canvas.px / 2, -fov_mm / 2 + canvas.px / 2, -length + dz / 2]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     return Rendered(hu, bone, site, disc, scler, affine, (canvas.px, canvas.px, dz), segs)
 
@@ -404,6 +413,62 @@ def _render_slice(cv: Canvas, p: PatientParams, t: float, d: float, segs: list[S
     bone &= body
     site[~bone] = 0
     return img, bone, site, disc, scler
+
+
+# ---------------------------------------------------------------------------------------------
+# Below the hips: the thighs
+# ---------------------------------------------------------------------------------------------
+THIGH_REACH = 0.3  # a scan with thighs runs on for this fraction of the torso's length (about 160 mm): mid-thigh
+SHAFT_TAPER = 0.3  # over this first part of the thigh the proximal femur becomes a shaft (cortex, fatty canal)
+
+
+def draw_thighs(p: PatientParams) -> dict[str, float]:
+    """The femoral shafts of patient ``p``, from a generator of their own, so that the torso's draws (and images)
+    do not change: the cortex of a long bone's shaft is thick and fully dense (1300-1800 HU, 4.5-7 mm; the
+    phantom's other bones have thin shells that partial volume keeps near 650 HU), around a canal of fatty
+    marrow (an adult's, -80 to -30 HU)."""
+    rng = np.random.default_rng([p.seed_anatomy, 1])
+    return {"cortex_hu": float(rng.uniform(1300, 1800)), "cortex_mm": float(rng.uniform(4.5, 7.0)),
+            "canal_hu": float(rng.uniform(-80, -30)), "radius_mm": float(rng.uniform(12.5, 15.0)),
+            "septum_deg": float(rng.uniform(-30, 30))}
+
+
+def _render_thigh_slice(cv: Canvas, p: PatientParams, u: float, thigh: dict[str, float]):
+    """One axial slice ``u`` of the way (0..1) from the hips to mid-thigh: two thighs of fat and muscle, joined at
+    the top, each with its femoral shaft and femoral vessels."""
+    n = cv.size
+    s = p.body_scale
+    img = np.full((n, n), -1000.0, np.float32)
+    bone = np.zeros((n, n), bool)
+    site = np.zeros((n, n), np.uint8)
+    body = np.zeros((n, n), bool)
+    w = min(1.0, u / SHAFT_TAPER)  # 0: the proximal femur of the hips' slices; 1: a shaft
+    marrow = p.marrow_hu - 30  # as the proximal femur's
+    for side in (-1, 1):
+        cx, a, b = side * (80 + 10 * u) * s, (95 - 25 * u) * s, (85 - 15 * u) * s
+        leg = cv.ellipse(cx, 5 * s, a, b, power=2.2)
+        body |= leg
+        img[leg & (img < -900)] = -95.0
+        muscle = cv.ellipse(cx, 5 * s, a - 0.8 * p.fat_mm, b - 0.8 * p.fat_mm, power=2.2)
+        img[muscle] = 45.0
+        septum = cv.ellipse(cx - side * 20 * s, 30 * s, 30 * s, 1.5 * s, angle_deg=side * thigh["septum_deg"])
+        img[septum & muscle] = -90.0  # fat between the muscle groups
+        fx, fy = cx + side * (14 - 10 * u) * s, -8 * s
+        for dx, dy, r, hu in ((-side * 24, -16, 4.0, p.blood_hu if p.contrast else 42.0),  # femoral artery
+                              (-side * 30, -10, 5.5, (p.blood_hu - 40) if p.contrast else 38.0)):  # and vein
+            img[cv.ellipse(fx + dx * s, fy + dy * s, r * s, r * s) & muscle] = hu
+        r = thigh["radius_mm"] * s
+        shaft = cv.ellipse(fx, fy, r, r)
+        inner = r - (3.0 + w * (thigh["cortex_mm"] - 3.0)) * s  # the proximal femur's 3 mm shell thickens
+        canal = cv.ellipse(fx, fy, inner, inner)
+        img[shaft] = marrow + (1 - w) * 0.5 * (p.cortex_hu - marrow) + w * (thigh["cortex_hu"] - marrow)
+        img[canal] = marrow + w * (thigh["canal_hu"] - marrow)
+        bone |= shaft
+        site[shaft] = SITE_LABEL["long bone"]
+    img[~body] = -1000.0
+    bone &= body
+    site[~bone] = 0
+    return img, bone, site, np.zeros((n, n), bool), np.zeros((n, n), bool)
 
 
 def _paint_bone(img: np.ndarray, bone: np.ndarray, site: np.ndarray, shape: np.ndarray, label: int,

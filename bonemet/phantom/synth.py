@@ -42,12 +42,13 @@ LESION_MM = (10.0, 45.0)  # drawn diameters; clipped to the bone, measured ones 
 
 
 def make_patient(index: int, seed: int, status: str, size: int = 256, n_slices: int = 96,
-                 lesion_mm: tuple[float, float] = LESION_MM) -> PhantomPatient:
-    """Generate patient ``index`` of the data set with ``seed``."""
+                 lesion_mm: tuple[float, float] = LESION_MM, thighs: bool = False) -> PhantomPatient:
+    """Generate patient ``index`` of the data set with ``seed`` (``thighs``: the scan runs on to mid-thigh,
+    ``anatomy.render_patient``)."""
     rng = np.random.default_rng([seed, index])
     pid = f"P{index:03d}"
     params = draw_patient(pid, status, rng)
-    r = render_patient(params, size=size, n_slices=n_slices)
+    r = render_patient(params, size=size, n_slices=n_slices, thighs=thighs)
     hu = r.hu
     mimics: list[dict] = [{"kind": "disc", "detail": s.name, "z_top_mm": round(s.top, 1),
                            "z_bottom_mm": round(s.bottom, 1)} for s in r.segments if s.kind == "disc"]
@@ -86,8 +87,10 @@ def patient_row(p: PhantomPatient) -> dict:
 def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 256, slices: int = 96,
                formats: Sequence[str] = FORMATS, window: str = "bone", metastatic_fraction: float = 0.5,
                lesion_slices_only: bool = False, overwrite: bool = False,
-               lesion_mm: tuple[float, float] = LESION_MM, progress: Callable[[str], None] | None = None) -> Path:
-    """Write a phantom data set to ``out`` (built in a temporary folder, renamed when complete)."""
+               lesion_mm: tuple[float, float] = LESION_MM, progress: Callable[[str], None] | None = None,
+               thighs: bool = False) -> Path:
+    """Write a phantom data set to ``out`` (built in a temporary folder, renamed when complete); ``thighs``: each
+    scan runs on to mid-thigh (``slices`` in all)."""
     bad = set(formats) - set(FORMATS)
     if bad:
         raise ValueError(f"unknown format(s) {sorted(bad)}; choose from {', '.join(FORMATS)}")
@@ -101,7 +104,7 @@ def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 25
     with atomic_dir(out, overwrite=overwrite, kind="data synth") as tmp:
         prow, lrows, mrows, bm_rows = [], [], [], []
         for i in range(patients):
-            p = make_patient(i, seed, status[i], size=size, n_slices=slices, lesion_mm=lesion_mm)
+            p = make_patient(i, seed, status[i], size=size, n_slices=slices, lesion_mm=lesion_mm, thighs=thighs)
             pid = p.params.patient_id
             if progress:
                 progress(f"{pid}: {p.params.status}, {len(p.lesions)} lesion(s)")
@@ -125,7 +128,7 @@ def synthesize(out: str | Path, patients: int = 6, seed: int = 0, size: int = 25
             "generator": "bonemet CT phantom", "version": PHANTOM_VERSION, "seed": seed, "patients": patients,
             "size": size, "slices": slices, "formats": list(formats), "window": window,
             "metastatic_fraction": metastatic_fraction, "lesion_slices_only": lesion_slices_only,
-            "lesion_mm": list(lesion_mm),
+            "lesion_mm": list(lesion_mm), "thighs": thighs,
             "patient_params": [asdict(make_patient_params(i, seed, status[i])) for i in range(patients)],
         })
     return out
