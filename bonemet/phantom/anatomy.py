@@ -221,15 +221,17 @@ def render_patient(p: PatientParams, size: int = 256, n_slices: int = 96, fov_mm
     return Rendered(hu, bone, site, disc, scler, affine, (canvas.px, canvas.px, dz), segs)
 
 
+def _blank_slice(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An n x n slice of air: its HU, and no bone, site, disc or sclerosis."""
+    return (np.full((n, n), -1000.0, np.float32), np.zeros((n, n), bool), np.zeros((n, n), np.uint8),
+            np.zeros((n, n), bool), np.zeros((n, n), bool))
+
+
 def _render_slice(cv: Canvas, p: PatientParams, t: float, d: float, segs: list[Segment], rib_jitter: np.ndarray,
                   bowel: list, osteo_levels: set[str], sclerotic_levels: set[str], rng: np.random.Generator):
     n = cv.size
     s = p.body_scale
-    img = np.full((n, n), -1000.0, np.float32)
-    bone = np.zeros((n, n), bool)
-    site = np.zeros((n, n), np.uint8)
-    disc = np.zeros((n, n), bool)
-    scler = np.zeros((n, n), bool)
+    img, bone, site, disc, scler = _blank_slice(n)
     pelvis_t = 0.70
     # body outline: wider and rounder at the pelvis
     a = 158 * s * (1.0 + 0.10 * _window(t, 0.62, 1.25))
@@ -438,9 +440,7 @@ def _render_thigh_slice(cv: Canvas, p: PatientParams, u: float, thigh: dict[str,
     the top, each with its femoral shaft and femoral vessels."""
     n = cv.size
     s = p.body_scale
-    img = np.full((n, n), -1000.0, np.float32)
-    bone = np.zeros((n, n), bool)
-    site = np.zeros((n, n), np.uint8)
+    img, bone, site, disc, scler = _blank_slice(n)
     body = np.zeros((n, n), bool)
     w = min(1.0, u / SHAFT_TAPER)  # 0: the proximal femur of the hips' slices; 1: a shaft
     marrow = p.marrow_hu - 30  # as the proximal femur's
@@ -468,7 +468,7 @@ def _render_thigh_slice(cv: Canvas, p: PatientParams, u: float, thigh: dict[str,
     img[~body] = -1000.0
     bone &= body
     site[~bone] = 0
-    return img, bone, site, np.zeros((n, n), bool), np.zeros((n, n), bool)
+    return img, bone, site, disc, scler
 
 
 def _paint_bone(img: np.ndarray, bone: np.ndarray, site: np.ndarray, shape: np.ndarray, label: int,
