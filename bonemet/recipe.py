@@ -121,16 +121,15 @@ def _sources(recipe: Recipe, work: Path) -> tuple[list, dict[Path, tuple]]:
     """Every stage-1 data set (made once, shared by all trainings): the phantom and inserted-lesion sources, and
     each real series' negatives by its path."""
     from .data.convert import convert_to_bmseg
-    from .phantom.anatomy import THIGH_REACH
+    from .phantom.anatomy import slices_with_thighs
     from .phantom.synth import synthesize, synthesize_from_ct
 
     data = work / "data"
     size, slices = recipe.phantom_shape
     if recipe.phantom_patients and not (data / "phantom").exists():
-        if recipe.phantom_thighs:  # the same slice spacing over the longer scan
-            slices = round(slices * (1 + THIGH_REACH))
-        synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size, slices=slices,
-                   formats=("bmseg",), window=recipe.window, thighs=recipe.phantom_thighs)
+        synthesize(data / "phantom", patients=recipe.phantom_patients, seed=11, size=size,
+                   slices=slices_with_thighs(slices) if recipe.phantom_thighs else slices, formats=("bmseg",),
+                   window=recipe.window, thighs=recipe.phantom_thighs)
     sources = [(data / "phantom" / "bmseg", "ph", None)] if recipe.phantom_patients else []
     for i, (ct, bone) in enumerate(recipe.backgrounds):
         for c in range(recipe.copies):
@@ -308,6 +307,15 @@ def _density(cfg: dict) -> str:
     return f", bone density (HU above 100) scaled by up to {d:g} either way" if d else ""
 
 
+def _phantom(recipe: Recipe) -> str:
+    """The card's words for the phantom patients of a recipe's training data."""
+    if not recipe.phantom_patients:
+        return "none (--phantom-patients 0): real CT only"
+    thighs = (", each scan on to mid-thigh (--phantom-thighs: femoral shafts with a thick, fully dense cortex around a "
+              "fatty canal)" if recipe.phantom_thighs else "")
+    return f"{recipe.phantom_patients} patients (seed 11), half of them with metastases{thighs}"
+
+
 def _epoch_seconds(work: Path) -> float:
     """The training time of every run of the build, from the epochs' times in their metrics.csv (so that a build
     that was interrupted and resumed still counts each training once)."""
@@ -320,6 +328,11 @@ def _epoch_seconds(work: Path) -> float:
 OPTIONS = ("epochs", "copies", "window", "real_in_every_member", "lesion_prior", "lesion_dice", "partial_bone",
            "scale_aug", "density_aug", "width", "pixel_mm", "context_mm", "phantom_patients",
            "phantom_thighs")  # recorded in recipe.json
+
+
+def _option_flags() -> str:
+    """The command-line flags of ``OPTIONS``, as a list in words."""
+    return ", ".join("--" + k.replace("_", "-") for k in OPTIONS)
 
 
 def _inputs(recipe: Recipe) -> dict:
@@ -425,11 +438,8 @@ def build_default_model(out: Path, recipe: Recipe, command: str, resume: bool = 
     else:
         started = read_json(out / "recipe.json", "recipe.json")
         if "inputs" in started and _inputs(_recipe_from(started["inputs"])) != _inputs(recipe):
-            raise BonemetError("--resume with other backgrounds, real series, --epochs, --copies, --window, "
-                               "--real-in-every-member, --lesion-prior, --lesion-dice, --partial-bone, --scale-aug, "
-                               "--density-aug, --width, --pixel-mm, --context-mm, --phantom-patients, --same-patient "
-                               "or --quick "
-                               f"than the build in this folder was started with: {started['command']}",
+            raise BonemetError(f"--resume with other backgrounds, real series, {_option_flags()}, --same-patient "
+                               f"or --quick than the build in this folder was started with: {started['command']}",
                                out / "recipe.json")
         command = started["command"]  # the card names the build's own command
     work = out / "work"
@@ -546,11 +556,7 @@ into real CT, or drawn in a phantom, by bonemet itself. Read its findings on rea
 
 ## Training data
 
-- The bonemet CT phantom: {f"{recipe.phantom_patients} patients (seed 11), half of them with metastases" if
-                            recipe.phantom_patients else "none (--phantom-patients 0): real CT only"}{
-                            ", each scan on to mid-thigh (--phantom-thighs: femoral shafts with a thick, fully "
-                            "dense cortex around a fatty canal)" if recipe.phantom_patients and recipe.phantom_thighs
-                            else ""}.
+- The bonemet CT phantom: {_phantom(recipe)}.
 - Lesions inserted into real CT ({recipe.copies} copies x {recipe.lesions} lesions each; lytic, blastic, mixed; one
   patient per scan), through each one's bone mask, or where bone is sure from HU alone (voxels of {LOW_HU:g} HU or
   more near cortex of {DENSE_HU:g} HU or more, marrow filled, the rim eroded: `bonemet/data/bone.py`, checked

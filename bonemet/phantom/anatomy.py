@@ -424,6 +424,11 @@ THIGH_REACH = 0.3  # a scan with thighs runs on for this fraction of the torso's
 SHAFT_TAPER = 0.3  # over this first part of the thigh the proximal femur becomes a shaft (cortex, fatty canal)
 
 
+def slices_with_thighs(torso_slices: int) -> int:
+    """The slices of a scan with thighs at the slice spacing of a scan of the torso alone in ``torso_slices``."""
+    return round(torso_slices * (1 + THIGH_REACH))
+
+
 def draw_thighs(p: PatientParams) -> dict[str, float]:
     """The femoral shafts of patient ``p``, from a generator of their own, so that the torso's draws (and images)
     do not change: the cortex of a long bone's shaft is thick and fully dense (1300-1800 HU, 4.5-7 mm; the

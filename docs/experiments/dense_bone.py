@@ -19,7 +19,7 @@ import torch
 from bonemet.data.ct import read_volume
 from bonemet.data.physical import physical_shape, to_grid
 from bonemet.markdown import markdown_table
-from bonemet.phantom.anatomy import THIGH_REACH
+from bonemet.phantom.anatomy import slices_with_thighs
 from bonemet.phantom.synth import make_patient
 from insertion_sites import MASKED, OTHERS, SHARED
 
@@ -47,7 +47,7 @@ def main(patients: int) -> None:
         rows.append(row(name, vol.array, vol.spacing[:2]))
     for thighs in (False, True):
         for i in range(patients):
-            slices = round(48 * (1 + THIGH_REACH)) if thighs else 48
+            slices = slices_with_thighs(48) if thighs else 48
             p = make_patient(i, 11, "healthy", size=256, n_slices=slices, thighs=thighs)
             rows.append(row(f"phantom P{i:03d}{' with thighs' if thighs else ''}", p.ct.array.astype(np.float32),
                             p.ct.spacing[:2]))
