@@ -3,9 +3,10 @@ of bonemet.
 
 Makes (once) 12 metastatic phantom patients that no training here uses (``bonemet.phantom.synth.synthesize``, seed
 77, the recipe's 256 px and 48 slices, true lesion masks) in ``OUT/test``. Then, for each segmentation run folder
-``RUN`` (a ``bonemet seg train`` output or a build's ``work/all/seg``) and each of THRESHOLDS, ``predict`` on every
-patient (its defaults otherwise: the bone rules, the bone gate, the smallest volume) and counts the true lesions of
-10 mm or more that a kept finding overlaps, by type, and the findings on no true lesion per scan.
+``RUN`` (a ``bonemet seg train`` output or a build's ``work/all/seg``), segments every patient once and, at each of
+THRESHOLDS, keeps the findings ``predict`` would keep there (its defaults otherwise: the bone rules, the bone gate,
+the metal rule, the smallest volume; ``operating_point.findings``), and counts the true lesions of 10 mm or more
+that a kept finding overlaps, by type, and the findings on no true lesion per scan.
 
     .venv/bin/python docs/experiments/phantom_types.py OUT RUN [RUN ...] [--thresholds=0.3,0.4,0.5,0.6,0.7]
 
@@ -27,11 +28,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bonemet.inference.predict import PredictOptions, Predictor, analyse
-from bonemet.inference.scan import read_scan
 from bonemet.markdown import markdown_table
 from bonemet.phantom.lesions import LESION_TYPES
 from bonemet.phantom.synth import synthesize
+from operating_point import findings, segment
 
 SMALLEST_MM = 10.0
 
@@ -43,22 +43,31 @@ def test_set(out: Path) -> Path:
     return test
 
 
-def count(run: Path, test: Path, threshold: float) -> dict:
-    lesions = list(csv.DictReader(open(test / "lesions.csv")))
-    cases = sorted((test / "volumes").iterdir())
-    total, found, false_positives, predictor = Counter(), Counter(), 0, None
+def segmented(run: Path, test: Path) -> list[dict]:
+    """Every test patient segmented by ``run`` (``operating_point.segment``), with its lesion ids (native grid) and
+    its lesions of ``SMALLEST_MM`` or more."""
+    with open(test / "lesions.csv", newline="") as fh:
+        lesions = list(csv.DictReader(fh))
+    cases = []
+    for case in sorted((test / "volumes").iterdir()):
+        cases.append({**segment(run, case / "ct.nii.gz"),
+                      "truth": np.asarray(nib.load(case / "lesion_mask.nii.gz").dataobj),
+                      "rows": [r for r in lesions if r["patient"] == case.name
+                               and float(r["diameter_mm"]) >= SMALLEST_MM]})
+    return cases
+
+
+def count(name: str, cases: list[dict], threshold: float) -> dict:
+    total, found, false_positives = Counter(), Counter(), 0
     for case in cases:
-        opts = PredictOptions(seg=run, viewer=False, dicom_seg=False, truth=case / "lesion_mask.nii.gz",
-                              threshold=threshold)
-        predictor = predictor or Predictor(opts)  # the members, loaded once
-        pred = analyse(read_scan(case / "ct.nii.gz"), opts, predictor.seg, predictor.clf)
-        false_positives += pred.summary["truth"]["false_positive_lesions"]
-        labels = np.asarray(nib.load(case / "lesion_mask.nii.gz").dataobj)
-        for les in lesions:
-            if les["patient"] == case.name and float(les["diameter_mm"]) >= SMALLEST_MM:
-                total[les["kind"]] += 1
-                found[les["kind"]] += bool((pred.lesion_mask & (labels == int(les["lesion_id"]))).any())
-    return {"run": run.name, "threshold": threshold,
+        lesions, kept = findings(case, threshold, 0.05, 2000.0, bone_rules=True)  # predict's defaults
+        native = case["volume"].to_native(kept)[0]
+        touched = set(np.unique(native[case["truth"] > 0]).tolist()) - {0}
+        false_positives += sum(les.id not in touched for les in lesions)
+        for row in case["rows"]:
+            total[row["kind"]] += 1
+            found[row["kind"]] += bool((native[case["truth"] == int(row["lesion_id"])] > 0).any())
+    return {"run": name, "threshold": threshold,
             **{f"{kind} found": f"{found[kind]}/{total[kind]}" for kind in LESION_TYPES},
             "findings on no lesion per scan": round(false_positives / len(cases), 2)}
 
@@ -67,8 +76,9 @@ def main(out: Path, runs: list[Path], thresholds: list[float]) -> None:
     test = test_set(out)
     rows = []
     for run in runs:
+        cases = segmented(run, test)  # the network once per run; the thresholds only change what is kept
         for threshold in thresholds:
-            rows.append(count(run, test, threshold))
+            rows.append(count(run.name, cases, threshold))
             print(rows[-1], flush=True)
     print(markdown_table(rows))
 
