@@ -195,6 +195,9 @@ def openvino_checks() -> None:
     bf16 = FastModel(model, ("fold_bn", "openvino", "bf16"))
     autocast = FastModel(model, ("fold_bn", "channels_last", "bf16"), fp32_modules=())
     for a, b, c in zip(ref, _probs(bf16, x), _probs(autocast, x)):
+        if not bf16.ov_model.bf16:  # a CPU without bf16 (AVX2 only): OpenVINO keeps fp32, and the path says so
+            assert float((a - b).abs().max()) < 1e-4
+            continue
         assert 1e-6 < float((a - b).abs().max()) < 2e-2  # rounded, as plain autocast is
         assert float((a - b).abs().max()) < 4 * float((a - c).abs().max()) + 1e-3
     assert fast.paths_problem(("fold_bn", "openvino", "channels_last")) == (

@@ -75,6 +75,19 @@ def test_bench_memory_harness(tmp_path):
     assert r.returncode == 2 and "--formats wants nifti and / or dicom" in r.stderr
 
 
+def test_compute_floor_leaves_out_emulated_bf16(monkeypatch):
+    """On a CPU without native bfloat16 the bench measures no bf16 floor: emulated, it is no floor, and its large
+    shapes take minutes."""
+    import torch
+
+    from bonemet.bench import peak
+
+    monkeypatch.setattr(peak, "cpu_bf16_supported", lambda: False)
+    said: list[str] = []
+    assert peak.compute_floor(dtypes=(torch.bfloat16,), reps=1, log=said.append) == {}
+    assert said == ["compute floor bf16: not measured (this CPU has no native bfloat16)"]
+
+
 @pytest.mark.slow
 def test_bench_infer_quick(seg_run, tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size), and checks every

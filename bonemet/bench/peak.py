@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..devices import cpu_bf16_supported
 from .seg import median_seconds
 
 __all__ = ["MATMUL_SIZES", "CONV_SHAPES", "compute_floor", "path_precision", "op_profile"]
@@ -50,10 +51,14 @@ def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat
                   log: Callable[[str], None] = lambda _: None) -> dict[str, dict]:
     """Per precision ("fp32", "bf16", "int8"): the best GFLOP/s (GOP/s for int8) over ``MATMUL_SIZES`` and
     ``CONV_SHAPES`` and the shape that reached it. int8 is measured on matmuls only (``torch._int_mm``; torch has no
-    plain int8 convolution outside its quantized modules). A precision this build cannot run is left out."""
+    plain int8 convolution outside its quantized modules). A precision this build cannot run is left out, and so is
+    bf16 on a CPU without native bfloat16 (emulated, it is no floor, and its large shapes take minutes)."""
     floor: dict[str, dict] = {}
     for dtype in dtypes:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}[dtype]
+        if dtype == torch.bfloat16 and not cpu_bf16_supported():
+            log("compute floor bf16: not measured (this CPU has no native bfloat16)")
+            continue
         cases = [(f"matmul {n}", *_matmul(n, dtype)) for n in MATMUL_SIZES]
         if dtype != torch.int8:
             cases += [(f"conv3x3 {c}ch {hw}px x{n}", *_conv(c, hw, n, dtype)) for c, hw, n in CONV_SHAPES]

@@ -315,13 +315,15 @@ def load_ort(onnx_model: bytes):
 class OpenVinoModel:
     """An ONNX graph compiled by OpenVINO for the CPU, at bf16 inference precision if ``bf16``, else fp32; once per
     input shape (static shapes run fastest there), with torch's thread count and one stream. Called with a torch
-    batch, it returns the outputs as torch tensors."""
+    batch, it returns the outputs as torch tensors. ``self.bf16`` says whether it runs in bf16: OpenVINO keeps fp32
+    on a CPU without bf16 (its CPU plugin lists no "BF16" capability there, e.g. AVX2-only CPUs)."""
 
     def __init__(self, onnx_model: bytes, bf16: bool) -> None:
         import openvino as ov
 
         self.core, self.onnx = ov.Core(), onnx_model
-        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "NUM_STREAMS": 1,
+        self.bf16 = bf16 and "BF16" in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32", "NUM_STREAMS": 1,
                        "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         self.requests: dict[tuple[int, ...], object] = {}
 
