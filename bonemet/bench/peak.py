@@ -48,20 +48,23 @@ def _conv(c: int, hw: int, n: int, dtype: torch.dtype) -> tuple[Callable[[], obj
 
 
 def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.int8), reps: int = 3,
-                  log: Callable[[str], None] = lambda _: None) -> dict[str, dict]:
+                  log: Callable[[str], None] = lambda _: None, quick: bool = False) -> dict[str, dict]:
     """Per precision ("fp32", "bf16", "int8"): the best GFLOP/s (GOP/s for int8) over ``MATMUL_SIZES`` and
     ``CONV_SHAPES`` and the shape that reached it. int8 is measured on matmuls only (``torch._int_mm``; torch has no
     plain int8 convolution outside its quantized modules). A precision this build cannot run is left out, and so is
-    bf16 on a CPU without native bfloat16 (emulated, it is no floor, and its large shapes take minutes)."""
+    bf16 on a CPU without native bfloat16 (emulated, it is no floor, and its large shapes take minutes). ``quick``
+    measures the smallest matmul and the last convolution shape only (an int8 matmul of 4096 took 80 s on a CPU
+    without VNNI)."""
     floor: dict[str, dict] = {}
     for dtype in dtypes:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}[dtype]
         if dtype == torch.bfloat16 and not cpu_bf16_supported():
             log("compute floor bf16: not measured (this CPU has no native bfloat16)")
             continue
-        cases = [(f"matmul {n}", *_matmul(n, dtype)) for n in MATMUL_SIZES]
+        sizes, shapes = (MATMUL_SIZES[:1], CONV_SHAPES[-1:]) if quick else (MATMUL_SIZES, CONV_SHAPES)
+        cases = [(f"matmul {n}", *_matmul(n, dtype)) for n in sizes]
         if dtype != torch.int8:
-            cases += [(f"conv3x3 {c}ch {hw}px x{n}", *_conv(c, hw, n, dtype)) for c, hw, n in CONV_SHAPES]
+            cases += [(f"conv3x3 {c}ch {hw}px x{n}", *_conv(c, hw, n, dtype)) for c, hw, n in shapes]
         best = (0.0, "")
         for label, fn, flop in cases:
             try:
