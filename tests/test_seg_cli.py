@@ -106,7 +106,7 @@ def test_bench_infer_quick(seg_run, tmp_path):
     openvino = importlib.util.find_spec("openvino") is not None
     assert ("| fold_bn + openvino, batch 4 |" in trained) == openvino
     assert ("| --fast fold_bn,openvino" in text) == openvino  # predict end to end
-    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4 |") + (
+    for path in ("| fold_bn + onnx", "| fold_bn + fuse + channels_last, batch 4") + (  # "(default)" without bf16
             ("| fold_bn + openvino, batch 4 |",) if openvino else ()):
         fp32 = next(line for line in trained.splitlines() if line.startswith(path))
         cells = [c.strip() for c in fp32.split("|")]
@@ -127,7 +127,8 @@ def test_bench_infer_quick(seg_run, tmp_path):
         cells = dict(zip(cols, (c.strip() for c in row.split("|"))))
         prec = "int8" if "int8" in cells["path"] else "bf16" if "bf16" in cells["path"] else "fp32"
         if prec in floor:
-            assert abs(float(cells["share of peak %"]) - 100 * float(cells["GFLOP/s"]) / floor[prec]) < 0.2
+            share = 100 * float(cells["GFLOP/s"]) / floor[prec]  # the floor is printed to 0.1: a small one moves it
+            assert abs(float(cells["share of peak %"]) - share) < 0.2 + share * 0.06 / floor[prec]
     # --profile: the top operators of every torch path, none for ONNX Runtime's or OpenVINO's (torch sees no work)
     outside = [r for r in rows if any(f"+ {p}" in r.split("|")[1] for p in ("onnx", "int8", "openvino"))]
     from bonemet.inference.fast import bf16_supported
