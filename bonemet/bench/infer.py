@@ -97,8 +97,8 @@ def bench_paths(model_name: str = "hybrid-attunet++", size: int = 224, width: in
             t0 = time.perf_counter()
             _probs(m, x, b)
             times[i].append(time.perf_counter() - t0)
-    floor = compute_floor(reps=3 if reps > 1 else 1, log=log, quick=reps == 1)  # --quick: one repetition, as the
-    # paths have, on the smallest shapes
+    # --quick (one repetition, as for the paths): the floor on the smallest shapes only
+    floor = compute_floor(reps=3 if reps > 1 else 1, log=log, quick=reps == 1)
     profiles = {name: op_profile(lambda: _probs(m, x, b), profile) for name, paths, m, b, _, _ in ready
                 if profile and not {"onnx", "int8", "openvino"} & set(paths)}  # run outside torch: not seen
     rows, base_t = [], None
