@@ -279,6 +279,29 @@ def test_report_without_viewer_opens_in_headless_chromium(phantom, seg_run, tmp_
     assert pixels.std() > 5  # rendered content, not a blank page
 
 
+def test_viewer_left_out_from_a_sample_of_slices_only_when_clearly_over_the_limit(phantom, monkeypatch):
+    """A CT clearly above --viewer-max-mb is judged from a tenth of its slices and never compressed whole; near the
+    limit the whole CT is compressed and its true size decides."""
+    from bonemet.inference.scan import read_scan
+    from bonemet.reporting import viewer
+
+    scan = read_scan(phantom / "volumes" / _metastatic_patient(phantom) / "ct.nii.gz")
+    full = scan.volume.array.size
+    exact = viewer.payload_mb(viewer.viewer_layers(scan.volume, None, None, None)[0])
+    assert viewer.estimated_ct_mb(scan.volume) == pytest.approx(exact, rel=0.03)
+    sizes: list[int] = []
+    compress = viewer.nifti_base64
+    monkeypatch.setattr(viewer, "nifti_base64", lambda a, affine: sizes.append(a.size) or compress(a, affine))
+    body, css, _ = viewer.viewer_section(scan, None, None, None, [], max_mb=exact / 2)
+    assert css == "" and f"take about {exact:.0f} MB" in body and "more than the" in body
+    assert sizes and max(sizes) <= full // 4  # every 4th of the 40 slices
+    sizes.clear()
+    body, css, _ = viewer.viewer_section(scan, None, None, None, [], max_mb=exact * 0.97)
+    assert css == "" and f"take {exact:.0f} MB" in body and max(sizes) == full
+    body, css, _ = viewer.viewer_section(scan, None, None, None, [], max_mb=exact * 1.03)
+    assert css and "viewer-data" in body
+
+
 @pytest.mark.slow
 def test_distilled_student_is_a_run_predict_can_use(phantom, seg_run, tmp_path):
     student = tmp_path / "student"
