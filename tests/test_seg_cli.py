@@ -88,6 +88,29 @@ def test_compute_floor_leaves_out_emulated_bf16(monkeypatch):
     assert said == ["compute floor bf16: not measured (this CPU has no native bfloat16)"]
 
 
+def test_int8_floor_is_measured_in_onnx_runtime_too(monkeypatch):
+    """The int8 path runs in ONNX Runtime: its int8 matmuls and convolutions count towards the int8 floor (torch's
+    int8 matmul reached 2 GOP/s on a CPU without VNNI, where the int8 path ran at 275)."""
+    import torch
+
+    from bonemet.bench import peak
+
+    pytest.importorskip("onnxruntime")
+    matmul = peak._matmul
+    monkeypatch.setattr(peak, "_matmul", lambda n, dtype: (matmul(n, dtype)[0], 1.0))  # torch's: next to nothing
+    floor = peak.compute_floor(dtypes=(torch.int8,), reps=1, quick=True)["int8"]
+    assert floor["shape"].endswith(", ONNX Runtime") and floor["GFLOP/s"] > 0.5
+    monkeypatch.setattr(peak, "_ort_available", lambda: False)
+    assert peak.compute_floor(dtypes=(torch.int8,), reps=1, quick=True)["int8"]["shape"] == "matmul 1024"
+    # a torch matmul far below the best so far: no fast kernel, and its larger sizes are not measured
+    monkeypatch.setattr(peak, "_ort_available", lambda: True)
+    monkeypatch.setattr(peak, "MATMUL_SIZES", (128, 256, 512))
+    monkeypatch.setattr(peak, "CONV_SHAPES", ((16, 28, 1),))
+    said: list[str] = []
+    peak.compute_floor(dtypes=(torch.int8,), reps=1, log=said.append)
+    assert [line.split(":")[0] for line in said if "not measured" in line] == ["int8 matmul 256", "int8 matmul 512"]
+
+
 @pytest.mark.slow
 def test_bench_infer_quick(seg_run, tmp_path):
     """The harness runs end to end on a tiny model (its figures are only meaningful at full size), and checks every

@@ -4,7 +4,8 @@ and per-operator profiles of a forward pass.
 One matmul shape is not a peak: on a CPU with matrix units (AMX) a 2048 x 2048 bf16 matmul reached about a third of
 what a 3x3 convolution of 128 channels did, and small shapes of either stay far below. The floor is therefore the
 best of several matmul and convolution shapes, per precision, and a path's share of it is its achieved GFLOP/s over
-the floor of the precision it computes in.
+the floor of the precision it computes in. int8 is measured in torch and, where it is installed, in ONNX Runtime,
+which runs the int8 path: on a CPU without VNNI torch's int8 matmul reached 2 GOP/s and ONNX Runtime's 340.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +49,62 @@ def _conv(c: int, hw: int, n: int, dtype: torch.dtype) -> tuple[Callable[[], obj
     return run, 2 * n * c * c * 9 * hw * hw
 
 
+def _ort_session(graph):
+    from onnx import helper
+
+    from ..inference.fast import load_ort
+
+    return load_ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+
+
+def _ort_int8_matmul(n: int) -> tuple[Callable[[], object], float]:
+    """uint8 activations times a constant int8 weight (``MatMulInteger``), as the int8 path's layers run."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.integers(-64, 64, (n, n), dtype=np.int8), "B")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "matmul",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])], [b])
+    session, a = _ort_session(graph), {"A": rng.integers(0, 255, (n, n), dtype=np.uint8)}
+    return (lambda: session.run(None, a)), 2 * n ** 3
+
+
+def _ort_int8_conv(c: int, hw: int, n: int) -> tuple[Callable[[], object], float]:
+    """A 3x3 ``QLinearConv``: uint8 activations, int8 weights, the form ONNX Runtime fuses a quantized convolution
+    into."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = {"W": rng.integers(-64, 64, (c, c, 3, 3), dtype=np.int8), "xs": np.float32(0.02), "xz": np.uint8(128),
+              "ws": np.float32(0.01), "wz": np.int8(0), "ys": np.float32(0.5), "yz": np.uint8(128)}
+    node = helper.make_node("QLinearConv", ["X", "xs", "xz", "W", "ws", "wz", "ys", "yz"], ["Y"], pads=[1, 1, 1, 1],
+                            kernel_shape=[3, 3])
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", TensorProto.UINT8, [n, c, hw, hw])],
+                              [helper.make_tensor_value_info("Y", TensorProto.UINT8, [n, c, hw, hw])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    session, x = _ort_session(graph), {"X": rng.integers(0, 255, (n, c, hw, hw), dtype=np.uint8)}
+    return (lambda: session.run(None, x)), 2 * n * c * c * 9 * hw * hw
+
+
+def _ort_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.int8), reps: int = 3,
                   log: Callable[[str], None] = lambda _: None, quick: bool = False) -> dict[str, dict]:
     """Per precision ("fp32", "bf16", "int8"): the best GFLOP/s (GOP/s for int8) over ``MATMUL_SIZES`` and
-    ``CONV_SHAPES`` and the shape that reached it. int8 is measured on matmuls only (``torch._int_mm``; torch has no
-    plain int8 convolution outside its quantized modules). A precision this build cannot run is left out, and so is
-    bf16 on a CPU without native bfloat16 (emulated, it is no floor, and its large shapes take minutes). ``quick``
-    measures the smallest matmul and the last convolution shape only (an int8 matmul of 4096 took 80 s on a CPU
-    without VNNI)."""
+    ``CONV_SHAPES`` and the shape that reached it. int8 is measured on torch's matmuls (``torch._int_mm``; torch has
+    no plain int8 convolution outside its quantized modules) and, with ONNX Runtime installed, first on its int8
+    matmuls and convolutions (uint8 activations, int8 weights, as ``seg quantize`` makes them). A precision this
+    build cannot run is left out, and so is bf16 on a CPU without native bfloat16 (emulated, it is no floor, and its
+    large shapes take minutes). Larger torch matmuls are left out once one runs below a tenth of the best so far: no
+    fast kernel (an int8 matmul of 4096 took 80 s on a CPU without VNNI). ``quick`` measures the smallest matmul and
+    the last convolution shape only."""
     floor: dict[str, dict] = {}
     for dtype in dtypes:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}[dtype]
@@ -62,17 +112,29 @@ def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat
             log("compute floor bf16: not measured (this CPU has no native bfloat16)")
             continue
         sizes, shapes = (MATMUL_SIZES[:1], CONV_SHAPES[-1:]) if quick else (MATMUL_SIZES, CONV_SHAPES)
-        cases = [(f"matmul {n}", *_matmul(n, dtype)) for n in sizes]
+        cases: list[tuple[str, Callable[[], tuple[Callable[[], object], float]]]] = []
+        if dtype == torch.int8 and _ort_available():
+            cases += [(f"matmul {n}, ONNX Runtime", partial(_ort_int8_matmul, n)) for n in sizes]
+            cases += [(f"conv3x3 {c}ch {hw}px x{n}, ONNX Runtime", partial(_ort_int8_conv, c, hw, n))
+                      for c, hw, n in shapes]
+        cases += [(f"matmul {n}", partial(_matmul, n, dtype)) for n in sizes]
         if dtype != torch.int8:
-            cases += [(f"conv3x3 {c}ch {hw}px x{n}", *_conv(c, hw, n, dtype)) for c, hw, n in shapes]
-        best = (0.0, "")
-        for label, fn, flop in cases:
+            cases += [(f"conv3x3 {c}ch {hw}px x{n}", partial(_conv, c, hw, n, dtype)) for c, hw, n in shapes]
+        best, slow_matmul = (0.0, ""), ""
+        for label, make in cases:
+            if slow_matmul and label.startswith("matmul ") and label[7:].isdigit():
+                log(f"{name} {label}: not measured ({slow_matmul})")
+                continue
+            fn, flop = make()
             try:
                 t = median_seconds(fn, reps)
             except RuntimeError as e:  # e.g. an int8 matmul this build has no CPU kernel for
                 log(f"{name} {label}: not measured ({str(e).splitlines()[0]})")
                 continue
-            best = max(best, (flop / t / 1e9, label))
+            rate = flop / t / 1e9
+            if label[7:].isdigit() and label.startswith("matmul ") and rate < best[0] / 10:
+                slow_matmul = f"{label} ran at {rate:.1f}, under a tenth of the best so far"
+            best = max(best, (rate, label))
         if best[0]:
             floor[name] = {"GFLOP/s": round(best[0], 1), "shape": best[1]}
             log(f"compute floor {name}: {best[0]:.0f} GFLOP/s ({best[1]})")

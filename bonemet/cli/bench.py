@@ -136,7 +136,7 @@ def infer(
             f"(random weights and inputs; `--check-run RUN` checks them on a trained model).\n\n"
             + markdown_table(rows) + "\n\n"
             f"Compute floor (best of {len(MATMUL_SIZES)} matmul and {len(CONV_SHAPES)} 3x3 convolution shapes; "
-            f"int8: matmuls): "
+            f"int8: torch's matmuls and, with ONNX Runtime, its int8 matmuls and convolutions): "
             + "; ".join(f"{p} {f['GFLOP/s']} GFLOP/s ({f['shape']})" for p, f in facts["floor"].items())
             + f". A slice is {2 * gmac:.0f} GFLOP; \"share of peak\" is a path's GFLOP/s over the floor of the "
             f"precision it computes in. Peak resident memory of inference {facts['peak RSS MB']} MB.\n\n"
