@@ -151,6 +151,45 @@ def test_dicom_seg_survives_negated_direction_cosines(phantom, tmp_path):
             assert np.allclose(hu[frame].mean(), vol.axial(k)[truth[:, :, k].T].mean(), atol=1)
 
 
+def test_seg_frames_match_a_coordinate_for_each_pixel_on_any_geometry():
+    """The SEG's frame sampler keeps indices that move with one pixel axis as vectors: on axis-aligned, flipped,
+    permuted and oblique grids, partly outside the volume, it gives what a voxel coordinate for each pixel gives."""
+    from types import SimpleNamespace
+
+    from bonemet.data.dicom import LPS_TO_RAS
+    from bonemet.data.volume import Volume
+    from bonemet.inference.dicomseg import frame_for_source
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[-0.8, 0, 0, 30.0], [0, -0.8, 0, 20.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
+    vol = Volume(rng.random((40, 36, 12)).astype(np.float32), affine)
+    mask = rng.random(vol.shape) > 0.5
+
+    def reference(ds) -> np.ndarray:
+        to_index = np.linalg.inv(affine)
+        r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        lps = (np.asarray(ds.ImagePositionPatient, float)[:, None] + np.outer(iop[:3], c.ravel() * ds.PixelSpacing[1])
+               + np.outer(iop[3:], r.ravel() * ds.PixelSpacing[0]))
+        ijk = np.rint(to_index[:3, :3] @ (LPS_TO_RAS[:3, :3] @ lps) + to_index[:3, 3:4]).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(vol.shape)[:, None]), axis=0)
+        vals = np.zeros(ds.Rows * ds.Columns, bool)
+        vals[inside] = mask[ijk[0, inside], ijk[1, inside], ijk[2, inside]]
+        return vals.reshape(ds.Rows, ds.Columns)
+
+    a, t = np.radians(25), np.radians(20)  # a grid turned 25 degrees in the axial plane and tilted 20
+    oblique = [np.cos(a), np.sin(a), 0, -np.sin(a) * np.cos(t), np.cos(a) * np.cos(t), np.sin(t)]
+    # positions off the half-voxel ties, where rounding may go either way whatever the order of the sums
+    grids = {"axial": ([1, 0, 0, 0, 1, 0], [-34.0, -22.2, -20.0]), "flipped": ([-1, 0, 0, 0, -1, 0], [0.3, 0.0, -30.0]),
+             "coronal": ([1, 0, 0, 0, 0, -1], [-30.0, -10.2, -10.0]), "oblique": (oblique, [-20.0, -25.0, -30.0])}
+    for name, (iop, ipp) in grids.items():
+        ds = SimpleNamespace(Rows=48, Columns=44, ImageOrientationPatient=iop, ImagePositionPatient=ipp,
+                             PixelSpacing=[0.8, 0.8])
+        want = reference(ds)
+        assert want.any() and not want.all(), name  # a grid that sees the mask, partly outside the volume
+        assert np.array_equal(frame_for_source(mask, vol, ds), want), name
+
+
 def test_predict_nifti_keeps_the_input_affine_and_png_folder_says_na(phantom, seg_run, tmp_path):
     pid = _metastatic_patient(phantom)
     src = phantom / "volumes" / pid / "ct.nii.gz"

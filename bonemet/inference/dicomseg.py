@@ -9,6 +9,7 @@ mis-place and several tools have shipped mirrored objects for such series.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,19 +34,34 @@ def frames_for_sources(mask: np.ndarray, volume: Volume, sources: list) -> np.nd
 def frame_for_source(mask: np.ndarray, volume: Volume, ds) -> np.ndarray:
     """``mask`` (canonical (i, j, k)) sampled on the pixel grid of one source frame (its position, orientation and
     pixel spacing) through the volume's affine: (rows, cols) bool."""
+    return frame_sampler(volume, ds)(mask)
+
+
+def frame_sampler(volume: Volume, ds) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that samples a canonical (i, j, k) mask on one source frame's pixel grid, nearest voxel, False
+    outside the volume. The voxel index is linear in the frame's row and column; an index that moves with only one
+    of them (every axis-aligned series) is kept as a row or a column vector, so that a frame of a usual series costs
+    one gather instead of a coordinate for each pixel."""
     to_index = np.linalg.inv(volume.affine)
     rows, cols = int(ds.Rows), int(ds.Columns)
     iop = np.asarray(ds.ImageOrientationPatient, float)
     ps = [float(v) for v in ds.PixelSpacing]
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    lps = (np.asarray(ds.ImagePositionPatient, float)[:, None] + np.outer(iop[:3], c.ravel() * ps[1])
-           + np.outer(iop[3:], r.ravel() * ps[0]))
-    ras = LPS_TO_RAS[:3, :3] @ lps
-    ijk = np.rint(to_index[:3, :3] @ ras + to_index[:3, 3:4]).astype(int)
-    inside = np.all((ijk >= 0) & (ijk < np.asarray(mask.shape)[:, None]), axis=0)
-    vals = np.zeros(rows * cols, bool)
-    vals[inside] = mask[ijk[0, inside], ijk[1, inside], ijk[2, inside]]
-    return vals.reshape(rows, cols)
+    m = to_index[:3, :3] @ LPS_TO_RAS[:3, :3]  # LPS mm -> voxel index
+    base = m @ np.asarray(ds.ImagePositionPatient, float) + to_index[:3, 3]
+    per_col, per_row = m @ iop[:3] * ps[1], m @ iop[3:] * ps[0]
+    r, c = np.arange(rows, dtype=float)[:, None], np.arange(cols, dtype=float)[None, :]
+    index, inside = [], np.ones((1, 1), bool)
+    for a in range(3):
+        moves_r, moves_c = abs(per_row[a]) * rows > 1e-3, abs(per_col[a]) * cols > 1e-3
+        x = base[a] + (per_row[a] * r if moves_r else 0.0) + (per_col[a] * c if moves_c else 0.0)
+        x = np.rint(np.broadcast_to(x, (rows if moves_r else 1, cols if moves_c else 1))).astype(np.intp)
+        inside = inside & (x >= 0) & (x < volume.shape[a])
+        index.append(np.clip(x, 0, volume.shape[a] - 1))
+
+    def sample(mask: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.asarray(mask[index[0], index[1], index[2]], bool) & inside, (rows, cols))
+
+    return sample
 
 
 def frame_geometry(ds: pydicom.Dataset) -> list[SimpleNamespace]:
@@ -110,8 +126,9 @@ def write_dicom_seg(path: str | Path, volume: Volume, lesion: np.ndarray, bone: 
         for i, (label, cat, typ, _) in enumerate(segments)]
     pixels = np.zeros((len(grids), int(grids[0].Rows), int(grids[0].Columns), len(segments)), np.uint8)
     for f, grid in enumerate(grids):  # frame by frame: no per-segment stacks beside the one array highdicom takes
+        sample = frame_sampler(volume, grid)
         for s, (*_, m) in enumerate(segments):
-            pixels[f, :, :, s] = frame_for_source(m, volume, grid)
+            pixels[f, :, :, s] = sample(m)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
