@@ -112,17 +112,18 @@ def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat
             log("compute floor bf16: not measured (this CPU has no native bfloat16)")
             continue
         sizes, shapes = (MATMUL_SIZES[:1], CONV_SHAPES[-1:]) if quick else (MATMUL_SIZES, CONV_SHAPES)
-        cases: list[tuple[str, Callable[[], tuple[Callable[[], object], float]]]] = []
+        # (label, what makes the timed call and its FLOP, whether it is one of torch's matmuls)
+        cases: list[tuple[str, Callable[[], tuple[Callable[[], object], float]], bool]] = []
         if dtype == torch.int8 and _ort_available():
-            cases += [(f"matmul {n}, ONNX Runtime", partial(_ort_int8_matmul, n)) for n in sizes]
-            cases += [(f"conv3x3 {c}ch {hw}px x{n}, ONNX Runtime", partial(_ort_int8_conv, c, hw, n))
+            cases += [(f"matmul {n}, ONNX Runtime", partial(_ort_int8_matmul, n), False) for n in sizes]
+            cases += [(f"conv3x3 {c}ch {hw}px x{n}, ONNX Runtime", partial(_ort_int8_conv, c, hw, n), False)
                       for c, hw, n in shapes]
-        cases += [(f"matmul {n}", partial(_matmul, n, dtype)) for n in sizes]
+        cases += [(f"matmul {n}", partial(_matmul, n, dtype), True) for n in sizes]
         if dtype != torch.int8:
-            cases += [(f"conv3x3 {c}ch {hw}px x{n}", partial(_conv, c, hw, n, dtype)) for c, hw, n in shapes]
+            cases += [(f"conv3x3 {c}ch {hw}px x{n}", partial(_conv, c, hw, n, dtype), False) for c, hw, n in shapes]
         best, slow_matmul = (0.0, ""), ""
-        for label, make in cases:
-            if slow_matmul and label.startswith("matmul ") and label[7:].isdigit():
+        for label, make, torch_matmul in cases:
+            if slow_matmul and torch_matmul:
                 log(f"{name} {label}: not measured ({slow_matmul})")
                 continue
             fn, flop = make()
@@ -132,7 +133,7 @@ def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat
                 log(f"{name} {label}: not measured ({str(e).splitlines()[0]})")
                 continue
             rate = flop / t / 1e9
-            if label[7:].isdigit() and label.startswith("matmul ") and rate < best[0] / 10:
+            if torch_matmul and rate < best[0] / 10:
                 slow_matmul = f"{label} ran at {rate:.1f}, under a tenth of the best so far"
             best = max(best, (rate, label))
         if best[0]:

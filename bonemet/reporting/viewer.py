@@ -203,7 +203,7 @@ def viewer_section(scan, labels: np.ndarray | None, bone: np.ndarray | None, pro
     if scan.volume is None:
         return ("<p class='note'>Image slices carry no geometry: the interactive viewer needs a DICOM series or a "
                 "NIfTI volume; the key slices below show the findings.</p>", "", {})
-    # int16 bytes as base64: no more than this can the CT take, whatever gzip does
+    # the int16 bytes as base64, about the most the CT can take: only a CT that could pass the limit is estimated
     if scan.volume.array.size * 2 * 4 / 3 / 1e6 > max_mb:
         estimate = estimated_ct_mb(scan.volume)
         if estimate > CLEARLY_OVER * max_mb:
