@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -381,6 +382,18 @@ def test_bench_batch_reports_cases_per_minute_per_job_count() -> None:
     assert [row[:4] for row in rows] == [["1", str(torch.get_num_threads()), "2", "0"],
                                          ["2", str(threads_per_process(2)), "2", "0"]]
     assert all(float(row[5]) > 0 for row in rows)
+
+
+def test_bench_batch_of_dicom_series_writes_their_seg(tmp_path: Path) -> None:
+    """``bench batch --dicom`` times the DICOM path a hospital uses: series in, a DICOM-SEG out with the masks."""
+    from bonemet.bench.scale import bench_batch
+
+    rows = bench_batch(tmp_path, [1], cases=1, slices=8, size=64, log=lambda _: None, dicom=True)
+    assert [(r["cases"], r["failed"]) for r in rows] == [(1, 0)]
+    series = tmp_path / "cases" / "case000"
+    assert len([f for f in series.iterdir() if pydicom.dcmread(f, stop_before_pixels=True).Modality == "CT"]) == 8
+    seg = pydicom.dcmread(tmp_path / "out-1" / "case000" / "lesions_seg.dcm")
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(next(series.iterdir())).StudyInstanceUID
 
 
 def test_bench_device_times_predict_per_path_against_eager() -> None:

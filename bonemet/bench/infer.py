@@ -203,12 +203,17 @@ def write_random_run(run: Path, members: int = 5, model_name: str = "hybrid-attu
     return run
 
 
-def write_phantom_scan(path: Path, slices: int, size: int = 224, seed: int = 0) -> Path:
-    """A metastatic phantom CT of ``slices`` slices at ``size`` px, as NIfTI, for timing ``predict``."""
+def write_phantom_scan(path: Path, slices: int, size: int = 224, seed: int = 0, dicom: bool = False) -> Path:
+    """A metastatic phantom CT of ``slices`` slices at ``size`` px, for timing ``predict``: a NIfTI file, or with
+    ``dicom`` a folder holding it as a DICOM series (one file per slice, as scanners write it)."""
+    from ..data.export import write_dicom_series
     from ..data.volume import save_nifti
     from ..phantom.synth import make_patient
 
     ct = make_patient(0, seed, "metastatic", size=size, n_slices=slices).ct
+    if dicom:
+        write_dicom_series(ct, path, f"BENCH{seed:03d}")
+        return path
     return save_nifti(ct.array, ct.affine, path)
 
 

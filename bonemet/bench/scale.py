@@ -19,9 +19,10 @@ THESIS_FOLDS, THESIS_EPOCHS, THESIS_TRAIN_SLICES = 5, 60, 1200
 
 
 def bench_batch(work: Path, jobs: Sequence[int], cases: int = 6, slices: int = 48, size: int = 128,
-                run: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Cases per minute of ``bonemet predict --batch`` over ``cases`` phantom scans, once per number of jobs (a
-    fresh output folder each time; the models are loaded once per job process, as in real use)."""
+                run: Path | None = None, log: Callable[[str], None] = print, dicom: bool = False) -> list[dict]:
+    """Cases per minute of ``bonemet predict --batch`` over ``cases`` phantom scans (NIfTI files, or with ``dicom``
+    DICOM series, for which ``predict`` also writes a DICOM-SEG), once per number of jobs (a fresh output folder
+    each time; the models are loaded once per job process, as in real use)."""
     from ..inference.batch import predict_batch
     from ..inference.predict import PredictOptions
     from .infer import write_phantom_scan, write_random_run
@@ -29,7 +30,8 @@ def bench_batch(work: Path, jobs: Sequence[int], cases: int = 6, slices: int = 4
     scans = work / "cases"
     scans.mkdir(parents=True, exist_ok=True)
     for i in range(cases):
-        write_phantom_scan(scans / f"case{i:03d}.nii.gz", slices, size, seed=i)
+        write_phantom_scan(scans / (f"case{i:03d}" if dicom else f"case{i:03d}.nii.gz"), slices, size, seed=i,
+                           dicom=dicom)
     if run is None:
         run = write_random_run(work / "run", members=1, size=64, width=4)
     rows = []

@@ -206,6 +206,8 @@ def batch(
     size: Annotated[int, typer.Option(min=32, help="Slice size in pixels.")] = 128,
     seg: Annotated[Path | None, typer.Option(help="A trained segmentation run (default: one random-weight member, "
                                                   "width 4, 64 px).")] = None,
+    dicom: Annotated[bool, typer.Option(help="The scans as DICOM series (predict then writes a DICOM-SEG too) "
+                                             "instead of NIfTI files.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder to save bench_batch.md in.")] = None,
 ) -> None:
     """Cases per minute of 'predict --batch' with 1, 2 ... local jobs, in one run."""
@@ -217,9 +219,11 @@ def batch(
 
     counts = number_list(jobs, "--jobs", 1)
     with tempfile.TemporaryDirectory(prefix="bonemet-bench-") as work:
-        rows = bench_batch(Path(work), counts, cases, slices, size, seg, log=lambda m: typer.echo(m, err=True))
+        rows = bench_batch(Path(work), counts, cases, slices, size, seg, log=lambda m: typer.echo(m, err=True),
+                           dicom=dicom)
     model = f"the run {seg}" if seg else "one random-weight hybrid-attunet++ member (width 4, 64 px)"
-    text = (f"`bonemet predict --batch` on {cases} phantom scans of {slices} x {size} px, {model}, on "
+    kind = "DICOM series (DICOM-SEG written)" if dicom else "NIfTI files"
+    text = (f"`bonemet predict --batch` on {cases} phantom scans of {slices} x {size} px as {kind}, {model}, on "
             f"{machine_line()}:\n\n" + markdown_table(rows))
     report(text, out, "bench_batch.md")
 
