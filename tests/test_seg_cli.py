@@ -100,10 +100,10 @@ def test_int8_floor_is_measured_in_onnx_runtime_too(monkeypatch):
     monkeypatch.setattr(peak, "_matmul", lambda n, dtype: (matmul(n, dtype)[0], 1.0))  # torch's: next to nothing
     floor = peak.compute_floor(dtypes=(torch.int8,), reps=1, quick=True)["int8"]
     assert floor["shape"].endswith(", ONNX Runtime") and floor["GFLOP/s"] > 0.5
-    monkeypatch.setattr(peak, "_ort_available", lambda: False)
+    monkeypatch.setattr(peak, "ort_available", lambda: False)
     assert peak.compute_floor(dtypes=(torch.int8,), reps=1, quick=True)["int8"]["shape"] == "matmul 1024"
     # a torch matmul far below the best so far: no fast kernel, and its larger sizes are not measured
-    monkeypatch.setattr(peak, "_ort_available", lambda: True)
+    monkeypatch.setattr(peak, "ort_available", lambda: True)
     monkeypatch.setattr(peak, "MATMUL_SIZES", (128, 256, 512))
     monkeypatch.setattr(peak, "CONV_SHAPES", ((16, 28, 1),))
     said: list[str] = []

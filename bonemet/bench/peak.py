@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import cpu_bf16_supported
+from ..inference.fast import load_ort, ort_available
 from .seg import median_seconds
 
 __all__ = ["MATMUL_SIZES", "CONV_SHAPES", "compute_floor", "path_precision", "op_profile"]
@@ -49,10 +50,9 @@ def _conv(c: int, hw: int, n: int, dtype: torch.dtype) -> tuple[Callable[[], obj
     return run, 2 * n * c * c * 9 * hw * hw
 
 
-def _ort_session(graph):
+def _ort_runtime(graph):
+    """``graph`` loaded into ONNX Runtime as the int8 path loads its graphs."""
     from onnx import helper
-
-    from ..inference.fast import load_ort
 
     return load_ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
 
@@ -67,8 +67,8 @@ def _ort_int8_matmul(n: int) -> tuple[Callable[[], object], float]:
     graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "matmul",
                               [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
                               [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])], [b])
-    session, a = _ort_session(graph), {"A": rng.integers(0, 255, (n, n), dtype=np.uint8)}
-    return (lambda: session.run(None, a)), 2 * n ** 3
+    runtime, a = _ort_runtime(graph), {"A": rng.integers(0, 255, (n, n), dtype=np.uint8)}
+    return (lambda: runtime.run(None, a)), 2 * n ** 3
 
 
 def _ort_int8_conv(c: int, hw: int, n: int) -> tuple[Callable[[], object], float]:
@@ -85,14 +85,8 @@ def _ort_int8_conv(c: int, hw: int, n: int) -> tuple[Callable[[], object], float
     graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", TensorProto.UINT8, [n, c, hw, hw])],
                               [helper.make_tensor_value_info("Y", TensorProto.UINT8, [n, c, hw, hw])],
                               [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
-    session, x = _ort_session(graph), {"X": rng.integers(0, 255, (n, c, hw, hw), dtype=np.uint8)}
-    return (lambda: session.run(None, x)), 2 * n * c * c * 9 * hw * hw
-
-
-def _ort_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    runtime, x = _ort_runtime(graph), {"X": rng.integers(0, 255, (n, c, hw, hw), dtype=np.uint8)}
+    return (lambda: runtime.run(None, x)), 2 * n * c * c * 9 * hw * hw
 
 
 def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.int8), reps: int = 3,
@@ -114,7 +108,7 @@ def compute_floor(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat
         sizes, shapes = (MATMUL_SIZES[:1], CONV_SHAPES[-1:]) if quick else (MATMUL_SIZES, CONV_SHAPES)
         # (label, what makes the timed call and its FLOP, whether it is one of torch's matmuls)
         cases: list[tuple[str, Callable[[], tuple[Callable[[], object], float]], bool]] = []
-        if dtype == torch.int8 and _ort_available():
+        if dtype == torch.int8 and ort_available():
             cases += [(f"matmul {n}, ONNX Runtime", partial(_ort_int8_matmul, n), False) for n in sizes]
             cases += [(f"conv3x3 {c}ch {hw}px x{n}, ONNX Runtime", partial(_ort_int8_conv, c, hw, n), False)
                       for c, hw, n in shapes]
